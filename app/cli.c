@@ -1,0 +1,141 @@
+/* cli.c - shared helpers of the subcommands. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("gptoss: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return CLI_EXIT_FAIL;
+}
+
+int cli_status(enum gpo_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("gptoss: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    const char *detail = gpo_last_error();
+    if (detail && detail[0])
+        fprintf(stderr, ": %s (%s)\n", detail, gpo_status_name(s));
+    else
+        fprintf(stderr, ": %s (%s)\n", gpo_status_str(s), gpo_status_name(s));
+    va_end(ap);
+    return CLI_EXIT_FAIL;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "gptoss %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nRun 'gptoss %s --help' for usage.\n", cmd);
+    va_end(ap);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_is(const char *arg, const char *name) {
+    size_t n = strlen(name);
+    return strncmp(arg, name, n) == 0 && (arg[n] == 0 || arg[n] == '=');
+}
+
+const char *cli_value(const char *cmd, int argc, char **argv, int *i) {
+    const char *eq = strchr(argv[*i], '=');
+    if (argv[*i][0] == '-' && argv[*i][1] == '-' && eq) return eq + 1;
+    if (*i + 1 >= argc) {
+        cli_usage_error(cmd, "option %s needs a value", argv[*i]);
+        return NULL;
+    }
+    (*i)++;
+    return argv[*i];
+}
+
+int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+int cli_parse_f64(const char *s, double lo, double hi, double *out) {
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+int cli_parse_ids(const char *s, int64_t n_vocab, struct gpo_ids *out) {
+    const char *p = s;
+    for (;;) {
+        while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (n_vocab > 0 && v >= n_vocab)) {
+            if (end != p && n_vocab > 0 && v >= n_vocab)
+                cli_error("token id %lld is out of range (vocabulary has %lld ids)", v,
+                          (long long)n_vocab);
+            else
+                cli_error("cannot parse token ids near '%.20s'", p);
+            return 0;
+        }
+        if (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r') {
+            cli_error("cannot parse token ids near '%.20s'", p);
+            return 0;
+        }
+        if (gpo_ids_push(out, (int32_t)v) != GPO_OK) return 0;
+        p = end;
+    }
+    return 1;
+}
+
+char *cli_read_file(const char *path, size_t *len_out) {
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        cli_error("cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) break;
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int err = ferror(f);
+    if (f != stdin) fclose(f);
+    if (!buf || err) {
+        free(buf);
+        cli_error("cannot read %s", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len_out) *len_out = n;
+    return buf;
+}

@@ -1,0 +1,47 @@
+/* cli.h - helpers shared by the `gptoss` subcommands: error printing with the
+ * library's detail message, strict number parsing, option values. */
+#ifndef GPO_CLI_H
+#define GPO_CLI_H
+
+#include <stdint.h>
+
+#include "gpo.h"
+
+/* Exit codes: 0 success, 1 runtime failure, 2 usage error. */
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* Print "gptoss: error: <msg>" to stderr and return CLI_EXIT_FAIL. */
+int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print "gptoss: error: <msg>: <gpo_last_error()> (<status name>)" and return CLI_EXIT_FAIL. */
+int cli_status(enum gpo_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print "gptoss <cmd>: <msg>" plus a pointer to --help, return CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The value of option argv[*i] (from "--opt=value" or the next argument); NULL
+ * after printing an error when it is missing.  Advances *i past the value. */
+const char *cli_value(const char *cmd, int argc, char **argv, int *i);
+/* Does argv[i] name option `name` (as "--name" or "--name=...")? */
+int cli_is(const char *arg, const char *name);
+
+/* Strict parsers: the whole string must be a number in range; 0 on failure. */
+int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
+int cli_parse_f64(const char *s, double lo, double hi, double *out);
+/* Parse "1,2,3" or "1 2 3" into ids; ids must be in [0, n_vocab) when n_vocab > 0. */
+int cli_parse_ids(const char *s, int64_t n_vocab, struct gpo_ids *out);
+
+/* Read a whole file or stdin ("-") into a NUL-terminated buffer; NULL on failure. */
+char *cli_read_file(const char *path, size_t *len_out);
+
+/* The subcommands. */
+int cmd_logits(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_mkmodel(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_render(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

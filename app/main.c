@@ -1,0 +1,44 @@
+/* main.c - the `gptoss` command line: dispatches to one subcommand per file. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"generate", cmd_generate, "generate answers for one or more users (batched)"},
+    {"chat", cmd_chat, "interactive multi-turn chat"},
+    {"bench", cmd_bench, "prompt-processing and generation speed, memory bandwidth"},
+    {"logits", cmd_logits, "write the logits of every position of a token list"},
+    {"info", cmd_info, "print a checkpoint's configuration, tensors and memory plan"},
+    {"mkmodel", cmd_mkmodel, "write a random-weight checkpoint of a real shape"},
+    {"tokenize", cmd_tokenize, "text on stdin to token ids"},
+    {"detokenize", cmd_detokenize, "token ids to text"},
+    {"render", cmd_render, "render a harmony conversation (JSON) to prompt ids"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: gptoss COMMAND [options]   (gptoss COMMAND --help for details)\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\nThe model folder comes from -m DIR, else $GPT_DIR, else $HF_MODEL.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "gptoss: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}

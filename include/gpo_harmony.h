@@ -1,0 +1,1 @@
+/* gpo_harmony.h - (being written) */

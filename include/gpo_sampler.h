@@ -1,0 +1,1 @@
+/* gpo_sampler.h - (being written) */

@@ -1,0 +1,1 @@
+/* gpo_tokenizer.h - (being written) */

