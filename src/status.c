@@ -2,6 +2,7 @@
  * thread-local detail message behind gpo_last_error(). */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -48,9 +49,14 @@ enum gpo_status gpo_fail_ctx(enum gpo_status s, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     snprintf(old, sizeof old, "%s", last_error);
-    if (old[0])
-        snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
-    else
-        snprintf(last_error, sizeof last_error, "%s", prefix);
+    size_t n = strlen(prefix);
+    memcpy(last_error, prefix, n + 1);
+    if (old[0] && n + 3 < sizeof last_error) {
+        memcpy(last_error + n, ": ", 3);
+        size_t room = sizeof last_error - n - 3, m = strlen(old);
+        if (m > room) m = room;
+        memcpy(last_error + n + 2, old, m);
+        last_error[n + 2 + m] = 0;
+    }
     return s;
 }
