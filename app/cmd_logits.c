@@ -1,8 +1,153 @@
-/* cmd_logits.c - `gptoss logits` (being written). */
+/* cmd_logits.c - `gptoss logits`: the logits of every position of a token list,
+ * as raw little-endian float32 [n_tokens, n_vocab], computed either as one
+ * prefill batch or token by token through the KV cache. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli.h"
 
+static void usage(void) {
+    printf("usage: gptoss logits [-m DIR] --tokens IDS -o OUT.f32 [options]\n"
+           "\n"
+           "Writes the logits of every position as little-endian float32, shape\n"
+           "[n_tokens, n_vocab], row-major.\n"
+           "\n"
+           "  -m, --model DIR      checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
+           "  --tokens IDS         token ids separated by commas or spaces\n"
+           "  --tokens-file FILE   read the ids from a file ('-' for stdin)\n"
+           "  -o, --out FILE       output file\n"
+           "  --mode MODE          prefill (all tokens in one batch, default) or\n"
+           "                       incremental (one token at a time through the KV cache)\n"
+           "  --ubatch N           prefill chunk size in tokens (default: all tokens)\n"
+           "  --exact              the exact fp32 path (default)\n"
+           "  --fast               the fast path (activations rounded within bf16 error)\n"
+           "  --ref                the plain scalar reference kernels\n"
+           "  -t, --threads N      threads (default: all cores)\n");
+}
+
 int cmd_logits(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    return cli_error("'logits' is not implemented yet");
+    const char *model_arg = NULL, *tokens = NULL, *tokens_file = NULL, *out_path = NULL;
+    const char *mode = "prefill";
+    int64_t threads = 0, ubatch = 0;
+    enum gpo_path path = GPO_PATH_EXACT;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        } else if (!strcmp(a, "-m") || cli_is(a, "--model")) {
+            if (!(model_arg = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--tokens")) {
+            if (!(tokens = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--tokens-file")) {
+            if (!(tokens_file = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "-o") || cli_is(a, "--out")) {
+            if (!(out_path = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--mode")) {
+            if (!(mode = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (strcmp(mode, "prefill") && strcmp(mode, "incremental"))
+                return cli_usage_error("logits", "--mode must be prefill or incremental, not '%s'", mode);
+        } else if (!strcmp(a, "-t") || cli_is(a, "--threads")) {
+            if (!(v = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 1, 4096, &threads))
+                return cli_usage_error("logits", "--threads needs a number from 1 to 4096, not '%s'", v);
+        } else if (cli_is(a, "--ubatch")) {
+            if (!(v = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 1, 1 << 20, &ubatch))
+                return cli_usage_error("logits", "--ubatch needs a positive number, not '%s'", v);
+        } else if (!strcmp(a, "--exact")) {
+            path = GPO_PATH_EXACT;
+        } else if (!strcmp(a, "--fast")) {
+            path = GPO_PATH_FAST;
+        } else if (!strcmp(a, "--ref")) {
+            path = GPO_PATH_REF;
+        } else {
+            return cli_usage_error("logits", "unknown option '%s'", a);
+        }
+    }
+    if (!tokens && !tokens_file) return cli_usage_error("logits", "--tokens is required");
+    if (!out_path) return cli_usage_error("logits", "-o OUT.f32 is required");
+
+    int rc = CLI_EXIT_FAIL;
+    enum gpo_status s;
+    char dir[4096];
+    char *tok_text = NULL;
+    gpo_model *m = NULL;
+    gpo_ctx *ctx = NULL;
+    gpo_kv *kv = NULL;
+    float *logits = NULL;
+    FILE *f = NULL;
+    struct gpo_ids ids = {0};
+
+    if ((s = gpo_model_resolve_dir(model_arg, dir, sizeof dir)) != GPO_OK) {
+        rc = cli_status(s, "cannot find the model");
+        goto cleanup;
+    }
+    if ((s = gpo_model_load(dir, NULL, &m)) != GPO_OK) {
+        rc = cli_status(s, "cannot load the model from %s", dir);
+        goto cleanup;
+    }
+    const struct gpo_config *c = gpo_model_config(m);
+    if (tokens_file && !(tok_text = cli_read_file(tokens_file, NULL))) goto cleanup;
+    if (!cli_parse_ids(tokens ? tokens : tok_text, c->n_vocab, &ids)) goto cleanup;
+    if (ids.n == 0) {
+        rc = cli_error("no token ids given");
+        goto cleanup;
+    }
+    const int64_t n = (int64_t)ids.n, V = c->n_vocab;
+    if (n > c->max_position) {
+        rc = cli_error("%lld tokens exceed the model's context of %lld", (long long)n,
+                       (long long)c->max_position);
+        goto cleanup;
+    }
+    int incremental = !strcmp(mode, "incremental");
+    int64_t chunk = incremental ? 1 : (ubatch > 0 ? ubatch : n);
+    if (chunk > n) chunk = n;
+    struct gpo_ctx_opts o = {.max_tokens = chunk, .max_seqs = 1, .n_threads = (int)threads, .path = path};
+    if ((s = gpo_ctx_create(m, &o, &ctx)) != GPO_OK) {
+        rc = cli_status(s, "cannot create a context");
+        goto cleanup;
+    }
+    if ((s = gpo_kv_create(m, n, &kv)) != GPO_OK) {
+        rc = cli_status(s, "cannot create the KV cache");
+        goto cleanup;
+    }
+    logits = malloc((size_t)n * (size_t)V * sizeof *logits);
+    if (!logits) {
+        rc = cli_error("out of memory for %lld x %lld logits", (long long)n, (long long)V);
+        goto cleanup;
+    }
+    for (int64_t i = 0; i < n; i += chunk) {
+        int64_t cnt = n - i < chunk ? n - i : chunk;
+        struct gpo_seq_batch b = {.kv = kv, .tokens = ids.ids + i, .n_tokens = cnt, .logits = GPO_LOGITS_ALL};
+        if ((s = gpo_forward(ctx, &b, 1, logits + (size_t)i * V)) != GPO_OK) {
+            rc = cli_status(s, "forward pass failed at token %lld", (long long)i);
+            goto cleanup;
+        }
+    }
+    f = fopen(out_path, "wb");
+    if (!f || fwrite(logits, sizeof *logits, (size_t)n * V, f) != (size_t)n * V) {
+        rc = cli_error("cannot write %s", out_path);
+        goto cleanup;
+    }
+    if (fclose(f) != 0) {
+        f = NULL;
+        rc = cli_error("cannot write %s", out_path);
+        goto cleanup;
+    }
+    f = NULL;
+    fprintf(stderr, "gptoss: wrote %lld x %lld logits to %s (%s mode, kernels %s)\n", (long long)n,
+            (long long)V, out_path, mode, gpo_ctx_kernels(ctx));
+    rc = 0;
+
+cleanup:
+    if (f) fclose(f);
+    free(logits);
+    free(tok_text);
+    gpo_ids_free(&ids);
+    gpo_kv_free(kv);
+    gpo_ctx_free(ctx);
+    gpo_model_free(m);
+    return rc;
 }

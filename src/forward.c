@@ -1,0 +1,602 @@
+/* forward.c - the transformer forward pass over a token batch, read top to bottom
+ * like the spec (section 2): embed -> per layer (rmsnorm, qkv, rope, attention with
+ * sinks and sliding window, out-proj, residual; rmsnorm, router top-k, experts,
+ * residual) -> final norm -> unembedding.  All tuning lives in the kernels; this
+ * file only schedules them over threads (one OpenMP team for the whole pass). */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+#include "kvcache.h"
+#include "model.h"
+#include "util.h"
+
+/* Attention processes keys in chunks aligned to absolute key positions, so the
+ * online-softmax rescaling points do not depend on how tokens were batched. */
+#define ATTN_CHUNK 64
+
+static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void gpo_rope_inv_freq(const struct gpo_config *c, float *inv_freq, float *concentration) {
+    const int64_t half = c->head_dim / 2;
+    const double base = c->rope_theta, s = c->rope_factor, two_pi = 2.0 * M_PI;
+    if (s > 1.0) {
+        /* YaRN (spec 2.5): blend extrapolated and interpolated frequencies with a ramp
+         * between the unrounded correction bounds low and high. */
+        double low = (double)half * log((double)c->rope_orig_ctx / (c->rope_beta_fast * two_pi)) / log(base);
+        double high = (double)half * log((double)c->rope_orig_ctx / (c->rope_beta_slow * two_pi)) / log(base);
+        for (int64_t j = 0; j < half; j++) {
+            double freq = pow(base, (double)(2 * j) / (double)c->head_dim);
+            double ramp = ((double)j - low) / (high - low);
+            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+            inv_freq[j] = (float)((1.0 - ramp) / freq + ramp / (s * freq));
+        }
+        *concentration = (float)(0.1 * log(s) + 1.0);
+    } else {
+        for (int64_t j = 0; j < half; j++)
+            inv_freq[j] = (float)(1.0 / pow(base, (double)(2 * j) / (double)c->head_dim));
+        *concentration = 1.0f;
+    }
+}
+
+void gpo_rope_apply(float *u, int64_t n_heads, int64_t head_dim, const float *cosv,
+                    const float *sinv) {
+    const int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *x = u + h * head_dim;
+        for (int64_t j = 0; j < half; j++) {
+            float a = x[j], b = x[j + half];
+            x[j] = a * cosv[j] - b * sinv[j];
+            x[j + half] = b * cosv[j] + a * sinv[j];
+        }
+    }
+}
+
+void gpo_rmsnorm(float *out, const float *x, const struct gpo_tview *scale, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * gpo_tview_get(scale, i);
+}
+
+void gpo_topk_softmax(const float *logits, int64_t n, int64_t k, int32_t *idx, float *w) {
+    /* Selection by repeated maximum: ties go to the lowest index (like the Metal
+     * reference), and the result is in descending logit order. */
+    for (int64_t i = 0; i < k; i++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < n; e++) {
+            int taken = 0;
+            for (int64_t j = 0; j < i; j++) taken |= idx[j] == e;
+            if (taken) continue;
+            if (best < 0 || logits[e] > logits[best]) best = e;
+        }
+        idx[i] = (int32_t)best;
+    }
+    float mx = logits[idx[0]], sum = 0.0f;
+    for (int64_t i = 0; i < k; i++) {
+        w[i] = expf(logits[idx[i]] - mx);
+        sum += w[i];
+    }
+    for (int64_t i = 0; i < k; i++) w[i] /= sum;
+}
+
+void gpo_swiglu(float *out, const float *h, int64_t n_ff, float alpha, float limit) {
+    for (int64_t u = 0; u < n_ff; u++) {
+        float xg = h[2 * u], xl = h[2 * u + 1];
+        xg = fminf(xg, limit);
+        xl = fminf(fmaxf(xl, -limit), limit);
+        out[u] = xg / (1.0f + expf(-alpha * xg)) * (xl + 1.0f);
+    }
+}
+
+int64_t gpo_attn_first_key(const struct gpo_config *c, int64_t layer, int64_t p) {
+    return c->layer_sliding[layer] ? max_i64(0, p - c->sliding_window + 1) : 0;
+}
+
+void gpo_attention_head_ref(float *out, const float *q, const float *k, const float *v,
+                            int64_t n_keys, int64_t ld, int64_t head_dim, float sink) {
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    double mx = sink;
+    for (int64_t j = 0; j < n_keys; j++) {
+        double sc = 0.0;
+        for (int64_t d = 0; d < head_dim; d++) sc += (double)q[d] * k[j * ld + d];
+        if (sc * scale > mx) mx = sc * scale;
+    }
+    double den = exp(sink - mx);
+    for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
+    double acc[1024] = {0};
+    for (int64_t j = 0; j < n_keys; j++) {
+        double sc = 0.0;
+        for (int64_t d = 0; d < head_dim; d++) sc += (double)q[d] * k[j * ld + d];
+        double p = exp(sc * scale - mx);
+        den += p;
+        for (int64_t d = 0; d < head_dim && d < 1024; d++) acc[d] += p * v[j * ld + d];
+    }
+    for (int64_t d = 0; d < head_dim && d < 1024; d++) out[d] = (float)(acc[d] / den);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Context                                                                   */
+
+struct gpo_ctx {
+    const struct gpo_model *m;
+    const struct gpo_kernels *k;
+    enum gpo_path path;
+    int n_threads;
+    int64_t max_tokens, max_seqs;
+    volatile int *abort_flag;
+    gpo_trace_fn trace;
+    void *trace_user;
+    float *inv_freq;
+    float concentration;
+
+    /* per token of the batch */
+    int32_t *tok_id;
+    int64_t *tok_pos;
+    int32_t *tok_seq;
+    float *x;     /* [T][H] residual */
+    float *t;     /* [T][H] normed */
+    float *q;     /* [T][QD] */
+    float *kb;    /* [n_layer][T][KVD] new keys of this batch, committed at the end */
+    float *vb;    /* [n_layer][T][KVD] */
+    float *att;   /* [T][QD] */
+    float *o;     /* [T][H] */
+    float *rl;    /* [T][E] router logits */
+    int32_t *sel; /* [T][K] */
+    float *selw;  /* [T][K] */
+    float *y;     /* [T][H] MoE output */
+    float *cs;    /* [T][D/2] cos, then [T][D/2] sin */
+    /* experts, grouped */
+    int64_t *ex_off;   /* [E+1] */
+    int32_t *ex_tok;   /* [T*K] token of each (expert, slot) */
+    float *ex_w;       /* [T*K] */
+    int32_t *ex_cur;   /* [E] */
+    float *xe;         /* [T][H] gathered inputs of one expert */
+    float *h1;         /* [T][2F] */
+    float *act;        /* [T][F] */
+    float *z;          /* [T][H] */
+    struct gpo_q8_block *xq; /* [T][F/32] quantised SwiGLU outputs (fast path) */
+    /* output selection */
+    int64_t *out_tok;  /* [T] tokens whose logits are wanted */
+    /* attention scratch per thread */
+    float *ascratch;   /* [n_threads][ATTN_CHUNK + head_dim] */
+};
+
+static void *xalloc(size_t n, int *fail) {
+    void *p = gpo_aligned_alloc(n);
+    if (!p) *fail = 1;
+    else memset(p, 0, n);
+    return p;
+}
+
+enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *opts, gpo_ctx **out) {
+    const struct gpo_config *c = gpo_model_config(m);
+    struct gpo_ctx_opts o = opts ? *opts : (struct gpo_ctx_opts){0};
+    *out = NULL;
+    if (o.max_tokens <= 0) o.max_tokens = 512;
+    if (o.max_seqs <= 0) o.max_seqs = 64;
+    if (o.max_tokens > (1 << 20) || o.max_seqs > (1 << 20))
+        return gpo_fail(GPO_ERR_ARG, "max_tokens/max_seqs too large");
+    if (o.n_threads <= 0) o.n_threads = omp_get_num_procs();
+    struct gpo_ctx *x = calloc(1, sizeof *x);
+    if (!x) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    x->m = m;
+    x->path = o.path;
+    x->n_threads = o.n_threads;
+    x->max_tokens = o.max_tokens;
+    x->max_seqs = o.max_seqs;
+    x->k = o.path == GPO_PATH_REF ? gpo_kernels_ref() : gpo_kernels_select(getenv("GPTOSS_KERNELS"));
+    if (!x->k) x->k = gpo_kernels_select(NULL);
+
+    const size_t T = (size_t)o.max_tokens, H = (size_t)c->n_embd, E = (size_t)c->n_expert,
+                 K = (size_t)c->n_expert_used, F = (size_t)c->n_ff, D = (size_t)c->head_dim,
+                 QD = (size_t)(c->n_head * c->head_dim), KVD = (size_t)(c->n_head_kv * c->head_dim),
+                 NL = (size_t)c->n_layer;
+    int fail = 0;
+    x->inv_freq = xalloc(D / 2 * 4, &fail);
+    x->tok_id = xalloc(T * 4, &fail);
+    x->tok_pos = xalloc(T * 8, &fail);
+    x->tok_seq = xalloc(T * 4, &fail);
+    x->x = xalloc(T * H * 4, &fail);
+    x->t = xalloc(T * H * 4, &fail);
+    x->q = xalloc(T * QD * 4, &fail);
+    x->kb = xalloc(NL * T * KVD * 4, &fail);
+    x->vb = xalloc(NL * T * KVD * 4, &fail);
+    x->att = xalloc(T * QD * 4, &fail);
+    x->o = xalloc(T * H * 4, &fail);
+    x->rl = xalloc(T * E * 4, &fail);
+    x->sel = xalloc(T * K * 4, &fail);
+    x->selw = xalloc(T * K * 4, &fail);
+    x->y = xalloc(T * H * 4, &fail);
+    x->cs = xalloc(T * D * 4, &fail);
+    x->ex_off = xalloc((E + 1) * 8, &fail);
+    x->ex_tok = xalloc(T * K * 4, &fail);
+    x->ex_w = xalloc(T * K * 4, &fail);
+    x->ex_cur = xalloc(E * 4, &fail);
+    x->xe = xalloc(T * H * 4, &fail);
+    x->h1 = xalloc(T * 2 * F * 4, &fail);
+    x->act = xalloc(T * F * 4, &fail);
+    x->z = xalloc(T * H * 4, &fail);
+    x->xq = xalloc(T * (F / 32) * sizeof(struct gpo_q8_block), &fail);
+    x->out_tok = xalloc(T * 8, &fail);
+    x->ascratch = xalloc((size_t)o.n_threads * (ATTN_CHUNK + D) * 4, &fail);
+    if (fail) {
+        gpo_ctx_free(x);
+        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate forward buffers for %zu tokens", T);
+    }
+    gpo_rope_inv_freq(c, x->inv_freq, &x->concentration);
+    *out = x;
+    return GPO_OK;
+}
+
+void gpo_ctx_free(gpo_ctx *x) {
+    if (!x) return;
+    void *bufs[] = {x->inv_freq, x->tok_id, x->tok_pos, x->tok_seq, x->x,      x->t,
+                    x->q,        x->kb,     x->vb,      x->att,     x->o,      x->rl,
+                    x->sel,      x->selw,   x->y,       x->cs,      x->ex_off, x->ex_tok,
+                    x->ex_w,     x->ex_cur, x->xe,      x->h1,      x->act,    x->z,
+                    x->xq,       x->out_tok, x->ascratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpo_aligned_free(bufs[i]);
+    free(x);
+}
+
+void gpo_ctx_set_abort(gpo_ctx *ctx, volatile int *flag) { ctx->abort_flag = flag; }
+void gpo_ctx_set_trace(gpo_ctx *ctx, gpo_trace_fn fn, void *user) {
+    ctx->trace = fn;
+    ctx->trace_user = user;
+}
+const char *gpo_ctx_kernels(const gpo_ctx *ctx) { return ctx->k->name; }
+int gpo_ctx_threads(const gpo_ctx *ctx) { return ctx->n_threads; }
+
+/* ------------------------------------------------------------------------- */
+/* Work splitting inside the parallel region                                 */
+
+/* This thread's share [r0, r1) of n rows, in multiples of 8 rows so SIMD kernels
+ * work on whole tiles. */
+static void my_rows(int64_t n, int64_t *r0, int64_t *r1) {
+    int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t chunk = (n + nth - 1) / nth;
+    chunk = (chunk + 7) & ~(int64_t)7;
+    *r0 = min_i64(n, (int64_t)tid * chunk);
+    *r1 = min_i64(n, *r0 + chunk);
+}
+
+/* y[t][r] = W x[t] (+ bias) for all rows, split over the team; ends with a barrier. */
+static void par_matmul(const struct gpo_kernels *k, float *y, int64_t ldy,
+                       const struct gpo_tview *W, const struct gpo_tview *bias, const float *x,
+                       int64_t ldx, int64_t n_tok) {
+    int64_t r0, r1;
+    my_rows(W->rows, &r0, &r1);
+    if (r1 > r0) {
+        k->matmul[W->dtype](y, ldy, W->data, x, ldx, n_tok, r0, r1, W->cols);
+        if (bias)
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += gpo_tview_get(bias, r);
+    }
+#pragma omp barrier
+}
+
+/* ------------------------------------------------------------------------- */
+/* Attention                                                                 */
+
+struct seq_info {
+    const struct gpo_kv *kv;
+    int64_t p0;   /* cache length before this batch */
+    int64_t base; /* index of the sequence's first token in the batch */
+};
+
+/* The key/value rows of absolute position j for layer l: from this batch when
+ * j >= p0, else from the cache.  *run is how many following positions are
+ * contiguous in memory (stride kvd). */
+static void kv_at(const struct gpo_ctx *x, const struct seq_info *si, int64_t l, int64_t j,
+                  int64_t T, int64_t kvd, const float **kp, const float **vp, int64_t *run) {
+    if (j >= si->p0) {
+        int64_t row = si->base + (j - si->p0);
+        *kp = x->kb + ((size_t)l * T + row) * kvd;
+        *vp = x->vb + ((size_t)l * T + row) * kvd;
+        *run = INT64_MAX;
+    } else {
+        int64_t slot = gpo_kv_slot(si->kv, l, j);
+        *kp = si->kv->k[l] + slot * kvd;
+        *vp = si->kv->v[l] + slot * kvd;
+        *run = si->kv->sliding[l] ? min_i64(si->kv->window - slot, si->p0 - j) : si->p0 - j;
+    }
+}
+
+/* One query head of one token: online softmax over keys lo..p with the sink as an
+ * extra logit in the denominator only (spec 2.6). */
+static void attend_one(const struct gpo_ctx *x, const struct seq_info *si, int64_t l, int64_t p,
+                       const float *q, int64_t g, float sink, float *out, float *scratch) {
+    const struct gpo_config *c = &x->m->cfg;
+    const int64_t D = c->head_dim, kvd = c->n_head_kv * D, T = x->max_tokens;
+    const float scale = 1.0f / sqrtf((float)D);
+    const int64_t lo = gpo_attn_first_key(c, l, p);
+    float *s = scratch, *acc = scratch + ATTN_CHUNK;
+    float mx = sink, sum = 1.0f;
+    for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
+    for (int64_t c0 = lo; c0 <= p;) {
+        int64_t c1 = min_i64(p + 1, (c0 / ATTN_CHUNK + 1) * ATTN_CHUNK);
+        /* scores of the chunk, in contiguous runs */
+        for (int64_t j = c0; j < c1;) {
+            const float *kp, *vp;
+            int64_t run;
+            kv_at(x, si, l, j, T, kvd, &kp, &vp, &run);
+            int64_t n = min_i64(run, c1 - j);
+            x->k->attn_scores(s + (j - c0), q, kp + g * D, kvd, n, D, scale);
+            j += n;
+        }
+        float cmax = mx;
+        for (int64_t j = 0; j < c1 - c0; j++) cmax = fmaxf(cmax, s[j]);
+        if (cmax > mx) {
+            float r = expf(mx - cmax);
+            sum *= r;
+            for (int64_t d = 0; d < D; d++) acc[d] *= r;
+            mx = cmax;
+        }
+        for (int64_t j = 0; j < c1 - c0; j++) {
+            s[j] = expf(s[j] - mx);
+            sum += s[j];
+        }
+        for (int64_t j = c0; j < c1;) {
+            const float *kp, *vp;
+            int64_t run;
+            kv_at(x, si, l, j, T, kvd, &kp, &vp, &run);
+            int64_t n = min_i64(run, c1 - j);
+            x->k->attn_accum(acc, s + (j - c0), vp + g * D, kvd, n, D);
+            j += n;
+        }
+        c0 = c1;
+    }
+    for (int64_t d = 0; d < D; d++) out[d] = acc[d] / sum;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The pass                                                                  */
+
+static void trace(const struct gpo_ctx *x, enum gpo_trace_point pt, int64_t l, int64_t tok,
+                  const void *data, int64_t n) {
+    if (x->trace) x->trace(x->trace_user, pt, l, tok, data, n);
+}
+
+enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_t n_seqs,
+                            float *logits) {
+    const struct gpo_model *m = x->m;
+    const struct gpo_config *c = &m->cfg;
+    const int64_t H = c->n_embd, D = c->head_dim, QD = c->n_head * D, KVD = c->n_head_kv * D,
+                  E = c->n_expert, K = c->n_expert_used, F = c->n_ff, V = c->n_vocab,
+                  T = x->max_tokens, G = c->n_head / c->n_head_kv, half = D / 2;
+    const struct gpo_kernels *k = x->k;
+    struct seq_info si_buf[64], *si = si_buf;
+
+    if (n_seqs < 0 || (n_seqs > 0 && !seqs)) return gpo_fail(GPO_ERR_ARG, "gpo_forward: bad sequence list");
+    if (n_seqs > x->max_seqs)
+        return gpo_fail(GPO_ERR_ARG, "%lld sequences in one batch; the context allows %lld",
+                        (long long)n_seqs, (long long)x->max_seqs);
+    if (n_seqs > 64) {
+        si = malloc((size_t)n_seqs * sizeof *si);
+        if (!si) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    }
+    /* Validate the whole batch before touching any cache. */
+    int64_t n_tok = 0, n_out = 0;
+    enum gpo_status st = GPO_OK;
+    for (int64_t s = 0; s < n_seqs; s++) {
+        const struct gpo_seq_batch *b = &seqs[s];
+        if (!b->kv || b->n_tokens < 0 || (b->n_tokens > 0 && !b->tokens)) {
+            st = gpo_fail(GPO_ERR_ARG, "sequence %lld of the batch is malformed", (long long)s);
+            goto done;
+        }
+        for (int64_t r = 0; r < s; r++)
+            if (seqs[r].kv == b->kv) {
+                st = gpo_fail(GPO_ERR_ARG, "sequences %lld and %lld of the batch share a KV cache",
+                              (long long)r, (long long)s);
+                goto done;
+            }
+        if (b->kv->n_layer != c->n_layer || b->kv->kv_dim != KVD) {
+            st = gpo_fail(GPO_ERR_ARG, "sequence %lld: KV cache was made for another model", (long long)s);
+            goto done;
+        }
+        if (b->kv->len + b->n_tokens > b->kv->max_seq) {
+            st = gpo_fail(GPO_ERR_CONTEXT,
+                          "sequence %lld would reach %lld tokens but its KV cache holds %lld (max_seq_len)",
+                          (long long)s, (long long)(b->kv->len + b->n_tokens), (long long)b->kv->max_seq);
+            goto done;
+        }
+        for (int64_t i = 0; i < b->n_tokens; i++)
+            if (b->tokens[i] < 0 || b->tokens[i] >= V) {
+                st = gpo_fail(GPO_ERR_TOKEN, "token id %d at index %lld of sequence %lld is outside the vocabulary of %lld",
+                              b->tokens[i], (long long)i, (long long)s, (long long)V);
+                goto done;
+            }
+        n_tok += b->n_tokens;
+        if (n_tok > T) {
+            st = gpo_fail(GPO_ERR_ARG, "batch of more than %lld tokens (the context's max_tokens)",
+                          (long long)T);
+            goto done;
+        }
+        si[s] = (struct seq_info){.kv = b->kv, .p0 = b->kv->len, .base = n_tok - b->n_tokens};
+        for (int64_t i = 0; i < b->n_tokens; i++) {
+            int64_t ti = si[s].base + i;
+            x->tok_id[ti] = b->tokens[i];
+            x->tok_pos[ti] = si[s].p0 + i;
+            x->tok_seq[ti] = (int32_t)s;
+            if (b->logits == GPO_LOGITS_ALL || (b->logits == GPO_LOGITS_LAST && i == b->n_tokens - 1))
+                x->out_tok[n_out++] = ti;
+        }
+    }
+    if (n_out > 0 && !logits) {
+        st = gpo_fail(GPO_ERR_ARG, "logits requested but no output buffer given");
+        goto done;
+    }
+    if (n_tok == 0) goto done;
+
+    volatile int aborted = 0;
+    /* The fast path quantises the SwiGLU output (the down projection's input) to
+     * int8 blocks.  Quantising the up projection's input as well measured worse
+     * than OpenAI's bf16 run on the tiny-a fixture, so it stays fp32. */
+    const int use_q8 = x->path == GPO_PATH_FAST && k->matmul_mxfp4_q8 && k->quantize_q8;
+
+#pragma omp parallel num_threads(x->n_threads)
+    {
+        int64_t r0, r1;
+        float *ascr = x->ascratch + (size_t)omp_get_thread_num() * (ATTN_CHUNK + D);
+
+        /* Embedding and RoPE tables. */
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n_tok; i++) {
+            gpo_to_f32(x->x + i * H, (const uint8_t *)m->embedding.data +
+                                         (size_t)x->tok_id[i] * H * (m->embedding.dtype == GPO_DT_F32 ? 4 : 2),
+                       m->embedding.dtype, H);
+            float *cv = x->cs + i * D, *sv = cv + half;
+            for (int64_t j = 0; j < half; j++) {
+                float th = (float)x->tok_pos[i] * x->inv_freq[j];
+                cv[j] = cosf(th) * x->concentration;
+                sv[j] = sinf(th) * x->concentration;
+            }
+        }
+#pragma omp single
+        for (int64_t i = 0; i < n_tok; i++) trace(x, GPO_TRACE_EMBED, -1, i, x->x + i * H, H);
+
+        for (int64_t l = 0; l < c->n_layer && !aborted; l++) {
+            const struct gpo_layer *L = &m->layers[l];
+            float *kbl = x->kb + (size_t)l * T * KVD, *vbl = x->vb + (size_t)l * T * KVD;
+
+            /* Attention block. */
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_tok; i++)
+                gpo_rmsnorm(x->t + i * H, x->x + i * H, &L->attn_norm, H, c->rms_eps);
+            par_matmul(k, x->q, QD, &L->wq, &L->bq, x->t, H, n_tok);
+            par_matmul(k, kbl, KVD, &L->wk, &L->bk, x->t, H, n_tok);
+            par_matmul(k, vbl, KVD, &L->wv, &L->bv, x->t, H, n_tok);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_tok; i++) {
+                const float *cv = x->cs + i * D;
+                gpo_rope_apply(x->q + i * QD, c->n_head, D, cv, cv + half);
+                gpo_rope_apply(kbl + i * KVD, c->n_head_kv, D, cv, cv + half);
+            }
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t i = 0; i < n_tok; i++)
+                for (int64_t h = 0; h < c->n_head; h++)
+                    attend_one(x, &si[x->tok_seq[i]], l, x->tok_pos[i], x->q + i * QD + h * D, h / G,
+                               gpo_tview_get(&L->sinks, h), x->att + i * QD + h * D, ascr);
+            par_matmul(k, x->o, H, &L->wo, &L->bo, x->att, QD, n_tok);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_tok; i++) {
+                for (int64_t d = 0; d < H; d++) x->x[i * H + d] += x->o[i * H + d];
+                gpo_rmsnorm(x->t + i * H, x->x + i * H, &L->mlp_norm, H, c->rms_eps);
+            }
+
+            /* Router: top-k on the raw logits, softmax over the k selected. */
+            par_matmul(k, x->rl, E, &L->router_w, &L->router_b, x->t, H, n_tok);
+#pragma omp single
+            {
+                for (int64_t i = 0; i < n_tok; i++) {
+                    gpo_topk_softmax(x->rl + i * E, E, K, x->sel + i * K, x->selw + i * K);
+                    trace(x, GPO_TRACE_ATTN_RESIDUAL, l, i, x->x + i * H, H);
+                    trace(x, GPO_TRACE_ROUTER_LOGITS, l, i, x->rl + i * E, E);
+                    trace(x, GPO_TRACE_EXPERTS, l, i, x->sel + i * K, K);
+                    trace(x, GPO_TRACE_EXPERT_WEIGHTS, l, i, x->selw + i * K, K);
+                }
+                /* Group the batch by expert (counting sort, token order kept). */
+                memset(x->ex_off, 0, (size_t)(E + 1) * sizeof *x->ex_off);
+                for (int64_t i = 0; i < n_tok * K; i++) x->ex_off[x->sel[i] + 1]++;
+                for (int64_t e = 0; e < E; e++) x->ex_off[e + 1] += x->ex_off[e];
+                for (int64_t e = 0; e < E; e++) x->ex_cur[e] = (int32_t)x->ex_off[e];
+                for (int64_t i = 0; i < n_tok; i++)
+                    for (int64_t j = 0; j < K; j++) {
+                        int32_t e = x->sel[i * K + j];
+                        x->ex_tok[x->ex_cur[e]] = (int32_t)i;
+                        x->ex_w[x->ex_cur[e]++] = x->selw[i * K + j];
+                    }
+                memset(x->y, 0, (size_t)n_tok * H * sizeof *x->y);
+            }
+
+            /* Experts in ascending order, each over all its tokens at once, so every
+             * selected expert's weights are read once per step and each token sums
+             * its experts in the same order whatever the batch. */
+            for (int64_t e = 0; e < E; e++) {
+                const int64_t e0 = x->ex_off[e], ne = x->ex_off[e + 1] - e0;
+                if (ne == 0) continue;
+                const uint8_t *b1 = L->mlp1_blocks + (size_t)e * 2 * F * (H / 32) * 16;
+                const uint8_t *s1 = L->mlp1_scales + (size_t)e * 2 * F * (H / 32);
+                const uint8_t *b2 = L->mlp2_blocks + (size_t)e * H * (F / 32) * 16;
+                const uint8_t *s2 = L->mlp2_scales + (size_t)e * H * (F / 32);
+#pragma omp for schedule(static)
+                for (int64_t j = 0; j < ne; j++) {
+                    memcpy(x->xe + j * H, x->t + (size_t)x->ex_tok[e0 + j] * H, (size_t)H * 4);
+                }
+                my_rows(2 * F, &r0, &r1);
+                if (r1 > r0) {
+                    k->matmul_mxfp4(x->h1, 2 * F, b1, s1, x->xe, H, ne, r0, r1, H);
+                    for (int64_t j = 0; j < ne; j++)
+                        for (int64_t r = r0; r < r1; r++)
+                            x->h1[j * 2 * F + r] += gpo_tview_get(&L->mlp1_bias, e * 2 * F + r);
+                }
+#pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t j = 0; j < ne; j++) {
+                    gpo_swiglu(x->act + j * F, x->h1 + j * 2 * F, F, c->swiglu_alpha, c->swiglu_limit);
+                    if (use_q8) k->quantize_q8(x->xq + j * (F / 32), x->act + j * F, F);
+                }
+                my_rows(H, &r0, &r1);
+                if (r1 > r0) {
+                    if (use_q8)
+                        k->matmul_mxfp4_q8(x->z, H, b2, s2, x->xq, F / 32, ne, r0, r1, F);
+                    else
+                        k->matmul_mxfp4(x->z, H, b2, s2, x->act, F, ne, r0, r1, F);
+                    /* Each thread owns rows r0..r1 of every token's output, so the
+                     * scatter-add needs no lock and keeps a fixed order. */
+                    for (int64_t j = 0; j < ne; j++) {
+                        float w = x->ex_w[e0 + j];
+                        float *yt = x->y + (size_t)x->ex_tok[e0 + j] * H;
+                        for (int64_t r = r0; r < r1; r++)
+                            yt[r] += w * (x->z[j * H + r] + gpo_tview_get(&L->mlp2_bias, e * H + r));
+                    }
+                }
+#pragma omp barrier
+            }
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_tok; i++)
+                for (int64_t d = 0; d < H; d++) x->x[i * H + d] += x->y[i * H + d];
+#pragma omp single
+            {
+                for (int64_t i = 0; i < n_tok; i++) trace(x, GPO_TRACE_BLOCK_RESIDUAL, l, i, x->x + i * H, H);
+                if (x->abort_flag && *x->abort_flag) aborted = 1;
+            }
+        }
+
+        /* Final norm and unembedding of the rows whose logits are wanted. */
+        if (!aborted && n_out > 0) {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < n_out; i++)
+                gpo_rmsnorm(x->t + i * H, x->x + x->out_tok[i] * H, &m->final_norm, H, c->rms_eps);
+            par_matmul(k, logits, V, &m->unembedding, NULL, x->t, H, n_out);
+        }
+    }
+    if (aborted) {
+        st = gpo_fail(GPO_ERR_ABORTED, "forward pass aborted");
+        goto done;
+    }
+
+    /* Commit the new keys and values; the sliding rings only keep their last window. */
+    for (int64_t s = 0; s < n_seqs; s++) {
+        struct gpo_kv *kv = seqs[s].kv;
+        const int64_t n = seqs[s].n_tokens, p0 = si[s].p0;
+        for (int64_t l = 0; l < c->n_layer; l++) {
+            int64_t first = kv->sliding[l] ? max_i64(0, n - kv->window) : 0;
+            for (int64_t i = first; i < n; i++) {
+                int64_t slot = gpo_kv_slot(kv, l, p0 + i);
+                size_t src = ((size_t)l * T + si[s].base + i) * KVD;
+                memcpy(kv->k[l] + slot * KVD, x->kb + src, (size_t)KVD * 4);
+                memcpy(kv->v[l] + slot * KVD, x->vb + src, (size_t)KVD * 4);
+            }
+        }
+        kv->len += n;
+    }
+
+done:
+    if (si != si_buf) free(si);
+    return st;
+}

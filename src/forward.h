@@ -1,0 +1,30 @@
+/* forward.h - the element-wise pieces of the forward pass, exported for unit
+ * tests (spec section 2).  Internal to the library. */
+#ifndef GPO_FORWARD_H
+#define GPO_FORWARD_H
+
+#include "gpo.h"
+#include "model.h"
+
+/* YaRN inverse frequencies [head_dim/2] and the concentration (spec 2.5). */
+void gpo_rope_inv_freq(const struct gpo_config *c, float *inv_freq, float *concentration);
+/* Rotate n_heads head vectors in place with half-split pairs (j, j + head_dim/2). */
+void gpo_rope_apply(float *u, int64_t n_heads, int64_t head_dim, const float *cosv,
+                    const float *sinv);
+/* out = x / rms(x) * scale (scale applied as stored, no 1+ offset). */
+void gpo_rmsnorm(float *out, const float *x, const struct gpo_tview *scale, int64_t n, float eps);
+/* The k largest of n logits (ties to the lowest index), descending, then softmax over them. */
+void gpo_topk_softmax(const float *logits, int64_t n, int64_t k, int32_t *idx, float *w);
+/* Interleaved clamped SwiGLU: gate = h[2u] clamped above, linear = h[2u+1] clamped both ways. */
+void gpo_swiglu(float *out, const float *h, int64_t n_ff, float alpha, float limit);
+/* First key position a query at position p sees in layer l (the sliding window
+ * holds sliding_window keys including the query's own). */
+int64_t gpo_attn_first_key(const struct gpo_config *c, int64_t layer, int64_t p);
+/* Plain two-pass attention of one head over n_keys contiguous keys/values (row
+ * stride ld) with a sink logit in the denominator only; head_dim <= 1024.  The
+ * readable twin of the online-softmax loop in the forward pass. */
+void gpo_attention_head_ref(float *out, const float *q, const float *k, const float *v,
+                            int64_t n_keys, int64_t ld, int64_t head_dim, float sink);
+int gpo_ctx_threads(const gpo_ctx *ctx);
+
+#endif

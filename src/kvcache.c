@@ -1,0 +1,81 @@
+/* kvcache.c - allocation, sizing and rewinding of the per-sequence KV cache.
+ * Everything is allocated once at creation; forward passes only write slots. */
+#include <stdlib.h>
+
+#include "kvcache.h"
+#include "model.h"
+#include "util.h"
+
+static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq) {
+    int64_t w = c->sliding_window < max_seq ? c->sliding_window : max_seq;
+    return (uint64_t)(c->layer_sliding[l] ? w : max_seq);
+}
+
+uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len) {
+    uint64_t total = 0, kvd = (uint64_t)(c->n_head_kv * c->head_dim);
+    for (int64_t l = 0; l < c->n_layer; l++) total += 2 * slots_of(c, l, max_seq_len) * kvd * 4;
+    return total;
+}
+
+enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **out) {
+    const struct gpo_config *c = gpo_model_config(m);
+    *out = NULL;
+    if (max_seq_len < 1)
+        return gpo_fail(GPO_ERR_ARG, "max_seq_len must be at least 1 (got %lld)", (long long)max_seq_len);
+    if (max_seq_len > c->max_position)
+        return gpo_fail(GPO_ERR_CONTEXT, "max_seq_len %lld exceeds the model's context of %lld tokens",
+                        (long long)max_seq_len, (long long)c->max_position);
+    struct gpo_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    kv->n_layer = c->n_layer;
+    kv->kv_dim = c->n_head_kv * c->head_dim;
+    kv->max_seq = max_seq_len;
+    kv->window = c->sliding_window < max_seq_len ? c->sliding_window : max_seq_len;
+    kv->bytes = gpo_kv_bytes_for(c, max_seq_len);
+    kv->mem = gpo_aligned_alloc(kv->bytes);
+    if (!kv->mem) {
+        double mib = (double)kv->bytes / 1048576.0;
+        free(kv);
+        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate a KV cache of %.1f MiB for %lld tokens",
+                        mib, (long long)max_seq_len);
+    }
+    float *p = kv->mem;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        uint64_t n = slots_of(c, l, max_seq_len) * (uint64_t)kv->kv_dim;
+        kv->sliding[l] = c->layer_sliding[l];
+        kv->k[l] = p;
+        p += n;
+        kv->v[l] = p;
+        p += n;
+    }
+    *out = kv;
+    return GPO_OK;
+}
+
+void gpo_kv_free(gpo_kv *kv) {
+    if (!kv) return;
+    gpo_aligned_free(kv->mem);
+    free(kv);
+}
+
+int64_t gpo_kv_len(const gpo_kv *kv) { return kv->len; }
+int64_t gpo_kv_capacity(const gpo_kv *kv) { return kv->max_seq; }
+uint64_t gpo_kv_bytes(const gpo_kv *kv) { return kv->bytes; }
+
+enum gpo_status gpo_kv_rewind(gpo_kv *kv, int64_t n_keep) {
+    if (n_keep < 0 || n_keep > kv->len)
+        return gpo_fail(GPO_ERR_ARG, "cannot rewind a cache of %lld tokens to %lld",
+                        (long long)kv->len, (long long)n_keep);
+    /* The ring holds positions len-window .. len-1; the token at n_keep needs
+     * n_keep-window+1 .. n_keep-1, so older slots must not have been overwritten. */
+    int any_sliding = 0;
+    for (int64_t l = 0; l < kv->n_layer; l++) any_sliding |= kv->sliding[l];
+    if (n_keep > 0 && any_sliding && kv->len > kv->window && n_keep < kv->len - 1)
+        return gpo_fail(GPO_ERR_UNSUPPORTED,
+                        "cannot rewind from %lld to %lld tokens: the sliding-window ring of %lld "
+                        "slots has overwritten keys that position %lld needs; prefill again",
+                        (long long)kv->len, (long long)n_keep, (long long)kv->window,
+                        (long long)n_keep);
+    kv->len = n_keep;
+    return GPO_OK;
+}

@@ -1,0 +1,422 @@
+/* model.c - loads a GPT-OSS checkpoint folder: finds the layout (Hugging Face or
+ * original/), reads config.json, maps the safetensors files and binds every
+ * weight by name with its shape and dtype checked.  Weights stay in the mapping. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "model.h"
+#include "util.h"
+
+float gpo_tview_get(const struct gpo_tview *v, int64_t i) {
+    switch (v->dtype) {
+    case GPO_DT_F32: return ((const float *)v->data)[i];
+    case GPO_DT_BF16: return bf16_to_f32(((const uint16_t *)v->data)[i]);
+    case GPO_DT_F16: return f16_to_f32(((const uint16_t *)v->data)[i]);
+    default: return 0.0f; /* binding only admits the three float types */
+    }
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+enum gpo_status gpo_model_resolve_dir(const char *arg, char *out, size_t out_size) {
+    const char *src = "-m", *dir = arg;
+    if (!dir || !*dir) {
+        dir = getenv("GPT_DIR");
+        src = "$GPT_DIR";
+    }
+    if (!dir || !*dir) {
+        dir = getenv("HF_MODEL");
+        src = "$HF_MODEL";
+    }
+    if (!dir || !*dir)
+        return gpo_fail(GPO_ERR_NOT_FOUND,
+                        "no model folder given: pass -m DIR or set GPT_DIR to a folder holding a "
+                        "GPT-OSS checkpoint (make one with 'gptoss mkmodel --preset tiny --out DIR')");
+    if (!is_dir(dir)) {
+        if (strcmp(src, "$HF_MODEL") == 0 && strchr(dir, '/') && dir[0] != '/' && dir[0] != '.')
+            return gpo_fail(GPO_ERR_NOT_FOUND,
+                            "$HF_MODEL is '%s', which looks like a Hub id, not a local folder; "
+                            "nothing can be downloaded here: download the checkpoint yourself and "
+                            "set GPT_DIR (or HF_MODEL) to its local folder", dir);
+        return gpo_fail(GPO_ERR_NOT_FOUND, "model folder '%s' (from %s) not found%s", dir, src,
+                        strcmp(src, "-m") == 0 ? "" : "; set GPT_DIR to a local checkpoint folder");
+    }
+    if (strlen(dir) + 1 > out_size) return gpo_fail(GPO_ERR_ARG, "model path too long");
+    memcpy(out, dir, strlen(dir) + 1);
+    return GPO_OK;
+}
+
+/* Weight names of one layout.  %d is the layer. */
+struct names {
+    const char *layout;
+    const char *embedding, *final_norm, *unembedding;
+    const char *attn_norm, *qkv_w, *qkv_b, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *sinks, *o_w, *o_b;
+    const char *mlp_norm, *router_w, *router_b;
+    const char *mlp1_blocks, *mlp1_scales, *mlp1_bias, *mlp2_blocks, *mlp2_scales, *mlp2_bias;
+};
+
+static const struct names names_hf = {
+    .layout = "hf",
+    .embedding = "model.embed_tokens.weight",
+    .final_norm = "model.norm.weight",
+    .unembedding = "lm_head.weight",
+    .attn_norm = "model.layers.%d.input_layernorm.weight",
+    .q_w = "model.layers.%d.self_attn.q_proj.weight",
+    .q_b = "model.layers.%d.self_attn.q_proj.bias",
+    .k_w = "model.layers.%d.self_attn.k_proj.weight",
+    .k_b = "model.layers.%d.self_attn.k_proj.bias",
+    .v_w = "model.layers.%d.self_attn.v_proj.weight",
+    .v_b = "model.layers.%d.self_attn.v_proj.bias",
+    .sinks = "model.layers.%d.self_attn.sinks",
+    .o_w = "model.layers.%d.self_attn.o_proj.weight",
+    .o_b = "model.layers.%d.self_attn.o_proj.bias",
+    .mlp_norm = "model.layers.%d.post_attention_layernorm.weight",
+    .router_w = "model.layers.%d.mlp.router.weight",
+    .router_b = "model.layers.%d.mlp.router.bias",
+    .mlp1_blocks = "model.layers.%d.mlp.experts.gate_up_proj_blocks",
+    .mlp1_scales = "model.layers.%d.mlp.experts.gate_up_proj_scales",
+    .mlp1_bias = "model.layers.%d.mlp.experts.gate_up_proj_bias",
+    .mlp2_blocks = "model.layers.%d.mlp.experts.down_proj_blocks",
+    .mlp2_scales = "model.layers.%d.mlp.experts.down_proj_scales",
+    .mlp2_bias = "model.layers.%d.mlp.experts.down_proj_bias",
+};
+
+static const struct names names_orig = {
+    .layout = "original",
+    .embedding = "embedding.weight",
+    .final_norm = "norm.scale",
+    .unembedding = "unembedding.weight",
+    .attn_norm = "block.%d.attn.norm.scale",
+    .qkv_w = "block.%d.attn.qkv.weight",
+    .qkv_b = "block.%d.attn.qkv.bias",
+    .sinks = "block.%d.attn.sinks",
+    .o_w = "block.%d.attn.out.weight",
+    .o_b = "block.%d.attn.out.bias",
+    .mlp_norm = "block.%d.mlp.norm.scale",
+    .router_w = "block.%d.mlp.gate.weight",
+    .router_b = "block.%d.mlp.gate.bias",
+    .mlp1_blocks = "block.%d.mlp.mlp1_weight.blocks",
+    .mlp1_scales = "block.%d.mlp.mlp1_weight.scales",
+    .mlp1_bias = "block.%d.mlp.mlp1_bias",
+    .mlp2_blocks = "block.%d.mlp.mlp2_weight.blocks",
+    .mlp2_scales = "block.%d.mlp.mlp2_weight.scales",
+    .mlp2_bias = "block.%d.mlp.mlp2_bias",
+};
+
+static void fmt_shape(char *buf, size_t n, int nd, const int64_t *shape) {
+    size_t p = 0;
+    p += (size_t)snprintf(buf + p, n - p, "[");
+    for (int i = 0; i < nd && p < n; i++)
+        p += (size_t)snprintf(buf + p, n - p, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (p < n) snprintf(buf + p, n - p, "]");
+}
+
+/* Find a tensor and check its shape.  want_float: dtype must be F32/F16/BF16;
+ * else it must be U8 (MXFP4 blocks and scales).  Adds its bytes to *acc. */
+static enum gpo_status bind(struct gpo_model *m, const char *fmt, int layer, int nd,
+                            const int64_t *shape, int want_float, const struct gpo_st_tensor **out,
+                            uint64_t *acc) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, layer);
+    const struct gpo_st_tensor *t = gpo_st_find(&m->st, name);
+    if (!t)
+        return gpo_fail(GPO_ERR_MISSING_TENSOR, "tensor '%s' is missing from %s (%s layout)", name,
+                        m->dir, m->layout);
+    int ok = t->n_dims == nd;
+    for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char want[128], got[128];
+        fmt_shape(want, sizeof want, nd, shape);
+        fmt_shape(got, sizeof got, t->n_dims, t->shape);
+        return gpo_fail(GPO_ERR_SHAPE, "tensor '%s' has shape %s, expected %s", name, got, want);
+    }
+    if (want_float && t->dtype != GPO_DT_BF16 && t->dtype != GPO_DT_F16 && t->dtype != GPO_DT_F32)
+        return gpo_fail(GPO_ERR_DTYPE, "tensor '%s' has dtype %s, expected BF16, F16 or F32", name,
+                        gpo_dtype_name(t->dtype));
+    if (!want_float && t->dtype != GPO_DT_U8)
+        return gpo_fail(GPO_ERR_DTYPE, "tensor '%s' has dtype %s, expected U8 (MXFP4)", name,
+                        gpo_dtype_name(t->dtype));
+    *out = t;
+    if (acc) *acc += t->nbytes;
+    return GPO_OK;
+}
+
+static struct gpo_tview view_of(const struct gpo_st_tensor *t, int64_t rows, int64_t cols,
+                                int64_t row0) {
+    size_t es = gpo_dtype_size(t->dtype);
+    return (struct gpo_tview){.data = t->data + (uint64_t)row0 * (uint64_t)cols * es,
+                              .dtype = t->dtype, .rows = rows, .cols = cols};
+}
+
+static enum gpo_status bind_view(struct gpo_model *m, const char *fmt, int layer, int64_t rows,
+                                 int64_t cols, struct gpo_tview *v, uint64_t *acc) {
+    const struct gpo_st_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    /* Vectors are 1-D in the files. */
+    if (rows == 1)
+        GPO_TRY(bind(m, fmt, layer, 1, &shape[1], 1, &t, acc));
+    else
+        GPO_TRY(bind(m, fmt, layer, 2, shape, 1, &t, acc));
+    *v = view_of(t, rows, cols, 0);
+    return GPO_OK;
+}
+
+static enum gpo_status bind_all(struct gpo_model *m, const struct names *nm) {
+    const struct gpo_config *c = &m->cfg;
+    struct gpo_model_info *inf = &m->info;
+    const int64_t H = c->n_embd, QD = c->n_head * c->head_dim, KVD = c->n_head_kv * c->head_dim;
+    const int64_t E = c->n_expert, F = c->n_ff;
+    GPO_TRY(bind_view(m, nm->embedding, 0, c->n_vocab, H, &m->embedding, &inf->bytes_embedding));
+    GPO_TRY(bind_view(m, nm->final_norm, 0, 1, H, &m->final_norm, &inf->bytes_norms));
+    GPO_TRY(bind_view(m, nm->unembedding, 0, c->n_vocab, H, &m->unembedding, &inf->bytes_unembedding));
+    for (int l = 0; l < c->n_layer; l++) {
+        struct gpo_layer *L = &m->layers[l];
+        uint64_t *att = &inf->bytes_attention;
+        GPO_TRY(bind_view(m, nm->attn_norm, l, 1, H, &L->attn_norm, att));
+        if (nm->qkv_w) {
+            /* The original layout fuses q, k and v rows; split the view without copying. */
+            const struct gpo_st_tensor *t;
+            int64_t shw[2] = {QD + 2 * KVD, H}, shb[1] = {QD + 2 * KVD};
+            GPO_TRY(bind(m, nm->qkv_w, l, 2, shw, 1, &t, att));
+            L->wq = view_of(t, QD, H, 0);
+            L->wk = view_of(t, KVD, H, QD);
+            L->wv = view_of(t, KVD, H, QD + KVD);
+            GPO_TRY(bind(m, nm->qkv_b, l, 1, shb, 1, &t, att));
+            L->bq = view_of(t, 1, QD, 0);
+            L->bk = (struct gpo_tview){.data = t->data + (uint64_t)QD * gpo_dtype_size(t->dtype),
+                                       .dtype = t->dtype, .rows = 1, .cols = KVD};
+            L->bv = (struct gpo_tview){.data = t->data + (uint64_t)(QD + KVD) * gpo_dtype_size(t->dtype),
+                                       .dtype = t->dtype, .rows = 1, .cols = KVD};
+        } else {
+            GPO_TRY(bind_view(m, nm->q_w, l, QD, H, &L->wq, att));
+            GPO_TRY(bind_view(m, nm->q_b, l, 1, QD, &L->bq, att));
+            GPO_TRY(bind_view(m, nm->k_w, l, KVD, H, &L->wk, att));
+            GPO_TRY(bind_view(m, nm->k_b, l, 1, KVD, &L->bk, att));
+            GPO_TRY(bind_view(m, nm->v_w, l, KVD, H, &L->wv, att));
+            GPO_TRY(bind_view(m, nm->v_b, l, 1, KVD, &L->bv, att));
+        }
+        GPO_TRY(bind_view(m, nm->sinks, l, 1, c->n_head, &L->sinks, att));
+        GPO_TRY(bind_view(m, nm->o_w, l, H, QD, &L->wo, att));
+        GPO_TRY(bind_view(m, nm->o_b, l, 1, H, &L->bo, att));
+        GPO_TRY(bind_view(m, nm->mlp_norm, l, 1, H, &L->mlp_norm, &inf->bytes_norms));
+        GPO_TRY(bind_view(m, nm->router_w, l, E, H, &L->router_w, &inf->bytes_router));
+        GPO_TRY(bind_view(m, nm->router_b, l, 1, E, &L->router_b, &inf->bytes_router));
+
+        const struct gpo_st_tensor *t;
+        uint64_t *ex = &inf->bytes_experts;
+        int64_t b1[4] = {E, 2 * F, H / 32, 16}, s1[3] = {E, 2 * F, H / 32};
+        int64_t b2[4] = {E, H, F / 32, 16}, s2[3] = {E, H, F / 32};
+        int64_t bias1[2] = {E, 2 * F}, bias2[2] = {E, H};
+        GPO_TRY(bind(m, nm->mlp1_blocks, l, 4, b1, 0, &t, ex));
+        L->mlp1_blocks = t->data;
+        GPO_TRY(bind(m, nm->mlp1_scales, l, 3, s1, 0, &t, ex));
+        L->mlp1_scales = t->data;
+        GPO_TRY(bind(m, nm->mlp1_bias, l, 2, bias1, 1, &t, ex));
+        L->mlp1_bias = view_of(t, E, 2 * F, 0);
+        GPO_TRY(bind(m, nm->mlp2_blocks, l, 4, b2, 0, &t, ex));
+        L->mlp2_blocks = t->data;
+        GPO_TRY(bind(m, nm->mlp2_scales, l, 3, s2, 0, &t, ex));
+        L->mlp2_scales = t->data;
+        GPO_TRY(bind(m, nm->mlp2_bias, l, 2, bias2, 1, &t, ex));
+        L->mlp2_bias = view_of(t, E, H, 0);
+    }
+    return GPO_OK;
+}
+
+static enum gpo_status read_text(const char *path, char **out, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || st.st_size > (1 << 26)) {
+        fclose(f);
+        return gpo_fail(GPO_ERR_IO, "%s is not a readable file of sane size", path);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        fclose(f);
+        return gpo_fail(GPO_ERR_NOMEM, "out of memory reading %s", path);
+    }
+    size_t n = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return GPO_OK;
+}
+
+static void compute_info(struct gpo_model *m) {
+    const struct gpo_config *c = &m->cfg;
+    struct gpo_model_info *inf = &m->info;
+    inf->n_tensors = (int64_t)m->st.n_tensors;
+    inf->n_files = m->st.n_files;
+    for (int i = 0; i < m->st.n_files; i++) inf->bytes_mapped += m->st.files[i].size;
+    for (size_t i = 0; i < m->st.n_tensors; i++) {
+        const struct gpo_st_tensor *t = &m->st.tensors[i];
+        inf->bytes_tensors += t->nbytes;
+        int64_t n = 1;
+        for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
+        /* MXFP4 blocks hold two parameters per byte; scales are not parameters. */
+        if (t->dtype == GPO_DT_U8 && t->n_dims == 4) n *= 2;
+        else if (t->dtype == GPO_DT_U8) n = 0;
+        inf->n_params += n;
+    }
+    /* Per decoded token: every non-expert layer weight, n_expert_used experts per
+     * layer, the unembedding, the final norm and one embedding row. */
+    uint64_t per_expert = inf->bytes_experts / (uint64_t)(c->n_layer * c->n_expert);
+    inf->bytes_per_token = inf->bytes_attention + inf->bytes_router + inf->bytes_norms +
+                           (uint64_t)(c->n_layer * c->n_expert_used) * per_expert +
+                           inf->bytes_unembedding + inf->bytes_embedding / (uint64_t)c->n_vocab;
+    int64_t expert_params = c->n_layer * c->n_expert *
+                            (2 * c->n_ff * c->n_embd + c->n_embd * c->n_ff + 2 * c->n_ff + c->n_embd);
+    int64_t emb = c->n_vocab * c->n_embd;
+    inf->n_params_active = inf->n_params - expert_params -
+                           emb + c->n_layer * c->n_expert_used * (expert_params / (c->n_layer * c->n_expert));
+}
+
+/* Does the folder hold a safetensors checkpoint of its own? */
+static int has_weights(const char *dir) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    if (is_file(p)) return 1;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int found = 0;
+    while (!found && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        found = n > 12 && strcmp(e->d_name + n - 12, ".safetensors") == 0;
+    }
+    closedir(d);
+    return found;
+}
+
+enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *opts,
+                               gpo_model **out) {
+    enum gpo_status s = GPO_OK;
+    char *json = NULL;
+    size_t json_len = 0;
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    struct gpo_model *m = NULL;
+
+    if (!dir_in || !out) return gpo_fail(GPO_ERR_ARG, "gpo_model_load: NULL argument");
+    *out = NULL;
+    if (!is_dir(dir_in))
+        return gpo_fail(GPO_ERR_NOT_FOUND, "model folder '%s' not found (pass -m DIR or set GPT_DIR)",
+                        dir_in);
+    if (strlen(dir_in) >= sizeof dir - 64) return gpo_fail(GPO_ERR_ARG, "model path too long");
+    memcpy(dir, dir_in, strlen(dir_in) + 1);
+    /* A folder holding only original/ (as the release's subfolder) works too. */
+    if (!has_weights(dir)) {
+        snprintf(path, sizeof path, "%s/original", dir);
+        if (is_dir(path) && has_weights(path)) {
+            memcpy(dir, path, strlen(path) + 1);
+        } else {
+            return gpo_fail(GPO_ERR_NOT_GPTOSS,
+                            "'%s' is not a GPT-OSS checkpoint: it holds no *.safetensors files "
+                            "(nor an original/ subfolder with them)", dir_in);
+        }
+    }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!is_file(path))
+        return gpo_fail(GPO_ERR_NOT_GPTOSS, "'%s' is not a GPT-OSS checkpoint: config.json is missing",
+                        dir);
+
+    m = calloc(1, sizeof *m);
+    if (!m) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    m->dir = strdup(dir);
+    if (!m->dir) {
+        s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    if ((s = read_text(path, &json, &json_len)) != GPO_OK) goto cleanup;
+    if ((s = gpo_config_parse(json, json_len, path, &m->cfg)) != GPO_OK) goto cleanup;
+    if ((s = gpo_st_open_dir(&m->st, dir)) != GPO_OK) goto cleanup;
+
+    const struct names *nm;
+    if (gpo_st_find(&m->st, names_hf.embedding) || gpo_st_find(&m->st, names_hf.unembedding)) {
+        nm = &names_hf;
+    } else if (gpo_st_find(&m->st, names_orig.embedding) ||
+               gpo_st_find(&m->st, names_orig.unembedding)) {
+        nm = &names_orig;
+    } else {
+        s = gpo_fail(GPO_ERR_NOT_GPTOSS,
+                     "'%s' is not a GPT-OSS checkpoint: neither '%s' (Hugging Face layout) nor '%s' "
+                     "(original layout) is among its %zu tensors", dir, names_hf.embedding,
+                     names_orig.embedding, m->st.n_tensors);
+        goto cleanup;
+    }
+    m->layout = nm->layout;
+    m->layers = calloc((size_t)m->cfg.n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    if ((s = bind_all(m, nm)) != GPO_OK) goto cleanup;
+    compute_info(m);
+
+    if (opts && opts->mlock) {
+        for (int i = 0; i < m->st.n_files; i++)
+            if (mlock(m->st.files[i].map, m->st.files[i].size) != 0) {
+                gpo_log(GPO_LOG_WARN, "mlock of %s failed: %s (check ulimit -l)",
+                        m->st.files[i].path, strerror(errno));
+                break;
+            }
+        m->locked = 1;
+    }
+    if (opts && opts->prefetch) {
+        /* Touch every page once so later reads hit memory; progress goes to the log. */
+        uint64_t total = m->info.bytes_mapped, done = 0, next = 0;
+        volatile uint8_t sink = 0;
+        double t0 = gpo_now();
+        for (int i = 0; i < m->st.n_files; i++) {
+            const uint8_t *p = m->st.files[i].map;
+            uint64_t n = m->st.files[i].size;
+            madvise((void *)p, n, MADV_WILLNEED);
+            for (uint64_t o = 0; o < n; o += 4096) {
+                sink ^= p[o];
+                done += 4096;
+                if (done >= next) {
+                    gpo_log(GPO_LOG_INFO, "prefetch %5.1f%% (%.1f GB, %.1f GB/s)",
+                            100.0 * (double)done / (double)total, (double)done / 1e9,
+                            (double)done / 1e9 / (gpo_now() - t0 + 1e-9));
+                    next += total / 10 + 1;
+                }
+            }
+        }
+        (void)sink;
+    }
+    *out = m;
+    m = NULL;
+
+cleanup:
+    free(json);
+    if (m) gpo_model_free(m);
+    return s;
+}
+
+void gpo_model_free(gpo_model *m) {
+    if (!m) return;
+    gpo_st_close(&m->st);
+    free(m->layers);
+    free(m->dir);
+    free(m);
+}
+
+const struct gpo_config *gpo_model_config(const gpo_model *m) { return &m->cfg; }
+const char *gpo_model_dir(const gpo_model *m) { return m->dir; }
+const char *gpo_model_layout(const gpo_model *m) { return m->layout; }
+void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info) { *info = m->info; }

@@ -1,0 +1,362 @@
+/* test_golden.c - logits of the tiny-a fixture against OpenAI's float32 reference,
+ * for both checkpoint layouts, prefill and incremental decoding, the exact, ref
+ * and fast paths; per-layer hidden states and expert choices of seq0 to localise a
+ * mismatch; and bit-identical results across thread counts and batch make-up. */
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "gpo.h"
+
+#define FIX "tests/fixtures/tiny-a"
+#define N_SEQ 4
+#define TOL 1e-3
+
+static void *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) buf[n] = 0;
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+static int load_ids(int seq, struct gpo_ids *ids) {
+    char path[256];
+    snprintf(path, sizeof path, FIX "/golden/seq%d.ids.json", seq);
+    char *txt = read_all(path, NULL);
+    if (!txt) return 0;
+    cJSON *a = cJSON_Parse(txt);
+    free(txt);
+    if (!cJSON_IsArray(a)) return 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) gpo_ids_push(ids, (int32_t)e->valuedouble);
+    cJSON_Delete(a);
+    return 1;
+}
+
+static float *load_f32(const char *name, int seq, size_t *n) {
+    char path[256];
+    snprintf(path, sizeof path, FIX "/golden/seq%d.%s", seq, name);
+    size_t len;
+    float *p = read_all(path, &len);
+    if (n) *n = len / 4;
+    return p;
+}
+
+/* Logits of every position of ids, in chunks of `chunk` tokens. */
+static float *run_logits(gpo_model *m, const struct gpo_ids *ids, int64_t chunk, enum gpo_path path,
+                         int threads) {
+    const struct gpo_config *c = gpo_model_config(m);
+    gpo_ctx *ctx;
+    gpo_kv *kv;
+    struct gpo_ctx_opts o = {.max_tokens = chunk, .max_seqs = 1, .n_threads = threads, .path = path};
+    assert_int_equal(gpo_ctx_create(m, &o, &ctx), GPO_OK);
+    assert_int_equal(gpo_kv_create(m, (int64_t)ids->n, &kv), GPO_OK);
+    float *lg = malloc(ids->n * (size_t)c->n_vocab * 4);
+    for (size_t i = 0; i < ids->n; i += (size_t)chunk) {
+        int64_t cnt = (int64_t)(ids->n - i) < chunk ? (int64_t)(ids->n - i) : chunk;
+        struct gpo_seq_batch b = {kv, ids->ids + i, cnt, GPO_LOGITS_ALL};
+        assert_int_equal(gpo_forward(ctx, &b, 1, lg + i * (size_t)c->n_vocab), GPO_OK);
+    }
+    assert_int_equal(gpo_kv_len(kv), (int64_t)ids->n);
+    gpo_kv_free(kv);
+    gpo_ctx_free(ctx);
+    return lg;
+}
+
+static int argmax(const float *x, int64_t n) {
+    int best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = (int)i;
+    return best;
+}
+
+/* Max |a - b| and the number of rows whose argmax agrees. */
+static double compare(const float *a, const float *b, size_t rows, int64_t V, size_t *agree) {
+    double mx = 0;
+    *agree = 0;
+    for (size_t r = 0; r < rows; r++) {
+        for (int64_t v = 0; v < V; v++) {
+            double d = fabs((double)a[r * V + v] - b[r * V + v]);
+            if (!(d <= mx)) mx = d; /* NaN propagates */
+        }
+        *agree += argmax(a + r * V, V) == argmax(b + r * V, V);
+    }
+    return mx;
+}
+
+static void golden_case(const char *dir, const char *label, enum gpo_path path, int incremental) {
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(dir, NULL, &m), GPO_OK);
+    const int64_t V = gpo_model_config(m)->n_vocab;
+    for (int s = 0; s < N_SEQ; s++) {
+        struct gpo_ids ids = {0};
+        assert_true(load_ids(s, &ids));
+        size_t ng;
+        float *gold = load_f32("logits.f32", s, &ng);
+        assert_non_null(gold);
+        assert_int_equal(ng, ids.n * (size_t)V);
+        float *lg = run_logits(m, &ids, incremental ? 1 : (int64_t)ids.n, path, 0);
+        size_t agree;
+        double d = compare(lg, gold, ids.n, V, &agree);
+        printf("  %-9s %-6s %-11s seq%d: max|d| %.3g, argmax %zu/%zu\n", label,
+               path == GPO_PATH_REF ? "ref" : path == GPO_PATH_FAST ? "fast" : "exact",
+               incremental ? "incremental" : "prefill", s, d, agree, ids.n);
+        assert_true(d <= TOL);
+        assert_int_equal(agree, ids.n);
+        free(lg);
+        free(gold);
+        gpo_ids_free(&ids);
+    }
+    gpo_model_free(m);
+}
+
+static void test_hf_prefill(void **st) { (void)st; golden_case(FIX, "hf", GPO_PATH_EXACT, 0); }
+static void test_hf_incremental(void **st) { (void)st; golden_case(FIX, "hf", GPO_PATH_EXACT, 1); }
+static void test_orig_prefill(void **st) { (void)st; golden_case(FIX "/original", "original", GPO_PATH_EXACT, 0); }
+static void test_orig_incremental(void **st) { (void)st; golden_case(FIX "/original", "original", GPO_PATH_EXACT, 1); }
+static void test_ref_path(void **st) {
+    (void)st;
+    golden_case(FIX, "hf", GPO_PATH_REF, 0);
+    golden_case(FIX "/original", "original", GPO_PATH_REF, 1);
+}
+
+/* The fast path may round activations; it must stay within the error of the
+ * reference's own bf16 run on seq0, with argmax agreement at least as high. */
+static void test_fast_path(void **st) {
+    (void)st;
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    const int64_t V = gpo_model_config(m)->n_vocab;
+    struct gpo_ids ids = {0};
+    assert_true(load_ids(0, &ids));
+    float *gold = load_f32("logits.f32", 0, NULL), *bf = load_f32("logits_bf16ref.f32", 0, NULL);
+    assert_non_null(bf);
+    size_t agree_bf, agree_fast;
+    double d_bf = compare(bf, gold, ids.n, V, &agree_bf);
+    float *lg = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_FAST, 0);
+    double d_fast = compare(lg, gold, ids.n, V, &agree_fast);
+    printf("  fast seq0: max|d| %.3g argmax %zu/%zu (bf16 reference: %.3g, %zu/%zu)\n", d_fast,
+           agree_fast, ids.n, d_bf, agree_bf, ids.n);
+    assert_true(d_fast <= d_bf);
+    assert_true(agree_fast >= agree_bf);
+    free(lg);
+    free(gold);
+    free(bf);
+    gpo_ids_free(&ids);
+    gpo_model_free(m);
+}
+
+/* Per-layer states of seq0 through the trace hook. */
+struct trace_buf {
+    int64_t H, E, K, T;
+    float *hidden;      /* [5][T][H] */
+    float *hidden_attn; /* [4][T][H] */
+    float *router;      /* [4][T][E] */
+    int32_t *experts;   /* [4][T][K] */
+    float *weights;     /* [4][T][K] */
+};
+
+static void on_trace(void *user, enum gpo_trace_point pt, int64_t l, int64_t tok, const void *data,
+                     int64_t n) {
+    struct trace_buf *b = user;
+    switch (pt) {
+    case GPO_TRACE_EMBED: memcpy(b->hidden + tok * b->H, data, (size_t)n * 4); break;
+    case GPO_TRACE_BLOCK_RESIDUAL: memcpy(b->hidden + ((l + 1) * b->T + tok) * b->H, data, (size_t)n * 4); break;
+    case GPO_TRACE_ATTN_RESIDUAL: memcpy(b->hidden_attn + (l * b->T + tok) * b->H, data, (size_t)n * 4); break;
+    case GPO_TRACE_ROUTER_LOGITS: memcpy(b->router + (l * b->T + tok) * b->E, data, (size_t)n * 4); break;
+    case GPO_TRACE_EXPERTS: memcpy(b->experts + (l * b->T + tok) * b->K, data, (size_t)n * 4); break;
+    case GPO_TRACE_EXPERT_WEIGHTS: memcpy(b->weights + (l * b->T + tok) * b->K, data, (size_t)n * 4); break;
+    }
+}
+
+static double max_diff(const float *a, const float *b, size_t n) {
+    double mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= mx)) mx = d;
+    }
+    return mx;
+}
+
+static void test_seq0_layers(void **st) {
+    (void)st;
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    const struct gpo_config *c = gpo_model_config(m);
+    struct gpo_ids ids = {0};
+    assert_true(load_ids(0, &ids));
+    struct trace_buf b = {.H = c->n_embd, .E = c->n_expert, .K = c->n_expert_used, .T = (int64_t)ids.n};
+    const int64_t L = c->n_layer, T = b.T;
+    b.hidden = calloc((size_t)((L + 1) * T * b.H), 4);
+    b.hidden_attn = calloc((size_t)(L * T * b.H), 4);
+    b.router = calloc((size_t)(L * T * b.E), 4);
+    b.experts = calloc((size_t)(L * T * b.K), 4);
+    b.weights = calloc((size_t)(L * T * b.K), 4);
+    gpo_ctx *ctx;
+    gpo_kv *kv;
+    struct gpo_ctx_opts o = {.max_tokens = T, .max_seqs = 1};
+    assert_int_equal(gpo_ctx_create(m, &o, &ctx), GPO_OK);
+    assert_int_equal(gpo_kv_create(m, T, &kv), GPO_OK);
+    gpo_ctx_set_trace(ctx, on_trace, &b);
+    struct gpo_seq_batch sb = {kv, ids.ids, T, GPO_LOGITS_NONE};
+    assert_int_equal(gpo_forward(ctx, &sb, 1, NULL), GPO_OK);
+
+    float *gh = load_f32("hidden.f32", 0, NULL), *gha = load_f32("hidden_attn.f32", 0, NULL);
+    float *gr = load_f32("router_logits.f32", 0, NULL), *gw = load_f32("expert_weights.f32", 0, NULL);
+    int32_t *ge = (int32_t *)load_f32("experts.i32", 0, NULL);
+    assert_non_null(gh);
+    for (int64_t l = 0; l <= L; l++) {
+        double d = max_diff(b.hidden + l * T * b.H, gh + l * T * b.H, (size_t)(T * b.H));
+        printf("  hidden[%lld] max|d| %.3g\n", (long long)l, d);
+        assert_true(d < 1e-4);
+    }
+    for (int64_t l = 0; l < L; l++) {
+        double da = max_diff(b.hidden_attn + l * T * b.H, gha + l * T * b.H, (size_t)(T * b.H));
+        double dr = max_diff(b.router + l * T * b.E, gr + l * T * b.E, (size_t)(T * b.E));
+        printf("  layer %lld: after attention max|d| %.3g, router logits max|d| %.3g\n", (long long)l, da, dr);
+        assert_true(da < 1e-4);
+        assert_true(dr < 1e-4);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < b.K; j++) {
+                /* same order (descending logit) as the reference's sorted topk */
+                size_t off = (size_t)((l * T + t) * b.K + j);
+                assert_int_equal(b.experts[off], ge[off]);
+                assert_true(fabs(b.weights[off] - gw[off]) < 1e-5);
+            }
+    }
+    free(gh); free(gha); free(gr); free(gw); free(ge);
+    free(b.hidden); free(b.hidden_attn); free(b.router); free(b.experts); free(b.weights);
+    gpo_kv_free(kv);
+    gpo_ctx_free(ctx);
+    gpo_ids_free(&ids);
+    gpo_model_free(m);
+}
+
+/* -t 1 and -t 2, and prefill chunking, give bit-identical logits. */
+static void test_threads_bitexact(void **st) {
+    (void)st;
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    const int64_t V = gpo_model_config(m)->n_vocab;
+    struct gpo_ids ids = {0};
+    assert_true(load_ids(0, &ids));
+    float *a = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_EXACT, 1);
+    float *b = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_EXACT, 2);
+    float *c = run_logits(m, &ids, 5, GPO_PATH_EXACT, 2);
+    float *d = run_logits(m, &ids, 1, GPO_PATH_EXACT, 3);
+    assert_memory_equal(a, b, ids.n * (size_t)V * 4);
+    assert_memory_equal(a, c, ids.n * (size_t)V * 4);
+    assert_memory_equal(a, d, ids.n * (size_t)V * 4);
+    free(a); free(b); free(c); free(d);
+    gpo_ids_free(&ids);
+    gpo_model_free(m);
+}
+
+/* All four sequences in one token batch equal each run alone, bit for bit; then
+ * one decode step of all four together equals each alone. */
+static void test_batch_invariance(void **st) {
+    (void)st;
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    const int64_t V = gpo_model_config(m)->n_vocab;
+    struct gpo_ids ids[N_SEQ] = {{0}};
+    size_t total = 0;
+    for (int s = 0; s < N_SEQ; s++) {
+        assert_true(load_ids(s, &ids[s]));
+        total += ids[s].n;
+    }
+    gpo_ctx *ctx;
+    struct gpo_ctx_opts o = {.max_tokens = (int64_t)total, .max_seqs = N_SEQ, .n_threads = 2};
+    assert_int_equal(gpo_ctx_create(m, &o, &ctx), GPO_OK);
+    gpo_kv *kv[N_SEQ];
+    struct gpo_seq_batch sb[N_SEQ];
+    for (int s = 0; s < N_SEQ; s++) {
+        assert_int_equal(gpo_kv_create(m, (int64_t)ids[s].n + 1, &kv[s]), GPO_OK);
+        sb[s] = (struct gpo_seq_batch){kv[s], ids[s].ids, (int64_t)ids[s].n, GPO_LOGITS_ALL};
+    }
+    float *all = malloc(total * (size_t)V * 4);
+    assert_int_equal(gpo_forward(ctx, sb, N_SEQ, all), GPO_OK);
+    size_t off = 0;
+    for (int s = 0; s < N_SEQ; s++) {
+        float *alone = run_logits(m, &ids[s], (int64_t)ids[s].n, GPO_PATH_EXACT, 1);
+        assert_memory_equal(alone, all + off * V, ids[s].n * (size_t)V * 4);
+        off += ids[s].n;
+        free(alone);
+    }
+    /* one more token for everybody, decoded together */
+    int32_t next[N_SEQ] = {7, 8, 9, 10};
+    for (int s = 0; s < N_SEQ; s++) sb[s] = (struct gpo_seq_batch){kv[s], &next[s], 1, GPO_LOGITS_LAST};
+    assert_int_equal(gpo_forward(ctx, sb, N_SEQ, all), GPO_OK);
+    for (int s = 0; s < N_SEQ; s++) {
+        gpo_ids_push(&ids[s], next[s]);
+        float *alone = run_logits(m, &ids[s], (int64_t)ids[s].n, GPO_PATH_EXACT, 2);
+        assert_memory_equal(alone + (ids[s].n - 1) * V, all + (size_t)s * V, (size_t)V * 4);
+        free(alone);
+        gpo_kv_free(kv[s]);
+        gpo_ids_free(&ids[s]);
+    }
+    free(all);
+    gpo_ctx_free(ctx);
+    gpo_model_free(m);
+}
+
+/* Errors: context overflow, bad token ids, shared caches; the cache is unchanged. */
+static void test_forward_errors(void **st) {
+    (void)st;
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    gpo_ctx *ctx;
+    gpo_kv *kv;
+    assert_int_equal(gpo_ctx_create(m, NULL, &ctx), GPO_OK);
+    assert_int_equal(gpo_kv_create(m, 4, &kv), GPO_OK);
+    int32_t toks[5] = {1, 2, 3, 4, 5};
+    struct gpo_seq_batch b = {kv, toks, 5, GPO_LOGITS_NONE};
+    assert_int_equal(gpo_forward(ctx, &b, 1, NULL), GPO_ERR_CONTEXT);
+    assert_non_null(strstr(gpo_last_error(), "max_seq_len"));
+    int32_t bad[1] = {1000};
+    b = (struct gpo_seq_batch){kv, bad, 1, GPO_LOGITS_NONE};
+    assert_int_equal(gpo_forward(ctx, &b, 1, NULL), GPO_ERR_TOKEN);
+    struct gpo_seq_batch two[2] = {{kv, toks, 1, GPO_LOGITS_NONE}, {kv, toks, 1, GPO_LOGITS_NONE}};
+    assert_int_equal(gpo_forward(ctx, two, 2, NULL), GPO_ERR_ARG);
+    assert_int_equal(gpo_kv_len(kv), 0);
+    gpo_kv *big;
+    assert_int_equal(gpo_kv_create(m, 1 << 30, &big), GPO_ERR_CONTEXT);
+    assert_null(big);
+    /* abort leaves the cache as it was */
+    volatile int flag = 1;
+    gpo_ctx_set_abort(ctx, &flag);
+    b = (struct gpo_seq_batch){kv, toks, 2, GPO_LOGITS_NONE};
+    assert_int_equal(gpo_forward(ctx, &b, 1, NULL), GPO_ERR_ABORTED);
+    assert_int_equal(gpo_kv_len(kv), 0);
+    gpo_kv_free(kv);
+    gpo_ctx_free(ctx);
+    gpo_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hf_prefill),        cmocka_unit_test(test_hf_incremental),
+        cmocka_unit_test(test_orig_prefill),      cmocka_unit_test(test_orig_incremental),
+        cmocka_unit_test(test_ref_path),          cmocka_unit_test(test_fast_path),
+        cmocka_unit_test(test_seq0_layers),       cmocka_unit_test(test_threads_bitexact),
+        cmocka_unit_test(test_batch_invariance),  cmocka_unit_test(test_forward_errors),
+    };
+    return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
+}
