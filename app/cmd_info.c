@@ -1,8 +1,94 @@
-/* cmd_info.c - `gptoss info` (being written). */
+/* cmd_info.c - `gptoss info`: a checkpoint's configuration, tensors, bytes by
+ * group and the memory plan (mapped weights + KV cache at a chosen length). */
+#include <stdio.h>
+#include <string.h>
+
 #include "cli.h"
 
+static void usage(void) {
+    printf("usage: gptoss info [-m DIR] [--max-seq-len N]\n"
+           "\n"
+           "Prints the configuration, tensor count, bytes by group, the kernels this CPU\n"
+           "would use, and the memory plan.\n"
+           "\n"
+           "  -m, --model DIR     checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
+           "  --max-seq-len N     KV cache length for the memory plan (default 4096)\n");
+}
+
+static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
 int cmd_info(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    return cli_error("'info' is not implemented yet");
+    const char *model_arg = NULL, *v;
+    int64_t max_seq = 4096;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        } else if (!strcmp(a, "-m") || cli_is(a, "--model")) {
+            if (!(model_arg = cli_value("info", argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--max-seq-len")) {
+            if (!(v = cli_value("info", argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 1, (int64_t)1 << 30, &max_seq))
+                return cli_usage_error("info", "--max-seq-len needs a positive number, not '%s'", v);
+        } else {
+            return cli_usage_error("info", "unknown option '%s'", a);
+        }
+    }
+    char dir[4096];
+    gpo_model *m = NULL;
+    enum gpo_status s = gpo_model_resolve_dir(model_arg, dir, sizeof dir);
+    if (s != GPO_OK) return cli_status(s, "cannot find the model");
+    if ((s = gpo_model_load(dir, NULL, &m)) != GPO_OK) return cli_status(s, "cannot load the model from %s", dir);
+    const struct gpo_config *c = gpo_model_config(m);
+    struct gpo_model_info inf;
+    gpo_model_get_info(m, &inf);
+    if (max_seq > c->max_position) {
+        fprintf(stderr, "gptoss: warning: --max-seq-len %lld exceeds the model's context; using %lld\n",
+                (long long)max_seq, (long long)c->max_position);
+        max_seq = c->max_position;
+    }
+    printf("model:            %s (%s layout, %lld files)\n", gpo_model_dir(m), gpo_model_layout(m),
+           (long long)inf.n_files);
+    printf("layers:           %lld (sliding window %lld on layers", (long long)c->n_layer,
+           (long long)c->sliding_window);
+    int printed = 0;
+    for (int64_t l = 0; l < c->n_layer && printed < 6; l++)
+        if (c->layer_sliding[l]) printf("%s %lld", printed++ ? "," : "", (long long)l);
+    printf("%s)\n", printed >= 6 ? ", ..." : "");
+    printf("hidden:           %lld\n", (long long)c->n_embd);
+    printf("heads:            %lld query, %lld key/value, head_dim %lld\n", (long long)c->n_head,
+           (long long)c->n_head_kv, (long long)c->head_dim);
+    printf("experts:          %lld, %lld per token, intermediate %lld\n", (long long)c->n_expert,
+           (long long)c->n_expert_used, (long long)c->n_ff);
+    printf("vocabulary:       %lld\n", (long long)c->n_vocab);
+    printf("context:          %lld (YaRN factor %g over %lld, theta %g, beta %g/%g)\n",
+           (long long)c->max_position, c->rope_factor, (long long)c->rope_orig_ctx, c->rope_theta,
+           c->rope_beta_fast, c->rope_beta_slow);
+    printf("swiglu:           alpha %g, limit %g; rms eps %g\n", c->swiglu_alpha, c->swiglu_limit,
+           c->rms_eps);
+    printf("parameters:       %.3f B total, %.3f B active per token\n", (double)inf.n_params / 1e9,
+           (double)inf.n_params_active / 1e9);
+    printf("tensors:          %lld\n", (long long)inf.n_tensors);
+    printf("bytes:            %.2f GiB in tensors (%llu B), %.2f GiB mapped\n", gib(inf.bytes_tensors),
+           (unsigned long long)inf.bytes_tensors, gib(inf.bytes_mapped));
+    printf("  embedding       %.3f GiB\n", gib(inf.bytes_embedding));
+    printf("  unembedding     %.3f GiB\n", gib(inf.bytes_unembedding));
+    printf("  attention       %.3f GiB\n", gib(inf.bytes_attention));
+    printf("  router          %.3f GiB\n", gib(inf.bytes_router));
+    printf("  experts         %.3f GiB (MXFP4 blocks, scales, biases)\n", gib(inf.bytes_experts));
+    printf("  norms           %.6f GiB\n", gib(inf.bytes_norms));
+    printf("per decoded token %.3f GiB of weights read (%llu B)\n", gib(inf.bytes_per_token),
+           (unsigned long long)inf.bytes_per_token);
+    uint64_t kvb = gpo_kv_bytes_for(c, max_seq);
+    printf("memory plan:      %.2f GiB mapped weights + %.3f GiB KV cache (fp32, %lld tokens) per sequence\n",
+           gib(inf.bytes_mapped), gib(kvb), (long long)max_seq);
+    gpo_ctx *ctx = NULL;
+    struct gpo_ctx_opts o = {.max_tokens = 1, .max_seqs = 1};
+    if (gpo_ctx_create(m, &o, &ctx) == GPO_OK) {
+        printf("kernels:          %s\n", gpo_ctx_kernels(ctx));
+        gpo_ctx_free(ctx);
+    }
+    gpo_model_free(m);
+    return 0;
 }

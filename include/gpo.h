@@ -70,6 +70,9 @@ void gpo_set_log_level(enum gpo_log_level level);
 /* Install a callback that receives every message at or below the level; NULL restores stderr. */
 void gpo_set_log_callback(gpo_log_fn fn, void *user);
 
+/* Monotonic clock in seconds. */
+double gpo_now(void);
+
 /* ------------------------------------------------------------------------- */
 /* Growable buffers shared by the tokenizer, harmony and the engine          */
 
@@ -259,5 +262,6 @@ enum gpo_status gpo_mkmodel(const struct gpo_mkmodel_opts *opts);
 #include "gpo_tokenizer.h"
 #include "gpo_harmony.h"
 #include "gpo_sampler.h"
+#include "gpo_engine.h"
 
 #endif /* GPO_H */

