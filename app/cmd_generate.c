@@ -149,7 +149,6 @@ int cmd_generate(int argc, char **argv) {
         }
     n_users = batch > 0 ? (size_t)batch : n_prompts;
     if (gen_env_open(&env, &o) != 0) goto cleanup;
-    const struct gpo_config *c = gpo_model_config(env.m);
     fprintf(stderr, "gptoss: loaded %s (%s layout) in %.2f s\n", env.dir, gpo_model_layout(env.m),
             env.load_seconds);
 
@@ -250,7 +249,7 @@ int cmd_generate(int argc, char **argv) {
     }
     struct gpo_model_info inf;
     gpo_model_get_info(env.m, &inf);
-    double kv_gib = (double)gpo_kv_bytes_for(c, o.eo.max_seq_len) * (double)n_users / 1073741824.0;
+    double kv_gib = (double)gpo_engine_kv_bytes(eng) / 1073741824.0;
     double gbs = st.decode_seconds > 0 ? (double)st.weight_bytes / st.decode_seconds / 1e9 : 0.0;
     printf("=== Performance Metrics ===\n");
     printf("Average Time to First Token (TTFT): %.1fms\n", st.avg_ttft * 1000.0);

@@ -172,12 +172,17 @@ typedef struct gpo_kv gpo_kv;
 /* Full-attention layers hold max_seq_len positions; sliding layers a ring of
  * sliding_window slots.  max_seq_len may not exceed the model's max_position. */
 enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **out);
+/* The same with `margin` extra slots in each sliding-window ring, so that the
+ * cache can be rewound up to `margin` tokens (chat turns, speculative runs). */
+enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_t margin,
+                                 gpo_kv **out);
 void gpo_kv_free(gpo_kv *kv);
 int64_t gpo_kv_len(const gpo_kv *kv);      /* tokens already in the cache */
 int64_t gpo_kv_capacity(const gpo_kv *kv); /* max_seq_len */
 uint64_t gpo_kv_bytes(const gpo_kv *kv);
 /* Bytes gpo_kv_create would allocate, for memory plans. */
 uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len);
+uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin);
 /* Drop every token at position >= n_keep.  Fails with GPO_ERR_UNSUPPORTED when a
  * sliding-window ring has already overwritten keys the next token would need; the
  * caller then clears the cache (n_keep = 0 always works) and prefills again. */

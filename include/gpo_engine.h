@@ -33,6 +33,8 @@ void gpo_engine_free(gpo_engine *e);
  * ends with every unfinished user's finish reason "stop" and aborted set. */
 void gpo_engine_set_abort(gpo_engine *e, volatile int *flag);
 const char *gpo_engine_kernels(const gpo_engine *e);
+/* Bytes of all the slots' KV caches. */
+uint64_t gpo_engine_kv_bytes(const gpo_engine *e);
 /* Forget slot i's cached tokens (its next run prefills from scratch). */
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot);
 

@@ -11,6 +11,10 @@
 #include "model.h"
 #include "util.h"
 
+/* Extra ring slots so a continued conversation can rewind past the last answer
+ * without prefilling everything again (costs margin x 4 KiB per sliding layer). */
+#define GPO_ENGINE_RING_MARGIN 1024
+
 struct slot {
     gpo_kv *kv;
     struct gpo_ids cached; /* the tokens whose keys are in kv, in order */
@@ -57,7 +61,8 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
         goto fail;
     }
     for (size_t i = 0; i < n_slots; i++)
-        if ((s = gpo_kv_create(m, e->opts.max_seq_len, &e->slots[i].kv)) != GPO_OK) goto fail;
+        if ((s = gpo_kv_create_ex(m, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN, &e->slots[i].kv)) != GPO_OK)
+            goto fail;
     gpo_sampler_harmony_mask(e->banned, c->n_vocab, t ? gpo_tokenizer_n_tokens(t) : 0);
     *out = e;
     return GPO_OK;
@@ -85,6 +90,12 @@ void gpo_engine_set_abort(gpo_engine *e, volatile int *flag) {
 }
 
 const char *gpo_engine_kernels(const gpo_engine *e) { return gpo_ctx_kernels(e->ctx); }
+
+uint64_t gpo_engine_kv_bytes(const gpo_engine *e) {
+    uint64_t b = 0;
+    for (size_t i = 0; i < e->n_slots; i++) b += gpo_kv_bytes(e->slots[i].kv);
+    return b;
+}
 
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot) {
     if (slot >= e->n_slots) return;

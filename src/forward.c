@@ -302,7 +302,7 @@ static void kv_at(const struct gpo_ctx *x, const struct seq_info *si, int64_t l,
         int64_t slot = gpo_kv_slot(si->kv, l, j);
         *kp = si->kv->k[l] + slot * kvd;
         *vp = si->kv->v[l] + slot * kvd;
-        *run = si->kv->sliding[l] ? min_i64(si->kv->window - slot, si->p0 - j) : si->p0 - j;
+        *run = si->kv->sliding[l] ? min_i64(si->kv->ring - slot, si->p0 - j) : si->p0 - j;
     }
 }
 
@@ -580,12 +580,12 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
         goto done;
     }
 
-    /* Commit the new keys and values; the sliding rings only keep their last window. */
+    /* Commit the new keys and values; a sliding ring only keeps its last slots. */
     for (int64_t s = 0; s < n_seqs; s++) {
         struct gpo_kv *kv = seqs[s].kv;
         const int64_t n = seqs[s].n_tokens, p0 = si[s].p0;
         for (int64_t l = 0; l < c->n_layer; l++) {
-            int64_t first = kv->sliding[l] ? max_i64(0, n - kv->window) : 0;
+            int64_t first = kv->sliding[l] ? max_i64(0, n - kv->ring) : 0;
             for (int64_t i = first; i < n; i++) {
                 int64_t slot = gpo_kv_slot(kv, l, p0 + i);
                 size_t src = ((size_t)l * T + si[s].base + i) * KVD;

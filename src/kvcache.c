@@ -6,20 +6,35 @@
 #include "model.h"
 #include "util.h"
 
-static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq) {
-    int64_t w = c->sliding_window < max_seq ? c->sliding_window : max_seq;
-    return (uint64_t)(c->layer_sliding[l] ? w : max_seq);
+static int64_t ring_of(const struct gpo_config *c, int64_t max_seq, int64_t margin) {
+    int64_t w = c->sliding_window + margin;
+    return w < max_seq ? w : max_seq;
 }
 
-uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len) {
+static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq, int64_t margin) {
+    return (uint64_t)(c->layer_sliding[l] ? ring_of(c, max_seq, margin) : max_seq);
+}
+
+uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
     uint64_t total = 0, kvd = (uint64_t)(c->n_head_kv * c->head_dim);
-    for (int64_t l = 0; l < c->n_layer; l++) total += 2 * slots_of(c, l, max_seq_len) * kvd * 4;
+    for (int64_t l = 0; l < c->n_layer; l++) total += 2 * slots_of(c, l, max_seq_len, margin) * kvd * 4;
     return total;
 }
 
+uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len) {
+    return gpo_kv_bytes_for_ex(c, max_seq_len, 0);
+}
+
 enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **out) {
+    return gpo_kv_create_ex(m, max_seq_len, 0, out);
+}
+
+enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_t margin,
+                                 gpo_kv **out) {
     const struct gpo_config *c = gpo_model_config(m);
     *out = NULL;
+    if (margin < 0 || margin > ((int64_t)1 << 30))
+        return gpo_fail(GPO_ERR_ARG, "ring margin %lld out of range", (long long)margin);
     if (max_seq_len < 1)
         return gpo_fail(GPO_ERR_ARG, "max_seq_len must be at least 1 (got %lld)", (long long)max_seq_len);
     if (max_seq_len > c->max_position)
@@ -30,8 +45,9 @@ enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **
     kv->n_layer = c->n_layer;
     kv->kv_dim = c->n_head_kv * c->head_dim;
     kv->max_seq = max_seq_len;
-    kv->window = c->sliding_window < max_seq_len ? c->sliding_window : max_seq_len;
-    kv->bytes = gpo_kv_bytes_for(c, max_seq_len);
+    kv->window = c->sliding_window;
+    kv->ring = ring_of(c, max_seq_len, margin);
+    kv->bytes = gpo_kv_bytes_for_ex(c, max_seq_len, margin);
     kv->mem = gpo_aligned_alloc(kv->bytes);
     if (!kv->mem) {
         double mib = (double)kv->bytes / 1048576.0;
@@ -41,7 +57,7 @@ enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **
     }
     float *p = kv->mem;
     for (int64_t l = 0; l < c->n_layer; l++) {
-        uint64_t n = slots_of(c, l, max_seq_len) * (uint64_t)kv->kv_dim;
+        uint64_t n = slots_of(c, l, max_seq_len, margin) * (uint64_t)kv->kv_dim;
         kv->sliding[l] = c->layer_sliding[l];
         kv->k[l] = p;
         p += n;
@@ -66,15 +82,17 @@ enum gpo_status gpo_kv_rewind(gpo_kv *kv, int64_t n_keep) {
     if (n_keep < 0 || n_keep > kv->len)
         return gpo_fail(GPO_ERR_ARG, "cannot rewind a cache of %lld tokens to %lld",
                         (long long)kv->len, (long long)n_keep);
-    /* The ring holds positions len-window .. len-1; the token at n_keep needs
-     * n_keep-window+1 .. n_keep-1, so older slots must not have been overwritten. */
+    /* The ring holds positions len-ring .. len-1; the token at n_keep needs
+     * n_keep-window+1 .. n_keep-1, so those slots must not have been overwritten. */
     int any_sliding = 0;
     for (int64_t l = 0; l < kv->n_layer; l++) any_sliding |= kv->sliding[l];
-    if (n_keep > 0 && any_sliding && kv->len > kv->window && n_keep < kv->len - 1)
+    int64_t oldest = kv->len > kv->ring ? kv->len - kv->ring : 0;
+    int64_t needed = n_keep - kv->window + 1 > 0 ? n_keep - kv->window + 1 : 0;
+    if (n_keep > 0 && any_sliding && needed < oldest)
         return gpo_fail(GPO_ERR_UNSUPPORTED,
                         "cannot rewind from %lld to %lld tokens: the sliding-window ring of %lld "
                         "slots has overwritten keys that position %lld needs; prefill again",
-                        (long long)kv->len, (long long)n_keep, (long long)kv->window,
+                        (long long)kv->len, (long long)n_keep, (long long)kv->ring,
                         (long long)n_keep);
     kv->len = n_keep;
     return GPO_OK;

@@ -350,6 +350,46 @@ static void test_forward_errors(void **st) {
     gpo_model_free(m);
 }
 
+/* Rewinding: a ring with a margin can go back that far and recompute the same
+ * logits; a plain ring refuses once it has wrapped. */
+static void test_rewind(void **st) {
+    (void)st;
+    gpo_model *m;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    const int64_t V = gpo_model_config(m)->n_vocab;
+    struct gpo_ids ids = {0};
+    assert_true(load_ids(0, &ids));
+    const int64_t T = (int64_t)ids.n;
+    float *want = run_logits(m, &ids, T, GPO_PATH_EXACT, 2);
+    gpo_ctx *ctx;
+    gpo_kv *plain, *wide;
+    struct gpo_ctx_opts o = {.max_tokens = T, .max_seqs = 1};
+    assert_int_equal(gpo_ctx_create(m, &o, &ctx), GPO_OK);
+    assert_int_equal(gpo_kv_create(m, T, &plain), GPO_OK);
+    assert_int_equal(gpo_kv_create_ex(m, T, 16, &wide), GPO_OK);
+    struct gpo_seq_batch b = {plain, ids.ids, T, GPO_LOGITS_NONE};
+    assert_int_equal(gpo_forward(ctx, &b, 1, NULL), GPO_OK);
+    b.kv = wide;
+    assert_int_equal(gpo_forward(ctx, &b, 1, NULL), GPO_OK);
+    assert_int_equal(gpo_kv_rewind(plain, T - 10), GPO_ERR_UNSUPPORTED);
+    assert_int_equal(gpo_kv_len(plain), T);
+    assert_int_equal(gpo_kv_rewind(plain, T - 1), GPO_OK);
+    assert_int_equal(gpo_kv_rewind(wide, T - 20), GPO_ERR_UNSUPPORTED);
+    assert_int_equal(gpo_kv_rewind(wide, T - 10), GPO_OK);
+    float *lg = malloc(10 * (size_t)V * 4);
+    b = (struct gpo_seq_batch){wide, ids.ids + T - 10, 10, GPO_LOGITS_ALL};
+    assert_int_equal(gpo_forward(ctx, &b, 1, lg), GPO_OK);
+    assert_memory_equal(lg, want + (T - 10) * V, 10 * (size_t)V * 4);
+    assert_int_equal(gpo_kv_rewind(wide, 0), GPO_OK);
+    free(lg);
+    free(want);
+    gpo_kv_free(plain);
+    gpo_kv_free(wide);
+    gpo_ctx_free(ctx);
+    gpo_ids_free(&ids);
+    gpo_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_prefill),        cmocka_unit_test(test_hf_incremental),
@@ -357,6 +397,7 @@ int main(void) {
         cmocka_unit_test(test_ref_path),          cmocka_unit_test(test_fast_path),
         cmocka_unit_test(test_seq0_layers),       cmocka_unit_test(test_threads_bitexact),
         cmocka_unit_test(test_batch_invariance),  cmocka_unit_test(test_forward_errors),
+        cmocka_unit_test(test_rewind),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
 }
