@@ -68,7 +68,6 @@ $(BUILD)/libgpo.a: $(LIB_OBJ)
 
 $(BUILD)/gptoss: $(APP_OBJ) $(BUILD)/libgpo.a
 	$(CC) $(LDFLAGS) -o $@ $(APP_OBJ) $(BUILD)/libgpo.a $(LDLIBS)
-	@if [ "$(BUILD)" != build ]; then mkdir -p build; fi
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libgpo.a $(BUILD)/.config
 	@mkdir -p $(dir $@)

@@ -1,8 +1,757 @@
-/* cmd_bench.c - `gptoss bench` (being written). */
+/* cmd_bench.c - `gptoss bench`: prompt processing (ppP: one sequence of P tokens)
+ * and generation (tgN: B sequences decoding N tokens together) in the manner of
+ * llama-bench, with the weight bytes each token reads, the effective bandwidth
+ * that gives and the machine's measured read bandwidth for comparison.  A markdown
+ * table or JSON Lines on stdout; progress on stderr. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "cli.h"
+#include "gpo_bench.h"
+
+#define MAX_LIST 32
+#define MAX_BATCH 1024
+
+static void usage(void) {
+    printf("usage: gptoss bench [-m DIR] [options]\n"
+           "\n"
+           "Measures prompt processing (ppP) and generation (tgN) speed, the weight bytes\n"
+           "each token reads, the effective bandwidth that gives, and the machine's memory\n"
+           "read bandwidth with the same thread count.  Lists (1,4,8) run every value.\n"
+           "\n"
+           "  -m, --model DIR        checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
+           "  -p, --n-prompt LIST    prompt lengths for ppP tests (default 512; 0 = none)\n"
+           "  -n, --n-gen LIST       generated tokens for tgN tests (default 128; 0 = none)\n"
+           "  -t, --threads LIST     thread counts (default: all cores)\n"
+           "  --batch LIST           sequences decoding together in tgN (default 1);\n"
+           "                         tok/s counts all of them, tok/s/user is tok/s / B\n"
+           "  --ubatch N             tokens per forward call in prefill (default 512)\n"
+           "  -r, --repetitions N    timed runs per test, after one untimed warm-up (default 3)\n"
+           "  --dense bf16|q8        dense weight format (default bf16; q8 is not available yet)\n"
+           "  --fast                 the fast path (default): activations rounded within bf16 error\n"
+           "  --exact                the exact fp32 path\n"
+           "  --ref                  the plain scalar reference kernels\n"
+           "  --json                 JSON Lines, one object per test, instead of a table\n"
+           "  --json-out FILE        also write the JSON Lines to FILE (with the table on stdout)\n"
+           "  --membw                only measure the memory read bandwidth (no model needed)\n"
+           "  --no-membw             skip the bandwidth probe that otherwise runs first\n"
+           "  --membw-mib N          probe buffer in MiB (default 1024; keep it well above the caches)\n"
+           "  --membw-seconds S      time spent on probe passes per thread count (default 1)\n"
+           "  --seed N               seed of the pseudo-random token ids (default 42)\n"
+           "\n"
+           "Token ids are pseudo-random (no sampler), so the speed measured does not depend on\n"
+           "what the model says.  tgN first prefills one token per sequence, untimed.\n"
+           "weight_bytes_per_token: for tg with B = 1 the model's active weights per token;\n"
+           "otherwise counted from the distinct experts each forward call actually routed to\n"
+           "(recorded during the warm-up run), so experts shared by the batch count once.\n");
+}
+
+struct list {
+    int64_t v[MAX_LIST];
+    int n;
+};
+
+struct opts {
+    const char *model_arg, *json_out;
+    struct list prompts, gens, threads, batches;
+    int64_t reps, ubatch, membw_mib;
+    double membw_seconds;
+    int json, membw_only, no_membw;
+    enum gpo_path path;
+    uint64_t seed;
+};
+
+/* Parse "1,4,8" into a list of numbers in [lo, hi]; 0 on a malformed list. */
+static int parse_list(const char *s, int64_t lo, int64_t hi, struct list *out) {
+    char buf[256];
+    if (strlen(s) >= sizeof buf) return 0;
+    strcpy(buf, s);
+    out->n = 0;
+    char *save = NULL;
+    for (char *p = strtok_r(buf, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        if (out->n >= MAX_LIST || !cli_parse_i64(p, lo, hi, &out->v[out->n])) return 0;
+        out->n++;
+    }
+    return out->n > 0 && s[strlen(s) - 1] != ',';
+}
+
+static int64_t list_max(const struct list *l) {
+    int64_t m = 0;
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i] > m) m = l->v[i];
+    return m;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t peak_rss_bytes(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (uint64_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */
+}
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* FNV-1a over the logits of the last call, for quick diffs between runs. */
+static uint64_t fnv1a(const void *data, size_t n) {
+    const uint8_t *p = data;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Counting the experts a forward call reads                                 */
+
+/* The trace reports every token's selected experts per layer; the distinct
+ * (layer, expert) pairs of one call are the expert weights that call streams. */
+struct expert_count {
+    int64_t n_layer, n_expert;
+    uint8_t *seen; /* [n_layer][n_expert] */
+    int64_t distinct;
+};
+
+static void expert_count_reset(struct expert_count *ec) {
+    memset(ec->seen, 0, (size_t)(ec->n_layer * ec->n_expert));
+    ec->distinct = 0;
+}
+
+static void on_trace(void *user, enum gpo_trace_point pt, int64_t layer, int64_t token,
+                     const void *data, int64_t n) {
+    (void)token;
+    struct expert_count *ec = user;
+    if (pt != GPO_TRACE_EXPERTS || layer < 0 || layer >= ec->n_layer) return;
+    const int32_t *ids = data;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= ec->n_expert) continue;
+        uint8_t *s = &ec->seen[layer * ec->n_expert + ids[i]];
+        if (!*s) {
+            *s = 1;
+            ec->distinct++;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* One benchmark run                                                         */
+
+struct bench {
+    const struct opts *o;
+    gpo_model *m;
+    const struct gpo_config *c;
+    struct gpo_model_info info;
+    char dir[4096];
+    gpo_ctx *ctx;
+    float *logits; /* [max batch][n_vocab] */
+    struct expert_count ec;
+    int counting; /* warm-up run: record the experts of every call */
+    /* totals of the counting run */
+    double bytes, experts, experts_formula;
+    int64_t calls;
+};
+
+/* Weight bytes one forward call of n_tok tokens streams when `distinct` (layer,
+ * expert) pairs were selected: every non-expert layer weight once, one embedding
+ * row per token, the unembedding only when logits are wanted. */
+static double call_bytes(const struct bench *b, int64_t n_tok, int64_t distinct, int with_logits) {
+    const struct gpo_model_info *inf = &b->info;
+    const struct gpo_config *c = b->c;
+    const double per_expert = (double)(inf->bytes_experts / (uint64_t)(c->n_layer * c->n_expert));
+    const double emb_row = (double)(inf->bytes_embedding / (uint64_t)c->n_vocab);
+    return (double)(inf->bytes_attention + inf->bytes_router + inf->bytes_norms) +
+           (with_logits ? (double)inf->bytes_unembedding : 0.0) + (double)n_tok * emb_row +
+           (double)distinct * per_expert;
+}
+
+static enum gpo_status forward(struct bench *b, const struct gpo_seq_batch *sb, int64_t n_seqs,
+                               int64_t n_tok, int with_logits) {
+    if (b->counting) expert_count_reset(&b->ec);
+    enum gpo_status s = gpo_forward(b->ctx, sb, n_seqs, b->logits);
+    if (s == GPO_OK && b->counting) {
+        const double E = (double)b->c->n_expert, K = (double)b->c->n_expert_used;
+        b->bytes += call_bytes(b, n_tok, b->ec.distinct, with_logits);
+        b->experts += (double)b->ec.distinct / (double)b->c->n_layer;
+        b->experts_formula += E * (1.0 - pow(1.0 - K / E, (double)n_tok));
+        b->calls++;
+    }
+    return s;
+}
+
+/* Prefill P tokens of one sequence in chunks of ubatch; returns the seconds taken. */
+static enum gpo_status run_pp(struct bench *b, gpo_kv *kv, const int32_t *toks, int64_t P,
+                              int64_t ub, double *secs) {
+    enum gpo_status s = gpo_kv_rewind(kv, 0);
+    if (s != GPO_OK) return s;
+    const double t0 = now_s();
+    for (int64_t off = 0; off < P; off += ub) {
+        const int64_t n = P - off < ub ? P - off : ub;
+        const int last = off + n == P;
+        struct gpo_seq_batch sb = {.kv = kv, .tokens = toks + off, .n_tokens = n,
+                                   .logits = last ? GPO_LOGITS_LAST : GPO_LOGITS_NONE};
+        if ((s = forward(b, &sb, 1, n, last)) != GPO_OK) return s;
+    }
+    *secs = now_s() - t0;
+    return GPO_OK;
+}
+
+/* B sequences: one untimed prefill token each, then N timed decode steps in which
+ * every sequence brings one token.  toks is [N + 1][B]. */
+static enum gpo_status run_tg(struct bench *b, gpo_kv **kvs, struct gpo_seq_batch *sb, int64_t B,
+                              const int32_t *toks, int64_t N, double *secs) {
+    enum gpo_status s;
+    for (int64_t i = 0; i < B; i++)
+        if ((s = gpo_kv_rewind(kvs[i], 0)) != GPO_OK) return s;
+    for (int64_t i = 0; i < B; i++)
+        sb[i] = (struct gpo_seq_batch){.kv = kvs[i], .tokens = toks + i, .n_tokens = 1,
+                                       .logits = GPO_LOGITS_NONE};
+    const int counting = b->counting;
+    b->counting = 0; /* the prefill is not part of the test */
+    s = gpo_forward(b->ctx, sb, B, b->logits);
+    b->counting = counting;
+    if (s != GPO_OK) return s;
+    const double t0 = now_s();
+    for (int64_t step = 1; step <= N; step++) {
+        for (int64_t i = 0; i < B; i++) {
+            sb[i].tokens = toks + step * B + i;
+            sb[i].logits = GPO_LOGITS_LAST;
+        }
+        if ((s = forward(b, sb, B, B, 1)) != GPO_OK) return s;
+    }
+    *secs = now_s() - t0;
+    return GPO_OK;
+}
+
+struct result {
+    char test[32];
+    int64_t n_prompt, n_gen, batch, threads;
+    int reps;
+    double secs[64], tok_s[64];
+    double tok_s_med, tok_s_min, tok_s_max;
+    double bytes_per_token, experts_per_layer, experts_formula;
+    const char *bytes_source;
+    double membw_gbs; /* < 0: not measured */
+    uint64_t logits_hash, rss;
+};
+
+/* Run one test (P > 0: ppP; else tgN with B sequences): a counting warm-up, then
+ * the timed repetitions. */
+static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t threads,
+                    double membw, struct result *r) {
+    const struct opts *o = b->o;
+    const struct gpo_config *c = b->c;
+    const int64_t V = c->n_vocab;
+    int rc = CLI_EXIT_FAIL;
+    enum gpo_status s;
+    gpo_kv **kvs = NULL;
+    int32_t *toks = NULL;
+    struct gpo_seq_batch *sb = NULL;
+    const int is_pp = P > 0;
+    const int64_t n_seq = is_pp ? 1 : B, len = is_pp ? P : N + 1;
+    const int64_t n_toks = is_pp ? P : (N + 1) * B;
+
+    memset(r, 0, sizeof *r);
+    snprintf(r->test, sizeof r->test, is_pp ? "pp%lld" : "tg%lld", (long long)(is_pp ? P : N));
+    r->n_prompt = is_pp ? P : 0;
+    r->n_gen = is_pp ? 0 : N;
+    r->batch = n_seq;
+    r->threads = threads;
+    r->reps = (int)o->reps;
+    r->membw_gbs = membw;
+
+    kvs = calloc((size_t)n_seq, sizeof *kvs);
+    toks = malloc((size_t)n_toks * sizeof *toks);
+    sb = calloc((size_t)n_seq, sizeof *sb);
+    if (!kvs || !toks || !sb) {
+        rc = cli_error("out of memory for the %s test", r->test);
+        goto cleanup;
+    }
+    for (int64_t i = 0; i < n_seq; i++)
+        if ((s = gpo_kv_create(b->m, len, &kvs[i])) != GPO_OK) {
+            rc = cli_status(s, "cannot create the KV cache of sequence %lld", (long long)i);
+            goto cleanup;
+        }
+    /* The same ids in every run, so every run routes to the same experts as the
+     * counted warm-up. */
+    uint64_t seed = o->seed ^ ((uint64_t)P << 32) ^ ((uint64_t)N << 16) ^ (uint64_t)B;
+    for (int64_t i = 0; i < n_toks; i++) toks[i] = (int32_t)(splitmix64(&seed) % (uint64_t)V);
+
+    const int64_t ub = o->ubatch < P ? o->ubatch : P;
+    for (int rep = -1; rep < r->reps; rep++) {
+        double secs = 0.0;
+        b->counting = rep < 0;
+        if (b->counting) {
+            fprintf(stderr, "bench: %s batch %lld, %lld threads: warm-up\n", r->test,
+                    (long long)n_seq, (long long)threads);
+            b->bytes = b->experts = b->experts_formula = 0.0;
+            b->calls = 0;
+            gpo_ctx_set_trace(b->ctx, on_trace, &b->ec);
+        }
+        s = is_pp ? run_pp(b, kvs[0], toks, P, ub, &secs) : run_tg(b, kvs, sb, B, toks, N, &secs);
+        gpo_ctx_set_trace(b->ctx, NULL, NULL);
+        b->counting = 0;
+        if (s != GPO_OK) {
+            rc = cli_status(s, "%s forward pass failed", r->test);
+            goto cleanup;
+        }
+        if (rep >= 0) {
+            r->secs[rep] = secs;
+            r->tok_s[rep] = secs > 0 ? (double)(is_pp ? P : N * B) / secs : 0.0;
+            fprintf(stderr, "bench: %s batch %lld, %lld threads: run %d/%d %.3f s, %.2f tok/s\n",
+                    r->test, (long long)n_seq, (long long)threads, rep + 1, r->reps, secs,
+                    r->tok_s[rep]);
+        }
+    }
+
+    double sorted[64];
+    memcpy(sorted, r->tok_s, (size_t)r->reps * sizeof *sorted);
+    qsort(sorted, (size_t)r->reps, sizeof *sorted, cmp_double);
+    r->tok_s_min = sorted[0];
+    r->tok_s_max = sorted[r->reps - 1];
+    r->tok_s_med = r->reps % 2 ? sorted[r->reps / 2]
+                               : 0.5 * (sorted[r->reps / 2 - 1] + sorted[r->reps / 2]);
+    const int64_t counted_tokens = is_pp ? P : N * B;
+    if (!is_pp && B == 1) {
+        r->bytes_per_token = (double)b->info.bytes_per_token;
+        r->bytes_source = "model_info";
+    } else {
+        r->bytes_per_token = b->bytes / (double)counted_tokens;
+        r->bytes_source = "measured_experts";
+    }
+    r->experts_per_layer = b->calls ? b->experts / (double)b->calls : 0.0;
+    r->experts_formula = b->calls ? b->experts_formula / (double)b->calls : 0.0;
+    r->logits_hash = fnv1a(b->logits, (size_t)n_seq * (size_t)V * sizeof(float));
+    r->rss = peak_rss_bytes();
+    rc = 0;
+
+cleanup:
+    if (kvs)
+        for (int64_t i = 0; i < n_seq; i++) gpo_kv_free(kvs[i]);
+    free(kvs);
+    free(toks);
+    free(sb);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Output                                                                    */
+
+static const char *path_name(enum gpo_path p) {
+    return p == GPO_PATH_FAST ? "fast" : p == GPO_PATH_REF ? "ref" : "exact";
+}
+
+static double effective_gbs(const struct result *r) { return r->bytes_per_token * r->tok_s_med / 1e9; }
+
+static void print_table_header(void) {
+    printf("| model | size | threads | batch | dense | path | test | t/s | t/s/user | MB/token | GB/s | membw GB/s | %% bw |\n");
+    printf("| ----- | ---: | ------: | ----: | ----- | ---- | ---: | --: | -------: | -------: | ---: | ---------: | ---: |\n");
+    fflush(stdout);
+}
+
+static void print_table_row(const struct bench *b, const struct result *r) {
+    const double spread = fmax(r->tok_s_max - r->tok_s_med, r->tok_s_med - r->tok_s_min);
+    const double eff = effective_gbs(r);
+    char membw[32] = "n/a", frac[32] = "n/a";
+    if (r->membw_gbs > 0) {
+        snprintf(membw, sizeof membw, "%.2f", r->membw_gbs);
+        snprintf(frac, sizeof frac, "%.1f%%", 100.0 * eff / r->membw_gbs);
+    }
+    const double mib = (double)b->info.bytes_tensors / (1024.0 * 1024.0);
+    char size[32];
+    if (mib >= 1024.0) snprintf(size, sizeof size, "%.2f GiB", mib / 1024.0);
+    else snprintf(size, sizeof size, "%.2f MiB", mib);
+    printf("| %s | %s | %lld | %lld | bf16 | %s | %s | %.2f ± %.2f | %.2f | %.1f | %.2f | %s | %s |\n",
+           b->dir, size, (long long)r->threads,
+           (long long)r->batch, path_name(b->o->path), r->test, r->tok_s_med, spread,
+           r->tok_s_med / (double)r->batch, r->bytes_per_token / 1e6, eff, membw, frac);
+    fflush(stdout);
+}
+
+static void print_table_footer(const struct bench *b) {
+    char probe[64] = "not measured: --no-membw";
+    if (!b->o->no_membw) snprintf(probe, sizeof probe, "%lld MiB buffer", (long long)b->o->membw_mib);
+    printf("\nt/s: median of %lld timed runs after one warm-up, ± the larger distance to the\n"
+           "fastest or slowest run.  t/s counts every sequence of the batch; t/s/user = t/s / batch.\n"
+           "MB/token: weight bytes read per token; batch 1 generation uses the model's active\n"
+           "weights, the other tests the distinct experts each forward call routed to (measured),\n"
+           "shared by its tokens.  GB/s = MB/token x t/s; %% bw = GB/s / membw GB/s, the read\n"
+           "bandwidth the probe measured with the same threads (%s).\n"
+           "kernels: %s\n",
+           (long long)b->o->reps, probe, gpo_ctx_kernels(b->ctx));
+    fflush(stdout);
+}
+
+/* One JSON object on one line, to stdout with --json and to the --json-out file;
+ * 0 on failure. */
+static int print_json_row(const struct bench *b, const struct result *r, FILE *out) {
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return 0;
+    const double eff = effective_gbs(r);
+    char hash[24];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)r->logits_hash);
+    cJSON *secs = cJSON_CreateDoubleArray(r->secs, r->reps);
+    cJSON *samples = cJSON_CreateDoubleArray(r->tok_s, r->reps);
+    int ok = secs && samples;
+    if (ok) {
+        cJSON_AddItemToObject(j, "samples_s", secs);
+        cJSON_AddItemToObject(j, "samples_tok_s", samples);
+    } else {
+        cJSON_Delete(secs);
+        cJSON_Delete(samples);
+    }
+    ok = ok && cJSON_AddStringToObject(j, "model", b->dir) &&
+         cJSON_AddNumberToObject(j, "model_bytes", (double)b->info.bytes_tensors) &&
+         cJSON_AddNumberToObject(j, "n_params", (double)b->info.n_params) &&
+         cJSON_AddNumberToObject(j, "n_params_active", (double)b->info.n_params_active) &&
+         cJSON_AddStringToObject(j, "test", r->test) &&
+         cJSON_AddNumberToObject(j, "n_prompt", (double)r->n_prompt) &&
+         cJSON_AddNumberToObject(j, "n_gen", (double)r->n_gen) &&
+         cJSON_AddNumberToObject(j, "batch", (double)r->batch) &&
+         cJSON_AddNumberToObject(j, "threads", (double)r->threads) &&
+         cJSON_AddNumberToObject(j, "ubatch", (double)(r->n_prompt ? (b->o->ubatch < r->n_prompt ? b->o->ubatch : r->n_prompt) : r->batch)) &&
+         cJSON_AddStringToObject(j, "dense", "bf16") &&
+         cJSON_AddStringToObject(j, "path", path_name(b->o->path)) &&
+         cJSON_AddStringToObject(j, "kernels", gpo_ctx_kernels(b->ctx)) &&
+         cJSON_AddNumberToObject(j, "reps", r->reps) &&
+         cJSON_AddNumberToObject(j, "tok_s", r->tok_s_med) &&
+         cJSON_AddNumberToObject(j, "tok_s_user", r->tok_s_med / (double)r->batch) &&
+         cJSON_AddNumberToObject(j, "tok_s_min", r->tok_s_min) &&
+         cJSON_AddNumberToObject(j, "tok_s_max", r->tok_s_max) &&
+         cJSON_AddNumberToObject(j, "weight_bytes_per_token", r->bytes_per_token) &&
+         cJSON_AddStringToObject(j, "weight_bytes_source", r->bytes_source) &&
+         cJSON_AddNumberToObject(j, "experts_per_layer", r->experts_per_layer) &&
+         cJSON_AddNumberToObject(j, "experts_per_layer_formula", r->experts_formula) &&
+         cJSON_AddNumberToObject(j, "effective_gbs", eff) &&
+         (r->membw_gbs > 0 ? cJSON_AddNumberToObject(j, "membw_gbs", r->membw_gbs) != NULL
+                           : cJSON_AddNullToObject(j, "membw_gbs") != NULL) &&
+         (r->membw_gbs > 0 ? cJSON_AddNumberToObject(j, "bw_fraction", eff / r->membw_gbs) != NULL
+                           : cJSON_AddNullToObject(j, "bw_fraction") != NULL) &&
+         cJSON_AddNumberToObject(j, "membw_buffer_bytes", (double)((uint64_t)b->o->membw_mib << 20)) &&
+         cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)r->rss) &&
+         cJSON_AddStringToObject(j, "logits_hash", hash);
+    char *text = ok ? cJSON_PrintUnformatted(j) : NULL;
+    if (text && b->o->json) {
+        printf("%s\n", text);
+        fflush(stdout);
+    }
+    if (text && out && (fprintf(out, "%s\n", text) < 0 || fflush(out) != 0)) {
+        cli_error("cannot write %s", b->o->json_out);
+        ok = 0;
+    }
+    cJSON_free(text);
+    cJSON_Delete(j);
+    return ok && text != NULL;
+}
+
+/* Print one result as a table row or JSON line, and to the --json-out file. */
+static int report(const struct bench *b, const struct result *r, FILE *json_out) {
+    if (!b->o->json) print_table_row(b, r);
+    if ((b->o->json || json_out) && !print_json_row(b, r, json_out))
+        return cli_error("cannot write the result as JSON");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Memory bandwidth                                                          */
+
+/* Probe every thread count in a child process, so that the probe's buffer does
+ * not count in the benchmark's peak RSS.  The child runs before this process has
+ * started any OpenMP thread, which forking with libgomp requires.  out[i] < 0
+ * where a probe failed. */
+static void membw_probe_all(const struct opts *o, double *out) {
+    const uint64_t bytes = (uint64_t)o->membw_mib << 20;
+    for (int i = 0; i < o->threads.n; i++) out[i] = -1.0;
+    int fd[2];
+    pid_t pid = -1;
+    if (pipe(fd) == 0) {
+        pid = fork();
+        if (pid < 0) {
+            close(fd[0]);
+            close(fd[1]);
+        }
+    }
+    if (pid == 0) {
+        close(fd[0]);
+        for (int i = 0; i < o->threads.n; i++) {
+            double g = -1.0;
+            enum gpo_status s = gpo_membw_measure((int)o->threads.v[i], bytes, o->membw_seconds, &g);
+            if (s != GPO_OK) {
+                cli_status(s, "memory bandwidth probe with %lld threads", (long long)o->threads.v[i]);
+                g = -1.0;
+            }
+            if (write(fd[1], &g, sizeof g) != (ssize_t)sizeof g) _exit(1);
+        }
+        _exit(0);
+    }
+    if (pid > 0) {
+        close(fd[1]);
+        for (int i = 0; i < o->threads.n; i++) {
+            double g;
+            ssize_t n;
+            do n = read(fd[0], &g, sizeof g);
+            while (n < 0 && errno == EINTR);
+            if (n != (ssize_t)sizeof g) break;
+            out[i] = g;
+        }
+        close(fd[0]);
+        waitpid(pid, NULL, 0);
+        return;
+    }
+    /* No child process: measure here; the peak RSS then includes the buffer. */
+    fprintf(stderr, "bench: cannot fork for the bandwidth probe (%s); measuring in process\n",
+            strerror(errno));
+    for (int i = 0; i < o->threads.n; i++) {
+        enum gpo_status s = gpo_membw_measure((int)o->threads.v[i], bytes, o->membw_seconds, &out[i]);
+        if (s != GPO_OK) {
+            cli_status(s, "memory bandwidth probe with %lld threads", (long long)o->threads.v[i]);
+            out[i] = -1.0;
+        }
+    }
+}
+
+static int membw_only(const struct opts *o) {
+    const uint64_t bytes = (uint64_t)o->membw_mib << 20;
+    if (!o->json) {
+        printf("| threads | buffer | read GB/s |\n| ------: | -----: | --------: |\n");
+        fflush(stdout);
+    }
+    for (int i = 0; i < o->threads.n; i++) {
+        double g = 0.0;
+        fprintf(stderr, "bench: memory bandwidth, %lld threads\n", (long long)o->threads.v[i]);
+        enum gpo_status s = gpo_membw_measure((int)o->threads.v[i], bytes, o->membw_seconds, &g);
+        if (s != GPO_OK)
+            return cli_status(s, "memory bandwidth probe with %lld threads", (long long)o->threads.v[i]);
+        if (o->json)
+            printf("{\"test\":\"membw\",\"threads\":%lld,\"membw_buffer_bytes\":%llu,\"membw_gbs\":%.4f,"
+                   "\"peak_rss_bytes\":%llu}\n",
+                   (long long)o->threads.v[i], (unsigned long long)bytes, g,
+                   (unsigned long long)peak_rss_bytes());
+        else
+            printf("| %lld | %llu MiB | %.2f |\n", (long long)o->threads.v[i],
+                   (unsigned long long)o->membw_mib, g);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The command                                                               */
+
+static int parse_args(int argc, char **argv, struct opts *o, int *done) {
+    const char *cmd = "bench";
+    const char *dense = "bf16";
+    o->prompts = (struct list){.v = {512}, .n = 1};
+    o->gens = (struct list){.v = {128}, .n = 1};
+    o->batches = (struct list){.v = {1}, .n = 1};
+    o->threads = (struct list){.v = {omp_get_num_procs()}, .n = 1};
+    o->reps = 3;
+    o->ubatch = 512;
+    o->membw_mib = 1024;
+    o->membw_seconds = 1.0;
+    o->path = GPO_PATH_FAST;
+    o->seed = 42;
+    *done = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int64_t x;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            *done = 1;
+            return 0;
+        } else if (!strcmp(a, "-m") || cli_is(a, "--model")) {
+            if (!(o->model_arg = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "-p") || cli_is(a, "--n-prompt")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!parse_list(v, 0, 1 << 24, &o->prompts))
+                return cli_usage_error(cmd, "-p needs prompt lengths like 512 or 128,512, not '%s'", v);
+        } else if (!strcmp(a, "-n") || cli_is(a, "--n-gen")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!parse_list(v, 0, 1 << 24, &o->gens))
+                return cli_usage_error(cmd, "-n needs token counts like 128 or 32,128, not '%s'", v);
+        } else if (!strcmp(a, "-t") || cli_is(a, "--threads")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!parse_list(v, 1, 4096, &o->threads))
+                return cli_usage_error(cmd, "-t needs thread counts like 2 or 1,2, not '%s'", v);
+        } else if (cli_is(a, "--batch")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!parse_list(v, 1, MAX_BATCH, &o->batches))
+                return cli_usage_error(cmd, "--batch needs sequence counts from 1 to %d like 1,4,8, not '%s'",
+                                       MAX_BATCH, v);
+        } else if (cli_is(a, "--ubatch")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 1, 1 << 16, &o->ubatch))
+                return cli_usage_error(cmd, "--ubatch needs a number from 1 to 65536, not '%s'", v);
+        } else if (!strcmp(a, "-r") || cli_is(a, "--repetitions")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 1, 64, &o->reps))
+                return cli_usage_error(cmd, "-r needs a number from 1 to 64, not '%s'", v);
+        } else if (cli_is(a, "--dense")) {
+            if (!(dense = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (strcmp(dense, "bf16") && strcmp(dense, "q8"))
+                return cli_usage_error(cmd, "--dense must be bf16 or q8, not '%s'", dense);
+        } else if (!strcmp(a, "--fast")) {
+            o->path = GPO_PATH_FAST;
+        } else if (!strcmp(a, "--exact")) {
+            o->path = GPO_PATH_EXACT;
+        } else if (!strcmp(a, "--ref")) {
+            o->path = GPO_PATH_REF;
+        } else if (!strcmp(a, "--json")) {
+            o->json = 1;
+        } else if (cli_is(a, "--json-out")) {
+            if (!(o->json_out = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (!strcmp(a, "--membw")) {
+            o->membw_only = 1;
+        } else if (!strcmp(a, "--no-membw")) {
+            o->no_membw = 1;
+        } else if (cli_is(a, "--membw-mib")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 1, 1 << 20, &o->membw_mib))
+                return cli_usage_error(cmd, "--membw-mib needs a number of MiB from 1 to 1048576, not '%s'", v);
+        } else if (cli_is(a, "--membw-seconds")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_f64(v, 0, 3600, &o->membw_seconds))
+                return cli_usage_error(cmd, "--membw-seconds needs seconds from 0 to 3600, not '%s'", v);
+        } else if (cli_is(a, "--seed")) {
+            if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!cli_parse_i64(v, 0, INT64_MAX, &x))
+                return cli_usage_error(cmd, "--seed needs a non-negative number, not '%s'", v);
+            o->seed = (uint64_t)x;
+        } else {
+            return cli_usage_error(cmd, "unknown option '%s'", a);
+        }
+    }
+    if (o->membw_only && o->no_membw)
+        return cli_usage_error(cmd, "--membw and --no-membw contradict each other");
+    if (!o->membw_only && list_max(&o->prompts) == 0 && list_max(&o->gens) == 0)
+        return cli_usage_error(cmd, "nothing to run: -p and -n are both 0");
+    if (!strcmp(dense, "q8")) {
+        /* A usage error would suggest the flag is wrong; it is right but not built yet. */
+        cli_error("--dense q8 is not available yet: the engine has no int8 dense weights; "
+                  "use --dense bf16 (the default)");
+        return CLI_EXIT_FAIL;
+    }
+    return 0;
+}
 
 int cmd_bench(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    return cli_error("'bench' is not implemented yet");
+    struct opts o = {0};
+    int done = 0;
+    int rc = parse_args(argc, argv, &o, &done);
+    if (rc != 0 || done) return rc;
+    if (o.membw_only) return membw_only(&o);
+
+    struct bench b = {.o = &o};
+    double membw[MAX_LIST];
+    enum gpo_status s;
+    FILE *json_out = NULL;
+    rc = CLI_EXIT_FAIL;
+
+    if (o.json_out && !(json_out = fopen(o.json_out, "w"))) {
+        rc = cli_error("cannot open %s: %s", o.json_out, strerror(errno));
+        goto cleanup;
+    }
+
+    if ((s = gpo_model_resolve_dir(o.model_arg, b.dir, sizeof b.dir)) != GPO_OK) {
+        rc = cli_status(s, "cannot find the model");
+        goto cleanup;
+    }
+
+    /* The probe runs first, in a child process that must fork before any OpenMP
+     * thread exists (see membw_probe_all). */
+    for (int i = 0; i < o.threads.n; i++) membw[i] = -1.0;
+    if (!o.no_membw) {
+        fprintf(stderr, "bench: memory bandwidth probe (%lld MiB)\n", (long long)o.membw_mib);
+        membw_probe_all(&o, membw);
+        for (int i = 0; i < o.threads.n; i++)
+            if (membw[i] > 0)
+                fprintf(stderr, "bench: memory read bandwidth with %lld threads: %.2f GB/s\n",
+                        (long long)o.threads.v[i], membw[i]);
+    }
+
+    fprintf(stderr, "bench: loading %s\n", b.dir);
+    if ((s = gpo_model_load(b.dir, NULL, &b.m)) != GPO_OK) {
+        rc = cli_status(s, "cannot load the model from %s", b.dir);
+        goto cleanup;
+    }
+    b.c = gpo_model_config(b.m);
+    gpo_model_get_info(b.m, &b.info);
+    const int64_t max_p = list_max(&o.prompts), max_n = list_max(&o.gens),
+                  max_b = max_n > 0 ? list_max(&o.batches) : 1;
+    if (max_p > b.c->max_position || max_n + 1 > b.c->max_position) {
+        rc = cli_error("a test needs %lld positions but the model supports %lld",
+                       (long long)(max_p > max_n + 1 ? max_p : max_n + 1), (long long)b.c->max_position);
+        goto cleanup;
+    }
+    b.ec.n_layer = b.c->n_layer;
+    b.ec.n_expert = b.c->n_expert;
+    b.ec.seen = calloc((size_t)(b.c->n_layer * b.c->n_expert), 1);
+    b.logits = malloc((size_t)max_b * (size_t)b.c->n_vocab * sizeof(float));
+    if (!b.ec.seen || !b.logits) {
+        rc = cli_error("out of memory for %lld rows of logits", (long long)max_b);
+        goto cleanup;
+    }
+
+    const int64_t max_ub = o.ubatch < max_p ? o.ubatch : max_p;
+    int header_done = 0;
+    for (int ti = 0; ti < o.threads.n; ti++) {
+        const int64_t threads = o.threads.v[ti];
+        struct gpo_ctx_opts co = {.max_tokens = max_ub > max_b ? max_ub : max_b,
+                                  .max_seqs = max_b, .n_threads = (int)threads, .path = o.path};
+        gpo_ctx_free(b.ctx);
+        b.ctx = NULL;
+        if ((s = gpo_ctx_create(b.m, &co, &b.ctx)) != GPO_OK) {
+            rc = cli_status(s, "cannot create a context for %lld threads", (long long)threads);
+            goto cleanup;
+        }
+        if (!o.json && !header_done) {
+            print_table_header();
+            header_done = 1;
+        }
+        struct result r;
+        for (int pi = 0; pi < o.prompts.n; pi++) {
+            if (o.prompts.v[pi] == 0) continue;
+            if ((rc = run_test(&b, o.prompts.v[pi], 0, 1, threads, membw[ti], &r)) != 0) goto cleanup;
+            if ((rc = report(&b, &r, json_out)) != 0) goto cleanup;
+        }
+        for (int ni = 0; ni < o.gens.n; ni++) {
+            if (o.gens.v[ni] == 0) continue;
+            for (int bi = 0; bi < o.batches.n; bi++) {
+                if ((rc = run_test(&b, 0, o.gens.v[ni], o.batches.v[bi], threads, membw[ti], &r)) != 0)
+                    goto cleanup;
+                if ((rc = report(&b, &r, json_out)) != 0) goto cleanup;
+            }
+        }
+    }
+    if (!o.json) print_table_footer(&b);
+    rc = 0;
+
+cleanup:
+    if (json_out && fclose(json_out) != 0 && rc == 0) rc = cli_error("cannot write %s", o.json_out);
+    free(b.ec.seen);
+    free(b.logits);
+    gpo_ctx_free(b.ctx);
+    gpo_model_free(b.m);
+    return rc;
 }

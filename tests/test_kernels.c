@@ -1,0 +1,801 @@
+/* test_kernels.c - every kernel table this CPU can run (ref, avx2, avx512) against
+ * the scalar reference at sizes that straddle vector widths, the determinism
+ * contract of kernels.h (bit-identical across n_tok and row ranges), and MXFP4
+ * decoding against the spec's test vectors (10.3) and the E8M0 edge values. */
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "kernels/kernels.h"
+#include "util.h"
+
+/* ---- helpers ---- */
+
+struct table {
+    const char *name;
+    const struct gpo_kernels *k;
+};
+
+/* The reference itself, then every SIMD table that is built and runnable here. */
+static int tables(struct table *t) {
+    int n = 0;
+    t[n++] = (struct table){"ref", gpo_kernels_ref()};
+    if (gpo_cpu_has_avx2() && gpo_kernels_avx2()) t[n++] = (struct table){"avx2", gpo_kernels_avx2()};
+    if (gpo_cpu_has_avx512() && gpo_kernels_avx512())
+        t[n++] = (struct table){"avx512", gpo_kernels_avx512()};
+    return n;
+}
+
+static uint64_t rng_state;
+static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
+static uint64_t rng_u64(void) { /* splitmix64 */
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static float rng_f(void) { return (float)((double)(rng_u64() >> 11) / 9007199254740992.0) * 2.0f - 1.0f; }
+static void fill_f(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = rng_f();
+}
+static void fill_u8(uint8_t *b, size_t n) {
+    for (size_t i = 0; i < n; i++) b[i] = (uint8_t)rng_u64();
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+/* Marks output slots that a kernel must not write. */
+#define SENTINEL 12345.0f
+
+static const int64_t DENSE_COLS[] = {1, 7, 8, 15, 16, 17, 33, 64, 96, 100, 160, 2880, 5760};
+static const int64_t MX_COLS[] = {32, 64, 96, 160, 2880, 5760};
+static const int64_t ROWS[] = {1, 3, 8, 17, 64};
+static const int64_t NTOK[] = {1, 2, 3, 4, 5, 8, 13};
+#define COUNT(a) ((int)(sizeof(a) / sizeof *(a)))
+
+/* Relative tolerance against sum |w*x|: float32 sums of a few thousand terms in two
+ * different orders differ by a few 1e-7 of that typically, by far less than 1e-5. */
+#define REL_TOL 1e-5
+#define ABS_TOL 1e-30
+
+/* Compares y (ldy) against want (ldy) over tokens [0, n_tok) and rows [r0, r1), with
+ * tolerance ABS_TOL + REL_TOL * mag[t*ldy + r]; slots outside [r0, r1) must still
+ * hold SENTINEL.  Prints the first few misses and returns their count. */
+static int compare_out(const char *what, const char *tab, const float *y, const float *want,
+                       const double *mag, int64_t ldy, int64_t n_tok, int64_t rows, int64_t r0,
+                       int64_t r1, int64_t n_cols, double rel) {
+    int bad = 0;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            const float got = y[t * ldy + r];
+            int ok;
+            if (r < r0 || r >= r1) {
+                ok = got == SENTINEL;
+            } else {
+                const float w = want[t * ldy + r];
+                const double tol = ABS_TOL + rel * mag[t * ldy + r];
+                ok = isfinite(got) && fabs((double)got - (double)w) <= tol;
+            }
+            if (!ok && bad++ < 5)
+                print_error("%s [%s] cols=%lld rows=%lld ntok=%lld range=[%lld,%lld) t=%lld r=%lld: "
+                            "got %.9g want %.9g (mag %.3g)\n",
+                            what, tab, (long long)n_cols, (long long)rows, (long long)n_tok,
+                            (long long)r0, (long long)r1, (long long)t, (long long)r, got,
+                            r >= r0 && r < r1 ? want[t * ldy + r] : SENTINEL,
+                            mag[t * ldy + r]);
+        }
+    return bad;
+}
+
+static void fill_sentinel(float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = SENTINEL;
+}
+
+/* ---- dense matmul (F32, F16, BF16) ---- */
+
+static const char *dt_name(enum gpo_dtype dt) {
+    return dt == GPO_DT_F32 ? "f32" : dt == GPO_DT_F16 ? "f16" : "bf16";
+}
+
+/* Random weights of type dt and their exact f32 values. */
+static void *make_dense(enum gpo_dtype dt, float *wf, size_t n) {
+    void *w = xmalloc(n * (dt == GPO_DT_F32 ? 4 : 2));
+    for (size_t i = 0; i < n; i++) {
+        const float v = rng_f();
+        if (dt == GPO_DT_F32) {
+            ((float *)w)[i] = wf[i] = v;
+        } else if (dt == GPO_DT_BF16) {
+            ((uint16_t *)w)[i] = f32_to_bf16(v);
+            wf[i] = bf16_to_f32(((uint16_t *)w)[i]);
+        } else {
+            ((uint16_t *)w)[i] = f32_to_f16(v);
+            wf[i] = f16_to_f32(((uint16_t *)w)[i]);
+        }
+    }
+    return w;
+}
+
+/* mag[t][r] = sum_c |W[r][c] * x[t][c]| in double, the scale of the tolerance. */
+static void dense_mag(double *mag, int64_t ldy, const float *wf, const float *x, int64_t ldx,
+                      int64_t n_tok, int64_t rows, int64_t n_cols) {
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0;
+            for (int64_t c = 0; c < n_cols; c++)
+                s += fabs((double)wf[r * n_cols + c] * (double)x[t * ldx + c]);
+            mag[t * ldy + r] = s;
+        }
+}
+
+static void run_dense(enum gpo_dtype dt) {
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    int bad = 0;
+    rng_seed(100 + (uint64_t)dt);
+    for (int ci = 0; ci < COUNT(DENSE_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = DENSE_COLS[ci], rows = ROWS[ri];
+            /* The widest case only with the largest batch: it alone takes the
+             * direct path for batches (wider than a stack panel). */
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1];
+            const int64_t ldx = n_cols + 3, ldy = rows + 2;
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            void *w = make_dense(dt, wf, (size_t)(rows * n_cols));
+            float *x = xmalloc((size_t)(max_tok * ldx) * 4);
+            fill_f(x, (size_t)(max_tok * ldx));
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            dense_mag(mag, ldy, wf, x, ldx, max_tok, rows, n_cols);
+            gpo_kernels_ref()->matmul[dt](want, ldy, w, x, ldx, max_tok, 0, rows, n_cols);
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                if (n_cols == 5760 && n_tok != max_tok && n_tok != 1) continue;
+                for (int k = 0; k < nt; k++) {
+                    fill_sentinel(y, (size_t)(max_tok * ldy));
+                    tabs[k].k->matmul[dt](y, ldy, w, x, ldx, n_tok, 0, rows, n_cols);
+                    bad += compare_out(dt_name(dt), tabs[k].name, y, want, mag, ldy, n_tok, rows,
+                                       0, rows, n_cols, REL_TOL);
+                    /* A sub-range of rows starting past 0. */
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    if (r0 < r1) {
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul[dt](y, ldy, w, x, ldx, n_tok, r0, r1, n_cols);
+                        bad += compare_out(dt_name(dt), tabs[k].name, y, want, mag, ldy, n_tok,
+                                           rows, r0, r1, n_cols, REL_TOL);
+                    }
+                }
+            }
+            free(wf);
+            free(w);
+            free(x);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+static void test_matmul_f32(void **state) {
+    (void)state;
+    run_dense(GPO_DT_F32);
+}
+static void test_matmul_f16(void **state) {
+    (void)state;
+    run_dense(GPO_DT_F16);
+}
+static void test_matmul_bf16(void **state) {
+    (void)state;
+    run_dense(GPO_DT_BF16);
+}
+
+/* ---- MXFP4 ---- */
+
+/* Random MXFP4 rows with scale bytes in [e_lo, e_hi]; wf gets the decoded values. */
+static void make_mxfp4(uint8_t *blocks, uint8_t *scales, float *wf, int64_t rows, int64_t n_cols,
+                       int e_lo, int e_hi) {
+    const int64_t nb = n_cols / 32;
+    fill_u8(blocks, (size_t)(rows * nb * 16));
+    for (int64_t i = 0; i < rows * nb; i++)
+        scales[i] = (uint8_t)(e_lo + (int)(rng_u64() % (uint64_t)(e_hi - e_lo + 1)));
+    for (int64_t r = 0; r < rows; r++)
+        gpo_mxfp4_dequant_row(wf + r * n_cols, blocks + r * nb * 16, scales + r * nb, n_cols);
+}
+
+static void run_mxfp4(int e_lo, int e_hi, uint64_t seed) {
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    int bad = 0;
+    rng_seed(seed);
+    for (int ci = 0; ci < COUNT(MX_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri], nb = n_cols / 32;
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1];
+            const int64_t ldx = n_cols + 5, ldy = rows + 1;
+            uint8_t *blocks = xmalloc((size_t)(rows * nb * 16));
+            uint8_t *scales = xmalloc((size_t)(rows * nb));
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            make_mxfp4(blocks, scales, wf, rows, n_cols, e_lo, e_hi);
+            float *x = xmalloc((size_t)(max_tok * ldx) * 4);
+            fill_f(x, (size_t)(max_tok * ldx));
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            dense_mag(mag, ldy, wf, x, ldx, max_tok, rows, n_cols);
+            gpo_kernels_ref()->matmul_mxfp4(want, ldy, blocks, scales, x, ldx, max_tok, 0, rows,
+                                            n_cols);
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                if (n_cols == 5760 && n_tok != max_tok && n_tok != 1) continue;
+                for (int k = 0; k < nt; k++) {
+                    fill_sentinel(y, (size_t)(max_tok * ldy));
+                    tabs[k].k->matmul_mxfp4(y, ldy, blocks, scales, x, ldx, n_tok, 0, rows, n_cols);
+                    bad += compare_out("mxfp4", tabs[k].name, y, want, mag, ldy, n_tok, rows, 0,
+                                       rows, n_cols, REL_TOL);
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    if (r0 < r1) {
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul_mxfp4(y, ldy, blocks, scales, x, ldx, n_tok, r0, r1,
+                                                n_cols);
+                        bad += compare_out("mxfp4", tabs[k].name, y, want, mag, ldy, n_tok, rows,
+                                           r0, r1, n_cols, REL_TOL);
+                    }
+                }
+            }
+            free(blocks);
+            free(scales);
+            free(wf);
+            free(x);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+static void test_matmul_mxfp4(void **state) {
+    (void)state;
+    run_mxfp4(118, 130, 7);
+}
+
+/* Scale bytes over most of the range, denormal 2^-127 included (e = 0); the top is
+ * kept where a row of 5760 products cannot overflow float. */
+static void test_matmul_mxfp4_wide_scales(void **state) {
+    (void)state;
+    run_mxfp4(0, 230, 8);
+}
+
+/* Exact value of the q8 product in double from the integer block sums, and the
+ * magnitude sum_b |scale_b| * sum_i |w_i q_i| for the tolerance. */
+static void q8_exact(double *val, double *mag, const uint8_t *blocks, const uint8_t *scales,
+                     const struct gpo_q8_block *xq, int64_t n_cols) {
+    static const int w2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    double v = 0, m = 0;
+    for (int64_t b = 0; b < n_cols / 32; b++) {
+        long isum = 0, iabs = 0;
+        for (int i = 0; i < 16; i++) {
+            const uint8_t byte = blocks[b * 16 + i];
+            const long p0 = (long)w2[byte & 15] * xq[b].qs[2 * i];
+            const long p1 = (long)w2[byte >> 4] * xq[b].qs[2 * i + 1];
+            isum += p0 + p1;
+            iabs += labs(p0) + labs(p1);
+        }
+        const double sc = 0.5 * (double)gpo_e8m0_to_f32(scales[b]) * (double)xq[b].d;
+        v += (double)isum * sc;
+        m += (double)iabs * fabs(sc);
+    }
+    *val = v;
+    *mag = m;
+}
+
+static void test_matmul_mxfp4_q8(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    int bad = 0;
+    rng_seed(9);
+    for (int ci = 0; ci < COUNT(MX_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri], nb = n_cols / 32;
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1];
+            const int64_t ldxq = nb + 1, ldy = rows + 3;
+            uint8_t *blocks = xmalloc((size_t)(rows * nb * 16));
+            uint8_t *scales = xmalloc((size_t)(rows * nb));
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            make_mxfp4(blocks, scales, wf, rows, n_cols, 118, 130);
+            float *x = xmalloc((size_t)(n_cols) * 4);
+            struct gpo_q8_block *xq = xmalloc((size_t)(max_tok * ldxq) * sizeof *xq);
+            for (int64_t t = 0; t < max_tok; t++) {
+                fill_f(x, (size_t)n_cols);
+                gpo_quantize_q8_ref(xq + t * ldxq, x, n_cols);
+            }
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            for (int64_t t = 0; t < max_tok; t++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double v;
+                    q8_exact(&v, &mag[t * ldy + r], blocks + r * nb * 16, scales + r * nb,
+                             xq + t * ldxq, n_cols);
+                    want[t * ldy + r] = (float)v;
+                }
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                for (int k = 0; k < nt; k++) {
+                    /* Both the reference and the SIMD variant against the exact
+                     * integer sums: only the float combine may round. */
+                    fill_sentinel(y, (size_t)(max_tok * ldy));
+                    tabs[k].k->matmul_mxfp4_q8(y, ldy, blocks, scales, xq, ldxq, n_tok, 0, rows,
+                                               n_cols);
+                    bad += compare_out("mxfp4_q8", tabs[k].name, y, want, mag, ldy, n_tok, rows,
+                                       0, rows, n_cols, 2e-6);
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    if (r0 < r1) {
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul_mxfp4_q8(y, ldy, blocks, scales, xq, ldxq, n_tok, r0,
+                                                   r1, n_cols);
+                        bad += compare_out("mxfp4_q8", tabs[k].name, y, want, mag, ldy, n_tok,
+                                           rows, r0, r1, n_cols, 2e-6);
+                    }
+                }
+            }
+            free(blocks);
+            free(scales);
+            free(wf);
+            free(x);
+            free(xq);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+/* With one scale byte per row and d a power of two, every partial sum is an integer
+ * times the same power of two and stays below 2^24 of it, so any summation order is
+ * exact: each table must then return exactly the integer dot product. */
+static void test_matmul_mxfp4_q8_integer_exact(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(10);
+    const int64_t n_cols = 2880, nb = n_cols / 32, rows = 17, n_tok = 5;
+    uint8_t *blocks = xmalloc((size_t)(rows * nb * 16));
+    uint8_t *scales = xmalloc((size_t)(rows * nb));
+    fill_u8(blocks, (size_t)(rows * nb * 16));
+    for (int64_t r = 0; r < rows; r++)
+        memset(scales + r * nb, 120 + (int)(r % 9), (size_t)nb);
+    struct gpo_q8_block *xq = xmalloc((size_t)(n_tok * nb) * sizeof *xq);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            xq[t * nb + b].d = ldexpf(1.0f, -6 - (int)t);
+            for (int j = 0; j < 32; j++)
+                xq[t * nb + b].qs[j] = (int8_t)(-127 + (int)(rng_u64() % 255));
+        }
+    float *y = xmalloc((size_t)(n_tok * rows) * 4);
+    for (int k = 0; k < nt; k++) {
+        tabs[k].k->matmul_mxfp4_q8(y, rows, blocks, scales, xq, nb, n_tok, 0, rows, n_cols);
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = 0; r < rows; r++) {
+                double v, m;
+                q8_exact(&v, &m, blocks + r * nb * 16, scales + r * nb, xq + t * nb, n_cols);
+                if ((double)y[t * rows + r] != v)
+                    print_error("q8 exact [%s] t=%lld r=%lld got %.9g want %.9g\n", tabs[k].name,
+                                (long long)t, (long long)r, y[t * rows + r], v);
+                assert_true((double)y[t * rows + r] == v);
+            }
+    }
+    free(blocks);
+    free(scales);
+    free(xq);
+    free(y);
+}
+
+static void test_quantize_q8(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(11);
+    const int64_t n = 2880 + 64;
+    float *x = xmalloc((size_t)n * 4);
+    for (int64_t i = 0; i < 2880; i++) x[i] = rng_f() * (float)(1 << (i / 320)) * 0.01f;
+    /* A block of zeros (d = 0) and a block whose scaled values hit exact halves:
+     * amax = 127 gives d = 1, so 2.5 and -3.5 must round to even like lrintf. */
+    for (int i = 0; i < 32; i++) x[2880 + i] = 0.0f;
+    for (int i = 0; i < 32; i++) x[2912 + i] = (float)(i % 8) + 0.5f - 4.0f;
+    x[2912 + 31] = 127.0f;
+    struct gpo_q8_block *want = xmalloc((size_t)(n / 32) * sizeof *want);
+    struct gpo_q8_block *got = xmalloc((size_t)(n / 32) * sizeof *got);
+    gpo_quantize_q8_ref(want, x, n);
+    assert_true(want[n / 32 - 1].d == 1.0f);
+    assert_int_equal(want[n / 32 - 1].qs[0], -4); /* -3.5 -> -4 */
+    assert_int_equal(want[n / 32 - 1].qs[1], -2); /* -2.5 -> -2 */
+    assert_int_equal(want[n / 32 - 1].qs[6], 2);  /* 2.5 -> 2 */
+    assert_true(want[n / 32 - 2].d == 0.0f);
+    for (int k = 0; k < nt; k++) {
+        memset(got, 0x55, (size_t)(n / 32) * sizeof *got);
+        tabs[k].k->quantize_q8(got, x, n);
+        for (int64_t b = 0; b < n / 32; b++) {
+            if (memcmp(&got[b], &want[b], sizeof *got) != 0)
+                print_error("quantize_q8 [%s] block %lld differs (d %.9g vs %.9g)\n", tabs[k].name,
+                            (long long)b, got[b].d, want[b].d);
+            assert_memory_equal(&got[b], &want[b], sizeof *got);
+        }
+    }
+    free(x);
+    free(want);
+    free(got);
+}
+
+/* ---- determinism contract ---- */
+
+/* Which kernel a determinism run exercises. */
+enum kind { K_F32, K_F16, K_BF16, K_MXFP4, K_Q8 };
+
+struct det_case {
+    enum kind kind;
+    void *w;                    /* dense weights */
+    uint8_t *blocks, *scales;   /* MXFP4 */
+    const float *x;             /* f32 activations, ldx */
+    const struct gpo_q8_block *xq;
+    int64_t ldx, n_cols, rows;
+};
+
+static void det_run(const struct gpo_kernels *k, const struct det_case *c, float *y, int64_t ldy,
+                    int64_t t0, int64_t n_tok, int64_t r0, int64_t r1) {
+    const float *x = c->x + t0 * c->ldx;
+    switch (c->kind) {
+    case K_F32: k->matmul[GPO_DT_F32](y, ldy, c->w, x, c->ldx, n_tok, r0, r1, c->n_cols); break;
+    case K_F16: k->matmul[GPO_DT_F16](y, ldy, c->w, x, c->ldx, n_tok, r0, r1, c->n_cols); break;
+    case K_BF16: k->matmul[GPO_DT_BF16](y, ldy, c->w, x, c->ldx, n_tok, r0, r1, c->n_cols); break;
+    case K_MXFP4:
+        k->matmul_mxfp4(y, ldy, c->blocks, c->scales, x, c->ldx, n_tok, r0, r1, c->n_cols);
+        break;
+    case K_Q8:
+        k->matmul_mxfp4_q8(y, ldy, c->blocks, c->scales, c->xq + t0 * (c->n_cols / 32),
+                           c->n_cols / 32, n_tok, r0, r1, c->n_cols);
+        break;
+    }
+}
+
+/* Every token of a 13-token batch equals the token computed alone (and inside
+ * smaller batches), and every row range equals the full range, bit for bit. */
+static void det_check(const char *tab, const struct gpo_kernels *k, const struct det_case *c) {
+    const int64_t n_tok = 13, rows = c->rows, ldy = rows;
+    float *full = xmalloc((size_t)(n_tok * rows) * 4);
+    float *part = xmalloc((size_t)(n_tok * rows) * 4);
+    det_run(k, c, full, ldy, 0, n_tok, 0, rows);
+    for (int ti = 0; ti < COUNT(NTOK); ti++) {
+        const int64_t nt = NTOK[ti];
+        for (int64_t t0 = 0; t0 + nt <= n_tok; t0 += nt) {
+            det_run(k, c, part, ldy, t0, nt, 0, rows);
+            if (memcmp(part, full + t0 * ldy, (size_t)(nt * rows) * 4) != 0)
+                print_error("determinism [%s] kind %d cols %lld: tokens [%lld,%lld) alone differ "
+                            "from the 13-token batch\n",
+                            tab, (int)c->kind, (long long)c->n_cols, (long long)t0,
+                            (long long)(t0 + nt));
+            assert_memory_equal(part, full + t0 * ldy, (size_t)(nt * rows) * 4);
+        }
+    }
+    /* Row ranges: single rows, and a few odd splits, with the whole batch. */
+    const int64_t cuts[][2] = {{0, 1}, {1, 2}, {5, 6}, {rows - 1, rows}, {1, rows - 2},
+                               {3, rows}, {0, rows / 2}, {rows / 2, rows}, {7, 19}};
+    for (int i = 0; i < COUNT(cuts); i++) {
+        const int64_t r0 = cuts[i][0], r1 = cuts[i][1];
+        if (r0 < 0 || r1 > rows || r0 >= r1) continue;
+        for (int64_t nt = 1; nt <= n_tok; nt += 12) {
+            fill_sentinel(part, (size_t)(n_tok * rows));
+            det_run(k, c, part, ldy, 0, nt, r0, r1);
+            for (int64_t t = 0; t < nt; t++) {
+                if (memcmp(part + t * ldy + r0, full + t * ldy + r0, (size_t)(r1 - r0) * 4) != 0)
+                    print_error("determinism [%s] kind %d cols %lld: rows [%lld,%lld) n_tok %lld "
+                                "differ from the full range\n",
+                                tab, (int)c->kind, (long long)c->n_cols, (long long)r0,
+                                (long long)r1, (long long)nt);
+                assert_memory_equal(part + t * ldy + r0, full + t * ldy + r0,
+                                    (size_t)(r1 - r0) * 4);
+            }
+        }
+    }
+    free(full);
+    free(part);
+}
+
+static void test_determinism(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(12);
+    /* 2880 is the model width; 5760 is wider than a stack panel; 100 has a tail. */
+    static const int64_t cols[] = {100, 2880, 5760};
+    const int64_t rows = 21, n_tok = 13;
+    for (int ci = 0; ci < COUNT(cols); ci++) {
+        const int64_t n_cols = cols[ci], ldx = n_cols + 1;
+        float *x = xmalloc((size_t)(n_tok * ldx) * 4);
+        fill_f(x, (size_t)(n_tok * ldx));
+        float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+        for (int kind = K_F32; kind <= K_Q8; kind++) {
+            if (kind >= K_MXFP4 && n_cols % 32) continue;
+            struct det_case c = {.kind = (enum kind)kind, .x = x, .ldx = ldx, .n_cols = n_cols,
+                                 .rows = rows};
+            struct gpo_q8_block *xq = NULL;
+            if (kind <= K_BF16) {
+                const enum gpo_dtype dt = kind == K_F32 ? GPO_DT_F32
+                                          : kind == K_F16 ? GPO_DT_F16
+                                                          : GPO_DT_BF16;
+                c.w = make_dense(dt, wf, (size_t)(rows * n_cols));
+            } else {
+                c.blocks = xmalloc((size_t)(rows * n_cols / 2));
+                c.scales = xmalloc((size_t)(rows * n_cols / 32));
+                make_mxfp4(c.blocks, c.scales, wf, rows, n_cols, 120, 130);
+                xq = xmalloc((size_t)(n_tok * n_cols / 32) * sizeof *xq);
+                for (int64_t t = 0; t < n_tok; t++)
+                    gpo_quantize_q8_ref(xq + t * (n_cols / 32), x + t * ldx, n_cols);
+                c.xq = xq;
+            }
+            for (int k = 0; k < nt; k++) det_check(tabs[k].name, tabs[k].k, &c);
+            free(c.w);
+            free(c.blocks);
+            free(c.scales);
+            free(xq);
+        }
+        free(x);
+        free(wf);
+    }
+}
+
+/* ---- MXFP4 decoding: spec 10.3 and E8M0 edges ---- */
+
+/* y = W e_c for one-hot x picks column c; checks it against want[c] exactly. */
+static void onehot_check(const struct table *tab, const uint8_t *blocks, const uint8_t *scales,
+                         const float *want, int64_t n_check) {
+    float x[32], y[1];
+    for (int64_t c = 0; c < n_check; c++) {
+        memset(x, 0, sizeof x);
+        x[c] = 1.0f;
+        tab->k->matmul_mxfp4(y, 1, blocks, scales, x, 32, 1, 0, 1, 32);
+        if (!(y[0] == want[c]))
+            print_error("one-hot [%s] column %lld: got %.9g want %.9g\n", tab->name, (long long)c,
+                        y[0], want[c]);
+        assert_true(y[0] == want[c]);
+    }
+}
+
+static void test_mxfp4_spec_vectors(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    uint8_t blocks[16] = {0x10, 0x32}, scales[1] = {127};
+    float out[32];
+    gpo_mxfp4_dequant_row(out, blocks, scales, 32);
+    const float want127[4] = {0.0f, 0.5f, 1.0f, 1.5f};
+    for (int i = 0; i < 4; i++) assert_true(out[i] == want127[i]);
+    assert_false(signbit(out[0]));
+    for (int i = 4; i < 32; i++) assert_true(out[i] == 0.0f);
+    scales[0] = 120;
+    gpo_mxfp4_dequant_row(out, blocks, scales, 32);
+    const float want120[4] = {0.0f, 0.5f / 128, 1.0f / 128, 1.5f / 128};
+    for (int i = 0; i < 4; i++) assert_true(out[i] == want120[i]);
+
+    for (int k = 0; k < nt; k++) {
+        scales[0] = 127;
+        onehot_check(&tabs[k], blocks, scales, want127, 4);
+        scales[0] = 120;
+        onehot_check(&tabs[k], blocks, scales, want120, 4);
+        /* The fast path sees the same weights through int8 activations: a one-hot
+         * x quantises to 127 * (1/127), so the value comes back within rounding. */
+        for (int c = 0; c < 4; c++) {
+            float x[32] = {0}, y[1];
+            struct gpo_q8_block xq[1];
+            x[c] = 1.0f;
+            tabs[k].k->quantize_q8(xq, x, 32);
+            tabs[k].k->matmul_mxfp4_q8(y, 1, blocks, scales, xq, 1, 1, 0, 1, 32);
+            assert_true(fabsf(y[0] - want120[c]) <= 1e-6f * want120[3]);
+        }
+    }
+
+    /* Every code in both nibble positions, through dequant and every matmul. */
+    for (int code = 0; code < 16; code++) {
+        uint8_t b[16] = {0};
+        b[5] = (uint8_t)(code << 4 | (15 - code));
+        scales[0] = 127;
+        gpo_mxfp4_dequant_row(out, b, scales, 32);
+        assert_true(out[11] == gpo_fp4_values[code]);
+        assert_true(out[10] == gpo_fp4_values[15 - code]);
+        for (int k = 0; k < nt; k++) onehot_check(&tabs[k], b, scales, out, 32);
+    }
+}
+
+static void test_e8m0_edges(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    assert_true(gpo_e8m0_to_f32(0) == ldexpf(1.0f, -127));
+    assert_true(gpo_e8m0_to_f32(1) == ldexpf(1.0f, -126));
+    assert_true(gpo_e8m0_to_f32(127) == 1.0f);
+    assert_true(gpo_e8m0_to_f32(254) == ldexpf(1.0f, 127));
+    assert_true(isinf(gpo_e8m0_to_f32(255)) && gpo_e8m0_to_f32(255) > 0);
+
+    /* e = 0: 2^-127 is denormal; every fp4 value times it is still exact. */
+    uint8_t blocks[16], scales[1] = {0};
+    for (int i = 0; i < 16; i++) blocks[i] = (uint8_t)(i | (15 - i) << 4);
+    float out[32];
+    gpo_mxfp4_dequant_row(out, blocks, scales, 32);
+    for (int i = 0; i < 16; i++) {
+        assert_true(out[2 * i] == ldexpf(gpo_fp4_values[i], -127));
+        assert_true(out[2 * i + 1] == ldexpf(gpo_fp4_values[15 - i], -127));
+    }
+    for (int k = 0; k < nt; k++) onehot_check(&tabs[k], blocks, scales, out, 32);
+
+    /* e = 255 (NaN in OCP MX; the reference gives 2^128 = inf): non-zero codes decode
+     * to +-inf, and a matmul touching such a block is not finite on any table. */
+    scales[0] = 255;
+    gpo_mxfp4_dequant_row(out, blocks, scales, 32);
+    assert_true(isinf(out[2 * 2]) && out[2 * 2] > 0);   /* code 2 = +1.0 */
+    assert_true(isinf(out[2 * 10]) && out[2 * 10] < 0); /* code 10 = -1.0 */
+    float x[32];
+    for (int i = 0; i < 32; i++) x[i] = 0.25f + (float)i / 64;
+    for (int k = 0; k < nt; k++) {
+        float y[1] = {0};
+        tabs[k].k->matmul_mxfp4(y, 1, blocks, scales, x, 32, 1, 0, 1, 32);
+        assert_false(isfinite(y[0]));
+        struct gpo_q8_block xq[1];
+        tabs[k].k->quantize_q8(xq, x, 32);
+        tabs[k].k->matmul_mxfp4_q8(y, 1, blocks, scales, xq, 1, 1, 0, 1, 32);
+        assert_false(isfinite(y[0]));
+    }
+}
+
+/* ---- attention ---- */
+
+static void test_attn_scores(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    static const int64_t dims[] = {1, 7, 8, 16, 63, 64, 65, 128};
+    static const int64_t keys[] = {1, 3, 4, 7, 8, 9, 33, 100};
+    rng_seed(13);
+    int bad = 0;
+    for (int di = 0; di < COUNT(dims); di++)
+        for (int ki = 0; ki < COUNT(keys); ki++) {
+            const int64_t hd = dims[di], nk = keys[ki], ldk = hd + 9;
+            float *q = xmalloc((size_t)hd * 4), *k = xmalloc((size_t)(nk * ldk) * 4);
+            fill_f(q, (size_t)hd);
+            fill_f(k, (size_t)(nk * ldk));
+            const float scale = 0.125f;
+            float *want = xmalloc((size_t)nk * 4), *s = xmalloc((size_t)(nk + 1) * 4);
+            double *mag = xmalloc((size_t)nk * 8);
+            gpo_attn_scores_ref(want, q, k, ldk, nk, hd, scale);
+            for (int64_t j = 0; j < nk; j++) {
+                double m = 0;
+                for (int64_t d = 0; d < hd; d++) m += fabs((double)q[d] * k[j * ldk + d]);
+                mag[j] = m * scale;
+            }
+            for (int t = 0; t < nt; t++) {
+                fill_sentinel(s, (size_t)(nk + 1));
+                tabs[t].k->attn_scores(s, q, k, ldk, nk, hd, scale);
+                bad += compare_out("attn_scores", tabs[t].name, s, want, mag, 1, nk, 1, 0, 1, hd,
+                                   REL_TOL);
+                assert_true(s[nk] == SENTINEL);
+                /* A key's score does not depend on which keys come with it. */
+                for (int64_t j0 = 1; j0 < nk; j0 += 3) {
+                    float *s2 = xmalloc((size_t)(nk - j0) * 4);
+                    tabs[t].k->attn_scores(s2, q, k + j0 * ldk, ldk, nk - j0, hd, scale);
+                    assert_memory_equal(s2, s + j0, (size_t)(nk - j0) * 4);
+                    free(s2);
+                }
+            }
+            free(q);
+            free(k);
+            free(want);
+            free(s);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+static void test_attn_accum(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    static const int64_t dims[] = {1, 7, 8, 16, 63, 64, 65, 72, 128, 200};
+    static const int64_t keys[] = {1, 3, 4, 7, 8, 9, 33, 100};
+    rng_seed(14);
+    int bad = 0;
+    for (int di = 0; di < COUNT(dims); di++)
+        for (int ki = 0; ki < COUNT(keys); ki++) {
+            const int64_t hd = dims[di], nk = keys[ki], ldv = hd + 5;
+            float *p = xmalloc((size_t)nk * 4), *v = xmalloc((size_t)(nk * ldv) * 4);
+            float *o0 = xmalloc((size_t)(hd + 1) * 4);
+            for (int64_t j = 0; j < nk; j++) p[j] = (rng_f() + 1.0f) / (float)nk;
+            fill_f(v, (size_t)(nk * ldv));
+            fill_f(o0, (size_t)hd);
+            float *want = xmalloc((size_t)hd * 4), *o = xmalloc((size_t)(hd + 1) * 4);
+            float *o2 = xmalloc((size_t)(hd + 1) * 4);
+            double *mag = xmalloc((size_t)hd * 8);
+            memcpy(want, o0, (size_t)hd * 4);
+            gpo_attn_accum_ref(want, p, v, ldv, nk, hd);
+            for (int64_t d = 0; d < hd; d++) {
+                double m = fabs(o0[d]);
+                for (int64_t j = 0; j < nk; j++) m += fabs((double)p[j] * v[j * ldv + d]);
+                mag[d] = m;
+            }
+            for (int t = 0; t < nt; t++) {
+                memcpy(o, o0, (size_t)hd * 4);
+                o[hd] = SENTINEL;
+                tabs[t].k->attn_accum(o, p, v, ldv, nk, hd);
+                bad += compare_out("attn_accum", tabs[t].name, o, want, mag, 1, hd, 1, 0, 1, nk,
+                                   REL_TOL);
+                assert_true(o[hd] == SENTINEL);
+                /* Splitting the keys over two calls gives the same bits. */
+                const int64_t split = nk / 2;
+                memcpy(o2, o0, (size_t)hd * 4);
+                tabs[t].k->attn_accum(o2, p, v, ldv, split, hd);
+                tabs[t].k->attn_accum(o2, p + split, v + split * ldv, ldv, nk - split, hd);
+                assert_memory_equal(o2, o, (size_t)hd * 4);
+            }
+            free(p);
+            free(v);
+            free(o0);
+            free(want);
+            free(o);
+            free(o2);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+/* The table names what it is, fills every slot, and selection honours the CPU. */
+static void test_tables(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    for (int k = 0; k < nt; k++) {
+        const struct gpo_kernels *t = tabs[k].k;
+        assert_string_equal(t->name, tabs[k].name);
+        assert_non_null(t->matmul[GPO_DT_F32]);
+        assert_non_null(t->matmul[GPO_DT_F16]);
+        assert_non_null(t->matmul[GPO_DT_BF16]);
+        assert_non_null(t->matmul_mxfp4);
+        assert_non_null(t->matmul_mxfp4_q8);
+        assert_non_null(t->quantize_q8);
+        assert_non_null(t->attn_scores);
+        assert_non_null(t->attn_accum);
+    }
+    assert_ptr_equal(gpo_kernels_select("ref"), gpo_kernels_ref());
+    if (gpo_cpu_has_avx2() && gpo_kernels_avx2())
+        assert_ptr_equal(gpo_kernels_select("avx2"), gpo_kernels_avx2());
+    if (!gpo_cpu_has_avx2()) assert_null(gpo_kernels_select("avx2"));
+    assert_null(gpo_kernels_select("no-such-isa"));
+    assert_non_null(gpo_kernels_select(NULL));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tables),
+        cmocka_unit_test(test_matmul_f32),
+        cmocka_unit_test(test_matmul_f16),
+        cmocka_unit_test(test_matmul_bf16),
+        cmocka_unit_test(test_matmul_mxfp4),
+        cmocka_unit_test(test_matmul_mxfp4_wide_scales),
+        cmocka_unit_test(test_matmul_mxfp4_q8),
+        cmocka_unit_test(test_matmul_mxfp4_q8_integer_exact),
+        cmocka_unit_test(test_quantize_q8),
+        cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_mxfp4_spec_vectors),
+        cmocka_unit_test(test_e8m0_edges),
+        cmocka_unit_test(test_attn_scores),
+        cmocka_unit_test(test_attn_accum),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

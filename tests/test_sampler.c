@@ -1,0 +1,559 @@
+/* test_sampler.c - the sampler: greedy, seeds, top-k/top-p/min-p candidate sets
+ * on hand-made distributions, penalties, banned ids and the harmony mask,
+ * log-probabilities, and the stop rules of a harmony turn. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpo.h"
+
+#define BIG_VOCAB 201088
+
+/* A small deterministic generator for test logits (independent of the sampler's). */
+static uint64_t test_rng = 88172645463325252ull;
+static float test_randn(void) {
+    double u = 0;
+    for (int i = 0; i < 12; i++) {
+        test_rng ^= test_rng << 13;
+        test_rng ^= test_rng >> 7;
+        test_rng ^= test_rng << 17;
+        u += (double)(test_rng >> 11) / 9007199254740992.0;
+    }
+    return (float)(u - 6.0);
+}
+
+static float *random_logits(int64_t n, float scale) {
+    float *l = malloc((size_t)n * sizeof *l);
+    assert_non_null(l);
+    for (int64_t i = 0; i < n; i++) l[i] = test_randn() * scale;
+    return l;
+}
+
+static gpo_sampler *make(const struct gpo_sampler_params *p, int64_t n, const uint8_t *ban) {
+    gpo_sampler *s = NULL;
+    assert_int_equal(gpo_sampler_create(p, n, ban, &s), GPO_OK);
+    assert_non_null(s);
+    return s;
+}
+
+/* Logits whose softmax is exactly probs (log p). */
+static void logits_of(const double *probs, float *l, int n) {
+    for (int i = 0; i < n; i++) l[i] = probs[i] > 0 ? (float)log(probs[i]) : -INFINITY;
+}
+
+/* Draw `draws` ids and count them per id. */
+static void histogram(gpo_sampler *s, const float *l, int n, int draws, int *counts) {
+    memset(counts, 0, (size_t)n * sizeof *counts);
+    for (int i = 0; i < draws; i++) {
+        int32_t id = -1;
+        assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+        assert_true(id >= 0 && id < n);
+        counts[id]++;
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+
+static void test_greedy_argmax(void **state) {
+    (void)state;
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.temperature = 0;
+    float *l = random_logits(BIG_VOCAB, 3.0f);
+    gpo_sampler *s = make(&p, BIG_VOCAB, NULL);
+    int32_t best = 0;
+    for (int32_t i = 1; i < BIG_VOCAB; i++)
+        if (l[i] > l[best]) best = i;
+    int32_t got = -1;
+    assert_int_equal(gpo_sampler_sample(s, l, &got, NULL), GPO_OK);
+    assert_int_equal(got, best);
+
+    /* Ties go to the lowest id. */
+    l[777] = l[best] + 5;
+    l[91234] = l[777];
+    l[200] = l[777];
+    assert_int_equal(gpo_sampler_sample(s, l, &got, NULL), GPO_OK);
+    assert_int_equal(got, 200);
+    /* NaN never wins. */
+    l[5] = NAN;
+    assert_int_equal(gpo_sampler_sample(s, l, &got, NULL), GPO_OK);
+    assert_int_equal(got, 200);
+    gpo_sampler_free(s);
+
+    /* top_k = 1 equals greedy, at any temperature and seed. */
+    p.temperature = 1.5f;
+    p.top_k = 1;
+    for (uint64_t seed = 0; seed < 5; seed++) {
+        p.seed = seed;
+        s = make(&p, BIG_VOCAB, NULL);
+        for (int k = 0; k < 3; k++) {
+            assert_int_equal(gpo_sampler_sample(s, l, &got, NULL), GPO_OK);
+            assert_int_equal(got, 200);
+        }
+        gpo_sampler_free(s);
+    }
+    free(l);
+}
+
+static void test_seed_reproducible(void **state) {
+    (void)state;
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.seed = 1234;
+    enum { N = 1000, DRAWS = 200 };
+    float *l = random_logits(N, 1.0f);
+    int32_t a[DRAWS], b[DRAWS], c[DRAWS];
+    gpo_sampler *s1 = make(&p, N, NULL), *s2 = make(&p, N, NULL);
+    p.seed = 1235;
+    gpo_sampler *s3 = make(&p, N, NULL);
+    for (int i = 0; i < DRAWS; i++) {
+        assert_int_equal(gpo_sampler_sample(s1, l, &a[i], NULL), GPO_OK);
+        assert_int_equal(gpo_sampler_sample(s2, l, &b[i], NULL), GPO_OK);
+        assert_int_equal(gpo_sampler_sample(s3, l, &c[i], NULL), GPO_OK);
+    }
+    assert_memory_equal(a, b, sizeof a);
+    int differ = 0;
+    for (int i = 0; i < DRAWS; i++) differ += a[i] != c[i];
+    assert_true(differ > DRAWS / 2);
+    /* reset restarts the stream. */
+    gpo_sampler_reset(s1);
+    for (int i = 0; i < DRAWS; i++) {
+        int32_t x;
+        assert_int_equal(gpo_sampler_sample(s1, l, &x, NULL), GPO_OK);
+        assert_int_equal(x, a[i]);
+    }
+    gpo_sampler_free(s1);
+    gpo_sampler_free(s2);
+    gpo_sampler_free(s3);
+    free(l);
+}
+
+/* Plain temperature sampling follows softmax(l / T). */
+static void test_temperature_distribution(void **state) {
+    (void)state;
+    const double probs[4] = {0.5, 0.3, 0.15, 0.05};
+    float l[4];
+    logits_of(probs, l, 4);
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.seed = 7;
+    gpo_sampler *s = make(&p, 4, NULL);
+    int counts[4];
+    enum { DRAWS = 40000 };
+    histogram(s, l, 4, DRAWS, counts);
+    for (int i = 0; i < 4; i++) assert_true(fabs(counts[i] / (double)DRAWS - probs[i]) < 0.01);
+    gpo_sampler_free(s);
+
+    /* T = 0.5 squares the probabilities (renormalised). */
+    p.temperature = 0.5f;
+    s = make(&p, 4, NULL);
+    histogram(s, l, 4, DRAWS, counts);
+    double z = 0.25 + 0.09 + 0.0225 + 0.0025;
+    for (int i = 0; i < 4; i++)
+        assert_true(fabs(counts[i] / (double)DRAWS - probs[i] * probs[i] / z) < 0.01);
+    gpo_sampler_free(s);
+}
+
+static void test_top_p(void **state) {
+    (void)state;
+    const double probs[6] = {0.05, 0.3, 0.15, 0.5, 0.0, 0.0}; /* ids 4, 5 impossible */
+    float l[6];
+    logits_of(probs, l, 6);
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    int counts[6];
+    enum { DRAWS = 20000 };
+    /* Sorted: 3 (0.5), 1 (0.3), 2 (0.15), 0 (0.05).  Mass >= 0.79 needs {3, 1};
+     * 0.81 needs {3, 1, 2}; 0.5 needs only {3}; 0.96 all four. */
+    struct {
+        float top_p;
+        int want[6];
+    } cases[] = {
+        {0.5f, {0, 0, 0, 1, 0, 0}},
+        {0.79f, {0, 1, 0, 1, 0, 0}},
+        {0.81f, {0, 1, 1, 1, 0, 0}},
+        {0.96f, {1, 1, 1, 1, 0, 0}},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        p.top_p = cases[k].top_p;
+        p.seed = 100 + k;
+        gpo_sampler *s = make(&p, 6, NULL);
+        histogram(s, l, 6, DRAWS, counts);
+        double mass = 0;
+        for (int i = 0; i < 6; i++) {
+            if (cases[k].want[i]) assert_true(counts[i] > 0);
+            if (!cases[k].want[i]) assert_int_equal(counts[i], 0);
+            if (cases[k].want[i]) mass += probs[i];
+        }
+        /* The kept set is renormalised. */
+        for (int i = 0; i < 6; i++)
+            if (cases[k].want[i])
+                assert_true(fabs(counts[i] / (double)DRAWS - probs[i] / mass) < 0.015);
+        gpo_sampler_free(s);
+    }
+}
+
+/* top-p over a real-size vocabulary, both when the head is small (the
+ * threshold shortcut) and when the mass is spread thin (the full sort). */
+static int cmp_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+static void check_big_top_p(float scale, float top_p, uint64_t seed) {
+    float *l = random_logits(BIG_VOCAB, scale);
+    /* Reference: the probability of the last id the smallest set needs. */
+    double mx = -INFINITY, z = 0;
+    for (int i = 0; i < BIG_VOCAB; i++) mx = l[i] > mx ? l[i] : mx;
+    float *pr = malloc(BIG_VOCAB * sizeof *pr);
+    for (int i = 0; i < BIG_VOCAB; i++) z += (pr[i] = (float)exp(l[i] - mx));
+    float *sorted = malloc(BIG_VOCAB * sizeof *sorted);
+    memcpy(sorted, pr, BIG_VOCAB * sizeof *sorted);
+    qsort(sorted, BIG_VOCAB, sizeof *sorted, cmp_desc);
+    double cum = 0;
+    float cut = 0;
+    int n_keep = 0;
+    for (int i = 0; i < BIG_VOCAB; i++) {
+        cum += sorted[i];
+        n_keep++;
+        if (cum >= top_p * z) {
+            cut = sorted[i];
+            break;
+        }
+    }
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.top_p = top_p;
+    p.seed = seed;
+    gpo_sampler *s = make(&p, BIG_VOCAB, NULL);
+    for (int d = 0; d < 40; d++) {
+        int32_t id;
+        assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+        /* Every draw lies in the kept set (allowing float rounding at the cut). */
+        assert_true(pr[id] >= cut * 0.999f);
+    }
+    assert_true(n_keep >= 1);
+    gpo_sampler_free(s);
+    free(sorted);
+    free(pr);
+    free(l);
+}
+
+static void test_top_p_big(void **state) {
+    (void)state;
+    check_big_top_p(4.0f, 0.9f, 1); /* peaked: few ids matter */
+    check_big_top_p(0.3f, 0.9f, 2); /* flat: most of the vocabulary is kept */
+    check_big_top_p(1.5f, 0.5f, 3);
+}
+
+static void test_top_k(void **state) {
+    (void)state;
+    float *l = random_logits(BIG_VOCAB, 2.0f);
+    float *sorted = malloc(BIG_VOCAB * sizeof *sorted);
+    memcpy(sorted, l, BIG_VOCAB * sizeof *sorted);
+    qsort(sorted, BIG_VOCAB, sizeof *sorted, cmp_desc);
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.top_k = 40;
+    p.temperature = 50.0f; /* flatten, so draws reach deep into the kept set */
+    p.seed = 9;
+    gpo_sampler *s = make(&p, BIG_VOCAB, NULL);
+    int distinct = 0;
+    static uint8_t seen[BIG_VOCAB];
+    for (int d = 0; d < 400; d++) {
+        int32_t id;
+        assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+        assert_true(l[id] >= sorted[39]);
+        if (!seen[id]) distinct++;
+        seen[id] = 1;
+    }
+    assert_true(distinct > 30 && distinct <= 40);
+    gpo_sampler_free(s);
+    free(sorted);
+    free(l);
+
+    /* top_k larger than the vocabulary is no limit. */
+    const double probs[3] = {0.2, 0.3, 0.5};
+    float l3[3];
+    logits_of(probs, l3, 3);
+    p.top_k = 10;
+    p.temperature = 1;
+    s = make(&p, 3, NULL);
+    int counts[3];
+    histogram(s, l3, 3, 3000, counts);
+    for (int i = 0; i < 3; i++) assert_true(counts[i] > 0);
+    gpo_sampler_free(s);
+}
+
+static void test_min_p(void **state) {
+    (void)state;
+    const double probs[4] = {0.5, 0.3, 0.15, 0.05};
+    float l[4];
+    logits_of(probs, l, 4);
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    int counts[4];
+    /* min_p 0.2: keep p >= 0.1 -> {0, 1, 2}; min_p 0.7: keep p >= 0.35 -> {0}. */
+    p.min_p = 0.2f;
+    p.seed = 3;
+    gpo_sampler *s = make(&p, 4, NULL);
+    histogram(s, l, 4, 10000, counts);
+    assert_true(counts[0] > 0 && counts[1] > 0 && counts[2] > 0);
+    assert_int_equal(counts[3], 0);
+    gpo_sampler_free(s);
+    p.min_p = 0.7f;
+    s = make(&p, 4, NULL);
+    histogram(s, l, 4, 1000, counts);
+    assert_int_equal(counts[0], 1000);
+    gpo_sampler_free(s);
+}
+
+static void test_penalties(void **state) {
+    (void)state;
+    float l[6] = {2.0f, -1.0f, 0.5f, -3.0f, 1.0f, 4.0f};
+    float out[6];
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.repetition_penalty = 2.0f;
+    p.presence_penalty = 0.25f;
+    p.frequency_penalty = 0.5f;
+    p.penalty_min_special = 5; /* id 5 plays a formatting token: never penalised */
+    gpo_sampler *s = make(&p, 6, NULL);
+
+    /* Nothing accepted: logits unchanged. */
+    gpo_sampler_process(s, l, out);
+    assert_memory_equal(out, l, sizeof l);
+
+    assert_int_equal(gpo_sampler_accept(s, 0), GPO_OK);
+    assert_int_equal(gpo_sampler_accept(s, 0), GPO_OK);
+    assert_int_equal(gpo_sampler_accept(s, 1), GPO_OK);
+    assert_int_equal(gpo_sampler_accept(s, 5), GPO_OK);
+    assert_int_equal(gpo_sampler_accept(s, 6), GPO_ERR_TOKEN);
+    gpo_sampler_process(s, l, out);
+    /* id 0: positive, count 2 -> 2/2 - 2*0.5 - 0.25 */
+    assert_float_equal(out[0], 2.0f / 2 - 2 * 0.5f - 0.25f, 1e-6);
+    /* id 1: negative, count 1 -> -1*2 - 0.5 - 0.25 */
+    assert_float_equal(out[1], -1.0f * 2 - 0.5f - 0.25f, 1e-6);
+    assert_float_equal(out[2], 0.5f, 0);
+    assert_float_equal(out[3], -3.0f, 0);
+    assert_float_equal(out[4], 1.0f, 0);
+    assert_float_equal(out[5], 4.0f, 0); /* exempt */
+    gpo_sampler_free(s);
+
+    /* Greedy sees the penalised logits. */
+    float g[3] = {2.0f, 1.9f, 0.0f};
+    gpo_sampler_params_default(&p);
+    p.temperature = 0;
+    p.repetition_penalty = 1.1f;
+    s = make(&p, 3, NULL);
+    int32_t id;
+    assert_int_equal(gpo_sampler_sample(s, g, &id, NULL), GPO_OK);
+    assert_int_equal(id, 0);
+    assert_int_equal(gpo_sampler_accept(s, 0), GPO_OK);
+    assert_int_equal(gpo_sampler_sample(s, g, &id, NULL), GPO_OK);
+    assert_int_equal(id, 1); /* 2.0/1.1 = 1.82 < 1.9 */
+    /* reset forgets the history. */
+    gpo_sampler_reset(s);
+    assert_int_equal(gpo_sampler_sample(s, g, &id, NULL), GPO_OK);
+    assert_int_equal(id, 0);
+    gpo_sampler_free(s);
+
+    /* The window: only the last N accepted ids count. */
+    gpo_sampler_params_default(&p);
+    p.frequency_penalty = 1.0f;
+    p.penalty_window = 3;
+    s = make(&p, 6, NULL);
+    int32_t seq[] = {0, 0, 1, 2, 0};
+    for (size_t i = 0; i < 5; i++) assert_int_equal(gpo_sampler_accept(s, seq[i]), GPO_OK);
+    /* Window holds {1, 2, 0}: each counted once. */
+    gpo_sampler_process(s, l, out);
+    assert_float_equal(out[0], 1.0f, 1e-6);
+    assert_float_equal(out[1], -2.0f, 1e-6);
+    assert_float_equal(out[2], -0.5f, 1e-6);
+    assert_float_equal(out[3], -3.0f, 0);
+    for (int i = 0; i < 3; i++) assert_int_equal(gpo_sampler_accept(s, 4), GPO_OK);
+    gpo_sampler_process(s, l, out);
+    assert_float_equal(out[0], 2.0f, 0);
+    assert_float_equal(out[4], 1.0f - 3.0f, 1e-6);
+    gpo_sampler_free(s);
+}
+
+static void test_banned(void **state) {
+    (void)state;
+    uint8_t *mask = malloc(BIG_VOCAB);
+    gpo_sampler_harmony_mask(mask, BIG_VOCAB, 200019);
+    static const int32_t banned[] = {199998, 200000, 200001, 200004, 200009, 200010,
+                                     200011, 200013, 200018, 200019, 201087};
+    static const int32_t allowed[] = {0,      199997, 199999, 200002, 200003, 200005,
+                                      200006, 200007, 200008, 200012};
+    for (size_t i = 0; i < sizeof banned / sizeof *banned; i++) assert_true(mask[banned[i]]);
+    for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++) assert_false(mask[allowed[i]]);
+    /* A smaller tokenizer bans everything past its size. */
+    gpo_sampler_harmony_mask(mask, BIG_VOCAB, 1000);
+    assert_true(mask[1000]);
+    assert_false(mask[999]);
+    gpo_sampler_harmony_mask(mask, BIG_VOCAB, 200019);
+
+    /* Banned ids are never chosen, even when they dominate. */
+    float *l = random_logits(BIG_VOCAB, 1.0f);
+    l[200500] = 100.0f;
+    l[199998] = 99.0f;
+    l[200001] = 98.0f;
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.temperature = 0;
+    gpo_sampler *s = make(&p, BIG_VOCAB, mask);
+    int32_t id;
+    assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+    assert_false(mask[id]);
+    gpo_sampler_free(s);
+    p.temperature = 1.0f;
+    p.seed = 11;
+    s = make(&p, BIG_VOCAB, mask);
+    for (int d = 0; d < 50; d++) {
+        assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+        assert_false(mask[id]);
+    }
+    /* gpo_sampler_ban toggles one id. */
+    l[17] = 200.0f;
+    assert_int_equal(gpo_sampler_ban(s, 17, 1), GPO_OK);
+    for (int d = 0; d < 20; d++) {
+        assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+        assert_int_not_equal(id, 17);
+    }
+    assert_int_equal(gpo_sampler_ban(s, 17, 0), GPO_OK);
+    assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+    assert_int_equal(id, 17);
+    assert_int_equal(gpo_sampler_ban(s, BIG_VOCAB, 1), GPO_ERR_TOKEN);
+    gpo_sampler_free(s);
+    free(l);
+
+    /* Nothing left to sample is an error, not a crash. */
+    uint8_t all[3] = {1, 1, 0};
+    float l3[3] = {1, 2, -INFINITY};
+    s = make(&p, 3, all);
+    assert_int_equal(gpo_sampler_sample(s, l3, &id, NULL), GPO_ERR_ARG);
+    gpo_sampler_free(s);
+    free(mask);
+}
+
+static void test_logprobs(void **state) {
+    (void)state;
+    float l[5] = {1.0f, 3.0f, 2.0f, 3.0f, 10.0f};
+    uint8_t ban[5] = {0, 0, 0, 0, 1}; /* id 4 masked before the softmax */
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.temperature = 0;
+    p.n_logprobs = 3;
+    p.repetition_penalty = 3.0f; /* penalties do not change the reported values */
+    gpo_sampler *s = make(&p, 5, ban);
+    assert_int_equal(gpo_sampler_accept(s, 1), GPO_OK);
+    struct gpo_logprobs lp;
+    int32_t id;
+    assert_int_equal(gpo_sampler_sample(s, l, &id, &lp), GPO_OK);
+    assert_int_equal(id, 3); /* 1 is penalised, 3 is the other 3.0 */
+    double z = exp(1.0) + exp(3.0) + exp(2.0) + exp(3.0);
+    assert_int_equal(lp.n, 3);
+    assert_int_equal(lp.ids[0], 1); /* tie: lowest id first */
+    assert_int_equal(lp.ids[1], 3);
+    assert_int_equal(lp.ids[2], 2);
+    assert_float_equal(lp.lps[0], 3.0 - log(z), 1e-5);
+    assert_float_equal(lp.lps[1], 3.0 - log(z), 1e-5);
+    assert_float_equal(lp.lps[2], 2.0 - log(z), 1e-5);
+    assert_float_equal(lp.chosen, 3.0 - log(z), 1e-5);
+    gpo_sampler_free(s);
+
+    /* More requested than there are ids. */
+    p.n_logprobs = 20;
+    p.repetition_penalty = 1;
+    s = make(&p, 5, ban);
+    assert_int_equal(gpo_sampler_sample(s, l, &id, &lp), GPO_OK);
+    assert_int_equal(lp.n, 4);
+    double total = 0;
+    for (int i = 0; i < lp.n; i++) total += exp(lp.lps[i]);
+    assert_float_equal(total, 1.0, 1e-5);
+    gpo_sampler_free(s);
+}
+
+static void test_params(void **state) {
+    (void)state;
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    assert_float_equal(p.temperature, 1.0f, 0);
+    assert_float_equal(p.top_p, 1.0f, 0);
+    assert_int_equal(p.penalty_min_special, GPO_TOK_STARTOFTEXT);
+    gpo_sampler *s = NULL;
+    struct gpo_sampler_params bad = p;
+    bad.temperature = -1;
+    assert_int_equal(gpo_sampler_create(&bad, 10, NULL, &s), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "temperature"));
+    bad = p;
+    bad.top_p = 0;
+    assert_int_equal(gpo_sampler_create(&bad, 10, NULL, &s), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "top_p"));
+    bad = p;
+    bad.n_logprobs = 21;
+    assert_int_equal(gpo_sampler_create(&bad, 10, NULL, &s), GPO_ERR_ARG);
+    bad = p;
+    bad.repetition_penalty = 0;
+    assert_int_equal(gpo_sampler_create(&bad, 10, NULL, &s), GPO_ERR_ARG);
+    assert_int_equal(gpo_sampler_create(&p, 0, NULL, &s), GPO_ERR_ARG);
+    assert_null(s);
+    s = make(&p, 10, NULL);
+    assert_float_equal(gpo_sampler_get_params(s)->top_p, 1.0f, 0);
+    gpo_sampler_free(s);
+}
+
+static void test_stop(void **state) {
+    (void)state;
+    assert_true(gpo_is_stop_token(GPO_TOK_RETURN));
+    assert_true(gpo_is_stop_token(GPO_TOK_CALL));
+    assert_true(gpo_is_stop_token(GPO_TOK_ENDOFTEXT));
+    assert_false(gpo_is_stop_token(GPO_TOK_END));
+    assert_false(gpo_is_stop_token(GPO_TOK_START));
+    size_t at = 99;
+    assert_int_equal(gpo_stop_check(GPO_TOK_END, "abc", 3, 2, NULL, 0, &at), GPO_FINISH_NONE);
+    assert_int_equal(gpo_stop_check(GPO_TOK_RETURN, "abc", 3, 2, NULL, 0, &at), GPO_FINISH_STOP);
+    assert_int_equal(at, 3);
+    assert_int_equal(gpo_stop_check(GPO_TOK_CALL, NULL, 0, 0, NULL, 0, NULL), GPO_FINISH_STOP);
+
+    const char *stops[] = {"", "STOP", "\n\n"};
+    const char *t = "Hello STOP there";
+    /* "STOP" completed by a token that took the text from 8 to 10 bytes. */
+    assert_int_equal(gpo_stop_check(17, t, 10, 8, stops, 3, &at), GPO_FINISH_STOP);
+    assert_int_equal(at, 6);
+    /* Not yet complete. */
+    assert_int_equal(gpo_stop_check(17, t, 9, 8, stops, 3, &at), GPO_FINISH_NONE);
+    /* Already reported earlier: a match that ended before prev_len is not new. */
+    assert_int_equal(gpo_stop_check(17, t, 16, 12, stops, 3, &at), GPO_FINISH_NONE);
+    /* Whole text new: earliest match wins. */
+    const char *u = "a\n\nb STOP";
+    assert_int_equal(gpo_stop_check(17, u, strlen(u), 0, stops, 3, &at), GPO_FINISH_STOP);
+    assert_int_equal(at, 1);
+    /* <|end|> is never a stop even with stop strings configured. */
+    assert_int_equal(gpo_stop_check(GPO_TOK_END, "x", 1, 0, stops, 3, &at), GPO_FINISH_NONE);
+
+    assert_string_equal(gpo_finish_name(GPO_FINISH_STOP), "stop");
+    assert_string_equal(gpo_finish_name(GPO_FINISH_LENGTH), "length");
+    assert_string_equal(gpo_finish_name(GPO_FINISH_CONTEXT), "context");
+    assert_string_equal(gpo_finish_name(GPO_FINISH_NONE), "");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_argmax),  cmocka_unit_test(test_seed_reproducible),
+        cmocka_unit_test(test_temperature_distribution),
+        cmocka_unit_test(test_top_p),          cmocka_unit_test(test_top_p_big),
+        cmocka_unit_test(test_top_k),          cmocka_unit_test(test_min_p),
+        cmocka_unit_test(test_penalties),      cmocka_unit_test(test_banned),
+        cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_params),
+        cmocka_unit_test(test_stop),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
