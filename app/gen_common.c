@@ -28,6 +28,8 @@ const char gen_opts_help[] =
     "  --max-seq-len N         KV cache length per user (default 4096)\n"
     "  --ubatch N              prompt tokens per forward step (default 512)\n"
     "  -t, --threads N         threads (default: all cores)\n"
+    "  --mlock                 lock the weights in memory\n"
+    "  --prefetch              read every weight page at load (with progress)\n"
     "  --exact                 exact fp32 path instead of the fast path\n"
     "  --ref                   plain scalar reference kernels (slow)\n";
 
@@ -144,6 +146,10 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
     } else if (!strcmp(a, "-t") || cli_is(a, "--threads")) {
         INT(1, 4096);
         o->eo.n_threads = (int)n;
+    } else if (!strcmp(a, "--mlock")) {
+        o->load.mlock = 1;
+    } else if (!strcmp(a, "--prefetch")) {
+        o->load.prefetch = 1;
     } else if (!strcmp(a, "--exact")) {
         o->eo.path = GPO_PATH_EXACT;
     } else if (!strcmp(a, "--fast")) {
@@ -166,7 +172,7 @@ int gen_env_open(struct gen_env *env, const struct gen_opts *o) {
     double t0 = gpo_now();
     if ((s = gpo_model_resolve_dir(o->model_arg, env->dir, sizeof env->dir)) != GPO_OK)
         return cli_status(s, "cannot find the model");
-    if ((s = gpo_model_load(env->dir, NULL, &env->m)) != GPO_OK)
+    if ((s = gpo_model_load(env->dir, &o->load, &env->m)) != GPO_OK)
         return cli_status(s, "cannot load the model from %s", env->dir);
     if ((s = gpo_tokenizer_find(o->tokenizer_arg, gpo_model_dir(env->m), tpath, sizeof tpath)) != GPO_OK) {
         gen_env_close(env);

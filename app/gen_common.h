@@ -16,6 +16,7 @@ struct gen_opts {
     const char *stops[16];
     size_t n_stops;
     int show_reasoning, raw;
+    struct gpo_load_opts load;
 };
 
 void gen_opts_default(struct gen_opts *o);
