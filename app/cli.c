@@ -139,3 +139,21 @@ char *cli_read_file(const char *path, size_t *len_out) {
     if (len_out) *len_out = n;
     return buf;
 }
+
+int cli_open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer **out) {
+    char dir[4096], path[4096];
+    const char *model_dir = NULL;
+    enum gpo_status s;
+    const char *gd = getenv("GPT_DIR"), *hf = getenv("HF_MODEL");
+    if (!tok_arg && (model_arg || (gd && *gd) || (hf && *hf))) {
+        s = gpo_model_resolve_dir(model_arg, dir, sizeof dir);
+        if (s == GPO_OK) model_dir = dir;
+        else if (model_arg) return cli_status(s, "cannot use the model folder");
+        else fprintf(stderr, "gptoss: warning: ignoring the model folder: %s\n", gpo_last_error());
+    }
+    if ((s = gpo_tokenizer_find(tok_arg, model_dir, path, sizeof path)) != GPO_OK)
+        return cli_status(s, "cannot find tokenizer.json");
+    if ((s = gpo_tokenizer_load(path, out)) != GPO_OK)
+        return cli_status(s, "cannot load the tokenizer");
+    return 0;
+}

@@ -33,6 +33,11 @@ int cli_parse_ids(const char *s, int64_t n_vocab, struct gpo_ids *out);
 /* Read a whole file or stdin ("-") into a NUL-terminated buffer; NULL on failure. */
 char *cli_read_file(const char *path, size_t *len_out);
 
+/* Find and load the tokenizer for commands that need no model: --tokenizer FILE,
+ * else the folder from -m / $GPT_DIR / $HF_MODEL when given, else the default
+ * places.  Prints the error and returns non-zero on failure. */
+int cli_open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer **out);
+
 /* The subcommands. */
 int cmd_logits(int argc, char **argv);
 int cmd_info(int argc, char **argv);

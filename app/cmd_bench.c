@@ -227,11 +227,8 @@ static enum gpo_status run_tg(struct bench *b, gpo_kv **kvs, struct gpo_seq_batc
     for (int64_t i = 0; i < B; i++)
         sb[i] = (struct gpo_seq_batch){.kv = kvs[i], .tokens = toks + i, .n_tokens = 1,
                                        .logits = GPO_LOGITS_NONE};
-    const int counting = b->counting;
-    b->counting = 0; /* the prefill is not part of the test */
-    s = gpo_forward(b->ctx, sb, B, b->logits);
-    b->counting = counting;
-    if (s != GPO_OK) return s;
+    /* The prefill is not part of the test: neither timed nor counted. */
+    if ((s = gpo_forward(b->ctx, sb, B, b->logits)) != GPO_OK) return s;
     const double t0 = now_s();
     for (int64_t step = 1; step <= N; step++) {
         for (int64_t i = 0; i < B; i++) {
@@ -246,7 +243,7 @@ static enum gpo_status run_tg(struct bench *b, gpo_kv **kvs, struct gpo_seq_batc
 
 struct result {
     char test[32];
-    int64_t n_prompt, n_gen, batch, threads;
+    int64_t n_prompt, n_gen, batch, threads, ubatch; /* ubatch: tokens per forward call */
     int reps;
     double secs[64], tok_s[64];
     double tok_s_med, tok_s_min, tok_s_max;
@@ -299,6 +296,7 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
     for (int64_t i = 0; i < n_toks; i++) toks[i] = (int32_t)(splitmix64(&seed) % (uint64_t)V);
 
     const int64_t ub = o->ubatch < P ? o->ubatch : P;
+    r->ubatch = is_pp ? ub : B;
     for (int rep = -1; rep < r->reps; rep++) {
         double secs = 0.0;
         b->counting = rep < 0;
@@ -362,11 +360,15 @@ static const char *path_name(enum gpo_path p) {
     return p == GPO_PATH_FAST ? "fast" : p == GPO_PATH_REF ? "ref" : "exact";
 }
 
-static double effective_gbs(const struct result *r) { return r->bytes_per_token * r->tok_s_med / 1e9; }
+static double effective_gbs(const struct result *r) {
+    return r->bytes_per_token * r->tok_s_med / 1e9;
+}
 
 static void print_table_header(void) {
-    printf("| model | size | threads | batch | dense | path | test | t/s | t/s/user | MB/token | GB/s | membw GB/s | %% bw |\n");
-    printf("| ----- | ---: | ------: | ----: | ----- | ---- | ---: | --: | -------: | -------: | ---: | ---------: | ---: |\n");
+    printf("| model | size | threads | batch | dense | path | test | t/s | t/s/user "
+           "| MB/token | GB/s | membw GB/s | %% bw |\n");
+    printf("| ----- | ---: | ------: | ----: | ----- | ---- | ---: | --: | -------: "
+           "| -------: | ---: | ---------: | ---: |\n");
     fflush(stdout);
 }
 
@@ -403,6 +405,12 @@ static void print_table_footer(const struct bench *b) {
     fflush(stdout);
 }
 
+/* `name`: value, or null where the value was not measured. */
+static int add_number_or_null(cJSON *j, const char *name, double value, int present) {
+    return present ? cJSON_AddNumberToObject(j, name, value) != NULL
+                   : cJSON_AddNullToObject(j, name) != NULL;
+}
+
 /* One JSON object on one line, to stdout with --json and to the --json-out file;
  * 0 on failure. */
 static int print_json_row(const struct bench *b, const struct result *r, FILE *out) {
@@ -411,17 +419,7 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
     const double eff = effective_gbs(r);
     char hash[24];
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)r->logits_hash);
-    cJSON *secs = cJSON_CreateDoubleArray(r->secs, r->reps);
-    cJSON *samples = cJSON_CreateDoubleArray(r->tok_s, r->reps);
-    int ok = secs && samples;
-    if (ok) {
-        cJSON_AddItemToObject(j, "samples_s", secs);
-        cJSON_AddItemToObject(j, "samples_tok_s", samples);
-    } else {
-        cJSON_Delete(secs);
-        cJSON_Delete(samples);
-    }
-    ok = ok && cJSON_AddStringToObject(j, "model", b->dir) &&
+    int ok = cJSON_AddStringToObject(j, "model", b->dir) &&
          cJSON_AddNumberToObject(j, "model_bytes", (double)b->info.bytes_tensors) &&
          cJSON_AddNumberToObject(j, "n_params", (double)b->info.n_params) &&
          cJSON_AddNumberToObject(j, "n_params_active", (double)b->info.n_params_active) &&
@@ -430,7 +428,7 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
          cJSON_AddNumberToObject(j, "n_gen", (double)r->n_gen) &&
          cJSON_AddNumberToObject(j, "batch", (double)r->batch) &&
          cJSON_AddNumberToObject(j, "threads", (double)r->threads) &&
-         cJSON_AddNumberToObject(j, "ubatch", (double)(r->n_prompt ? (b->o->ubatch < r->n_prompt ? b->o->ubatch : r->n_prompt) : r->batch)) &&
+         cJSON_AddNumberToObject(j, "ubatch", (double)r->ubatch) &&
          cJSON_AddStringToObject(j, "dense", "bf16") &&
          cJSON_AddStringToObject(j, "path", path_name(b->o->path)) &&
          cJSON_AddStringToObject(j, "kernels", gpo_ctx_kernels(b->ctx)) &&
@@ -444,13 +442,22 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
          cJSON_AddNumberToObject(j, "experts_per_layer", r->experts_per_layer) &&
          cJSON_AddNumberToObject(j, "experts_per_layer_formula", r->experts_formula) &&
          cJSON_AddNumberToObject(j, "effective_gbs", eff) &&
-         (r->membw_gbs > 0 ? cJSON_AddNumberToObject(j, "membw_gbs", r->membw_gbs) != NULL
-                           : cJSON_AddNullToObject(j, "membw_gbs") != NULL) &&
-         (r->membw_gbs > 0 ? cJSON_AddNumberToObject(j, "bw_fraction", eff / r->membw_gbs) != NULL
-                           : cJSON_AddNullToObject(j, "bw_fraction") != NULL) &&
-         cJSON_AddNumberToObject(j, "membw_buffer_bytes", (double)((uint64_t)b->o->membw_mib << 20)) &&
+         add_number_or_null(j, "membw_gbs", r->membw_gbs, r->membw_gbs > 0) &&
+         add_number_or_null(j, "bw_fraction", eff / r->membw_gbs, r->membw_gbs > 0) &&
+         add_number_or_null(j, "membw_buffer_bytes", (double)b->o->membw_mib * 1048576.0,
+                            !b->o->no_membw) &&
          cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)r->rss) &&
          cJSON_AddStringToObject(j, "logits_hash", hash);
+    /* The per-run samples, for spreads other than min/max. */
+    const char *names[2] = {"samples_s", "samples_tok_s"};
+    const double *vals[2] = {r->secs, r->tok_s};
+    for (int i = 0; i < 2 && ok; i++) {
+        cJSON *arr = cJSON_CreateDoubleArray(vals[i], r->reps);
+        if (!arr || !cJSON_AddItemToObject(j, names[i], arr)) {
+            cJSON_Delete(arr);
+            ok = 0;
+        }
+    }
     char *text = ok ? cJSON_PrintUnformatted(j) : NULL;
     if (text && b->o->json) {
         printf("%s\n", text);
@@ -628,7 +635,7 @@ static int parse_args(int argc, char **argv, struct opts *o, int *done) {
         } else if (cli_is(a, "--membw-mib")) {
             if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
             if (!cli_parse_i64(v, 1, 1 << 20, &o->membw_mib))
-                return cli_usage_error(cmd, "--membw-mib needs a number of MiB from 1 to 1048576, not '%s'", v);
+                return cli_usage_error(cmd, "--membw-mib needs MiB from 1 to 1048576, not '%s'", v);
         } else if (cli_is(a, "--membw-seconds")) {
             if (!(v = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
             if (!cli_parse_f64(v, 0, 3600, &o->membw_seconds))

@@ -32,27 +32,6 @@ static void render_usage(void) {
 /* Find and load the tokenizer.  A model folder is consulted only when -m is given
  * or $GPT_DIR/$HF_MODEL is set; an unusable folder from the environment is
  * skipped (rendering needs no weights), while a bad -m is an error. */
-static int open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer **out) {
-    char dir[4096], path[4096];
-    const char *model_dir = NULL;
-    enum gpo_status s;
-    const char *gd = getenv("GPT_DIR"), *hf = getenv("HF_MODEL");
-    if (!tok_arg && (model_arg || (gd && *gd) || (hf && *hf))) {
-        s = gpo_model_resolve_dir(model_arg, dir, sizeof dir);
-        if (s == GPO_OK)
-            model_dir = dir;
-        else if (model_arg)
-            return cli_status(s, "cannot use the model folder");
-        else
-            fprintf(stderr, "gptoss: warning: ignoring the model folder: %s\n", gpo_last_error());
-    }
-    if ((s = gpo_tokenizer_find(tok_arg, model_dir, path, sizeof path)) != GPO_OK)
-        return cli_status(s, "cannot find tokenizer.json");
-    if ((s = gpo_tokenizer_load(path, out)) != GPO_OK)
-        return cli_status(s, "cannot load the tokenizer");
-    return 0;
-}
-
 int cmd_render(int argc, char **argv) {
     const char *model_arg = NULL, *tok_arg = NULL, *conv_path = NULL;
     int as_text = 0;
@@ -92,7 +71,7 @@ int cmd_render(int argc, char **argv) {
         rc = cli_status(s, "cannot read the conversation in %s", conv_path);
         goto done;
     }
-    if (open_tokenizer(model_arg, tok_arg, &tok)) goto done;
+    if (cli_open_tokenizer(model_arg, tok_arg, &tok)) goto done;
     if ((s = gpo_harmony_render(tok, &conv, &ids)) != GPO_OK) {
         rc = cli_status(s, "cannot render %s", conv_path);
         goto done;

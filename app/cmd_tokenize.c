@@ -43,24 +43,6 @@ static void detokenize_usage(void) {
 /* Find and load the tokenizer.  A model folder is consulted only when -m is given or
  * $GPT_DIR/$HF_MODEL is set; an unusable folder from the environment is skipped
  * (tokenizing needs no weights), while a bad -m is an error. */
-static int open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer **out) {
-    char dir[4096], path[4096];
-    const char *model_dir = NULL;
-    enum gpo_status s;
-    const char *gd = getenv("GPT_DIR"), *hf = getenv("HF_MODEL");
-    if (!tok_arg && (model_arg || (gd && *gd) || (hf && *hf))) {
-        s = gpo_model_resolve_dir(model_arg, dir, sizeof dir);
-        if (s == GPO_OK) model_dir = dir;
-        else if (model_arg) return cli_status(s, "cannot use the model folder");
-        else fprintf(stderr, "gptoss: warning: ignoring the model folder: %s\n", gpo_last_error());
-    }
-    if ((s = gpo_tokenizer_find(tok_arg, model_dir, path, sizeof path)) != GPO_OK)
-        return cli_status(s, "cannot find tokenizer.json");
-    if ((s = gpo_tokenizer_load(path, out)) != GPO_OK)
-        return cli_status(s, "cannot load the tokenizer");
-    return 0;
-}
-
 /* ------------------------------------------------------------------------- */
 /* JSON strings with embedded NULs.  cJSON hands strings back NUL-terminated, which
  * would cut "a\u0000b" short, so the "text" member is decoded here (after cJSON has
@@ -262,7 +244,7 @@ int cmd_tokenize(int argc, char **argv) {
         }
     }
     gpo_tokenizer *tok = NULL;
-    int rc = open_tokenizer(model_arg, tok_arg, &tok);
+    int rc = cli_open_tokenizer(model_arg, tok_arg, &tok);
     if (rc) return rc;
     size_t len = 0;
     char *in = cli_read_file("-", &len);
@@ -308,7 +290,7 @@ int cmd_detokenize(int argc, char **argv) {
         }
     }
     gpo_tokenizer *tok = NULL;
-    int rc = open_tokenizer(model_arg, tok_arg, &tok);
+    int rc = cli_open_tokenizer(model_arg, tok_arg, &tok);
     if (rc) return rc;
     char *in = NULL;
     if (!ids_arg) {

@@ -157,8 +157,10 @@ enum gpo_hchannel {
 };
 enum gpo_hchannel gpo_hchannel_of(const char *name); /* NULL -> NONE */
 
-/* A message of the generated turn.  The pointers stay valid until the next
- * push/finish/reset of the parser (content grows while the message is open). */
+/* A message of the generated turn.  An assistant message without a channel or
+ * recipient gets channel "final" and the recovered flag.  The pointers stay
+ * valid until the next push/finish/reset of the parser (content grows while the
+ * message is open). */
 struct gpo_hparsed {
     struct gpo_hmsg msg;        /* role, channel, recipient, content_type, name, content */
     size_t content_len;

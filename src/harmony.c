@@ -158,9 +158,8 @@ enum gpo_status gpo_conv_build(struct gpo_conv *c, const char *developer,
     if ((st = gpo_conv_add(c, &sys)) != GPO_OK) goto fail;
 
     /* An OpenAI-style system prompt is harmony's developer message (spec 6.3). */
-    const char *parts_first = developer;
-    if (parts_first && *parts_first) {
-        if ((st = gpo_str_append(&instr, parts_first, strlen(parts_first))) != GPO_OK) goto fail;
+    if (developer && *developer) {
+        if ((st = gpo_str_append(&instr, developer, strlen(developer))) != GPO_OK) goto fail;
     }
     for (size_t i = 0; i < n_turns; i++) {
         if (turns[i].role != GPO_ROLE_SYSTEM && turns[i].role != GPO_ROLE_DEVELOPER) continue;
@@ -849,7 +848,9 @@ static enum gpo_status dispatch(gpo_hparser *p, int32_t id, int special, struct 
 static enum gpo_status header_message(gpo_hparser *p, struct gpo_hevent *ev) {
     enum gpo_role role;
     char *name = NULL, *channel = NULL, *recipient = NULL, *ctype = NULL;
-    if (!parse_header(p, &role, &name, &channel, &recipient, &ctype)) {
+    /* A header split inside a character is no header (its names must be text). */
+    if (!gpo_utf8_valid(p->hdr.s, p->hdr.n) ||
+        !parse_header(p, &role, &name, &channel, &recipient, &ctype)) {
         free(name);
         free(channel);
         free(recipient);
@@ -858,7 +859,20 @@ static enum gpo_status header_message(gpo_hparser *p, struct gpo_hevent *ev) {
         return recover(p, ev);
     }
     header_reset(p, 0);
-    return open_msg(p, role, name, channel, recipient, ctype, 0, ev);
+    int recovered = 0;
+    if (role == GPO_ROLE_ASSISTANT && !channel && !recipient) {
+        /* The system message requires a channel; an assistant message without
+         * one (and not a tool call) is shown as the answer rather than lost. */
+        if (!(channel = strdup("final"))) {
+            free(name);
+            free(ctype);
+            return gpo_fail(GPO_ERR_NOMEM, "harmony parser: out of memory");
+        }
+        recovered = 1;
+        p->recovered = 1;
+        ev->recovered = 1;
+    }
+    return open_msg(p, role, name, channel, recipient, ctype, recovered, ev);
 }
 
 static enum gpo_status header_token(gpo_hparser *p, int32_t id, int special,

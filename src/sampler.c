@@ -218,11 +218,6 @@ static inline int better(const struct cand *a, const struct cand *b) {
     return a->p > b->p || (a->p == b->p && a->id < b->id);
 }
 
-static int cand_cmp(const void *a, const void *b) {
-    const struct cand *x = a, *y = b;
-    return better(x, y) ? -1 : better(y, x) ? 1 : 0;
-}
-
 static inline void cand_swap(struct cand *a, struct cand *b) {
     struct cand t = *a;
     *a = *b;
@@ -294,7 +289,13 @@ static int64_t top_p_select(struct cand *c, int64_t n, double target, double *ma
             lo = m + 1;
         }
     }
-    qsort(c + lo, (size_t)(hi - lo), sizeof *c, cand_cmp);
+    /* Insertion sort of the last few (no qsort: it may allocate). */
+    for (int64_t i = lo + 1; i < hi; i++) {
+        struct cand x = c[i];
+        int64_t j = i;
+        for (; j > lo && better(&x, &c[j - 1]); j--) c[j] = c[j - 1];
+        c[j] = x;
+    }
     for (int64_t i = lo; i < hi; i++) {
         acc += c[i].p;
         if (acc >= target) {
@@ -429,7 +430,21 @@ enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t 
                 n++;
             }
         }
-        if (p->top_p < 1.0f && n > 1) n = top_p_select(c, n, (double)p->top_p * total, &total);
+        if (p->top_p < 1.0f && n > 1) {
+            double target = (double)p->top_p * total, head = 0.0, t = 1e-4 * total;
+            /* Usually a few ids hold most of the mass: move those above a small
+             * threshold to the front, and when they reach the target the cut lies
+             * among them (they are a prefix of the sorted order), so the selection
+             * need not look at the rest. */
+            int64_t m = 0;
+            for (int64_t i = 0; i < n; i++)
+                if ((double)c[i].p >= t) {
+                    head += c[i].p;
+                    cand_swap(&c[i], &c[m]);
+                    m++;
+                }
+            n = top_p_select(c, head >= target ? m : n, target, &total);
+        }
         if (p->min_p > 0.0f) {
             /* The most likely id has p = 1 before normalisation (x = max), and
              * top-k/top-p always keep it. */

@@ -362,7 +362,7 @@ static void test_auto_drop(void **state) {
     assert_int_equal(gpo_conv_add(&c, &a2), GPO_OK);
     assert_int_equal(gpo_conv_add(&c, &f2), GPO_OK);
 
-    struct gpo_ids got = {0}, want = {0}, m = {0};
+    struct gpo_ids got = {0}, want = {0};
     assert_int_equal(gpo_harmony_render(tok, &c, &got), GPO_OK);
     /* think1 dropped, think2 (between two finals) kept. */
     size_t keep[] = {0, 2, 3, 4, 5};
@@ -397,7 +397,6 @@ static void test_auto_drop(void **state) {
     assert_memory_equal(got.ids, want.ids, want.n * sizeof *want.ids);
     gpo_ids_free(&got);
     gpo_ids_free(&want);
-    gpo_ids_free(&m);
     gpo_conv_free(&c);
 }
 
@@ -802,7 +801,19 @@ static void test_parse_malformed(void **state) {
     assert_true(gpo_hparser_recovered(r.p));
     run_free(&r);
 
-    /* 8. A very long header (no newline, no special) is taken for text. */
+    /* 8. An assistant message without a channel is shown as the answer. */
+    ids.n = 0;
+    id(&ids, GPO_TOK_MESSAGE);
+    text(&ids, "Hi!");
+    id(&ids, GPO_TOK_RETURN);
+    run_ids(&r, ids.ids, ids.n, 0);
+    assert_int_equal(gpo_hparser_n_messages(r.p), 1);
+    assert_msg(gpo_hparser_message(r.p, 0), "final", NULL, NULL, "Hi!", GPO_TOK_RETURN);
+    assert_true(gpo_hparser_message(r.p, 0)->recovered);
+    assert_string_equal(chan_text(&r, GPO_CH_FINAL), "Hi!");
+    run_free(&r);
+
+    /* 9. A very long header (no newline, no special) is taken for text. */
     ids.n = 0;
     for (int i = 0; i < 100; i++) text(&ids, " word");
     id(&ids, GPO_TOK_RETURN);
@@ -867,6 +878,50 @@ static void test_parse_utf8_split(void **state) {
     gpo_ids_free(&ids);
 }
 
+/* Random streams of formatting tokens, text and partial UTF-8 never fail, and
+ * every streamed piece and every message stays valid UTF-8. */
+static void test_parse_random(void **state) {
+    (void)state;
+    static const int32_t pool[] = {
+        GPO_TOK_CHANNEL, GPO_TOK_MESSAGE, GPO_TOK_START, GPO_TOK_END, GPO_TOK_CONSTRAIN,
+        GPO_TOK_RETURN, GPO_TOK_CALL, GPO_TOK_ENDOFTEXT, 200004, 200500, 173781, 35644,
+        17196, 12606, 815, 316, 28, 4108, 220, 198, 17, 4103, 104, 254, 160, 114, 113, 1844};
+    const size_t n_pool = sizeof pool / sizeof *pool;
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    gpo_hparser *p;
+    assert_int_equal(gpo_hparser_create(tok, &p), GPO_OK);
+    for (int round = 0; round < 2000; round++) {
+        gpo_hparser_reset(p);
+        int len = 1 + round % 40;
+        for (int i = 0; i < len; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            struct gpo_hevent ev;
+            assert_int_equal(gpo_hparser_push(p, pool[x % n_pool], &ev), GPO_OK);
+            assert_true(gpo_utf8_valid(ev.text, ev.text_len));
+            if (ev.text_len) assert_true(ev.msg >= 0 && (size_t)ev.msg < gpo_hparser_n_messages(p));
+        }
+        struct gpo_hevent ev;
+        assert_int_equal(gpo_hparser_finish(p, &ev), GPO_OK);
+        assert_true(gpo_utf8_valid(ev.text, ev.text_len));
+        for (size_t m = 0; m < gpo_hparser_n_messages(p); m++) {
+            const struct gpo_hparsed *pm = gpo_hparser_message(p, m);
+            assert_true(pm->complete);
+            assert_true(gpo_utf8_valid(pm->msg.content, pm->content_len));
+        }
+        /* What the parser produced can be rendered back. */
+        struct gpo_conv c;
+        gpo_conv_init(&c);
+        assert_int_equal(gpo_hparser_to_conv(p, &c, 1), GPO_OK);
+        struct gpo_ids ids = {0};
+        assert_int_equal(gpo_harmony_render(tok, &c, &ids), GPO_OK);
+        gpo_ids_free(&ids);
+        gpo_conv_free(&c);
+    }
+    gpo_hparser_free(p);
+}
+
 static void test_names(void **state) {
     (void)state;
     assert_string_equal(gpo_role_name(GPO_ROLE_DEVELOPER), "developer");
@@ -892,7 +947,7 @@ int main(void) {
         cmocka_unit_test(test_json_errors),       cmocka_unit_test(test_parse_spec_output),
         cmocka_unit_test(test_parse_tool_call),   cmocka_unit_test(test_parse_truncated),
         cmocka_unit_test(test_parse_malformed),   cmocka_unit_test(test_parse_utf8_split),
-        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_parse_random),      cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,6 +200,35 @@ static void test_top_p(void **state) {
     }
 }
 
+/* The cut falls exactly on the selection's first pivot (the median of ids 0, 20
+ * and 39 by probability is id 20), the case where the kept set ends at the pivot. */
+static void test_top_p_pivot_cut(void **state) {
+    (void)state;
+    enum { N = 40, DRAWS = 3000 };
+    double probs[N];
+    float l[N];
+    int counts[N];
+    for (int i = 0; i < N; i++) probs[i] = 0.119 / 34; /* light ids */
+    probs[0] = 0.3;
+    for (int i = 1; i <= 4; i++) probs[i] = 0.12; /* 0.78 above id 20 */
+    probs[20] = 0.1;
+    probs[39] = 0.001;
+    logits_of(probs, l, N);
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.top_p = 0.83f; /* 0.78 < 0.83 <= 0.88: keep {0, 1, 2, 3, 4, 20} */
+    p.seed = 77;
+    gpo_sampler *s = make(&p, N, NULL);
+    histogram(s, l, N, DRAWS, counts);
+    for (int i = 0; i < N; i++) {
+        if (i <= 4 || i == 20)
+            assert_true(counts[i] > 0);
+        else
+            assert_int_equal(counts[i], 0);
+    }
+    gpo_sampler_free(s);
+}
+
 /* top-p over a real-size vocabulary, both when the head is small (the
  * threshold shortcut) and when the mass is spread thin (the full sort). */
 static int cmp_desc(const void *a, const void *b) {
@@ -243,6 +273,53 @@ static void check_big_top_p(float scale, float top_p, uint64_t seed) {
     free(sorted);
     free(pr);
     free(l);
+}
+
+/* A large vocabulary whose kept set is known exactly: a hundred heavy ids of
+ * distinct probabilities scattered among 5000 light ones, so the selection
+ * partitions (more than its final small sort). */
+static void test_top_p_exact_set(void **state) {
+    (void)state;
+    enum { N = 5000, HEAVY = 100, DRAWS = 6000 };
+    double *probs = malloc(N * sizeof *probs);
+    float *l = malloc(N * sizeof *l);
+    int *counts = calloc(N, sizeof *counts);
+    int32_t heavy[HEAVY];
+    for (int i = 0; i < N; i++) probs[i] = 0.1 / (N - HEAVY);
+    for (int k = 0; k < HEAVY; k++) {
+        heavy[k] = (int32_t)((k * 487 + 13) % N);
+        probs[heavy[k]] = 0.00702 + 0.00004 * k; /* sum 0.9, lightest first */
+    }
+    logits_of(probs, l, N);
+    /* From the heaviest down: top_p 0.85 drops the 7 lightest heavy ids (their
+     * mass 0.04998 <= 0.05, the 8th would leave 0.8427); 0.6 keeps fewer. */
+    const float tops[] = {0.85f, 0.6f};
+    for (size_t t = 0; t < 2; t++) {
+        double cum = 0;
+        int first_kept = HEAVY;
+        while (cum < tops[t] - 1e-9) cum += probs[heavy[--first_kept]];
+        struct gpo_sampler_params p;
+        gpo_sampler_params_default(&p);
+        p.top_p = tops[t];
+        p.seed = 5 + t;
+        gpo_sampler *s = make(&p, N, NULL);
+        histogram(s, l, N, DRAWS, counts);
+        int in_set = 0;
+        for (int k = 0; k < HEAVY; k++) {
+            if (k >= first_kept) {
+                assert_true(counts[heavy[k]] > 0);
+                in_set += counts[heavy[k]];
+            } else {
+                assert_int_equal(counts[heavy[k]], 0);
+            }
+        }
+        assert_int_equal(in_set, DRAWS); /* no light id either */
+        if (t == 0) assert_int_equal(first_kept, 7);
+        gpo_sampler_free(s);
+    }
+    free(counts);
+    free(l);
+    free(probs);
 }
 
 static void test_top_p_big(void **state) {
@@ -481,6 +558,41 @@ static void test_logprobs(void **state) {
     gpo_sampler_free(s);
 }
 
+/* The sampler allocates nothing per call: heap usage is the same before and
+ * after many calls with every feature on. */
+static void test_no_alloc(void **state) {
+    (void)state;
+    float *l = random_logits(BIG_VOCAB, 2.0f);
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.top_k = 100;
+    p.top_p = 0.9f;
+    p.min_p = 0.01f;
+    p.repetition_penalty = 1.2f;
+    p.presence_penalty = 0.3f;
+    p.frequency_penalty = 0.2f;
+    p.penalty_window = 16;
+    p.n_logprobs = 5;
+    gpo_sampler *s = make(&p, BIG_VOCAB, NULL);
+    struct gpo_logprobs lp;
+    int32_t id;
+    assert_int_equal(gpo_sampler_sample(s, l, &id, &lp), GPO_OK);
+    size_t before = mallinfo2().uordblks;
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(gpo_sampler_sample(s, l, &id, &lp), GPO_OK);
+        assert_int_equal(gpo_sampler_accept(s, id), GPO_OK);
+    }
+    assert_int_equal(mallinfo2().uordblks, before);
+    p.top_k = 0; /* the top-p selection over the whole vocabulary */
+    gpo_sampler *s2 = make(&p, BIG_VOCAB, NULL);
+    before = mallinfo2().uordblks;
+    for (int i = 0; i < 5; i++) assert_int_equal(gpo_sampler_sample(s2, l, &id, &lp), GPO_OK);
+    assert_int_equal(mallinfo2().uordblks, before);
+    gpo_sampler_free(s2);
+    gpo_sampler_free(s);
+    free(l);
+}
+
 static void test_params(void **state) {
     (void)state;
     struct gpo_sampler_params p;
@@ -550,9 +662,10 @@ int main(void) {
         cmocka_unit_test(test_greedy_argmax),  cmocka_unit_test(test_seed_reproducible),
         cmocka_unit_test(test_temperature_distribution),
         cmocka_unit_test(test_top_p),          cmocka_unit_test(test_top_p_big),
+        cmocka_unit_test(test_top_p_exact_set), cmocka_unit_test(test_top_p_pivot_cut),
         cmocka_unit_test(test_top_k),          cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_penalties),      cmocka_unit_test(test_banned),
-        cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_params),
+        cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_no_alloc),       cmocka_unit_test(test_params),
         cmocka_unit_test(test_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
