@@ -7,6 +7,7 @@
 #include <fnmatch.h>
 #include <dirent.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -300,7 +301,7 @@ static enum gpo_status list_original(const struct preset *p, struct tlist *l) {
 
 /* Each part is cut into blocks of BLOCK bytes; block b of part `key` draws from
  * its own generator seeded by (seed, key, b).  Any chunk can thus be made on its
- * own, in parallel, and gives the same bytes in either layout. */
+ * own and gives the same bytes in either layout. */
 #define BLOCK (64u << 10)
 #define CHUNK (8u << 20) /* a multiple of BLOCK */
 
@@ -379,9 +380,110 @@ static void fill_block(const struct part *p, uint64_t seed, uint64_t khash, uint
 /* ------------------------------------------------------------------------- */
 /* Writing                                                                   */
 
+/* Generation overlaps with writing: the main thread fills one chunk while a
+ * writer thread hands the previous one to the file (the write system calls cost
+ * as much CPU time as the generation).  Plain threads rather than OpenMP, whose
+ * idle workers would spin for as long as the disk is the bottleneck. */
+struct pipe {
+    pthread_t thread;
+    int started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint8_t *buf[2]; /* CHUNK bytes each */
+    int next;        /* the buffer the main thread fills next */
+    int busy, quit;  /* a job is posted and not finished; the thread should end */
+    struct gpo_st_writer *w;
+    const uint8_t *data;
+    size_t len;
+    enum gpo_status err; /* the first failure of the writer thread, and its message */
+    char msg[1024];
+};
+
+static void *pipe_thread(void *arg) {
+    struct pipe *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->busy && !p->quit) pthread_cond_wait(&p->cv, &p->mu);
+        if (!p->busy) break;
+        struct gpo_st_writer *w = p->w;
+        const uint8_t *data = p->data;
+        size_t len = p->len;
+        int skip = p->err != GPO_OK;
+        pthread_mutex_unlock(&p->mu);
+        enum gpo_status s = skip ? GPO_OK : gpo_st_writer_write(w, data, len);
+        pthread_mutex_lock(&p->mu);
+        if (s != GPO_OK && p->err == GPO_OK) {
+            /* The message is thread-local: carry it over to the main thread. */
+            p->err = s;
+            snprintf(p->msg, sizeof p->msg, "%s", gpo_last_error());
+        }
+        p->busy = 0;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Wait until the writer thread is idle; its first failure, if any, is returned
+ * (and keeps being returned). */
+static enum gpo_status pipe_drain(struct pipe *p) {
+    pthread_mutex_lock(&p->mu);
+    while (p->busy) pthread_cond_wait(&p->cv, &p->mu);
+    enum gpo_status s = p->err;
+    pthread_mutex_unlock(&p->mu);
+    if (s != GPO_OK) return gpo_fail(s, "%s", p->msg);
+    return GPO_OK;
+}
+
+/* Queue data[0..len) for w.  The previous job is finished first, so the buffer
+ * it used may be filled again as soon as this returns. */
+static enum gpo_status pipe_submit(struct pipe *p, struct gpo_st_writer *w, const uint8_t *data,
+                                   size_t len) {
+    GPO_TRY(pipe_drain(p));
+    pthread_mutex_lock(&p->mu);
+    p->w = w;
+    p->data = data;
+    p->len = len;
+    p->busy = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return GPO_OK;
+}
+
+static enum gpo_status pipe_start(struct pipe *p) {
+    memset(p, 0, sizeof *p);
+    p->buf[0] = malloc(CHUNK);
+    p->buf[1] = malloc(CHUNK);
+    if (!p->buf[0] || !p->buf[1]) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (pthread_create(&p->thread, NULL, pipe_thread, p) != 0) {
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        return gpo_fail(GPO_ERR_INTERNAL, "cannot start the writer thread");
+    }
+    p->started = 1;
+    return GPO_OK;
+}
+
+static void pipe_stop(struct pipe *p) {
+    if (p->started) {
+        pthread_mutex_lock(&p->mu);
+        p->quit = 1;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->thread, NULL);
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+    }
+    free(p->buf[0]);
+    free(p->buf[1]);
+    memset(p, 0, sizeof *p);
+}
+
 struct writer_state {
     uint64_t seed;
-    uint8_t *buf; /* CHUNK bytes */
+    struct pipe pipe;
     uint64_t done, total;
     double t0, last_report;
     /* Files created so far, removed again if anything fails. */
@@ -419,15 +521,12 @@ static enum gpo_status write_part(struct writer_state *ws, struct gpo_st_writer 
     const uint64_t kh = key_hash(p->key);
     for (uint64_t off = 0; off < p->nbytes; off += CHUNK) {
         const size_t len = (size_t)(p->nbytes - off < CHUNK ? p->nbytes - off : CHUNK);
-        const int64_t nblk = (int64_t)((len + BLOCK - 1) / BLOCK);
-        uint8_t *buf = ws->buf;
-        const uint64_t seed = ws->seed, first = off / BLOCK;
-#pragma omp parallel for schedule(static) if (nblk > 1)
-        for (int64_t b = 0; b < nblk; b++) {
-            size_t at = (size_t)b * BLOCK, n = len - at < BLOCK ? len - at : BLOCK;
-            fill_block(p, seed, kh, first + (uint64_t)b, buf + at, n);
-        }
-        GPO_TRY(gpo_st_writer_write(w, buf, len));
+        uint8_t *buf = ws->pipe.buf[ws->pipe.next];
+        ws->pipe.next ^= 1;
+        for (size_t at = 0; at < len; at += BLOCK)
+            fill_block(p, ws->seed, kh, (off + at) / BLOCK, buf + at,
+                       len - at < BLOCK ? len - at : BLOCK);
+        GPO_TRY(pipe_submit(&ws->pipe, w, buf, len));
         ws->done += len;
         report(ws, 0);
     }
@@ -459,6 +558,9 @@ static enum gpo_status write_file(struct writer_state *ws, const char *path, con
     for (size_t i = 0; i < n && s == GPO_OK; i++)
         for (int k = 0; k < sel[i]->n_parts && s == GPO_OK; k++)
             s = write_part(ws, &w, &sel[i]->parts[k]);
+    /* The writer thread must be done with w before it is closed. */
+    enum gpo_status drained = pipe_drain(&ws->pipe);
+    if (s == GPO_OK) s = drained;
     if (s == GPO_OK)
         s = gpo_st_writer_close(&w);
     else
@@ -733,11 +835,8 @@ enum gpo_status gpo_mkmodel(const struct gpo_mkmodel_opts *opts) {
     }
 
     ws.seed = opts->seed;
-    ws.buf = malloc(CHUNK);
-    if (!ws.buf) {
-        s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
-        goto cleanup;
-    }
+    s = pipe_start(&ws.pipe);
+    if (s != GPO_OK) goto cleanup;
     ws.t0 = ws.last_report = gpo_now();
     gpo_log(GPO_LOG_INFO, "mkmodel: writing the %s preset (%.2f GB, seed %llu) to %s", p->name,
             (double)ws.total / 1e9, (unsigned long long)opts->seed, opts->out_dir);
@@ -789,7 +888,7 @@ cleanup:
     }
     for (size_t i = 0; i < ws.n_created; i++) free(ws.created[i]);
     free(ws.created);
-    free(ws.buf);
+    pipe_stop(&ws.pipe);
     free(shard_names);
     gpo_str_free(&text);
     free(hf.t);
