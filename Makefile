@@ -73,6 +73,11 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libgpo.a $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libgpo.a $(LDFLAGS) $(LDLIBS) -lcmocka
 
+# Kernel micro-benchmark: ./build/bench_kernels [seconds per case] [--simd-only]
+$(BUILD)/bench_kernels: bench/bench_kernels.c $(BUILD)/libgpo.a $(BUILD)/.config
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libgpo.a $(LDFLAGS) $(LDLIBS)
+
 test: $(BUILD)/gptoss $(TEST_BIN)
 	@BUILD=$(BUILD) bash tests/run_tests.sh
 

@@ -26,7 +26,8 @@ struct table {
 static int tables(struct table *t) {
     int n = 0;
     t[n++] = (struct table){"ref", gpo_kernels_ref()};
-    if (gpo_cpu_has_avx2() && gpo_kernels_avx2()) t[n++] = (struct table){"avx2", gpo_kernels_avx2()};
+    if (gpo_cpu_has_avx2() && gpo_kernels_avx2())
+        t[n++] = (struct table){"avx2", gpo_kernels_avx2()};
     if (gpo_cpu_has_avx512() && gpo_kernels_avx512())
         t[n++] = (struct table){"avx512", gpo_kernels_avx512()};
     return n;
@@ -40,7 +41,10 @@ static uint64_t rng_u64(void) { /* splitmix64 */
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
-static float rng_f(void) { return (float)((double)(rng_u64() >> 11) / 9007199254740992.0) * 2.0f - 1.0f; }
+/* Uniform in [-1, 1). */
+static float rng_f(void) {
+    return (float)((double)(rng_u64() >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
 static void fill_f(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = rng_f();
 }
@@ -57,8 +61,10 @@ static void *xmalloc(size_t n) {
 /* Marks output slots that a kernel must not write. */
 #define SENTINEL 12345.0f
 
-static const int64_t DENSE_COLS[] = {1, 7, 8, 15, 16, 17, 33, 64, 96, 100, 160, 2880, 5760};
-static const int64_t MX_COLS[] = {32, 64, 96, 160, 2880, 5760};
+/* 300 and 288 span two column chunks of the batched path; 2880 and 5760 end in a
+ * partial chunk. */
+static const int64_t DENSE_COLS[] = {1, 7, 8, 15, 16, 17, 33, 64, 96, 100, 160, 300, 2880, 5760};
+static const int64_t MX_COLS[] = {32, 64, 96, 160, 288, 2880, 5760};
 static const int64_t ROWS[] = {1, 3, 8, 17, 64};
 static const int64_t NTOK[] = {1, 2, 3, 4, 5, 8, 13};
 #define COUNT(a) ((int)(sizeof(a) / sizeof *(a)))
@@ -87,8 +93,8 @@ static int compare_out(const char *what, const char *tab, const float *y, const 
                 ok = isfinite(got) && fabs((double)got - (double)w) <= tol;
             }
             if (!ok && bad++ < 5)
-                print_error("%s [%s] cols=%lld rows=%lld ntok=%lld range=[%lld,%lld) t=%lld r=%lld: "
-                            "got %.9g want %.9g (mag %.3g)\n",
+                print_error("%s [%s] cols=%lld rows=%lld ntok=%lld range=[%lld,%lld) "
+                            "t=%lld r=%lld: got %.9g want %.9g (mag %.3g)\n",
                             what, tab, (long long)n_cols, (long long)rows, (long long)n_tok,
                             (long long)r0, (long long)r1, (long long)t, (long long)r, got,
                             r >= r0 && r < r1 ? want[t * ldy + r] : SENTINEL,
@@ -145,8 +151,6 @@ static void run_dense(enum gpo_dtype dt) {
     for (int ci = 0; ci < COUNT(DENSE_COLS); ci++)
         for (int ri = 0; ri < COUNT(ROWS); ri++) {
             const int64_t n_cols = DENSE_COLS[ci], rows = ROWS[ri];
-            /* The widest case only with the largest batch: it alone takes the
-             * direct path for batches (wider than a stack panel). */
             const int64_t max_tok = NTOK[COUNT(NTOK) - 1];
             const int64_t ldx = n_cols + 3, ldy = rows + 2;
             float *wf = xmalloc((size_t)(rows * n_cols) * 4);
@@ -160,6 +164,7 @@ static void run_dense(enum gpo_dtype dt) {
             gpo_kernels_ref()->matmul[dt](want, ldy, w, x, ldx, max_tok, 0, rows, n_cols);
             for (int ti = 0; ti < COUNT(NTOK); ti++) {
                 const int64_t n_tok = NTOK[ti];
+                /* The widest rows only alone and in the largest batch (run time). */
                 if (n_cols == 5760 && n_tok != max_tok && n_tok != 1) continue;
                 for (int k = 0; k < nt; k++) {
                     fill_sentinel(y, (size_t)(max_tok * ldy));
@@ -236,6 +241,7 @@ static void run_mxfp4(int e_lo, int e_hi, uint64_t seed) {
                                             n_cols);
             for (int ti = 0; ti < COUNT(NTOK); ti++) {
                 const int64_t n_tok = NTOK[ti];
+                /* The widest rows only alone and in the largest batch (run time). */
                 if (n_cols == 5760 && n_tok != max_tok && n_tok != 1) continue;
                 for (int k = 0; k < nt; k++) {
                     fill_sentinel(y, (size_t)(max_tok * ldy));
@@ -516,7 +522,7 @@ static void test_determinism(void **state) {
     struct table tabs[3];
     const int nt = tables(tabs);
     rng_seed(12);
-    /* 2880 is the model width; 5760 is wider than a stack panel; 100 has a tail. */
+    /* 2880 is the model width, 5760 the widest input, 100 has a column tail. */
     static const int64_t cols[] = {100, 2880, 5760};
     const int64_t rows = 21, n_tok = 13;
     for (int ci = 0; ci < COUNT(cols); ci++) {
@@ -755,6 +761,40 @@ static void test_attn_accum(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* Zero columns: every output is the empty sum, whatever the batch path. */
+static void test_empty_rows(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    float x[13], y[13 * 5];
+    uint16_t w16[1];
+    float w32[1];
+    uint8_t blocks[1], scales[1];
+    struct gpo_q8_block xq[1];
+    memset(x, 0, sizeof x);
+    for (int k = 0; k < nt; k++)
+        for (int64_t n_tok = 1; n_tok <= 13; n_tok += 12) {
+            for (int dt = GPO_DT_F32; dt <= GPO_DT_BF16; dt++) {
+                fill_sentinel(y, 13 * 5);
+                tabs[k].k->matmul[dt](y, 5, dt == GPO_DT_F32 ? (const void *)w32 : w16, x, 0,
+                                      n_tok, 1, 4, 0);
+                for (int64_t t = 0; t < n_tok; t++)
+                    for (int r = 0; r < 5; r++)
+                        assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            }
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul_mxfp4(y, 5, blocks, scales, x, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul_mxfp4_q8(y, 5, blocks, scales, xq, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+        }
+}
+
 /* The table names what it is, fills every slot, and selection honours the CPU. */
 static void test_tables(void **state) {
     (void)state;
@@ -796,6 +836,7 @@ int main(void) {
         cmocka_unit_test(test_e8m0_edges),
         cmocka_unit_test(test_attn_scores),
         cmocka_unit_test(test_attn_accum),
+        cmocka_unit_test(test_empty_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
