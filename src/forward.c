@@ -124,6 +124,7 @@ void gpo_attention_head_ref(float *out, const float *q, const float *k, const fl
 struct gpo_ctx {
     const struct gpo_model *m;
     const struct gpo_kernels *k;
+    struct gpo_kernels ktab; /* the chosen table, gaps filled from the reference */
     enum gpo_path path;
     int n_threads;
     int64_t max_tokens, max_seqs;
@@ -188,8 +189,24 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->n_threads = o.n_threads;
     x->max_tokens = o.max_tokens;
     x->max_seqs = o.max_seqs;
-    x->k = o.path == GPO_PATH_REF ? gpo_kernels_ref() : gpo_kernels_select(getenv("GPTOSS_KERNELS"));
-    if (!x->k) x->k = gpo_kernels_select(NULL);
+    const struct gpo_kernels *sel =
+        o.path == GPO_PATH_REF ? gpo_kernels_ref() : gpo_kernels_select(getenv("GPTOSS_KERNELS"));
+    if (!sel) sel = gpo_kernels_select(NULL);
+    /* A SIMD table may leave an operation to the reference. */
+    x->ktab = *sel;
+    const struct gpo_kernels *ref = gpo_kernels_ref();
+    for (int d = 0; d < GPO_DT_COUNT_; d++)
+        if (!x->ktab.matmul[d]) x->ktab.matmul[d] = ref->matmul[d];
+#define FILL_(f) if (!x->ktab.f) x->ktab.f = ref->f
+    FILL_(matmul_mxfp4);
+    FILL_(matmul_mxfp4_q8);
+    FILL_(quantize_q8);
+    FILL_(matmul_mxfp4_q16);
+    FILL_(quantize_q16);
+    FILL_(attn_scores);
+    FILL_(attn_accum);
+#undef FILL_
+    x->k = &x->ktab;
 
     const size_t T = (size_t)o.max_tokens, H = (size_t)c->n_embd, E = (size_t)c->n_expert,
                  K = (size_t)c->n_expert_used, F = (size_t)c->n_ff, D = (size_t)c->head_dim,

@@ -30,6 +30,7 @@ enum gpo_dtype {
     GPO_DT_BOOL,
     GPO_DT_F8_E4M3,
     GPO_DT_F8_E5M2,
+    GPO_DT_Q8_0, /* in memory only (--dense q8): rows of struct gpo_q8_0_block */
     GPO_DT_COUNT_
 };
 
@@ -38,6 +39,20 @@ enum gpo_dtype {
 struct gpo_q8_block {
     float d;
     int8_t qs[GPO_QK];
+};
+
+/* A weight block of the --dense q8 requantisation (the Q8_0 layout): w[i] =
+ * f16(d) * qs[i].  A row of n_cols weights is n_cols/32 consecutive blocks. */
+struct __attribute__((packed)) gpo_q8_0_block {
+    uint16_t d; /* f16 */
+    int8_t qs[GPO_QK];
+};
+
+/* An activation quantised to int16 per block of 32: x[i] = d * qs[i], d = amax/32767.
+ * Nearly exact (relative error ~1.5e-5 of the block maximum). */
+struct gpo_q16_block {
+    float d;
+    int16_t qs[GPO_QK];
 };
 
 /* The E2M1 values of the 16 FP4 codes (spec 3.2). */
@@ -74,6 +89,16 @@ typedef void (*gpo_matmul_mxfp4_q8_fn)(float *y, int64_t ldy, const uint8_t *blo
 /* Quantise n (multiple of 32) floats to int8 blocks (round to nearest, d = amax/127). */
 typedef void (*gpo_quantize_q8_fn)(struct gpo_q8_block *out, const float *x, int64_t n);
 
+/* MXFP4 weights times int16-quantised activations xq [n_tok][n_cols/32]: the
+ * integer block sums are exact, then each is scaled by 0.5 * 2^(e-127) * d. */
+typedef void (*gpo_matmul_mxfp4_q16_fn)(float *y, int64_t ldy, const uint8_t *blocks,
+                                        const uint8_t *scales, const struct gpo_q16_block *xq,
+                                        int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                                        int64_t n_cols);
+/* Quantise n (multiple of 32) floats to int16 blocks (round to nearest even,
+ * d = amax/32767). */
+typedef void (*gpo_quantize_q16_fn)(struct gpo_q16_block *out, const float *x, int64_t n);
+
 /* Scaled dot products of one query against n_keys keys: s[j] = scale * q . k_j,
  * key j at k + j*ldk. */
 typedef void (*gpo_attn_scores_fn)(float *s, const float *q, const float *k, int64_t ldk,
@@ -84,10 +109,12 @@ typedef void (*gpo_attn_accum_fn)(float *out, const float *p, const float *v, in
 
 struct gpo_kernels {
     const char *name;
-    gpo_matmul_fn matmul[GPO_DT_COUNT_]; /* indexed by weight dtype: F32, F16, BF16 */
+    gpo_matmul_fn matmul[GPO_DT_COUNT_]; /* indexed by weight dtype: F32, F16, BF16, Q8_0 */
     gpo_matmul_mxfp4_fn matmul_mxfp4;
     gpo_matmul_mxfp4_q8_fn matmul_mxfp4_q8;
     gpo_quantize_q8_fn quantize_q8;
+    gpo_matmul_mxfp4_q16_fn matmul_mxfp4_q16;
+    gpo_quantize_q16_fn quantize_q16;
     gpo_attn_scores_fn attn_scores;
     gpo_attn_accum_fn attn_accum;
 };
@@ -121,6 +148,18 @@ void gpo_matmul_mxfp4_q8_ref(float *y, int64_t ldy, const uint8_t *blocks,
                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
                              int64_t n_cols);
 void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n);
+/* Q8_0 weights (W = struct gpo_q8_0_block rows) times f32 activations. */
+void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_mxfp4_q16_ref(float *y, int64_t ldy, const uint8_t *blocks,
+                              const uint8_t *scales, const struct gpo_q16_block *xq,
+                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                              int64_t n_cols);
+void gpo_quantize_q16_ref(struct gpo_q16_block *out, const float *x, int64_t n);
+/* Requantise n (multiple of 32) weights of a BF16/F16/F32 row to Q8_0 blocks
+ * (d = amax/127 rounded to f16, q = round(w/d)). */
+void gpo_quantize_row_q8_0(struct gpo_q8_0_block *out, const void *w, enum gpo_dtype dt,
+                           int64_t n);
 void gpo_attn_scores_ref(float *s, const float *q, const float *k, int64_t ldk, int64_t n_keys,
                          int64_t head_dim, float scale);
 void gpo_attn_accum_ref(float *out, const float *p, const float *v, int64_t ldv, int64_t n_keys,

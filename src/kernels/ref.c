@@ -106,6 +106,76 @@ void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n) {
     }
 }
 
+void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const struct gpo_q8_0_block *w = W;
+    const int64_t nb = n_cols / GPO_QK;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const struct gpo_q8_0_block *wr = w + r * nb;
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                float blk = 0.0f;
+                for (int i = 0; i < GPO_QK; i++) blk += (float)wr[b].qs[i] * xt[b * GPO_QK + i];
+                acc += blk * f16_to_f32(wr[b].d);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_matmul_mxfp4_q16_ref(float *y, int64_t ldy, const uint8_t *blocks,
+                              const uint8_t *scales, const struct gpo_q16_block *xq,
+                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                              int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *br = blocks + r * nb * 16, *sr = scales + r * nb;
+            const struct gpo_q16_block *xt = xq + t * ldxq;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t blk = 0;
+                for (int i = 0; i < 16; i++) {
+                    uint8_t byte = br[b * 16 + i];
+                    blk += fp4_x2[byte & 0x0f] * xt[b].qs[2 * i];
+                    blk += fp4_x2[byte >> 4] * xt[b].qs[2 * i + 1];
+                }
+                acc += (float)blk * (0.5f * gpo_e8m0_to_f32(sr[b]) * xt[b].d);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_quantize_q16_ref(struct gpo_q16_block *out, const float *x, int64_t n) {
+    for (int64_t b = 0; b < n / GPO_QK; b++) {
+        const float *xb = x + b * GPO_QK;
+        float amax = 0.0f;
+        for (int i = 0; i < GPO_QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 32767.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        for (int i = 0; i < GPO_QK; i++) out[b].qs[i] = (int16_t)lrintf(xb[i] * id);
+    }
+}
+
+void gpo_quantize_row_q8_0(struct gpo_q8_0_block *out, const void *w, enum gpo_dtype dt,
+                           int64_t n) {
+    float buf[GPO_QK];
+    for (int64_t b = 0; b < n / GPO_QK; b++) {
+        const uint8_t *src = (const uint8_t *)w + (size_t)b * GPO_QK * (dt == GPO_DT_F32 ? 4 : 2);
+        gpo_to_f32(buf, src, dt, GPO_QK);
+        float amax = 0.0f;
+        for (int i = 0; i < GPO_QK; i++) amax = fmaxf(amax, fabsf(buf[i]));
+        uint16_t dh = f32_to_f16(amax / 127.0f);
+        float d = f16_to_f32(dh), id = d > 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = dh;
+        for (int i = 0; i < GPO_QK; i++) {
+            long q = lrintf(buf[i] * id);
+            out[b].qs[i] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+        }
+    }
+}
+
 void gpo_attn_scores_ref(float *s, const float *q, const float *k, int64_t ldk, int64_t n_keys,
                          int64_t head_dim, float scale) {
     for (int64_t j = 0; j < n_keys; j++) {
@@ -155,10 +225,13 @@ static const struct gpo_kernels ref_table = {
     .name = "ref",
     .matmul = {[GPO_DT_F32] = gpo_matmul_f32_ref,
                [GPO_DT_F16] = gpo_matmul_f16_ref,
-               [GPO_DT_BF16] = gpo_matmul_bf16_ref},
+               [GPO_DT_BF16] = gpo_matmul_bf16_ref,
+               [GPO_DT_Q8_0] = gpo_matmul_q8_0_ref},
     .matmul_mxfp4 = gpo_matmul_mxfp4_ref,
     .matmul_mxfp4_q8 = gpo_matmul_mxfp4_q8_ref,
     .quantize_q8 = gpo_quantize_q8_ref,
+    .matmul_mxfp4_q16 = gpo_matmul_mxfp4_q16_ref,
+    .quantize_q16 = gpo_quantize_q16_ref,
     .attn_scores = gpo_attn_scores_ref,
     .attn_accum = gpo_attn_accum_ref,
 };
