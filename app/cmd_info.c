@@ -12,7 +12,8 @@ static void usage(void) {
            "would use, and the memory plan.\n"
            "\n"
            "  -m, --model DIR     checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
-           "  --max-seq-len N     KV cache length for the memory plan (default 4096)\n");
+           "  --max-seq-len N     KV cache length for the memory plan (default 4096)\n"
+           "  --dense bf16|q8     show the plan with dense weights requantised to 8 bits\n");
 }
 
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
@@ -20,6 +21,7 @@ static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 int cmd_info(int argc, char **argv) {
     const char *model_arg = NULL, *v;
     int64_t max_seq = 4096;
+    struct gpo_load_opts lo = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -31,6 +33,11 @@ int cmd_info(int argc, char **argv) {
             if (!(v = cli_value("info", argc, argv, &i))) return CLI_EXIT_USAGE;
             if (!cli_parse_i64(v, 1, (int64_t)1 << 30, &max_seq))
                 return cli_usage_error("info", "--max-seq-len needs a positive number, not '%s'", v);
+        } else if (cli_is(a, "--dense")) {
+            if (!(v = cli_value("info", argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (strcmp(v, "bf16") && strcmp(v, "q8"))
+                return cli_usage_error("info", "--dense must be bf16 or q8, not '%s'", v);
+            lo.dense_q8 = !strcmp(v, "q8");
         } else {
             return cli_usage_error("info", "unknown option '%s'", a);
         }
@@ -39,7 +46,7 @@ int cmd_info(int argc, char **argv) {
     gpo_model *m = NULL;
     enum gpo_status s = gpo_model_resolve_dir(model_arg, dir, sizeof dir);
     if (s != GPO_OK) return cli_status(s, "cannot find the model");
-    if ((s = gpo_model_load(dir, NULL, &m)) != GPO_OK) return cli_status(s, "cannot load the model from %s", dir);
+    if ((s = gpo_model_load(dir, &lo, &m)) != GPO_OK) return cli_status(s, "cannot load the model from %s", dir);
     const struct gpo_config *c = gpo_model_config(m);
     struct gpo_model_info inf;
     gpo_model_get_info(m, &inf);
@@ -83,6 +90,8 @@ int cmd_info(int argc, char **argv) {
     uint64_t kvb = gpo_kv_bytes_for(c, max_seq);
     printf("memory plan:      %.2f GiB mapped weights + %.3f GiB KV cache (fp32, %lld tokens) per sequence\n",
            gib(inf.bytes_mapped), gib(kvb), (long long)max_seq);
+    if (inf.bytes_converted)
+        printf("                  + %.2f GiB of --dense q8 copies\n", gib(inf.bytes_converted));
     gpo_ctx *ctx = NULL;
     struct gpo_ctx_opts o = {.max_tokens = 1, .max_seqs = 1};
     if (gpo_ctx_create(m, &o, &ctx) == GPO_OK) {

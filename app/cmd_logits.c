@@ -23,6 +23,7 @@ static void usage(void) {
            "  --exact              the exact fp32 path (default)\n"
            "  --fast               the fast path (activations rounded within bf16 error)\n"
            "  --ref                the plain scalar reference kernels\n"
+           "  --dense bf16|q8      dense weights as stored (default) or requantised to 8 bits\n"
            "  -t, --threads N      threads (default: all cores)\n");
 }
 
@@ -31,6 +32,7 @@ int cmd_logits(int argc, char **argv) {
     const char *mode = "prefill";
     int64_t threads = 0, ubatch = 0;
     enum gpo_path path = GPO_PATH_EXACT;
+    struct gpo_load_opts lo = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -56,6 +58,11 @@ int cmd_logits(int argc, char **argv) {
             if (!(v = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
             if (!cli_parse_i64(v, 1, 1 << 20, &ubatch))
                 return cli_usage_error("logits", "--ubatch needs a positive number, not '%s'", v);
+        } else if (cli_is(a, "--dense")) {
+            if (!(v = cli_value("logits", argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (strcmp(v, "bf16") && strcmp(v, "q8"))
+                return cli_usage_error("logits", "--dense must be bf16 or q8, not '%s'", v);
+            lo.dense_q8 = !strcmp(v, "q8");
         } else if (!strcmp(a, "--exact")) {
             path = GPO_PATH_EXACT;
         } else if (!strcmp(a, "--fast")) {
@@ -84,7 +91,7 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_status(s, "cannot find the model");
         goto cleanup;
     }
-    if ((s = gpo_model_load(dir, NULL, &m)) != GPO_OK) {
+    if ((s = gpo_model_load(dir, &lo, &m)) != GPO_OK) {
         rc = cli_status(s, "cannot load the model from %s", dir);
         goto cleanup;
     }

@@ -28,6 +28,8 @@ const char gen_opts_help[] =
     "  --max-seq-len N         KV cache length per user (default 4096)\n"
     "  --ubatch N              prompt tokens per forward step (default 512)\n"
     "  -t, --threads N         threads (default: all cores)\n"
+    "  --dense bf16|q8         dense weights as stored (default) or requantised to\n"
+    "                          8-bit blocks at load (a third fewer bytes per token)\n"
     "  --mlock                 lock the weights in memory\n"
     "  --prefetch              read every weight page at load (with progress)\n"
     "  --exact                 exact fp32 path instead of the fast path\n"
@@ -146,6 +148,13 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
     } else if (!strcmp(a, "-t") || cli_is(a, "--threads")) {
         INT(1, 4096);
         o->eo.n_threads = (int)n;
+    } else if (cli_is(a, "--dense")) {
+        VALUE();
+        if (strcmp(v, "bf16") && strcmp(v, "q8")) {
+            cli_usage_error(cmd, "--dense must be bf16 or q8, not '%s'", v);
+            return -1;
+        }
+        o->load.dense_q8 = !strcmp(v, "q8");
     } else if (!strcmp(a, "--mlock")) {
         o->load.mlock = 1;
     } else if (!strcmp(a, "--prefetch")) {

@@ -130,6 +130,9 @@ typedef struct gpo_model gpo_model;
 struct gpo_load_opts {
     int mlock;    /* lock the mapped weights in memory */
     int prefetch; /* read every mapped page once at load (with progress to the log) */
+    int dense_q8; /* requantise the BF16 attention and unembedding matrices to 8-bit
+                     blocks (Q8_0 layout) at load: a third fewer bytes per token, at the
+                     cost of a copy of those weights and a small logit error */
 };
 
 /* Resolve the model folder: `arg` if non-NULL, else $GPT_DIR, else $HF_MODEL (which
@@ -161,6 +164,7 @@ struct gpo_model_info {
     uint64_t bytes_per_token;  /* weight bytes one decoded token must read */
     int64_t n_params;
     int64_t n_params_active;
+    uint64_t bytes_converted;  /* memory held by --dense q8 copies (0 without) */
 };
 void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info);
 

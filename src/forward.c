@@ -160,6 +160,8 @@ struct gpo_ctx {
     float *act;        /* [T][F] */
     float *z;          /* [T][H] */
     struct gpo_q8_block *xq; /* [T][F/32] quantised SwiGLU outputs (fast path) */
+    struct gpo_q16_block *tq;  /* [T][H/32] quantised expert inputs (fast path) */
+    struct gpo_q16_block *xeq; /* [T][H/32] the same, gathered for one expert */
     /* output selection */
     int64_t *out_tok;  /* [T] tokens whose logits are wanted */
     /* attention scratch per thread */
@@ -238,6 +240,8 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->act = xalloc(T * F * 4, &fail);
     x->z = xalloc(T * H * 4, &fail);
     x->xq = xalloc(T * (F / 32) * sizeof(struct gpo_q8_block), &fail);
+    x->tq = xalloc(T * (H / 32) * sizeof(struct gpo_q16_block), &fail);
+    x->xeq = xalloc(T * (H / 32) * sizeof(struct gpo_q16_block), &fail);
     x->out_tok = xalloc(T * 8, &fail);
     x->ascratch = xalloc((size_t)o.n_threads * (ATTN_CHUNK + D) * 4, &fail);
     if (fail) {
@@ -255,7 +259,7 @@ void gpo_ctx_free(gpo_ctx *x) {
                     x->q,        x->kb,     x->vb,      x->att,     x->o,      x->rl,
                     x->sel,      x->selw,   x->y,       x->cs,      x->ex_off, x->ex_tok,
                     x->ex_w,     x->ex_cur, x->xe,      x->h1,      x->act,    x->z,
-                    x->xq,       x->out_tok, x->ascratch};
+                    x->xq,       x->out_tok, x->ascratch, x->tq,   x->xeq};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpo_aligned_free(bufs[i]);
     free(x);
 }
@@ -450,10 +454,11 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
     if (n_tok == 0) goto done;
 
     volatile int aborted = 0;
-    /* The fast path quantises the SwiGLU output (the down projection's input) to
-     * int8 blocks.  Quantising the up projection's input as well measured worse
-     * than OpenAI's bf16 run on the tiny-a fixture, so it stays fp32. */
-    const int use_q8 = x->path == GPO_PATH_FAST && k->matmul_mxfp4_q8 && k->quantize_q8;
+    /* The fast path feeds the experts integer activations: the up projection's
+     * input as int16 blocks (nearly exact), the down projection's input (the
+     * SwiGLU output) as int8 blocks.  int8 for the up projection's input too
+     * measured worse than OpenAI's bf16 run on the tiny-a fixture. */
+    const int fast = x->path == GPO_PATH_FAST;
 
 #pragma omp parallel num_threads(x->n_threads)
     {
@@ -503,6 +508,7 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
             for (int64_t i = 0; i < n_tok; i++) {
                 for (int64_t d = 0; d < H; d++) x->x[i * H + d] += x->o[i * H + d];
                 gpo_rmsnorm(x->t + i * H, x->x + i * H, &L->mlp_norm, H, c->rms_eps);
+                if (fast) k->quantize_q16(x->tq + i * (H / 32), x->t + i * H, H);
             }
 
             /* Router: top-k on the raw logits, softmax over the k selected. */
@@ -542,11 +548,18 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
                 const uint8_t *s2 = L->mlp2_scales + (size_t)e * H * (F / 32);
 #pragma omp for schedule(static)
                 for (int64_t j = 0; j < ne; j++) {
-                    memcpy(x->xe + j * H, x->t + (size_t)x->ex_tok[e0 + j] * H, (size_t)H * 4);
+                    if (fast)
+                        memcpy(x->xeq + j * (H / 32), x->tq + (size_t)x->ex_tok[e0 + j] * (H / 32),
+                               (size_t)(H / 32) * sizeof *x->xeq);
+                    else
+                        memcpy(x->xe + j * H, x->t + (size_t)x->ex_tok[e0 + j] * H, (size_t)H * 4);
                 }
                 my_rows(2 * F, &r0, &r1);
                 if (r1 > r0) {
-                    k->matmul_mxfp4(x->h1, 2 * F, b1, s1, x->xe, H, ne, r0, r1, H);
+                    if (fast)
+                        k->matmul_mxfp4_q16(x->h1, 2 * F, b1, s1, x->xeq, H / 32, ne, r0, r1, H);
+                    else
+                        k->matmul_mxfp4(x->h1, 2 * F, b1, s1, x->xe, H, ne, r0, r1, H);
                     for (int64_t j = 0; j < ne; j++)
                         for (int64_t r = r0; r < r1; r++)
                             x->h1[j * 2 * F + r] += gpo_tview_get(&L->mlp1_bias, e * 2 * F + r);
@@ -555,11 +568,11 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
 #pragma omp for schedule(static)
                 for (int64_t j = 0; j < ne; j++) {
                     gpo_swiglu(x->act + j * F, x->h1 + j * 2 * F, F, c->swiglu_alpha, c->swiglu_limit);
-                    if (use_q8) k->quantize_q8(x->xq + j * (F / 32), x->act + j * F, F);
+                    if (fast) k->quantize_q8(x->xq + j * (F / 32), x->act + j * F, F);
                 }
                 my_rows(H, &r0, &r1);
                 if (r1 > r0) {
-                    if (use_q8)
+                    if (fast)
                         k->matmul_mxfp4_q8(x->z, H, b2, s2, x->xq, F / 32, ne, r0, r1, F);
                     else
                         k->matmul_mxfp4(x->z, H, b2, s2, x->act, F, ne, r0, r1, F);

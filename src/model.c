@@ -237,6 +237,61 @@ static enum gpo_status bind_all(struct gpo_model *m, const struct names *nm) {
     return GPO_OK;
 }
 
+/* --dense q8: requantise the big BF16 matrices (q, k, v, out of every layer and the
+ * unembedding) into Q8_0 blocks.  The router stays as stored: expert choice is
+ * sensitive to its precision (spec 8.3). */
+static enum gpo_status convert_dense_q8(struct gpo_model *m) {
+    const struct gpo_config *c = &m->cfg;
+    struct gpo_tview *views[4 * GPO_MAX_LAYERS + 1];
+    size_t nv = 0;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        struct gpo_layer *L = &m->layers[l];
+        views[nv++] = &L->wq;
+        views[nv++] = &L->wk;
+        views[nv++] = &L->wv;
+        views[nv++] = &L->wo;
+    }
+    views[nv++] = &m->unembedding;
+    uint64_t total = 0, before = 0;
+    for (size_t i = 0; i < nv; i++) {
+        if (views[i]->cols % GPO_QK != 0)
+            return gpo_fail(GPO_ERR_UNSUPPORTED, "--dense q8 needs rows that are multiples of 32 (a matrix has %lld columns)",
+                            (long long)views[i]->cols);
+        total += (uint64_t)views[i]->rows * (uint64_t)(views[i]->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
+        before += (uint64_t)views[i]->rows * (uint64_t)views[i]->cols * gpo_dtype_size(views[i]->dtype);
+    }
+    uint8_t *buf = gpo_aligned_alloc(total);
+    if (!buf) return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB for --dense q8", (double)total / 1073741824.0);
+    m->converted = buf;
+    double t0 = gpo_now();
+    uint8_t *p = buf;
+    for (size_t i = 0; i < nv; i++) {
+        struct gpo_tview *v = views[i];
+        const int64_t nb = v->cols / GPO_QK, rows = v->rows;
+        struct gpo_q8_0_block *dst = (struct gpo_q8_0_block *)p;
+        const uint8_t *src = v->data;
+        const size_t row_bytes = (size_t)v->cols * gpo_dtype_size(v->dtype);
+        const enum gpo_dtype dt = v->dtype;
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++)
+            gpo_quantize_row_q8_0(dst + r * nb, src + (size_t)r * row_bytes, dt, v->cols);
+        v->data = dst;
+        v->dtype = GPO_DT_Q8_0;
+        p += (size_t)rows * (size_t)nb * sizeof *dst;
+    }
+    struct gpo_model_info *inf = &m->info;
+    uint64_t unemb_new = (uint64_t)m->unembedding.rows * (uint64_t)(m->unembedding.cols / GPO_QK) *
+                         sizeof(struct gpo_q8_0_block);
+    uint64_t att_saved = before - inf->bytes_unembedding - (total - unemb_new);
+    inf->bytes_attention -= att_saved;
+    inf->bytes_per_token -= att_saved + (inf->bytes_unembedding - unemb_new);
+    inf->bytes_unembedding = unemb_new;
+    inf->bytes_converted = total;
+    gpo_log(GPO_LOG_INFO, "--dense q8: requantised %.2f GiB of BF16 weights to %.2f GiB in %.1f s",
+            (double)before / 1073741824.0, (double)total / 1073741824.0, gpo_now() - t0);
+    return GPO_OK;
+}
+
 static enum gpo_status read_text(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
@@ -367,6 +422,7 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
     }
     if ((s = bind_all(m, nm)) != GPO_OK) goto cleanup;
     compute_info(m);
+    if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) goto cleanup;
 
     if (opts && opts->mlock) {
         for (int i = 0; i < m->st.n_files; i++)
@@ -410,6 +466,7 @@ cleanup:
 
 void gpo_model_free(gpo_model *m) {
     if (!m) return;
+    gpo_aligned_free(m->converted);
     gpo_st_close(&m->st);
     free(m->layers);
     free(m->dir);

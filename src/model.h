@@ -48,6 +48,7 @@ struct gpo_model {
     struct gpo_layer *layers;
     struct gpo_model_info info;
     int locked;
+    void *converted; /* one allocation holding the --dense q8 copies */
 };
 
 /* config.c: parse a config.json text (HF or original field names) into cfg.
