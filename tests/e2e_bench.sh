@@ -56,8 +56,10 @@ for bad in "--bogus" "-p abc" "--batch 0" "-r 0" "-t 1," "--dense q4" "-p 0 -n 0
     "$G" bench -m "$M" $bad >/dev/null 2>&1
     check "bad flag '$bad' exits 2" "[ \$? -eq 2 ]"
 done
-"$G" bench -m "$M" --dense q8 --no-membw >/dev/null 2>"$tmp/q8.err"
-check "--dense q8 not available: exit 1" "[ \$? -eq 1 ] && grep -q 'not available' $tmp/q8.err"
+"$G" bench -m "$M" --dense q8 --no-membw -p 8 -n 4 -r 1 --json >"$tmp/q8.jsonl" 2>"$tmp/q8.err"
+check "--dense q8 runs and says so" "[ \$? -eq 0 ] && node -e '
+    const rs = require(\"fs\").readFileSync(\"$tmp/q8.jsonl\", \"utf8\").trim().split(\"\\n\").map(JSON.parse);
+    process.exit(rs.length === 2 && rs.every(r => r.dense === \"q8\") ? 0 : 1)'"
 "$G" bench -m "$tmp/nope" --no-membw >/dev/null 2>&1
 check "missing model exits 1" "[ \$? -eq 1 ]"
 exit $fail
