@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "gen_common.h"
+#include "gpo_bench.h"
 
 static void usage(void) {
     printf("usage: gptoss generate [-m DIR] [-p TEXT]... [--prompts FILE.json] [options]\n"
@@ -21,6 +22,7 @@ static void usage(void) {
            "  --batch N               number of users; prompts are repeated to fill them\n"
            "  --warmup                run one untimed prefill and decode step first\n"
            "  --json FILE             write texts, tokens, finish reasons and metrics as JSON\n"
+           "  --no-membw              skip the memory-bandwidth probe after the run\n"
            "%s",
            gen_opts_help);
 }
@@ -86,7 +88,7 @@ int cmd_generate(int argc, char **argv) {
     const char **prompts = calloc((size_t)argc + 1, sizeof *prompts);
     size_t n_prompts = 0;
     int64_t batch = 0;
-    int warmup = 0;
+    int warmup = 0, membw = 1;
     if (!prompts) return cli_error("out of memory");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -115,6 +117,8 @@ int cmd_generate(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--warmup")) {
             warmup = 1;
+        } else if (!strcmp(a, "--no-membw")) {
+            membw = 0;
         } else {
             cli_usage_error("generate", "unknown option '%s'", a);
             goto usage_fail;
@@ -251,14 +255,24 @@ int cmd_generate(int argc, char **argv) {
     gpo_model_get_info(env.m, &inf);
     double kv_gib = (double)gpo_engine_kv_bytes(eng) / 1073741824.0;
     double gbs = st.decode_seconds > 0 ? (double)st.weight_bytes / st.decode_seconds / 1e9 : 0.0;
+    /* Peak RSS is read before the bandwidth probe allocates its buffer. */
+    uint64_t peak_rss = gen_peak_rss();
+    double membw_gbs = -1.0;
+    if (membw && gbs > 0 &&
+        gpo_membw_measure(o.eo.n_threads, (uint64_t)512 << 20, 0.5, &membw_gbs) != GPO_OK)
+        membw_gbs = -1.0;
     printf("=== Performance Metrics ===\n");
     printf("Average Time to First Token (TTFT): %.1fms\n", st.avg_ttft * 1000.0);
     printf("Average decode speed: %.1fms @ %.1f tok/s/user (%.1f tok/s throughput)\n", st.avg_decode_ms,
            st.tok_s_user, st.tok_s_total);
     printf("Data parallel: 1, Global batch size: %zu\n", n_users);
     printf("Memory: weights %.1f GiB mapped, KV cache %.1f GiB, peak RSS %.1f GiB\n",
-           (double)inf.bytes_mapped / 1073741824.0, kv_gib, (double)gen_peak_rss() / 1073741824.0);
-    printf("Utilisation: %.1f GB/s effective weight reads\n", gbs);
+           (double)inf.bytes_mapped / 1073741824.0, kv_gib, (double)peak_rss / 1073741824.0);
+    if (membw_gbs > 0)
+        printf("Utilisation: %.1f GB/s effective weight reads, %.0f%% of the %.1f GB/s measured read bandwidth\n",
+               gbs, 100.0 * gbs / membw_gbs, membw_gbs);
+    else
+        printf("Utilisation: %.1f GB/s effective weight reads\n", gbs);
 
     if (json_path) {
         cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "users");
@@ -288,7 +302,11 @@ int cmd_generate(int argc, char **argv) {
         cJSON_AddNumberToObject(mo, "generated_tokens", (double)st.n_generated);
         cJSON_AddNumberToObject(mo, "effective_gbs", gbs);
         cJSON_AddNumberToObject(mo, "weights_mapped_bytes", (double)inf.bytes_mapped);
-        cJSON_AddNumberToObject(mo, "peak_rss_bytes", (double)gen_peak_rss());
+        cJSON_AddNumberToObject(mo, "peak_rss_bytes", (double)peak_rss);
+        if (membw_gbs > 0) {
+            cJSON_AddNumberToObject(mo, "membw_gbs", membw_gbs);
+            cJSON_AddNumberToObject(mo, "bw_fraction", gbs / membw_gbs);
+        }
         cJSON_AddNumberToObject(mo, "load_seconds", env.load_seconds);
         cJSON_AddStringToObject(mo, "kernels", gpo_engine_kernels(eng));
         char *out = cJSON_Print(root);
