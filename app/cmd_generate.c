@@ -266,8 +266,11 @@ int cmd_generate(int argc, char **argv) {
     printf("Average decode speed: %.1fms @ %.1f tok/s/user (%.1f tok/s throughput)\n", st.avg_decode_ms,
            st.tok_s_user, st.tok_s_total);
     printf("Data parallel: 1, Global batch size: %zu\n", n_users);
-    printf("Memory: weights %.1f GiB mapped, KV cache %.1f GiB, peak RSS %.1f GiB\n",
-           (double)inf.bytes_mapped / 1073741824.0, kv_gib, (double)peak_rss / 1073741824.0);
+    /* Two decimals below 10 GiB, so small models and caches do not show as 0.0. */
+    double wg = (double)inf.bytes_mapped / 1073741824.0,
+           rg = (double)peak_rss / 1073741824.0;
+    printf("Memory: weights %.*f GiB mapped, KV cache %.*f GiB, peak RSS %.*f GiB\n", wg < 10 ? 2 : 1,
+           wg, kv_gib < 10 ? 2 : 1, kv_gib, rg < 10 ? 2 : 1, rg);
     if (membw_gbs > 0)
         printf("Utilisation: %.1f GB/s effective weight reads, %.0f%% of the %.1f GB/s measured read bandwidth\n",
                gbs, 100.0 * gbs / membw_gbs, membw_gbs);
