@@ -1,7 +1,8 @@
 /* bench_kernels.c - single-thread speed of the matmul kernels at GPT-OSS shapes,
  * reference against every SIMD table this CPU runs.  Decode (one token) is reported
  * as weight GB/s next to this core's plain read bandwidth; batches as GFLOP/s.
- * Usage: bench_kernels [seconds per measurement, default 0.4] [--simd-only] */
+ * Usage: bench_kernels [seconds per measurement, default 0.4] [--simd-only] [op ...]
+ * (ops: bf16 mxfp4 mxfp4_q8 q8_0 mxfp4_q16; default all) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,16 +60,17 @@ static double read_bandwidth(double seconds) {
 }
 
 /* What one measurement runs. */
-enum op { OP_BF16, OP_MXFP4, OP_MXFP4_Q8 };
+enum op { OP_BF16, OP_MXFP4, OP_MXFP4_Q8, OP_Q8_0, OP_MXFP4_Q16 };
 
 struct problem {
     enum op op;
     int64_t rows, n_cols, n_tok;
     int copies;                 /* weight copies cycled through (decode) */
-    void **w;                   /* dense weights per copy */
+    void **w;                   /* dense (BF16, Q8_0) weights per copy */
     uint8_t **blocks, **scales; /* MXFP4 per copy */
     float *x, *y;
     struct gpo_q8_block *xq;
+    struct gpo_q16_block *xq16;
 };
 
 static void run_once(const struct gpo_kernels *k, struct problem *p, int copy) {
@@ -84,6 +86,14 @@ static void run_once(const struct gpo_kernels *k, struct problem *p, int copy) {
     case OP_MXFP4_Q8:
         k->matmul_mxfp4_q8(p->y, p->rows, p->blocks[copy], p->scales[copy], p->xq,
                            p->n_cols / 32, p->n_tok, 0, p->rows, p->n_cols);
+        break;
+    case OP_Q8_0:
+        k->matmul[GPO_DT_Q8_0](p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, 0, p->rows,
+                               p->n_cols);
+        break;
+    case OP_MXFP4_Q16:
+        k->matmul_mxfp4_q16(p->y, p->rows, p->blocks[copy], p->scales[copy], p->xq16,
+                            p->n_cols / 32, p->n_tok, 0, p->rows, p->n_cols);
         break;
     }
 }
@@ -111,6 +121,8 @@ static double time_calls(const struct gpo_kernels *k, struct problem *p, double 
 
 static size_t weight_bytes(const struct problem *p) {
     if (p->op == OP_BF16) return (size_t)(p->rows * p->n_cols) * 2;
+    if (p->op == OP_Q8_0)
+        return (size_t)(p->rows * p->n_cols / 32) * sizeof(struct gpo_q8_0_block);
     return (size_t)(p->rows * p->n_cols / 32) * 17;
 }
 
@@ -126,6 +138,19 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
             for (size_t i = 0; i < wb / 2; i++) w[i] = f32_to_bf16(rndf() * 0.05f);
             p.w[c] = w;
         }
+    } else if (op == OP_Q8_0) {
+        /* Requantised like --dense q8 does at load, from f32 rows. */
+        p.w = calloc((size_t)p.copies, sizeof *p.w);
+        float *row = alloc_or_die((size_t)n_cols * 4);
+        for (int c = 0; c < p.copies; c++) {
+            struct gpo_q8_0_block *w = alloc_or_die(wb);
+            for (int64_t r = 0; r < rows; r++) {
+                for (int64_t i = 0; i < n_cols; i++) row[i] = rndf() * 0.05f;
+                gpo_quantize_row_q8_0(w + r * (n_cols / 32), row, GPO_DT_F32, n_cols);
+            }
+            p.w[c] = w;
+        }
+        gpo_aligned_free(row);
     } else {
         p.blocks = calloc((size_t)p.copies, sizeof *p.blocks);
         p.scales = calloc((size_t)p.copies, sizeof *p.scales);
@@ -142,6 +167,8 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
     p.y = alloc_or_die((size_t)(n_tok * rows) * 4);
     p.xq = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq);
     gpo_kernels_ref()->quantize_q8(p.xq, p.x, n_tok * n_cols);
+    p.xq16 = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq16);
+    gpo_kernels_ref()->quantize_q16(p.xq16, p.x, n_tok * n_cols);
     return p;
 }
 
@@ -157,15 +184,26 @@ static void free_problem(struct problem *p) {
     gpo_aligned_free(p->x);
     gpo_aligned_free(p->y);
     gpo_aligned_free(p->xq);
+    gpo_aligned_free(p->xq16);
 }
 
 static const char *op_name(enum op op) {
-    return op == OP_BF16 ? "bf16" : op == OP_MXFP4 ? "mxfp4" : "mxfp4_q8";
+    static const char *const names[] = {"bf16", "mxfp4", "mxfp4_q8", "q8_0", "mxfp4_q16"};
+    return names[op];
+}
+
+/* Whether op is among the names on the command line (all when none is named). */
+static int wanted(enum op op, int argc, char **argv, int first) {
+    if (first >= argc) return 1;
+    for (int i = first; i < argc; i++)
+        if (strcmp(argv[i], op_name(op)) == 0) return 1;
+    return 0;
 }
 
 int main(int argc, char **argv) {
     const double secs = argc > 1 ? atof(argv[1]) : 0.4;
     const int simd_only = argc > 2 && strcmp(argv[2], "--simd-only") == 0;
+    const int first_op = 2 + simd_only;
     const struct gpo_kernels *tabs[3];
     int nt = 0;
     if (!simd_only) tabs[nt++] = gpo_kernels_ref();
@@ -179,12 +217,14 @@ int main(int argc, char **argv) {
     const struct {
         enum op op;
         int64_t rows, cols;
-    } dec[] = {{OP_BF16, 5120, 2880}, {OP_MXFP4, 5760, 2880}, {OP_MXFP4_Q8, 5760, 2880}};
+    } dec[] = {{OP_BF16, 5120, 2880}, {OP_MXFP4, 5760, 2880}, {OP_MXFP4_Q8, 5760, 2880},
+               {OP_Q8_0, 5120, 2880}, {OP_MXFP4_Q16, 5760, 2880}};
     for (size_t i = 0; i < sizeof dec / sizeof *dec; i++) {
+        if (!wanted(dec[i].op, argc, argv, first_op)) continue;
         struct problem p = make_problem(dec[i].op, dec[i].rows, dec[i].cols, 1, 1);
         for (int k = 0; k < nt; k++) {
             const double s = time_calls(tabs[k], &p, secs);
-            printf("  %-8s %5lldx%-5lld %-6s %8.3f ms  %6.2f GB/s  %6.2f GFLOP/s\n",
+            printf("  %-9s %5lldx%-5lld %-6s %8.3f ms  %6.2f GB/s  %6.2f GFLOP/s\n",
                    op_name(p.op), (long long)p.rows, (long long)p.n_cols, tabs[k]->name, s * 1e3,
                    (double)weight_bytes(&p) / s / 1e9,
                    2.0 * (double)(p.rows * p.n_cols) / s / 1e9);
@@ -196,10 +236,11 @@ int main(int argc, char **argv) {
     static const int64_t toks[] = {8, 64};
     for (size_t i = 0; i < sizeof dec / sizeof *dec; i++)
         for (size_t j = 0; j < sizeof toks / sizeof *toks; j++) {
+            if (!wanted(dec[i].op, argc, argv, first_op)) continue;
             struct problem p = make_problem(dec[i].op, dec[i].rows, dec[i].cols, toks[j], 0);
             for (int k = 0; k < nt; k++) {
                 const double s = time_calls(tabs[k], &p, secs);
-                printf("  %-8s %5lldx%-5lld n_tok=%-3lld %-6s %9.3f ms  %7.2f GFLOP/s\n",
+                printf("  %-9s %5lldx%-5lld n_tok=%-3lld %-6s %9.3f ms  %7.2f GFLOP/s\n",
                        op_name(p.op), (long long)p.rows, (long long)p.n_cols, (long long)p.n_tok,
                        tabs[k]->name, s * 1e3,
                        2.0 * (double)(p.rows * p.n_cols * p.n_tok) / s / 1e9);

@@ -443,17 +443,353 @@ static void test_quantize_q8(void **state) {
     free(got);
 }
 
+/* ---- MXFP4 x int16 activations ---- */
+
+/* Exact value of the q16 product in double from the integer block sums, and the
+ * magnitude sum_b |scale_b| * sum_i |w_i q_i| for the tolerance. */
+static void q16_exact(double *val, double *mag, const uint8_t *blocks, const uint8_t *scales,
+                      const struct gpo_q16_block *xq, int64_t n_cols) {
+    static const int w2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    double v = 0, m = 0;
+    for (int64_t b = 0; b < n_cols / 32; b++) {
+        long isum = 0, iabs = 0;
+        for (int i = 0; i < 16; i++) {
+            const uint8_t byte = blocks[b * 16 + i];
+            const long p0 = (long)w2[byte & 15] * xq[b].qs[2 * i];
+            const long p1 = (long)w2[byte >> 4] * xq[b].qs[2 * i + 1];
+            isum += p0 + p1;
+            iabs += labs(p0) + labs(p1);
+        }
+        const double sc = 0.5 * (double)gpo_e8m0_to_f32(scales[b]) * (double)xq[b].d;
+        v += (double)isum * sc;
+        m += (double)iabs * fabs(sc);
+    }
+    *val = v;
+    *mag = m;
+}
+
+static void run_mxfp4_q16(int e_lo, int e_hi, uint64_t seed) {
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    int bad = 0;
+    rng_seed(seed);
+    for (int ci = 0; ci < COUNT(MX_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri], nb = n_cols / 32;
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1];
+            const int64_t ldxq = nb + 2, ldy = rows + 3;
+            uint8_t *blocks = xmalloc((size_t)(rows * nb * 16));
+            uint8_t *scales = xmalloc((size_t)(rows * nb));
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            make_mxfp4(blocks, scales, wf, rows, n_cols, e_lo, e_hi);
+            float *x = xmalloc((size_t)(n_cols) * 4);
+            struct gpo_q16_block *xq = xmalloc((size_t)(max_tok * ldxq) * sizeof *xq);
+            for (int64_t t = 0; t < max_tok; t++) {
+                fill_f(x, (size_t)n_cols);
+                gpo_quantize_q16_ref(xq + t * ldxq, x, n_cols);
+            }
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            for (int64_t t = 0; t < max_tok; t++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double v;
+                    q16_exact(&v, &mag[t * ldy + r], blocks + r * nb * 16, scales + r * nb,
+                              xq + t * ldxq, n_cols);
+                    want[t * ldy + r] = (float)v;
+                }
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                for (int k = 0; k < nt; k++) {
+                    /* Against the exact integer sums: only the float combine rounds. */
+                    fill_sentinel(y, (size_t)(max_tok * ldy));
+                    tabs[k].k->matmul_mxfp4_q16(y, ldy, blocks, scales, xq, ldxq, n_tok, 0, rows,
+                                                n_cols);
+                    bad += compare_out("mxfp4_q16", tabs[k].name, y, want, mag, ldy, n_tok, rows,
+                                       0, rows, n_cols, 2e-6);
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    if (r0 < r1) {
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul_mxfp4_q16(y, ldy, blocks, scales, xq, ldxq, n_tok, r0,
+                                                    r1, n_cols);
+                        bad += compare_out("mxfp4_q16", tabs[k].name, y, want, mag, ldy, n_tok,
+                                           rows, r0, r1, n_cols, 2e-6);
+                    }
+                }
+            }
+            free(blocks);
+            free(scales);
+            free(wf);
+            free(x);
+            free(xq);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+static void test_matmul_mxfp4_q16(void **state) {
+    (void)state;
+    run_mxfp4_q16(118, 130, 15);
+}
+
+/* Scale bytes over most of the range (as for the exact path), denormal half scales
+ * included: those products fall under ABS_TOL. */
+static void test_matmul_mxfp4_q16_wide_scales(void **state) {
+    (void)state;
+    run_mxfp4_q16(0, 230, 16);
+}
+
+/* As for q8: one scale byte per row and a power-of-two d per token make every partial
+ * sum an integer times one power of two.  The cases keep the sums below 2^24 of it,
+ * so any order is exact and each table must return the integer dot product exactly:
+ * 2880 columns with |q| <= 400 (past the int8 range), single blocks over the whole
+ * int16 range (-32768 and +-32767 included), and scale bytes 0..8, whose half scale
+ * 0.5 * 2^(e-127) is denormal, with a large d that brings the product back into the
+ * normal range. */
+static void q16_exact_case(const struct table *tabs, int nt, int64_t n_cols, int64_t rows,
+                           int64_t n_tok, int qmax, int e_base, int d_exp) {
+    const int64_t nb = n_cols / 32;
+    uint8_t *blocks = xmalloc((size_t)(rows * nb * 16));
+    uint8_t *scales = xmalloc((size_t)(rows * nb));
+    fill_u8(blocks, (size_t)(rows * nb * 16));
+    for (int64_t r = 0; r < rows; r++)
+        memset(scales + r * nb, e_base + (int)(r % 9), (size_t)nb);
+    struct gpo_q16_block *xq = xmalloc((size_t)(n_tok * nb) * sizeof *xq);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            xq[t * nb + b].d = ldexpf(1.0f, d_exp - (int)t);
+            for (int j = 0; j < 32; j++)
+                xq[t * nb + b].qs[j] =
+                    (int16_t)(-qmax + (int)(rng_u64() % (uint64_t)(2 * qmax + 1)));
+            if (qmax == 32768) { /* the extremes, next to the largest weights */
+                xq[t * nb + b].qs[t % 32] = -32768;
+                xq[t * nb + b].qs[(t + 7) % 32] = 32767;
+                xq[t * nb + b].qs[(t + 13) % 32] = -32767;
+            }
+        }
+    if (qmax == 32768) /* codes 7 and 15 (+-6, doubled +-12) in some blocks */
+        for (int64_t i = 0; i < rows * nb * 16; i += 3) blocks[i] = (uint8_t)(i % 2 ? 0x7f : 0xf7);
+    float *y = xmalloc((size_t)(n_tok * rows) * 4);
+    for (int k = 0; k < nt; k++) {
+        tabs[k].k->matmul_mxfp4_q16(y, rows, blocks, scales, xq, nb, n_tok, 0, rows, n_cols);
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = 0; r < rows; r++) {
+                double v, m;
+                q16_exact(&v, &m, blocks + r * nb * 16, scales + r * nb, xq + t * nb, n_cols);
+                assert_true(m / ((double)gpo_e8m0_to_f32(scales[r * nb]) * 0.5 * xq[t * nb].d) <
+                            16777216.0);
+                if ((double)y[t * rows + r] != v)
+                    print_error("q16 exact [%s] cols=%lld t=%lld r=%lld got %.9g want %.9g\n",
+                                tabs[k].name, (long long)n_cols, (long long)t, (long long)r,
+                                y[t * rows + r], v);
+                assert_true((double)y[t * rows + r] == v);
+            }
+    }
+    free(blocks);
+    free(scales);
+    free(xq);
+    free(y);
+}
+
+static void test_matmul_mxfp4_q16_integer_exact(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(21);
+    q16_exact_case(tabs, nt, 2880, 17, 5, 400, 120, -14);
+    q16_exact_case(tabs, nt, 32, 17, 13, 32768, 120, -14);
+    q16_exact_case(tabs, nt, 160, 17, 5, 400, 0, 20);
+}
+
+static void test_quantize_q16(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(17);
+    const int64_t n = 2880 + 96;
+    float *x = xmalloc((size_t)n * 4);
+    for (int64_t i = 0; i < 2880; i++) x[i] = rng_f() * (float)(1 << (i / 320)) * 0.01f;
+    /* A block of zeros (d = 0), and two whose scaled values hit exact halves: amax =
+     * 32767 gives d = 1, so the halves must round to even like lrintf. */
+    for (int i = 0; i < 32; i++) x[2880 + i] = 0.0f;
+    for (int i = 0; i < 32; i++) x[2912 + i] = (float)(i % 8) + 0.5f - 4.0f;
+    x[2912 + 31] = 32767.0f;
+    for (int i = 0; i < 32; i++) x[2944 + i] = (i % 2 ? -1.0f : 1.0f) * (32766.5f - (float)i);
+    x[2944 + 30] = -32767.0f;
+    struct gpo_q16_block *want = xmalloc((size_t)(n / 32) * sizeof *want);
+    struct gpo_q16_block *got = xmalloc((size_t)(n / 32) * sizeof *got);
+    gpo_quantize_q16_ref(want, x, n);
+    const struct gpo_q16_block *h = &want[n / 32 - 2];
+    assert_true(h->d == 1.0f);
+    assert_int_equal(h->qs[0], -4); /* -3.5 -> -4 */
+    assert_int_equal(h->qs[1], -2); /* -2.5 -> -2 */
+    assert_int_equal(h->qs[6], 2);  /* 2.5 -> 2 */
+    assert_int_equal(h->qs[31], 32767);
+    h = &want[n / 32 - 1];
+    assert_true(h->d == 1.0f);
+    assert_int_equal(h->qs[0], 32766);  /* 32766.5 -> 32766 */
+    assert_int_equal(h->qs[1], -32766); /* -32765.5 -> -32766 */
+    assert_int_equal(h->qs[30], -32767);
+    assert_true(want[n / 32 - 3].d == 0.0f);
+    for (int k = 0; k < nt; k++) {
+        memset(got, 0x55, (size_t)(n / 32) * sizeof *got);
+        tabs[k].k->quantize_q16(got, x, n);
+        for (int64_t b = 0; b < n / 32; b++) {
+            if (memcmp(&got[b], &want[b], sizeof *got) != 0)
+                print_error("quantize_q16 [%s] block %lld differs (d %.9g vs %.9g)\n",
+                            tabs[k].name, (long long)b, got[b].d, want[b].d);
+            assert_memory_equal(&got[b], &want[b], sizeof *got);
+        }
+    }
+    free(x);
+    free(want);
+    free(got);
+}
+
+/* ---- Q8_0 weights (--dense q8) ---- */
+
+/* Random Q8_0 rows requantised from f32 like the loader does; block magnitudes span
+ * 2^-30 .. 2^4, so d runs through f16 denormals (and to 0 below them). wf gets the
+ * dequantised values q * f16(d). */
+static struct gpo_q8_0_block *make_q8_0(float *wf, int64_t rows, int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    struct gpo_q8_0_block *w = xmalloc((size_t)(rows * nb) * sizeof *w);
+    float *src = xmalloc((size_t)n_cols * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const int sh = (int)(rng_u64() % 8) == 0 ? -30 + (int)(rng_u64() % 20)
+                                                     : -4 + (int)(rng_u64() % 9);
+            for (int i = 0; i < 32; i++) src[b * 32 + i] = ldexpf(rng_f(), sh);
+        }
+        gpo_quantize_row_q8_0(w + r * nb, src, GPO_DT_F32, n_cols);
+        for (int64_t b = 0; b < nb; b++)
+            for (int i = 0; i < 32; i++)
+                wf[r * n_cols + b * 32 + i] =
+                    (float)w[r * nb + b].qs[i] * f16_to_f32(w[r * nb + b].d);
+    }
+    free(src);
+    return w;
+}
+
+/* The usual batch sizes and one past the point where the SIMD tables switch to the
+ * panel path for Q8_0. */
+static const int64_t Q8_0_NTOK[] = {1, 2, 3, 4, 5, 8, 13, 20};
+
+static void test_matmul_q8_0(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    int bad = 0;
+    rng_seed(18);
+    for (int ci = 0; ci < COUNT(MX_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri];
+            const int64_t max_tok = Q8_0_NTOK[COUNT(Q8_0_NTOK) - 1];
+            const int64_t ldx = n_cols + 3, ldy = rows + 2;
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            struct gpo_q8_0_block *w = make_q8_0(wf, rows, n_cols);
+            float *x = xmalloc((size_t)(max_tok * ldx) * 4);
+            fill_f(x, (size_t)(max_tok * ldx));
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            dense_mag(mag, ldy, wf, x, ldx, max_tok, rows, n_cols);
+            /* The dequantised weights times x, summed in double. */
+            for (int64_t t = 0; t < max_tok; t++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double s = 0;
+                    for (int64_t c = 0; c < n_cols; c++)
+                        s += (double)wf[r * n_cols + c] * (double)x[t * ldx + c];
+                    want[t * ldy + r] = (float)s;
+                }
+            for (int ti = 0; ti < COUNT(Q8_0_NTOK); ti++) {
+                const int64_t n_tok = Q8_0_NTOK[ti];
+                if (n_cols == 5760 && n_tok != max_tok && n_tok != 1) continue;
+                for (int k = 0; k < nt; k++) {
+                    fill_sentinel(y, (size_t)(max_tok * ldy));
+                    tabs[k].k->matmul[GPO_DT_Q8_0](y, ldy, w, x, ldx, n_tok, 0, rows, n_cols);
+                    bad += compare_out("q8_0", tabs[k].name, y, want, mag, ldy, n_tok, rows, 0,
+                                       rows, n_cols, REL_TOL);
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    if (r0 < r1) {
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul[GPO_DT_Q8_0](y, ldy, w, x, ldx, n_tok, r0, r1, n_cols);
+                        bad += compare_out("q8_0", tabs[k].name, y, want, mag, ldy, n_tok, rows,
+                                           r0, r1, n_cols, REL_TOL);
+                    }
+                }
+            }
+            free(wf);
+            free(w);
+            free(x);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+/* The requantisation of F32, BF16 and F16 rows: d = f16(amax/127), |q| <= 127, and
+ * every weight comes back within d/2 (plus the rounding of 1/d and of w * (1/d), a
+ * few 1e-5 of d); an all-zero block has d = 0. */
+static void test_quantize_row_q8_0(void **state) {
+    (void)state;
+    rng_seed(19);
+    const int64_t n = 2880;
+    float *src = xmalloc((size_t)n * 4), *wf = xmalloc((size_t)n * 4);
+    uint16_t *w16 = xmalloc((size_t)n * 2);
+    struct gpo_q8_0_block *q = xmalloc((size_t)(n / 32) * sizeof *q);
+    static const enum gpo_dtype dts[] = {GPO_DT_F32, GPO_DT_BF16, GPO_DT_F16};
+    for (int di = 0; di < COUNT(dts); di++) {
+        const enum gpo_dtype dt = dts[di];
+        for (int64_t i = 0; i < n; i++) src[i] = rng_f() * ldexpf(1.0f, (int)(i / 32 % 12) - 8);
+        for (int i = 0; i < 32; i++) src[64 + i] = 0.0f;
+        src[100] = 3.0f; /* one large element: the rest of its block quantises coarsely */
+        const void *w = src;
+        if (dt != GPO_DT_F32) {
+            for (int64_t i = 0; i < n; i++)
+                w16[i] = dt == GPO_DT_BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+            w = w16;
+        }
+        gpo_to_f32(wf, w, dt, n);
+        gpo_quantize_row_q8_0(q, w, dt, n);
+        for (int64_t b = 0; b < n / 32; b++) {
+            float amax = 0.0f;
+            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(wf[b * 32 + i]));
+            assert_int_equal(q[b].d, f32_to_f16(amax / 127.0f));
+            const double d = f16_to_f32(q[b].d);
+            if (amax == 0.0f) assert_true(d == 0.0);
+            for (int i = 0; i < 32; i++) {
+                assert_true(q[b].qs[i] >= -127 && q[b].qs[i] <= 127);
+                const double err = fabs((double)wf[b * 32 + i] - q[b].qs[i] * d);
+                if (!(err <= d * (0.5 + 4e-5)))
+                    print_error("q8_0 round trip %s block %lld elem %d: w %.9g q %d d %.9g\n",
+                                dt_name(dt), (long long)b, i, wf[b * 32 + i], q[b].qs[i], d);
+                assert_true(err <= d * (0.5 + 4e-5));
+            }
+        }
+        assert_true(q[2].d == 0 && q[3].d != 0);
+    }
+    free(src);
+    free(wf);
+    free(w16);
+    free(q);
+}
+
 /* ---- determinism contract ---- */
 
 /* Which kernel a determinism run exercises. */
-enum kind { K_F32, K_F16, K_BF16, K_MXFP4, K_Q8 };
+enum kind { K_F32, K_F16, K_BF16, K_MXFP4, K_Q8, K_Q16, K_Q8_0 };
 
 struct det_case {
     enum kind kind;
-    void *w;                    /* dense weights */
+    void *w;                    /* dense or Q8_0 weights */
     uint8_t *blocks, *scales;   /* MXFP4 */
     const float *x;             /* f32 activations, ldx */
     const struct gpo_q8_block *xq;
+    const struct gpo_q16_block *xq16;
     int64_t ldx, n_cols, rows;
 };
 
@@ -471,13 +807,22 @@ static void det_run(const struct gpo_kernels *k, const struct det_case *c, float
         k->matmul_mxfp4_q8(y, ldy, c->blocks, c->scales, c->xq + t0 * (c->n_cols / 32),
                            c->n_cols / 32, n_tok, r0, r1, c->n_cols);
         break;
+    case K_Q16:
+        k->matmul_mxfp4_q16(y, ldy, c->blocks, c->scales, c->xq16 + t0 * (c->n_cols / 32),
+                            c->n_cols / 32, n_tok, r0, r1, c->n_cols);
+        break;
+    case K_Q8_0:
+        k->matmul[GPO_DT_Q8_0](y, ldy, c->w, x, c->ldx, n_tok, r0, r1, c->n_cols);
+        break;
     }
 }
 
-/* Every token of a 13-token batch equals the token computed alone (and inside
- * smaller batches), and every row range equals the full range, bit for bit. */
-static void det_check(const char *tab, const struct gpo_kernels *k, const struct det_case *c) {
-    const int64_t n_tok = 13, rows = c->rows, ldy = rows;
+/* Every token of an n_tok-token batch (13, or more to cross the token chunks of the
+ * batched paths) equals the token computed alone (and inside smaller batches), and
+ * every row range equals the full range, bit for bit. */
+static void det_check(const char *tab, const struct gpo_kernels *k, const struct det_case *c,
+                      int64_t n_tok) {
+    const int64_t rows = c->rows, ldy = rows;
     float *full = xmalloc((size_t)(n_tok * rows) * 4);
     float *part = xmalloc((size_t)(n_tok * rows) * 4);
     det_run(k, c, full, ldy, 0, n_tok, 0, rows);
@@ -530,34 +875,81 @@ static void test_determinism(void **state) {
         float *x = xmalloc((size_t)(n_tok * ldx) * 4);
         fill_f(x, (size_t)(n_tok * ldx));
         float *wf = xmalloc((size_t)(rows * n_cols) * 4);
-        for (int kind = K_F32; kind <= K_Q8; kind++) {
+        for (int kind = K_F32; kind <= K_Q8_0; kind++) {
             if (kind >= K_MXFP4 && n_cols % 32) continue;
             struct det_case c = {.kind = (enum kind)kind, .x = x, .ldx = ldx, .n_cols = n_cols,
                                  .rows = rows};
             struct gpo_q8_block *xq = NULL;
+            struct gpo_q16_block *xq16 = NULL;
             if (kind <= K_BF16) {
                 const enum gpo_dtype dt = kind == K_F32 ? GPO_DT_F32
                                           : kind == K_F16 ? GPO_DT_F16
                                                           : GPO_DT_BF16;
                 c.w = make_dense(dt, wf, (size_t)(rows * n_cols));
+            } else if (kind == K_Q8_0) {
+                c.w = make_q8_0(wf, rows, n_cols);
             } else {
                 c.blocks = xmalloc((size_t)(rows * n_cols / 2));
                 c.scales = xmalloc((size_t)(rows * n_cols / 32));
                 make_mxfp4(c.blocks, c.scales, wf, rows, n_cols, 120, 130);
                 xq = xmalloc((size_t)(n_tok * n_cols / 32) * sizeof *xq);
-                for (int64_t t = 0; t < n_tok; t++)
+                xq16 = xmalloc((size_t)(n_tok * n_cols / 32) * sizeof *xq16);
+                for (int64_t t = 0; t < n_tok; t++) {
                     gpo_quantize_q8_ref(xq + t * (n_cols / 32), x + t * ldx, n_cols);
+                    gpo_quantize_q16_ref(xq16 + t * (n_cols / 32), x + t * ldx, n_cols);
+                }
                 c.xq = xq;
+                c.xq16 = xq16;
             }
-            for (int k = 0; k < nt; k++) det_check(tabs[k].name, tabs[k].k, &c);
+            for (int k = 0; k < nt; k++) det_check(tabs[k].name, tabs[k].k, &c, n_tok);
             free(c.w);
             free(c.blocks);
             free(c.scales);
             free(xq);
+            free(xq16);
         }
         free(x);
         free(wf);
     }
+}
+
+/* Batches long enough to cross the token chunks of the batched paths (64 tokens for
+ * the panels, L2-sized chunks for the quantised activations) still give every token
+ * the bits it gets alone. */
+static void test_determinism_long_batch(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(20);
+    const int64_t n_cols = 5760, rows = 9, n_tok = 70, nb = n_cols / 32, ldx = n_cols;
+    float *x = xmalloc((size_t)(n_tok * ldx) * 4);
+    fill_f(x, (size_t)(n_tok * ldx));
+    float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+    struct gpo_q8_block *xq = xmalloc((size_t)(n_tok * nb) * sizeof *xq);
+    struct gpo_q16_block *xq16 = xmalloc((size_t)(n_tok * nb) * sizeof *xq16);
+    for (int64_t t = 0; t < n_tok; t++) {
+        gpo_quantize_q8_ref(xq + t * nb, x + t * ldx, n_cols);
+        gpo_quantize_q16_ref(xq16 + t * nb, x + t * ldx, n_cols);
+    }
+    struct det_case c = {.x = x, .ldx = ldx, .n_cols = n_cols, .rows = rows, .xq = xq,
+                         .xq16 = xq16};
+    c.blocks = xmalloc((size_t)(rows * nb * 16));
+    c.scales = xmalloc((size_t)(rows * nb));
+    make_mxfp4(c.blocks, c.scales, wf, rows, n_cols, 120, 130);
+    c.w = make_q8_0(wf, rows, n_cols);
+    static const enum kind kinds[] = {K_MXFP4, K_Q8, K_Q16, K_Q8_0};
+    for (int ki = 0; ki < COUNT(kinds); ki++) {
+        c.kind = kinds[ki];
+        for (int k = 0; k < nt; k++)
+            if (strcmp(tabs[k].name, "ref") != 0) det_check(tabs[k].name, tabs[k].k, &c, n_tok);
+    }
+    free(x);
+    free(wf);
+    free(xq);
+    free(xq16);
+    free(c.blocks);
+    free(c.scales);
+    free(c.w);
 }
 
 /* ---- MXFP4 decoding: spec 10.3 and E8M0 edges ---- */
@@ -606,6 +998,11 @@ static void test_mxfp4_spec_vectors(void **state) {
             x[c] = 1.0f;
             tabs[k].k->quantize_q8(xq, x, 32);
             tabs[k].k->matmul_mxfp4_q8(y, 1, blocks, scales, xq, 1, 1, 0, 1, 32);
+            assert_true(fabsf(y[0] - want120[c]) <= 1e-6f * want120[3]);
+            /* And through int16 activations: 32767 * (1/32767). */
+            struct gpo_q16_block xq16[1];
+            tabs[k].k->quantize_q16(xq16, x, 32);
+            tabs[k].k->matmul_mxfp4_q16(y, 1, blocks, scales, xq16, 1, 1, 0, 1, 32);
             assert_true(fabsf(y[0] - want120[c]) <= 1e-6f * want120[3]);
         }
     }
@@ -658,6 +1055,10 @@ static void test_e8m0_edges(void **state) {
         struct gpo_q8_block xq[1];
         tabs[k].k->quantize_q8(xq, x, 32);
         tabs[k].k->matmul_mxfp4_q8(y, 1, blocks, scales, xq, 1, 1, 0, 1, 32);
+        assert_false(isfinite(y[0]));
+        struct gpo_q16_block xq16[1];
+        tabs[k].k->quantize_q16(xq16, x, 32);
+        tabs[k].k->matmul_mxfp4_q16(y, 1, blocks, scales, xq16, 1, 1, 0, 1, 32);
         assert_false(isfinite(y[0]));
     }
 }
@@ -771,6 +1172,8 @@ static void test_empty_rows(void **state) {
     float w32[1];
     uint8_t blocks[1], scales[1];
     struct gpo_q8_block xq[1];
+    struct gpo_q16_block xq16[1];
+    struct gpo_q8_0_block w80[1];
     memset(x, 0, sizeof x);
     for (int k = 0; k < nt; k++)
         for (int64_t n_tok = 1; n_tok <= 13; n_tok += 12) {
@@ -792,6 +1195,16 @@ static void test_empty_rows(void **state) {
             for (int64_t t = 0; t < n_tok; t++)
                 for (int r = 0; r < 5; r++)
                     assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul_mxfp4_q16(y, 5, blocks, scales, xq16, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul[GPO_DT_Q8_0](y, 5, w80, x, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
         }
 }
 
@@ -809,6 +1222,9 @@ static void test_tables(void **state) {
         assert_non_null(t->matmul_mxfp4);
         assert_non_null(t->matmul_mxfp4_q8);
         assert_non_null(t->quantize_q8);
+        assert_non_null(t->matmul[GPO_DT_Q8_0]);
+        assert_non_null(t->matmul_mxfp4_q16);
+        assert_non_null(t->quantize_q16);
         assert_non_null(t->attn_scores);
         assert_non_null(t->attn_accum);
     }
@@ -831,7 +1247,14 @@ int main(void) {
         cmocka_unit_test(test_matmul_mxfp4_q8),
         cmocka_unit_test(test_matmul_mxfp4_q8_integer_exact),
         cmocka_unit_test(test_quantize_q8),
+        cmocka_unit_test(test_matmul_mxfp4_q16),
+        cmocka_unit_test(test_matmul_mxfp4_q16_wide_scales),
+        cmocka_unit_test(test_matmul_mxfp4_q16_integer_exact),
+        cmocka_unit_test(test_quantize_q16),
+        cmocka_unit_test(test_matmul_q8_0),
+        cmocka_unit_test(test_quantize_row_q8_0),
         cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_determinism_long_batch),
         cmocka_unit_test(test_mxfp4_spec_vectors),
         cmocka_unit_test(test_e8m0_edges),
         cmocka_unit_test(test_attn_scores),

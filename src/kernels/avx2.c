@@ -1,8 +1,9 @@
 /* avx2.c - AVX2/FMA/F16C variants of the kernels (compiled with -mavx2 -mfma -mf16c;
  * dispatch.c only hands this table out when the CPU has AVX2 and FMA).  Decode (one
  * token) streams several weight rows at once, converting in registers; batches
- * convert a panel of rows once per chunk of columns into f32 and sweep it with
- * register tiles of rows x tokens, so each loaded weight serves many tokens. */
+ * convert a panel of rows once per chunk of columns (into f32, or into int16 for the
+ * MXFP4 x int16 path) and sweep it with register tiles of rows x tokens, so each
+ * loaded weight serves many tokens. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -15,7 +16,9 @@
  * (acc = fma(w, x, acc), starting from +0).  A column tail (n_cols % 8 != 0) is one
  * more FMA on a zero-padded weight vector and a masked activation vector.  The eight
  * lanes are then summed by hsum8(), always with the same tree.  MXFP4 weights enter
- * as fp4 * 2^(e-127), which is exact in f32, so they follow the same order.
+ * as fp4 * 2^(e-127) and Q8_0 weights as q * f16(d), both exact in f32, so they follow
+ * the same order.  (The integer paths, MXFP4 x int8 and x int16 activations, fix
+ * their own per-block order; see their sections.)
  *
  * Register tiles of R rows x T tokens only interleave independent accumulators;
  * panels only change where the converted weights come from (registers or an f32
@@ -24,7 +27,9 @@
 
 #define AI static inline __attribute__((always_inline))
 
-enum { WT_F32, WT_BF16, WT_F16 };
+/* Weight types of the shared tile and panel code: dense (converted per vector of
+ * eight) and blocked (decoded per block of 32: MXFP4, Q8_0). */
+enum { WT_F32, WT_BF16, WT_F16, WT_MXFP4, WT_Q8_0 };
 
 /* Rows x tokens of the register tiles.  The direct path (weights converted in
  * registers, DIRECT_R x DIRECT_T) serves decode and small batches; the batched path
@@ -39,6 +44,7 @@ enum { WT_F32, WT_BF16, WT_F16 };
 #define PANEL_MIN_TOK_F32 4
 #define PANEL_MIN_TOK_16 8
 #define PANEL_MIN_TOK_MXFP4 6
+#define PANEL_MIN_TOK_Q8_0 14
 
 /* 2^(e-127) and 0.5 * 2^(e-127) as float bits, exactly as gpo_e8m0_to_f32() and the
  * reference's 0.5f * gpo_e8m0_to_f32() produce them (e = 0 denormal, e = 255 +inf). */
@@ -74,6 +80,14 @@ AI void prefetch(const void *base, size_t off) {
     _mm_prefetch((const char *)((uintptr_t)base + off), _MM_HINT_T0);
 }
 
+/* The size of the next tile when n tokens remain for tiles of at most tmax: the
+ * tiles are balanced (4 tokens make 2 + 2 rather than 3 + 1, which would use the
+ * weights for one token only). */
+AI int tile_tokens(int64_t n, int tmax) {
+    const int64_t tiles = (n + tmax - 1) / tmax;
+    return (int)((n + tiles - 1) / tiles);
+}
+
 /* A mask of the first m (1..7) lanes, for the column tail. */
 static const int32_t tail_mask_tbl[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 AI __m256i tail_mask(int64_t m) {
@@ -97,6 +111,12 @@ AI __m256 wload_tail(int wt, const void *row, int64_t c, int64_t m) {
 }
 
 AI size_t wt_size(int wt) { return wt == WT_F32 ? 4 : 2; }
+
+/* Bytes of the first c columns of a dense or Q8_0 row (c a multiple of 32 for Q8_0). */
+AI size_t col_bytes(int wt, int64_t c) {
+    if (wt == WT_Q8_0) return (size_t)(c / GPO_QK) * sizeof(struct gpo_q8_0_block);
+    return (size_t)c * wt_size(wt);
+}
 
 /* ---- Dense matmul: direct tiles (weights converted in registers) ---- */
 
@@ -226,6 +246,22 @@ AI void mxfp4_decode(const uint8_t *blk, __m256 scale, __m256 out[4]) {
     out[3] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w23)), scale);
 }
 
+/* ---- Q8_0 decoding ---- */
+
+/* Decodes one Q8_0 block to its 32 weights in column order, as f32.  q * f16(d) has at
+ * most 8 + 11 significant bits, so the product is exact: the weights enter the
+ * reduction exactly as their dequantised f32 values would, whichever path converts
+ * them (registers or panel).  (Widening with pmovsx pairs well with the conversions
+ * on Zen 3; an in-lane shuffle to the top byte of each dword was measured slower.) */
+AI void q80_decode(const struct gpo_q8_0_block *blk, __m256 out[4]) {
+    const __m256 d = _mm256_cvtph_ps(_mm_set1_epi16((short)blk->d));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        const __m128i q = _mm_loadl_epi64((const __m128i *)(blk->qs + 8 * k));
+        out[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+    }
+}
+
 /* ---- Batched path: column-blocked panels ---- */
 
 /* A panel holds RP rows x KC columns of f32 weights (converted once per token chunk)
@@ -301,8 +337,6 @@ static void panel_tile_any(int R, int T, const float *P, int64_t ldp, const floa
 #undef PT
 }
 
-enum { WT_MXFP4 = WT_F16 + 1 };
-
 /* Converts columns [k0, k0+kn) of rows [r, r+R) into the panel P (row stride KC),
  * zero-padding a column tail to a whole vector. */
 AI void fill_panel(int wt, float *P, const void *W, const uint8_t *scales, int64_t r, int R,
@@ -328,6 +362,16 @@ AI void fill_panel(int wt, float *P, const void *W, const uint8_t *scales, int64
             prefetch(scales, (size_t)next);
             continue;
         }
+        if (wt == WT_Q8_0) {
+            const struct gpo_q8_0_block *row =
+                (const struct gpo_q8_0_block *)W + (r + i) * (n_cols / GPO_QK);
+            for (int64_t b = k0 / GPO_QK; b < (k0 + kn) / GPO_QK; b++) {
+                __m256 w[4];
+                q80_decode(row + b, w);
+                for (int k = 0; k < 4; k++) _mm256_storeu_ps(p + b * 32 - k0 + 8 * k, w[k]);
+            }
+            continue;
+        }
         const void *row = (const char *)W + (size_t)(r + i) * (size_t)n_cols * wt_size(wt);
         int64_t c = 0;
         for (; c + 8 <= kn; c += 8) _mm256_storeu_ps(p + c, wload(wt, row, k0 + c));
@@ -339,13 +383,15 @@ AI void fill_panel(int wt, float *P, const void *W, const uint8_t *scales, int64
  * (or the rows of the next panel after the last chunk), one cache line at a time. */
 AI void prefetch_next_chunk(int wt, const void *W, int64_t r, int R, int64_t k0,
                             int64_t n_cols) {
-    const size_t esz = wt_size(wt);
     const int64_t k1 = k0 + KC < n_cols ? k0 + KC : 0;
     const int64_t rr = k0 + KC < n_cols ? r : r + RP;
     const int64_t kn = n_cols - k1 < KC ? n_cols - k1 : KC;
+    const size_t len = col_bytes(wt, kn);
     for (int i = 0; i < R; i++) {
-        const size_t base = ((size_t)(rr + i) * (size_t)n_cols + (size_t)k1) * esz;
-        for (size_t off = 0; off < (size_t)kn * esz; off += 64) prefetch(W, base + off);
+        /* Q8_0 rows need not start on a cache line: cover the lines the bytes touch. */
+        const size_t base = (size_t)(rr + i) * col_bytes(wt, n_cols) + col_bytes(wt, k1);
+        const size_t lead = ((uintptr_t)W + base) & 63;
+        for (size_t off = 0; off < len + lead; off += 64) prefetch(W, base - lead + off);
     }
 }
 
@@ -420,12 +466,86 @@ static void matmul_f16_f32_avx2(float *y, int64_t ldy, const void *W, const floa
         matmul_batched(WT_F16, y, ldy, W, NULL, x, ldx, n_tok, r0, r1, n_cols);
 }
 
+/* ---- Q8_0 weights (--dense q8), f32 activations ---- */
+
+#define Q80_DIRECT_R 4
+#define Q80_DIRECT_T 3
+/* Converting Q8_0 keeps the core busy enough that the hardware prefetcher falls
+ * behind (~7 GB/s for one token from DRAM); prefetching this far ahead of each row
+ * brings it to the core's read bandwidth (~12 GB/s on Zen 3). */
+#define Q80_PREFETCH_BYTES 16384
+
+/* Direct tile: each block of R rows is decoded in registers and used for T tokens,
+ * four FMAs per block and token in column order (the order of the panel path). */
+AI void q80_tile(int R, int T, float *y, int64_t ldy, const struct gpo_q8_0_block *W,
+                 const float *x, int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
+    const int64_t nb = n_cols / GPO_QK;
+    __m256 acc[Q80_DIRECT_R][Q80_DIRECT_T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            __m256 w[4];
+            prefetch(W, (size_t)((r + i) * nb + b) * sizeof *W + Q80_PREFETCH_BYTES);
+            q80_decode(W + (r + i) * nb + b, w);
+#pragma GCC unroll 8
+            for (int j = 0; j < T; j++) {
+                const float *xb = x + (t0 + j) * ldx + b * 32;
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    acc[i][j] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xb + 8 * k), acc[i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
+}
+
+static void q80_tile_any(int R, int T, float *y, int64_t ldy, const struct gpo_q8_0_block *W,
+                         const float *x, int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
+#define ZT(a, b)                                                                            \
+    case a * 8 + b: q80_tile(a, b, y, ldy, W, x, ldx, t0, r, n_cols); break;
+    switch (R * 8 + T) { /* R = 1..4 for one token, 1..2 for more */
+        ZT(1, 1) ZT(2, 1) ZT(3, 1) ZT(4, 1)
+        ZT(1, 2) ZT(2, 2)
+        ZT(1, 3)
+    default: q80_tile(2, 3, y, ldy, W, x, ldx, t0, r, n_cols); break;
+    }
+#undef ZT
+}
+
+static void matmul_q8_0_f32_avx2(float *y, int64_t ldy, const void *W, const float *x,
+                                 int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                 int64_t n_cols) {
+    if (n_tok >= PANEL_MIN_TOK_Q8_0) {
+        matmul_batched(WT_Q8_0, y, ldy, W, NULL, x, ldx, n_tok, r0, r1, n_cols);
+        return;
+    }
+    /* Four rows per pass for one token, two for more (tokens in balanced tiles of up to
+     * three, row blocks outermost so each block of rows is read once per call). */
+    const int64_t rstep = n_tok == 1 ? Q80_DIRECT_R : 2;
+    for (int64_t r = r0; r < r1; r += rstep) {
+        const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
+        for (int64_t t = 0, T; t < n_tok; t += T) {
+            T = tile_tokens(n_tok - t, Q80_DIRECT_T);
+            q80_tile_any(R, (int)T, y, ldy, W, x, ldx, t, r, n_cols);
+        }
+    }
+}
+
 /* ---- MXFP4, exact path (f32 activations) ---- */
 
 /* Decoding MXFP4 keeps the core busy enough that the hardware prefetcher falls
  * behind; a software prefetch this far ahead of the block stream brings the one-token
- * case from ~3.4 to ~5 GB/s (exact) and ~5 to ~11 GB/s (int8 path) from DRAM. */
+ * case from ~3.4 to ~5 GB/s (exact) and ~5 to ~11 GB/s (int8 path) from DRAM.  The
+ * int16 path uses the same distance (8 and 16 KiB measured alike). */
 #define PREFETCH_BYTES 8192
+#define Q16_PREFETCH_BYTES PREFETCH_BYTES
 
 #define MX_DIRECT_R 4
 #define MX_DIRECT_T 2
@@ -634,6 +754,317 @@ static void quantize_q8_avx2(struct gpo_q8_block *out, const float *x, int64_t n
     }
 }
 
+/* ---- MXFP4 x int16 activations ---- */
+
+/* Blocks are taken in pairs (2k, 2k+1): one 32-byte load holds both blocks of a row,
+ * block 2k in the low lane and 2k+1 in the high one, and every vector below keeps that
+ * split, so the pair's partial sums end in one int32 vector (lanes 0-3 block 2k,
+ * lanes 4-7 block 2k+1) that is converted, scaled and accumulated once.  Within a
+ * lane everything is in column order, so the activations need no shuffling: their
+ * eight-element rows are just paired up across the two lanes.  A row with an odd
+ * number of blocks ends in a half pair whose high lane is zero (weights, scale and
+ * activations).
+ *
+ * The doubled FP4 values (-12..12) are widened to int16 as value * 256 (the byte in
+ * the high half of the word), which costs one unpack instead of a sign extension; the
+ * 1/256 is folded into the scale table below.  Per lane of the pair vector the
+ * products of eight elements are summed: |sum| <= 8 * 3072 * 32768 < 2^30, so madd
+ * and the adds are exact, and the sum is 256 times an integer below 2^22, so its
+ * conversion to float is exact too.  The result per pair is then
+ * acc = fma(float(256 * S), (0.5 * 2^(e-127) / 256) * d, acc) lane by lane, which is
+ * S * 0.5 * 2^(e-127) * d rounded once (as long as that scale is a normal float),
+ * and hsum8 combines the lanes at the end of the row.  Decode and batch paths do
+ * exactly this, pair by pair in increasing column order. */
+
+/* 0.5 * 2^(e-127) / 256 = 2^(e-136) as float bits, four copies per entry (one lane):
+ * denormal below e = 10 (still exact: 2^-136 >= 2^-149), +inf for e = 255 as in the
+ * reference. */
+#define E8Q_BITS(e)                                                                        \
+    ((e) < 10     ? 0x00002000u << ((e) < 10 ? (e) : 0)                                      \
+     : (e) == 255 ? 0x7f800000u                                                            \
+                  : (uint32_t)((e) - 9) << 23)
+#define E8Q4(e) {E8Q_BITS(e), E8Q_BITS(e), E8Q_BITS(e), E8Q_BITS(e)}
+static const uint32_t e8q4_bits[256][4] __attribute__((aligned(16))) = {X256(E8Q4)};
+
+/* The two blocks' scale lanes: e0 for block 2k, e1 for 2k+1 (zero when absent). */
+AI __m256 q16_scales(uint8_t e0, const uint8_t *e1) {
+    const __m128 lo = _mm_load_ps((const float *)e8q4_bits[e0]);
+    const __m128 hi = e1 ? _mm_load_ps((const float *)e8q4_bits[*e1]) : _mm_setzero_ps();
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+/* A decoded pair of one row: int16 weights * 256 for elements 0-7, 8-15, 16-23, 24-31
+ * of each block (low lane block 2k, high lane 2k+1) and the scale lanes. */
+struct q16w {
+    __m256i w[4];
+    __m256 hs;
+};
+
+/* v holds the pair's 32 bytes.  Nibbles are looked up as signed bytes (low nibble =
+ * even element), interleaved into column order, and widened with zero low bytes. */
+AI struct q16w q16w_decode(__m256i v, __m256 hs) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                         0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m256i m0f = _mm256_set1_epi8(0x0f), z = _mm256_setzero_si256();
+    const __m256i vl = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m0f));
+    const __m256i vh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f));
+    const __m256i e0 = _mm256_unpacklo_epi8(vl, vh); /* elements 0-15 of each block */
+    const __m256i e1 = _mm256_unpackhi_epi8(vl, vh); /* elements 16-31 */
+    struct q16w w;
+    w.w[0] = _mm256_unpacklo_epi8(z, e0);
+    w.w[1] = _mm256_unpackhi_epi8(z, e0);
+    w.w[2] = _mm256_unpacklo_epi8(z, e1);
+    w.w[3] = _mm256_unpackhi_epi8(z, e1);
+    w.hs = hs;
+    return w;
+}
+
+/* Pair k of a row (blocks 2k and 2k+1 of n_blocks), decoded. */
+AI struct q16w q16w_load(const uint8_t *row_blocks, const uint8_t *row_scales, int64_t k,
+                         int64_t n_blocks) {
+    const uint8_t *b = row_blocks + k * 32;
+    if (2 * k + 1 < n_blocks)
+        return q16w_decode(_mm256_loadu_si256((const __m256i *)b),
+                           q16_scales(row_scales[2 * k], row_scales + 2 * k + 1));
+    return q16w_decode(_mm256_inserti128_si256(_mm256_setzero_si256(),
+                                               _mm_loadu_si128((const __m128i *)b), 0),
+                       q16_scales(row_scales[2 * k], NULL));
+}
+
+/* A token's pair: its int16 activations for elements 0-7, ..., 24-31 (low lane block
+ * 2k, high lane 2k+1) and d in the matching lanes. */
+struct q16x {
+    __m256i x[4];
+    __m256 d;
+};
+
+AI struct q16x q16x_load(const struct gpo_q16_block *xt, int64_t k, int64_t n_blocks) {
+    const struct gpo_q16_block *a = xt + 2 * k, *b = a + 1;
+    const int two = 2 * k + 1 < n_blocks;
+    struct q16x x;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        const __m128i lo = _mm_loadu_si128((const __m128i *)(a->qs + 8 * i));
+        const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(b->qs + 8 * i))
+                               : _mm_setzero_si128();
+        x.x[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    }
+    x.d = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(a->d)),
+                               two ? _mm_set1_ps(b->d) : _mm_setzero_ps(), 1);
+    return x;
+}
+
+AI __m256 q16_pair_fma(const struct q16w *w, const struct q16x *x, __m256 acc) {
+    const __m256i p01 = _mm256_add_epi32(_mm256_madd_epi16(w->w[0], x->x[0]),
+                                         _mm256_madd_epi16(w->w[1], x->x[1]));
+    const __m256i p23 = _mm256_add_epi32(_mm256_madd_epi16(w->w[2], x->x[2]),
+                                         _mm256_madd_epi16(w->w[3], x->x[3]));
+    const __m256 sc = _mm256_mul_ps(w->hs, x->d);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(p01, p23)), sc, acc);
+}
+
+/* Decode and small batches: R rows x T tokens, each pair of a row decoded in
+ * registers and used for the T tokens (whose pairs are loaded once per R rows). */
+#define Q16_DIRECT_R 6
+#define Q16_DIRECT_T 3
+/* From this many tokens on the batched path wins (it must be Q16_DIRECT_T + 1 or
+ * less: the direct path takes all tokens in one tile). */
+#define Q16_PANEL_MIN_TOK 4
+
+AI void q16_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                 const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,
+                 int64_t t0, int64_t r, int64_t n_cols) {
+    const int64_t nb = n_cols / 32, np = (nb + 1) / 2;
+    __m256 acc[Q16_DIRECT_R][Q16_DIRECT_T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < np; k++) {
+        struct q16x x[Q16_DIRECT_T];
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) x[j] = q16x_load(xq + (t0 + j) * ldxq, k, nb);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            const uint8_t *rowb = blocks + (r + i) * nb * 16;
+            prefetch(rowb, (size_t)k * 32 + Q16_PREFETCH_BYTES);
+            const struct q16w w = q16w_load(rowb, scales + (r + i) * nb, k, nb);
+#pragma GCC unroll 8
+            for (int j = 0; j < T; j++) acc[i][j] = q16_pair_fma(&w, &x[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
+}
+
+static void q16_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                         const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,
+                         int64_t t0, int64_t r, int64_t n_cols) {
+#define QT(a, b)                                                                            \
+    case a * 8 + b: q16_tile(a, b, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+    switch (R * 8 + T) {
+        QT(1, 1) QT(2, 1) QT(3, 1) QT(4, 1) QT(5, 1)
+        QT(1, 2) QT(2, 2) QT(3, 2) QT(4, 2)
+        QT(1, 3) QT(2, 3) QT(3, 3)
+    default: q16_tile(Q16_DIRECT_R, 1, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+    }
+#undef QT
+}
+
+/* Batches: the pairs of a panel of Q16_RP rows x Q16_KC columns are decoded once
+ * per chunk of Q16_TC tokens into q16w form (30 KB), the pairs of a tile of Q16_NT
+ * tokens once per panel into q16x form, and register tiles of Q16_MR rows x Q16_NT
+ * tokens sweep them, four madds per row, token and pair.  As in matmul_batched,
+ * accumulators wait in acc_buf between column chunks (a store and a reload keep their
+ * bits).  Sizes measured on Zen 3: tall panels amortise the activation shuffles, and
+ * 4 x 3 tiles beat 3 x 3 and 2 x 4 although they spill a little. */
+#define Q16_KC 512
+#define Q16_KP (Q16_KC / 64) /* pairs per column chunk */
+#define Q16_RP 24
+#define Q16_TC 32
+#define Q16_MR 4
+#define Q16_NT 3
+
+AI void q16_panel_tile(int R, int T, struct q16w (*P)[Q16_KP], struct q16x (*X)[Q16_KP],
+                       int64_t kp, __m256 *acc_buf, int first, int last, float *y,
+                       int64_t ldy) {
+    __m256 acc[Q16_MR][Q16_NT];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++)
+            acc[i][j] = first ? _mm256_setzero_ps() : acc_buf[i * Q16_TC + j];
+    for (int64_t k = 0; k < kp; k++)
+#pragma GCC unroll 8
+        for (int j = 0; j < T; j++) {
+            const struct q16x x = X[j][k];
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) acc[i][j] = q16_pair_fma(&P[i][k], &x, acc[i][j]);
+        }
+    if (last) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < T; j++) y[j * ldy + i] = hsum8(acc[i][j]);
+    } else {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < T; j++) acc_buf[i * Q16_TC + j] = acc[i][j];
+    }
+}
+
+static void q16_panel_tile_any(int R, int T, struct q16w (*P)[Q16_KP], struct q16x (*X)[Q16_KP],
+                               int64_t kp, __m256 *acc_buf, int first, int last, float *y,
+                               int64_t ldy) {
+#define QP(a, b)                                                                            \
+    case a * 8 + b: q16_panel_tile(a, b, P, X, kp, acc_buf, first, last, y, ldy); break;
+    switch (R * 8 + T) {
+        QP(1, 1) QP(1, 2) QP(1, 3)
+        QP(2, 1) QP(2, 2) QP(2, 3)
+        QP(3, 1) QP(3, 2) QP(3, 3)
+        QP(4, 1) QP(4, 2)
+    default: q16_panel_tile(Q16_MR, Q16_NT, P, X, kp, acc_buf, first, last, y, ldy); break;
+    }
+#undef QP
+}
+
+static void matmul_q16_batched(float *y, int64_t ldy, const uint8_t *blocks,
+                               const uint8_t *scales, const struct gpo_q16_block *xq,
+                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                               int64_t n_cols) {
+    const int64_t nb = n_cols / 32, np = (nb + 1) / 2;
+    struct q16w panel[Q16_RP][Q16_KP];
+    struct q16x xs[Q16_NT][Q16_KP];
+    __m256 acc_buf[Q16_RP * Q16_TC];
+    if (nb == 0) { /* no column chunk would write y: an empty sum is 0 */
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] = 0.0f;
+        return;
+    }
+    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += Q16_TC) {
+        const int64_t tc1 = tc0 + Q16_TC < n_tok ? tc0 + Q16_TC : n_tok;
+        for (int64_t rp0 = r0; rp0 < r1; rp0 += Q16_RP) {
+            const int64_t rp1 = rp0 + Q16_RP < r1 ? rp0 + Q16_RP : r1;
+            for (int64_t k0 = 0; k0 < np; k0 += Q16_KP) {
+                const int64_t kp = np - k0 < Q16_KP ? np - k0 : Q16_KP;
+                const int first = k0 == 0, last = k0 + kp == np;
+                for (int64_t r = rp0; r < rp1; r++) {
+                    const uint8_t *rowb = blocks + r * nb * 16;
+                    for (int64_t k = 0; k < kp; k++)
+                        panel[r - rp0][k] = q16w_load(rowb, scales + r * nb, k0 + k, nb);
+                    /* The next chunk of this row (or the row Q16_RP further on). */
+                    const size_t row_next = (size_t)(last ? r + Q16_RP : r) * (size_t)nb * 16;
+                    const size_t next = row_next + (last ? 0 : (size_t)(k0 + kp) * 32);
+                    for (size_t off = 0; off < Q16_KC / 2; off += 64)
+                        prefetch(blocks, next + off);
+                }
+                for (int64_t t = tc0, T; t < tc1; t += T) {
+                    T = tile_tokens(tc1 - t, Q16_NT);
+                    for (int j = 0; j < T; j++)
+                        for (int64_t k = 0; k < kp; k++)
+                            xs[j][k] = q16x_load(xq + (t + j) * ldxq, k0 + k, nb);
+                    for (int64_t r = rp0; r < rp1; r += Q16_MR) {
+                        const int R = (int)(rp1 - r < Q16_MR ? rp1 - r : Q16_MR);
+                        q16_panel_tile_any(R, (int)T, panel + (r - rp0), xs, kp,
+                                           acc_buf + (r - rp0) * Q16_TC + (t - tc0), first,
+                                           last, y + t * ldy + r, ldy);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void matmul_mxfp4_q16_avx2(float *y, int64_t ldy, const uint8_t *blocks,
+                                  const uint8_t *scales, const struct gpo_q16_block *xq,
+                                  int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                                  int64_t n_cols) {
+    if (n_tok >= Q16_PANEL_MIN_TOK) {
+        matmul_q16_batched(y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+        return;
+    }
+    /* Up to three tokens: six rows per pass for one token, four for two, three for
+     * three. */
+    const int T = (int)n_tok, rstep = T == 1 ? Q16_DIRECT_R : T == 2 ? 4 : 3;
+    for (int64_t r = r0; r < r1; r += rstep) {
+        const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
+        q16_tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
+    }
+}
+
+/* As quantize_q8_avx2: the same IEEE operations as the reference, cvtps rounding to
+ * nearest even like lrintf. */
+static void quantize_q16_avx2(struct gpo_q16_block *out, const float *x, int64_t n) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / GPO_QK; b++) {
+        const float *xb = x + b * GPO_QK;
+        const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        const __m256 m01 = _mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask));
+        const __m256 m23 = _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask));
+        const __m256 m = _mm256_max_ps(m01, m23);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = amax / 32767.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        const __m256 vid = _mm256_set1_ps(id);
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
+        const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid));
+        const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        /* packs works within 128-bit lanes; the permute restores element order. */
+        const __m256i p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xd8);
+        const __m256i p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xd8);
+        _mm256_storeu_si256((__m256i *)out[b].qs, p01);
+        _mm256_storeu_si256((__m256i *)(out[b].qs + 16), p23);
+    }
+}
+
 /* ---- Attention ---- */
 
 /* Scores of one key: one accumulator over head_dim in vectors of eight, a masked tail,
@@ -705,10 +1136,13 @@ static const struct gpo_kernels avx2_table = {
     .name = "avx2",
     .matmul = {[GPO_DT_F32] = matmul_f32_f32_avx2,
                [GPO_DT_F16] = matmul_f16_f32_avx2,
-               [GPO_DT_BF16] = matmul_bf16_f32_avx2},
+               [GPO_DT_BF16] = matmul_bf16_f32_avx2,
+               [GPO_DT_Q8_0] = matmul_q8_0_f32_avx2},
     .matmul_mxfp4 = matmul_mxfp4_f32_avx2,
     .matmul_mxfp4_q8 = matmul_mxfp4_q8_avx2,
     .quantize_q8 = quantize_q8_avx2,
+    .matmul_mxfp4_q16 = matmul_mxfp4_q16_avx2,
+    .quantize_q16 = quantize_q16_avx2,
     .attn_scores = attn_scores_avx2,
     .attn_accum = attn_accum_avx2,
 };

@@ -166,7 +166,10 @@ void gpo_quantize_row_q8_0(struct gpo_q8_0_block *out, const void *w, enum gpo_d
         gpo_to_f32(buf, src, dt, GPO_QK);
         float amax = 0.0f;
         for (int i = 0; i < GPO_QK; i++) amax = fmaxf(amax, fabsf(buf[i]));
-        uint16_t dh = f32_to_f16(amax / 127.0f);
+        /* Clamp the scale to the largest f16 so huge weights saturate instead of
+         * turning the whole block into NaN. */
+        float dm = amax / 127.0f;
+        uint16_t dh = f32_to_f16(dm < 65504.0f ? dm : 65504.0f);
         float d = f16_to_f32(dh), id = d > 0.0f ? 1.0f / d : 0.0f;
         out[b].d = dh;
         for (int i = 0; i < GPO_QK; i++) {
