@@ -305,14 +305,6 @@ static enum gpo_status list_original(const struct preset *p, struct tlist *l) {
 #define BLOCK (64u << 10)
 #define CHUNK (8u << 20) /* a multiple of BLOCK */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 /* xoshiro256** */
 static inline uint64_t rng_next(uint64_t s[4]) {

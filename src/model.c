@@ -292,26 +292,6 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     return GPO_OK;
 }
 
-static enum gpo_status read_text(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || st.st_size > (1 << 26)) {
-        fclose(f);
-        return gpo_fail(GPO_ERR_IO, "%s is not a readable file of sane size", path);
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fclose(f);
-        return gpo_fail(GPO_ERR_NOMEM, "out of memory reading %s", path);
-    }
-    size_t n = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return GPO_OK;
-}
 
 static void compute_info(struct gpo_model *m) {
     const struct gpo_config *c = &m->cfg;
@@ -397,7 +377,7 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
         s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
-    if ((s = read_text(path, &json, &json_len)) != GPO_OK) goto cleanup;
+    if ((s = gpo_read_file(path, (uint64_t)1 << 26, &json, &json_len)) != GPO_OK) goto cleanup;
     if ((s = gpo_config_parse(json, json_len, path, &m->cfg)) != GPO_OK) goto cleanup;
     if ((s = gpo_st_open_dir(&m->st, dir)) != GPO_OK) goto cleanup;
 

@@ -525,41 +525,6 @@ static char *join_path(const char *dir, const char *name) {
     return p;
 }
 
-/* Read a small whole file (index.json) into a NUL-terminated buffer. */
-static enum gpo_status read_small_file(const char *path, char **out, size_t *len_out) {
-    enum gpo_status s = GPO_OK;
-    char *buf = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        s = gpo_fail(GPO_ERR_IO, "%s is not a readable regular file", path);
-        goto cleanup;
-    }
-    if ((uint64_t)sb.st_size > 256u << 20) {
-        s = gpo_fail(GPO_ERR_JSON, "%s is %lld bytes, too large for an index", path,
-                     (long long)sb.st_size);
-        goto cleanup;
-    }
-    size_t len = (size_t)sb.st_size;
-    buf = malloc(len + 1);
-    if (!buf) {
-        s = gpo_fail(GPO_ERR_NOMEM, "out of memory reading %s", path);
-        goto cleanup;
-    }
-    if (fread(buf, 1, len, f) != len) {
-        s = gpo_fail(GPO_ERR_IO, "cannot read %s", path);
-        goto cleanup;
-    }
-    buf[len] = 0;
-    *out = buf;
-    *len_out = len;
-    buf = NULL;
-cleanup:
-    free(buf);
-    fclose(f);
-    return s;
-}
 
 /* A shard name from index.json must be a plain file name inside the folder. */
 static int plain_file_name(const char *s) {
@@ -573,7 +538,7 @@ static enum gpo_status open_with_index(struct gpo_st *st, const char *dir, const
     size_t len = 0, n_map = 0, n_shards = 0;
     cJSON *root = NULL;
 
-    s = read_small_file(ipath, &text, &len);
+    s = gpo_read_file(ipath, (uint64_t)256 << 20, &text, &len);
     if (s != GPO_OK) goto cleanup;
     const char *end = NULL;
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);

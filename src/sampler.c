@@ -37,14 +37,6 @@ struct gpo_sampler {
 /* Random numbers: splitmix64 seeds xoshiro256**, so every sampler has its own
  * reproducible stream and nothing depends on the C library's rand(). */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t xoshiro_next(uint64_t s[4]) {
     uint64_t result = rotl64(s[1] * 5, 7) * 9;

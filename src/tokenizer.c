@@ -294,35 +294,6 @@ static long unmap_bytes(const char *key, const int16_t cp_to_byte[0x144], unsign
     return (long)n;
 }
 
-static enum gpo_status read_whole(const char *path, char **buf_out, size_t *len_out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    enum gpo_status st = GPO_OK;
-    char *buf = NULL;
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = gpo_fail(GPO_ERR_IO, "%s is not a regular file", path);
-        goto cleanup;
-    }
-    size_t len = (size_t)sb.st_size;
-    buf = malloc(len + 1);
-    if (!buf) {
-        st = gpo_fail(GPO_ERR_NOMEM, "cannot allocate %zu bytes for %s", len, path);
-        goto cleanup;
-    }
-    if (fread(buf, 1, len, f) != len) {
-        st = gpo_fail(GPO_ERR_IO, "cannot read %s", path);
-        goto cleanup;
-    }
-    buf[len] = 0;
-    *buf_out = buf;
-    *len_out = len;
-    buf = NULL;
-cleanup:
-    free(buf);
-    fclose(f);
-    return st;
-}
 
 /* Rewrite \s and \S as explicit White_Space classes (see WS_ITEMS). */
 static enum gpo_status rewrite_pattern(const char *pat, char **out) {
@@ -455,7 +426,7 @@ enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out) {
 
     if (!path || !out) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_load: NULL argument");
     *out = NULL;
-    st = read_whole(path, &buf, &len);
+    st = gpo_read_file(path, (uint64_t)1 << 31, &buf, &len);
     if (st != GPO_OK) goto cleanup;
 
     const char *end = buf + len, *mb, *vb;

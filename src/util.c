@@ -1,6 +1,9 @@
 /* util.c - small helpers: growable id and byte buffers, f16 conversion, aligned
  * allocation and a monotonic clock. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "util.h"
@@ -111,4 +114,39 @@ double gpo_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+enum gpo_status gpo_read_file(const char *path, uint64_t max_bytes, char **out, size_t *len_out) {
+    enum gpo_status s = GPO_OK;
+    char *buf = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        s = gpo_fail(GPO_ERR_IO, "%s is not a readable regular file", path);
+        goto cleanup;
+    }
+    if ((uint64_t)sb.st_size > max_bytes) {
+        s = gpo_fail(GPO_ERR_IO, "%s is %lld bytes, more than the %llu expected at most", path,
+                     (long long)sb.st_size, (unsigned long long)max_bytes);
+        goto cleanup;
+    }
+    size_t len = (size_t)sb.st_size;
+    buf = malloc(len + 1);
+    if (!buf) {
+        s = gpo_fail(GPO_ERR_NOMEM, "cannot allocate %zu bytes for %s", len, path);
+        goto cleanup;
+    }
+    if (fread(buf, 1, len, f) != len) {
+        s = gpo_fail(GPO_ERR_IO, "cannot read %s", path);
+        goto cleanup;
+    }
+    buf[len] = 0;
+    *out = buf;
+    *len_out = len;
+    buf = NULL;
+cleanup:
+    free(buf);
+    fclose(f);
+    return s;
 }

@@ -55,6 +55,20 @@ uint16_t f32_to_f16(float f);
 void *gpo_aligned_alloc(size_t size);
 void gpo_aligned_free(void *p);
 
+/* Read a whole regular file of at most max_bytes into a malloc'd, NUL-terminated
+ * buffer. */
+enum gpo_status gpo_read_file(const char *path, uint64_t max_bytes, char **out, size_t *len_out);
+
+/* splitmix64: a seed expander and small reproducible generator. */
+static inline uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
 /* Monotonic seconds. */
 double gpo_now(void);
 
