@@ -10,7 +10,9 @@
 CC      ?= gcc
 SAN     ?=
 DEBUG   ?=
-WERROR  ?=
+# CI (CI=true in the environment) builds with -Werror.
+WERROR  ?= $(if $(filter true,$(CI)),1,)
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD   ?= build$(if $(SAN),-san)$(if $(DEBUG),-debug)
 
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Wpointer-arith -Wshadow -Wno-unused-parameter \
@@ -41,7 +43,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test deps demo fuzz bench clean format check-deps
+.PHONY: all test test-run deps demo fuzz bench clean format
 all: $(BUILD)/gptoss
 
 # Rebuild everything when the flags change.
@@ -78,7 +80,11 @@ $(BUILD)/bench_kernels: bench/bench_kernels.c $(BUILD)/libgpo.a $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libgpo.a $(LDFLAGS) $(LDLIBS)
 
-test: $(BUILD)/gptoss $(TEST_BIN)
+# `make test` installs what is missing, builds in parallel and runs every test.
+test: deps
+	@$(MAKE) --no-print-directory -j$(JOBS) test-run
+
+test-run: $(BUILD)/gptoss $(TEST_BIN)
 	@BUILD=$(BUILD) bash tests/run_tests.sh
 
 deps:
