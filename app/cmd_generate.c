@@ -54,7 +54,7 @@ static void on_token(void *ud, size_t user, int32_t id, const struct gpo_hevent 
     fflush(stdout);
 }
 
-static int load_prompts_file(const char *path, struct gpo_str *store, cJSON **root_out) {
+static int load_prompts_file(const char *path, cJSON **root_out) {
     size_t len;
     char *txt = cli_read_file(path, &len);
     if (!txt) return 0;
@@ -76,7 +76,6 @@ static int load_prompts_file(const char *path, struct gpo_str *store, cJSON **ro
         }
         i++;
     }
-    (void)store;
     *root_out = root;
     return 1;
 }
@@ -137,7 +136,7 @@ int cmd_generate(int argc, char **argv) {
     char datebuf[11];
 
     if (prompts_file) {
-        if (!load_prompts_file(prompts_file, NULL, &pj)) goto cleanup;
+        if (!load_prompts_file(prompts_file, &pj)) goto cleanup;
         const cJSON *e;
         prompts = realloc(prompts, ((size_t)argc + (size_t)cJSON_GetArraySize(pj) + 1) * sizeof *prompts);
         cJSON_ArrayForEach(e, pj) prompts[n_prompts++] = cJSON_GetObjectItemCaseSensitive(e, "prompt")->valuestring;

@@ -155,7 +155,8 @@ static uint64_t expected_step_bytes(const gpo_model *m, int64_t users) {
            (uint64_t)(users - 1) * (inf->bytes_embedding / (uint64_t)c->n_vocab);
 }
 
-/* Record one sampled id: parser, texts, stop rules.  Returns 1 if the user finished. */
+/* Record one sampled id: parser, texts, stop rules; marks the user done when a
+ * stop rule, the token limit or the context ends its turn. */
 static enum gpo_status accept_token(gpo_engine *e, struct run_user *r, size_t idx, int32_t id,
                                     double now, gpo_token_fn cb, void *ud) {
     struct gpo_gen_user *u = r->u;
