@@ -24,10 +24,7 @@ int cli_status(enum gpo_status s, const char *fmt, ...) {
     fputs("gptoss: error: ", stderr);
     vfprintf(stderr, fmt, ap);
     const char *detail = gpo_last_error();
-    if (detail && detail[0])
-        fprintf(stderr, ": %s (%s)\n", detail, gpo_status_name(s));
-    else
-        fprintf(stderr, ": %s (%s)\n", gpo_status_str(s), gpo_status_name(s));
+    fprintf(stderr, ": %s\n", detail && detail[0] ? detail : gpo_status_str(s));
     va_end(ap);
     return CLI_EXIT_FAIL;
 }
@@ -40,6 +37,33 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
     fprintf(stderr, "\nRun 'gptoss %s --help' for usage.\n", cmd);
     va_end(ap);
     return CLI_EXIT_USAGE;
+}
+
+FILE *cli_open_out(const char *path, const char *what, int binary) {
+    if (!path || !path[0]) {
+        cli_error("%s: empty output path", what);
+        return NULL;
+    }
+    if (strcmp(path, "-") == 0) return stdout;
+    FILE *f = fopen(path, binary ? "wb" : "w");
+    if (!f) cli_error("%s: cannot write %s: %s", what, path, strerror(errno));
+    return f;
+}
+
+int cli_close_out(FILE *f, const char *path) {
+    if (!f) return 0;
+    int bad = ferror(f);
+    if (f == stdout) {
+        bad |= fflush(f) != 0;
+    } else {
+        bad |= fclose(f) != 0;
+    }
+    if (bad) {
+        cli_error("writing %s failed: %s", strcmp(path, "-") == 0 ? "standard output" : path,
+                  strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    return 0;
 }
 
 int cli_is(const char *arg, const char *name) {

@@ -4,16 +4,20 @@
 #define GPO_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "gpo.h"
 
-/* Exit codes: 0 success, 1 runtime failure, 2 usage error. */
+/* Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted
+ * (SIGINT, as a shell reports 128 + 2). */
 #define CLI_EXIT_FAIL 1
 #define CLI_EXIT_USAGE 2
+#define CLI_EXIT_INTERRUPTED 130
 
 /* Print "gptoss: error: <msg>" to stderr and return CLI_EXIT_FAIL. */
 int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Print "gptoss: error: <msg>: <gpo_last_error()> (<status name>)" and return CLI_EXIT_FAIL. */
+/* Print "gptoss: error: <msg>: <gpo_last_error()>" (the status's own text when
+ * there is no detail) and return CLI_EXIT_FAIL. */
 int cli_status(enum gpo_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Print "gptoss <cmd>: <msg>" plus a pointer to --help, return CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -29,6 +33,15 @@ int cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int cli_parse_f64(const char *s, double lo, double hi, double *out);
 /* Parse "1,2,3" or "1 2 3" into ids; ids must be in [0, n_vocab) when n_vocab > 0. */
 int cli_parse_ids(const char *s, int64_t n_vocab, struct gpo_ids *out);
+
+/* Open an output named on the command line: "-" is stdout, anything else a file
+ * created (or truncated) now, so a path that cannot be written fails before any
+ * work; `what` names the option in the error ("--json").  NULL after printing
+ * the OS reason.  Close with cli_close_out, which reports write errors. */
+FILE *cli_open_out(const char *path, const char *what, int binary);
+/* Flush and close (stdout is flushed, not closed); non-zero after printing an
+ * error when a write failed. */
+int cli_close_out(FILE *f, const char *path);
 
 /* Read a whole file or stdin ("-") into a NUL-terminated buffer; NULL on failure. */
 char *cli_read_file(const char *path, size_t *len_out);

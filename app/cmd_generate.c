@@ -27,7 +27,7 @@ static void usage(void) {
            gen_opts_help);
 }
 
-static volatile int g_abort;
+static volatile sig_atomic_t g_abort;
 static void on_sigint(int sig) {
     (void)sig;
     if (g_abort) _exit(130);

@@ -11,6 +11,7 @@
 #ifndef GPO_H
 #define GPO_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -215,7 +216,7 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
 void gpo_ctx_free(gpo_ctx *ctx);
 /* A flag checked between layers; when it becomes non-zero gpo_forward returns
  * GPO_ERR_ABORTED and leaves every KV cache as it was before the call. */
-void gpo_ctx_set_abort(gpo_ctx *ctx, volatile int *flag);
+void gpo_ctx_set_abort(gpo_ctx *ctx, volatile sig_atomic_t *flag);
 /* The name of the kernel set in use ("avx2", "ref", ...). */
 const char *gpo_ctx_kernels(const gpo_ctx *ctx);
 

@@ -30,8 +30,9 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
                                   gpo_engine **out);
 void gpo_engine_free(gpo_engine *e);
 /* The flag is checked between layers and steps; when it becomes non-zero the run
- * ends with every unfinished user's finish reason "stop" and aborted set. */
-void gpo_engine_set_abort(gpo_engine *e, volatile int *flag);
+ * ends with every unfinished user's finish reason GPO_FINISH_ABORTED ("aborted")
+ * and aborted set. */
+void gpo_engine_set_abort(gpo_engine *e, volatile sig_atomic_t *flag);
 const char *gpo_engine_kernels(const gpo_engine *e);
 /* Bytes of all the slots' KV caches. */
 uint64_t gpo_engine_kv_bytes(const gpo_engine *e);

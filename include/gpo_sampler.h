@@ -88,8 +88,9 @@ enum gpo_finish {
     GPO_FINISH_STOP,     /* a stop token or stop string */
     GPO_FINISH_LENGTH,   /* the token limit was reached */
     GPO_FINISH_CONTEXT,  /* the context (KV cache) is full */
+    GPO_FINISH_ABORTED,  /* interrupted (abort flag) before any other reason */
 };
-/* "stop", "length", "context" ("" for NONE). */
+/* "stop", "length", "context", "aborted" ("" for NONE). */
 const char *gpo_finish_name(enum gpo_finish f);
 
 /* Is id a stop token: <|return|> 200002, <|call|> 200012 or <|endoftext|> 199999?

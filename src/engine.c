@@ -29,7 +29,7 @@ struct gpo_engine {
     size_t n_slots;
     uint8_t *banned;
     float *logits; /* [n_slots][n_vocab] */
-    volatile int *abort_flag;
+    volatile sig_atomic_t *abort_flag;
 };
 
 enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
@@ -84,7 +84,7 @@ void gpo_engine_free(gpo_engine *e) {
     free(e);
 }
 
-void gpo_engine_set_abort(gpo_engine *e, volatile int *flag) {
+void gpo_engine_set_abort(gpo_engine *e, volatile sig_atomic_t *flag) {
     e->abort_flag = flag;
     gpo_ctx_set_abort(e->ctx, flag);
 }
@@ -298,7 +298,7 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
             for (size_t i = 0; i < n; i++)
                 if (!ru[i].done) {
                     ru[i].done = 1;
-                    users[i].finish = GPO_FINISH_STOP;
+                    users[i].finish = GPO_FINISH_ABORTED;
                     users[i].aborted = 1;
                 }
             s = GPO_OK;
@@ -333,7 +333,7 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
             for (size_t i = 0; i < n; i++)
                 if (!ru[i].done) {
                     ru[i].done = 1;
-                    users[i].finish = GPO_FINISH_STOP;
+                    users[i].finish = GPO_FINISH_ABORTED;
                     users[i].aborted = 1;
                 }
         }

@@ -128,7 +128,7 @@ struct gpo_ctx {
     enum gpo_path path;
     int n_threads;
     int64_t max_tokens, max_seqs;
-    volatile int *abort_flag;
+    volatile sig_atomic_t *abort_flag;
     gpo_trace_fn trace;
     void *trace_user;
     float *inv_freq;
@@ -264,7 +264,7 @@ void gpo_ctx_free(gpo_ctx *x) {
     free(x);
 }
 
-void gpo_ctx_set_abort(gpo_ctx *ctx, volatile int *flag) { ctx->abort_flag = flag; }
+void gpo_ctx_set_abort(gpo_ctx *ctx, volatile sig_atomic_t *flag) { ctx->abort_flag = flag; }
 void gpo_ctx_set_trace(gpo_ctx *ctx, gpo_trace_fn fn, void *user) {
     ctx->trace = fn;
     ctx->trace_user = user;

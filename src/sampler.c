@@ -481,6 +481,7 @@ const char *gpo_finish_name(enum gpo_finish f) {
     case GPO_FINISH_STOP: return "stop";
     case GPO_FINISH_LENGTH: return "length";
     case GPO_FINISH_CONTEXT: return "context";
+    case GPO_FINISH_ABORTED: return "aborted";
     default: return "";
     }
 }
