@@ -52,6 +52,10 @@ struct gpo_gen_user {
     /* outputs */
     struct gpo_ids generated;     /* every sampled id, stop token included */
     struct gpo_str final_text;    /* final-channel text (cut at a stop string) */
+    size_t final_stream_n;        /* bytes of final_text safe to show while streaming: no
+                                     stop string can still begin before this point (it
+                                     only grows; = final_text.n once finished).  Updated
+                                     before each on_token call. */
     struct gpo_str analysis_text; /* analysis-channel text */
     struct gpo_str raw_text;      /* everything, special tokens written as text */
     enum gpo_finish finish;
