@@ -185,7 +185,8 @@ void gpo_kv_free(gpo_kv *kv);
 int64_t gpo_kv_len(const gpo_kv *kv);      /* tokens already in the cache */
 int64_t gpo_kv_capacity(const gpo_kv *kv); /* max_seq_len */
 uint64_t gpo_kv_bytes(const gpo_kv *kv);
-/* Bytes gpo_kv_create would allocate, for memory plans. */
+/* Bytes gpo_kv_create would allocate, for memory plans; UINT64_MAX when the
+ * size does not fit in 64 bits. */
 uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len);
 uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin);
 /* Drop every token at position >= n_keep.  Fails with GPO_ERR_UNSUPPORTED when a

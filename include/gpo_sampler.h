@@ -15,16 +15,23 @@ extern "C" {
 #endif
 
 #define GPO_MAX_LOGPROBS 20
+/* Longest penalty window (its ring costs 4 bytes an id); longer than any context. */
+#define GPO_MAX_PENALTY_WINDOW (1 << 24)
+/* Temperatures below this are greedy, like 0: 1/T stays far from overflow, and
+ * at T = 1e-6 a logit gap of 1e-4 already makes odds of e^-100. */
+#define GPO_SAMPLER_MIN_TEMPERATURE 1e-6f
 
 struct gpo_sampler_params {
-    float temperature;        /* 0 = greedy argmax (ties go to the lowest id) */
+    float temperature;        /* 0 (or < GPO_SAMPLER_MIN_TEMPERATURE) = greedy argmax
+                                 (ties go to the lowest id) */
     int32_t top_k;            /* keep the k most likely ids; 0 = off */
     float top_p;              /* keep the smallest most-likely set with mass >= top_p; 1 = off */
     float min_p;              /* drop ids with p < min_p * p_max; 0 = off */
     float presence_penalty;   /* OpenAI: logit -= presence if the id occurred; 0 = off */
     float frequency_penalty;  /* OpenAI: logit -= frequency * count; 0 = off */
     float repetition_penalty; /* HF/llama.cpp: positive logits /= r, negative *= r; 1 = off */
-    int32_t penalty_window;   /* penalties look at the last N accepted ids; 0 = all of them */
+    int32_t penalty_window;   /* penalties look at the last N accepted ids; 0 = all of them;
+                                 at most GPO_MAX_PENALTY_WINDOW */
     int32_t penalty_min_special; /* ids >= this are never penalised (199998: harmony's
                                     formatting tokens); <= 0 = penalise every id */
     uint64_t seed;
@@ -61,17 +68,21 @@ struct gpo_logprobs {
 };
 
 /* Pick the next id from logits[n_vocab] (not modified).  Order: banned ids masked,
- * penalties, then greedy when temperature is 0, else logits / T, top-k, softmax,
- * top-p, min-p and a draw from the renormalised rest.  lp (may be NULL) gets the
- * log-softmax of the masked raw logits (before penalties and temperature): the
- * chosen id's value and the n_logprobs most likely ids (ties: lowest id first).
+ * penalties, then greedy when temperature is 0 (or below
+ * GPO_SAMPLER_MIN_TEMPERATURE), else logits / T, top-k, softmax, top-p, min-p and a
+ * draw from the renormalised rest.  NaN logits count as -inf, +inf ones as FLT_MAX
+ * (several are equally likely), and a penalty never makes a finite logit infinite.
+ * lp (may be NULL) gets the log-softmax of the masked raw logits (before penalties
+ * and temperature): the chosen id's value and the n_logprobs most likely ids (ties:
+ * lowest id first).
  * GPO_ERR_ARG when every id is banned or -inf/NaN. */
 enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t *out_id,
                                    struct gpo_logprobs *lp);
 
 /* Write to out[n_vocab] the logits the sampler draws from, before temperature:
- * banned ids (and NaN) as -inf, then the penalties of the accepted ids.  For
- * inspection and tests; gpo_sampler_sample does the same internally. */
+ * banned ids (and NaN) as -inf, +inf as FLT_MAX, then the penalties of the
+ * accepted ids.  For inspection and tests; gpo_sampler_sample does the same
+ * internally. */
 void gpo_sampler_process(const gpo_sampler *s, const float *logits, float *out);
 
 /* Fill mask[0..n_vocab) with the ids never to sample in a harmony turn (spec 5.4):
@@ -89,8 +100,9 @@ enum gpo_finish {
     GPO_FINISH_LENGTH,   /* the token limit was reached */
     GPO_FINISH_CONTEXT,  /* the context (KV cache) is full */
     GPO_FINISH_ABORTED,  /* interrupted (abort flag) before any other reason */
+    GPO_FINISH_ERROR,    /* this user failed (the engine says why); the others went on */
 };
-/* "stop", "length", "context", "aborted" ("" for NONE). */
+/* "stop", "length", "context", "aborted", "error" ("" for NONE). */
 const char *gpo_finish_name(enum gpo_finish f);
 
 /* Is id a stop token: <|return|> 200002, <|call|> 200012 or <|endoftext|> 199999?

@@ -84,8 +84,8 @@ enum gpo_status gpo_config_parse(const char *json, size_t len, const char *label
     INT_FIELD("num_hidden_layers", 1, GPO_MAX_LAYERS, n_layer);
     INT_FIELD("num_experts", 1, 65536, n_expert);
     INT_FIELD("num_local_experts", 1, 65536, n_expert);
-    INT_FIELD("experts_per_token", 1, 65536, n_expert_used);
-    INT_FIELD("num_experts_per_tok", 1, 65536, n_expert_used);
+    INT_FIELD("experts_per_token", 1, GPO_MAX_EXPERTS_USED, n_expert_used);
+    INT_FIELD("num_experts_per_tok", 1, GPO_MAX_EXPERTS_USED, n_expert_used);
     INT_FIELD("hidden_size", 1, BIG, n_embd);
     INT_FIELD("intermediate_size", 1, BIG, n_ff);
     INT_FIELD("head_dim", 2, 4096, head_dim);
@@ -94,7 +94,7 @@ enum gpo_status gpo_config_parse(const char *json, size_t len, const char *label
     INT_FIELD("vocab_size", 1, BIG, n_vocab);
     INT_FIELD("sliding_window", 1, BIG, sliding_window);
     INT_FIELD("initial_context_length", 1, BIG, rope_orig_ctx);
-    INT_FIELD("max_position_embeddings", 1, (int64_t)1 << 30, max_position);
+    INT_FIELD("max_position_embeddings", 1, GPO_MAX_POSITIONS, max_position);
 #undef INT_FIELD
 #define NUM_FIELD(obj, key, lo, hi, dst)                                                       \
     if ((s = get_num(obj, key, lo, hi, &dst, label)) != GPO_OK) goto cleanup;
@@ -139,8 +139,20 @@ enum gpo_status gpo_config_parse(const char *json, size_t len, const char *label
 #undef NUM_FIELD
     if ((s = get_token_id(root, "eos_token_id", &cfg->eos_id, label)) != GPO_OK) goto cleanup;
     if ((s = get_token_id(root, "pad_token_id", &cfg->pad_id, label)) != GPO_OK) goto cleanup;
-    if (cfg->max_position == 0)
-        cfg->max_position = (int64_t)((double)cfg->rope_orig_ctx * cfg->rope_factor);
+    if (cfg->max_position == 0) {
+        /* Without max_position_embeddings the context is the YaRN-extended one; it
+         * sizes the KV caches, so it gets the same bound as the field. */
+        double ctx = (double)cfg->rope_orig_ctx * cfg->rope_factor;
+        if (ctx > (double)GPO_MAX_POSITIONS) {
+            s = gpo_fail(GPO_ERR_CONFIG,
+                         "%s: the context initial_context_length %lld x rope scaling factor %g = "
+                         "%.0f positions exceeds the limit of %lld; give max_position_embeddings",
+                         label, (long long)cfg->rope_orig_ctx, cfg->rope_factor, ctx,
+                         (long long)GPO_MAX_POSITIONS);
+            goto cleanup;
+        }
+        cfg->max_position = (int64_t)ctx;
+    }
 
     /* Sliding layers: layer_types when given, else the reference rule (even layers). */
     const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
@@ -188,18 +200,38 @@ enum gpo_status gpo_config_validate(const struct gpo_config *c, const char *labe
     if (c->n_head % c->n_head_kv != 0)
         return gpo_fail(GPO_ERR_CONFIG, "%s: %lld query heads do not divide into %lld KV heads",
                         label, (long long)c->n_head, (long long)c->n_head_kv);
+    if (c->n_expert_used < 1 || c->n_expert_used > GPO_MAX_EXPERTS_USED)
+        return gpo_fail(GPO_ERR_CONFIG, "%s: %lld experts per token (supported: 1..%d)", label,
+                        (long long)c->n_expert_used, GPO_MAX_EXPERTS_USED);
     if (c->n_expert_used > c->n_expert)
         return gpo_fail(GPO_ERR_CONFIG, "%s: %lld experts per token but only %lld experts", label,
                         (long long)c->n_expert_used, (long long)c->n_expert);
     if (c->n_head * c->head_dim > ((int64_t)1 << 20))
         return gpo_fail(GPO_ERR_CONFIG, "%s: attention width %lld is too large", label,
                         (long long)(c->n_head * c->head_dim));
-    /* YaRN needs 0 < low < high (spec 2.5); reject parameters that break the ramp. */
+    if (c->max_position < 1 || c->max_position > GPO_MAX_POSITIONS)
+        return gpo_fail(GPO_ERR_CONFIG, "%s: max_position_embeddings %lld (supported: 1..%lld)",
+                        label, (long long)c->max_position, (long long)GPO_MAX_POSITIONS);
+    /* RMSNorm divides by sqrt(mean(x^2) + eps): a zero row needs eps > 0. */
+    if (!(c->rms_eps > 0.0f) || !isfinite(c->rms_eps))
+        return gpo_fail(GPO_ERR_CONFIG, "%s: rms_norm_eps %g must be > 0", label,
+                        (double)c->rms_eps);
+    /* RoPE divides by log(rope_theta). */
+    if (!(c->rope_theta > 1.0) || !isfinite(c->rope_theta))
+        return gpo_fail(GPO_ERR_CONFIG, "%s: rope_theta %g must be > 1", label, c->rope_theta);
+    /* YaRN blends with a ramp between the frequency-pair bounds low and high (spec
+     * 2.5; the real models give 8.09 and 17.40 of 32 pairs): they must be finite
+     * with 0 <= low < high <= head_dim/2, or the ramp divides by zero or infinity. */
     double two_pi = 2.0 * 3.14159265358979323846, dh = (double)c->head_dim / 2;
     double low = dh * log((double)c->rope_orig_ctx / (c->rope_beta_fast * two_pi)) / log(c->rope_theta);
     double high = dh * log((double)c->rope_orig_ctx / (c->rope_beta_slow * two_pi)) / log(c->rope_theta);
-    if (c->rope_factor > 1.0 && !(low < high))
-        return gpo_fail(GPO_ERR_CONFIG, "%s: YaRN bounds low=%g high=%g are not increasing (check beta_fast/beta_slow)",
-                        label, low, high);
+    if (c->rope_factor > 1.0 &&
+        !(isfinite(low) && isfinite(high) && low >= 0.0 && low < high && high <= dh))
+        return gpo_fail(GPO_ERR_CONFIG,
+                        "%s: YaRN bounds low=%g high=%g must satisfy 0 <= low < high <= %g "
+                        "(head_dim/2); check rope_theta %g, beta_fast %g, beta_slow %g and the "
+                        "original context %lld",
+                        label, low, high, dh, c->rope_theta, c->rope_beta_fast, c->rope_beta_slow,
+                        (long long)c->rope_orig_ctx);
     return GPO_OK;
 }

@@ -62,18 +62,43 @@ void gpo_rmsnorm(float *out, const float *x, const struct gpo_tview *scale, int6
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * gpo_tview_get(scale, i);
 }
 
+/* Router order: a larger logit first, equal logits by lower index (like the Metal
+ * reference), so the choice never depends on how the selection runs. */
+static inline int topk_better(const float *l, int32_t a, int32_t b) {
+    return l[a] > l[b] || (l[a] == l[b] && a < b);
+}
+
+/* Restore the heap h[0..n) below i; h[0] is the worst index kept. */
+static void topk_down(const float *l, int32_t *h, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t c = 2 * i + 1, w = i;
+        if (c < n && topk_better(l, h[w], h[c])) w = c;
+        if (c + 1 < n && topk_better(l, h[w], h[c + 1])) w = c + 1;
+        if (w == i) return;
+        int32_t t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
 void gpo_topk_softmax(const float *logits, int64_t n, int64_t k, int32_t *idx, float *w) {
-    /* Selection by repeated maximum: ties go to the lowest index (like the Metal
-     * reference), and the result is in descending logit order. */
-    for (int64_t i = 0; i < k; i++) {
-        int64_t best = -1;
-        for (int64_t e = 0; e < n; e++) {
-            int taken = 0;
-            for (int64_t j = 0; j < i; j++) taken |= idx[j] == e;
-            if (taken) continue;
-            if (best < 0 || logits[e] > logits[best]) best = e;
+    /* A k-element heap over the n logits (O(n log k)), then a heap sort of the
+     * kept ones into descending order. */
+    if (k > n) k = n;
+    if (k <= 0) return;
+    for (int64_t e = 0; e < k; e++) idx[e] = (int32_t)e;
+    for (int64_t j = k / 2; j-- > 0;) topk_down(logits, idx, k, j);
+    for (int64_t e = k; e < n; e++)
+        if (topk_better(logits, (int32_t)e, idx[0])) {
+            idx[0] = (int32_t)e;
+            topk_down(logits, idx, k, 0);
         }
-        idx[i] = (int32_t)best;
+    for (int64_t m = k - 1; m > 0; m--) {
+        int32_t t = idx[0];
+        idx[0] = idx[m];
+        idx[m] = t;
+        topk_down(logits, idx, m, 0);
     }
     float mx = logits[idx[0]], sum = 0.0f;
     for (int64_t i = 0; i < k; i++) {

@@ -1,6 +1,9 @@
 /* kvcache.c - allocation, sizing and rewinding of the per-sequence KV cache.
  * Everything is allocated once at creation; forward passes only write slots. */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "kvcache.h"
 #include "model.h"
@@ -17,7 +20,21 @@ static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq,
 
 uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
     uint64_t total = 0, kvd = (uint64_t)(c->n_head_kv * c->head_dim);
-    for (int64_t l = 0; l < c->n_layer; l++) total += 2 * slots_of(c, l, max_seq_len, margin) * kvd * 4;
+    /* Overflow-checked: a size that does not fit saturates at UINT64_MAX. */
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        uint64_t layer;
+        if (!mul_u64(slots_of(c, l, max_seq_len, margin), kvd * 2 * 4, &layer) ||
+            !add_u64(total, layer, &total))
+            return UINT64_MAX;
+    }
+    return total;
+}
+
+/* Physical memory in bytes; 0 when unknown. */
+static uint64_t phys_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    uint64_t total;
+    if (pages <= 0 || size <= 0 || !mul_u64((uint64_t)pages, (uint64_t)size, &total)) return 0;
     return total;
 }
 
@@ -40,6 +57,26 @@ enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_
     if (max_seq_len > c->max_position)
         return gpo_fail(GPO_ERR_CONTEXT, "max_seq_len %lld exceeds the model's context of %lld tokens",
                         (long long)max_seq_len, (long long)c->max_position);
+    /* One cache larger than the machine's memory can never be filled. */
+    uint64_t bytes = gpo_kv_bytes_for_ex(c, max_seq_len, margin), phys = phys_bytes();
+    if (bytes == UINT64_MAX || bytes > SIZE_MAX || (phys && bytes > phys)) {
+        char need[64];
+        if (bytes == UINT64_MAX)
+            snprintf(need, sizeof need, "more than 2^64 bytes");
+        else
+            snprintf(need, sizeof need, "%.1f GB (%llu bytes)", (double)bytes / 1e9,
+                     (unsigned long long)bytes);
+        char limit[64];
+        if (phys && bytes != UINT64_MAX)
+            snprintf(limit, sizeof limit, "the %.1f GB of memory of this machine",
+                     (double)phys / 1e9);
+        else
+            snprintf(limit, sizeof limit, "this machine can address");
+        return gpo_fail(GPO_ERR_NOMEM,
+                        "KV cache of %lld positions x %lld layers needs %s, more than %s; "
+                        "lower max_seq_len",
+                        (long long)max_seq_len, (long long)c->n_layer, need, limit);
+    }
     struct gpo_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     kv->n_layer = c->n_layer;
@@ -47,7 +84,7 @@ enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_
     kv->max_seq = max_seq_len;
     kv->window = c->sliding_window;
     kv->ring = ring_of(c, max_seq_len, margin);
-    kv->bytes = gpo_kv_bytes_for_ex(c, max_seq_len, margin);
+    kv->bytes = bytes;
     kv->mem = gpo_aligned_alloc(kv->bytes);
     if (!kv->mem) {
         double mib = (double)kv->bytes / 1048576.0;

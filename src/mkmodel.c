@@ -722,8 +722,31 @@ static enum gpo_status make_dir(const char *path, int *created) {
     return GPO_OK;
 }
 
-/* Remove checkpoint files an earlier run may have left in dir (say a sharded
- * index next to the single file written now), so the folder holds one model. */
+/* Checkpoint files an earlier run may have left in dir (say a sharded index next
+ * to the single file written now): they are replaced, so the folder holds one
+ * model. */
+static int stale_name(const char *n) {
+    return strcmp(n, "model.safetensors") == 0 || strcmp(n, "model.safetensors.index.json") == 0 ||
+           fnmatch("model-*-of-*.safetensors", n, 0) == 0;
+}
+
+/* Bytes that removing the stale files of dir gives back. */
+static uint64_t stale_bytes(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    uint64_t total = 0;
+    struct dirent *de;
+    char path[PATH_LEN + 512];
+    struct stat sb;
+    while ((de = readdir(d)) != NULL) {
+        if (!stale_name(de->d_name)) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (lstat(path, &sb) == 0 && S_ISREG(sb.st_mode)) total += (uint64_t)sb.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
 static enum gpo_status remove_stale(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return GPO_OK;
@@ -732,9 +755,7 @@ static enum gpo_status remove_stale(const char *dir) {
     char path[PATH_LEN + 512];
     while ((de = readdir(d)) != NULL) {
         const char *n = de->d_name;
-        if (strcmp(n, "model.safetensors") != 0 && strcmp(n, "model.safetensors.index.json") != 0 &&
-            fnmatch("model-*-of-*.safetensors", n, 0) != 0)
-            continue;
+        if (!stale_name(n)) continue;
         snprintf(path, sizeof path, "%s/%s", dir, n);
         if (unlink(path) != 0 && errno != ENOENT) {
             s = gpo_fail(GPO_ERR_IO, "cannot remove the old %s: %s", path, strerror(errno));
@@ -806,24 +827,33 @@ enum gpo_status gpo_mkmodel(const struct gpo_mkmodel_opts *opts) {
 
     s = make_dir(opts->out_dir, &created_dir);
     if (s != GPO_OK) goto cleanup;
+    if (opts->layout_original) {
+        s = make_dir(odir, &created_odir);
+        if (s != GPO_OK) goto cleanup;
+    }
+    /* Space first: an old checkpoint is only deleted once the new one fits in
+     * the free space plus what deleting it gives back. */
+    struct statvfs vfs;
+    if (statvfs(opts->out_dir, &vfs) == 0) {
+        uint64_t avail = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize, old = 0;
+        if (opts->layout_hf) old += stale_bytes(opts->out_dir);
+        if (opts->layout_original) old += stale_bytes(odir);
+        if (avail + old < ws.total + (64u << 20)) {
+            s = gpo_fail(GPO_ERR_IO,
+                         "%s: the %s checkpoint needs %.2f GB, only %.2f GB are free%s; nothing "
+                         "was deleted",
+                         opts->out_dir, p->name, (double)ws.total / 1e9, (double)(avail + old) / 1e9,
+                         old ? " (counting the old checkpoint files it would replace)" : "");
+            goto cleanup;
+        }
+    }
     if (opts->layout_hf) {
         s = remove_stale(opts->out_dir);
         if (s != GPO_OK) goto cleanup;
     }
     if (opts->layout_original) {
-        s = make_dir(odir, &created_odir);
-        if (s != GPO_OK) goto cleanup;
         s = remove_stale(odir);
         if (s != GPO_OK) goto cleanup;
-    }
-    struct statvfs vfs;
-    if (statvfs(opts->out_dir, &vfs) == 0) {
-        uint64_t avail = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
-        if (avail < ws.total + (64u << 20)) {
-            s = gpo_fail(GPO_ERR_IO, "%s: the %s checkpoint needs %.2f GB, only %.2f GB are free",
-                         opts->out_dir, p->name, (double)ws.total / 1e9, (double)avail / 1e9);
-            goto cleanup;
-        }
     }
 
     ws.seed = opts->seed;

@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "util.h"
@@ -32,6 +34,32 @@ static int is_file(const char *p) {
     return stat(p, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+static int has_suffix_ci(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcasecmp(s + a - b, suffix) == 0;
+}
+
+/* The error for a model path that is not a folder: say what it is instead, since
+ * a file passed as the model is a common slip.  `from` names where the path came
+ * from ("-m", "$GPT_DIR"). */
+static enum gpo_status not_a_folder(const char *path, const char *from) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return gpo_fail(GPO_ERR_NOT_FOUND, "model folder '%s' (from %s) not found: %s", path, from,
+                        strerror(errno));
+    if (S_ISREG(st.st_mode) && has_suffix_ci(path, ".gguf"))
+        return gpo_fail(GPO_ERR_NOT_FOUND,
+                        "model '%s' (from %s) is a GGUF file; GGUF files are not read yet: pass "
+                        "a safetensors checkpoint folder (the one holding config.json)",
+                        path, from);
+    if (S_ISREG(st.st_mode))
+        return gpo_fail(GPO_ERR_NOT_FOUND,
+                        "model '%s' (from %s) is a file, not a folder: pass the folder holding "
+                        "config.json and the *.safetensors files",
+                        path, from);
+    return gpo_fail(GPO_ERR_NOT_FOUND, "model '%s' (from %s) is not a folder", path, from);
+}
+
 enum gpo_status gpo_model_resolve_dir(const char *arg, char *out, size_t out_size) {
     const char *src = "-m", *dir = arg;
     if (!dir || !*dir) {
@@ -52,6 +80,7 @@ enum gpo_status gpo_model_resolve_dir(const char *arg, char *out, size_t out_siz
                             "$HF_MODEL is '%s', which looks like a Hub id, not a local folder; "
                             "nothing can be downloaded here: download the checkpoint yourself and "
                             "set GPT_DIR (or HF_MODEL) to its local folder", dir);
+        if (access(dir, F_OK) == 0) return not_a_folder(dir, src);
         return gpo_fail(GPO_ERR_NOT_FOUND, "model folder '%s' (from %s) not found%s", dir, src,
                         strcmp(src, "-m") == 0 ? "" : "; set GPT_DIR to a local checkpoint folder");
     }
@@ -302,8 +331,10 @@ static void compute_info(struct gpo_model *m) {
     for (size_t i = 0; i < m->st.n_tensors; i++) {
         const struct gpo_st_tensor *t = &m->st.tensors[i];
         inf->bytes_tensors += t->nbytes;
-        int64_t n = 1;
-        for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
+        /* The element count from the byte count, which the parser checked: a
+         * product of the dimensions could overflow next to a zero one. */
+        size_t es = gpo_dtype_size(t->dtype);
+        int64_t n = es ? (int64_t)(t->nbytes / es) : 0;
         /* MXFP4 blocks hold two parameters per byte; scales are not parameters. */
         if (t->dtype == GPO_DT_U8 && t->n_dims == 4) n *= 2;
         else if (t->dtype == GPO_DT_U8) n = 0;
@@ -320,6 +351,40 @@ static void compute_info(struct gpo_model *m) {
     int64_t emb = c->n_vocab * c->n_embd;
     inf->n_params_active = inf->n_params - expert_params -
                            emb + c->n_layer * c->n_expert_used * (expert_params / (c->n_layer * c->n_expert));
+}
+
+/* The number of layers the tensors hold: one more than the highest layer index
+ * in a name of the layout's layer pattern (0 when there is none). */
+static int64_t tensor_layers(const struct gpo_st *st, const struct names *nm) {
+    /* The layer prefix: the attention norm's name up to its "%d". */
+    const char *pct = strstr(nm->attn_norm, "%d");
+    size_t plen = (size_t)(pct - nm->attn_norm);
+    int64_t n = 0;
+    for (size_t i = 0; i < st->n_tensors; i++) {
+        const char *name = st->tensors[i].name;
+        if (strncmp(name, nm->attn_norm, plen) != 0) continue;
+        char *end;
+        errno = 0;
+        long long l = strtoll(name + plen, &end, 10);
+        if (end == name + plen || *end != '.' || errno || l < 0 || l >= INT32_MAX) continue;
+        if (l + 1 > n) n = l + 1;
+    }
+    return n;
+}
+
+/* num_hidden_layers must match the layers in the files, both ways. */
+static enum gpo_status check_layer_count(const struct gpo_model *m, const struct names *nm) {
+    int64_t n = tensor_layers(&m->st, nm);
+    if (n == m->cfg.n_layer) return GPO_OK;
+    if (n == 0)
+        return gpo_fail(GPO_ERR_CONFIG,
+                        "config.json gives num_hidden_layers %lld, but the tensors in %s hold no "
+                        "layer at all",
+                        (long long)m->cfg.n_layer, m->dir);
+    return gpo_fail(GPO_ERR_CONFIG,
+                    "config.json gives num_hidden_layers %lld, but the tensors in %s hold %lld "
+                    "layers (0..%lld)",
+                    (long long)m->cfg.n_layer, m->dir, (long long)n, (long long)(n - 1));
 }
 
 /* Does the folder hold a safetensors checkpoint of its own? */
@@ -349,9 +414,11 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
 
     if (!dir_in || !out) return gpo_fail(GPO_ERR_ARG, "gpo_model_load: NULL argument");
     *out = NULL;
-    if (!is_dir(dir_in))
+    if (!is_dir(dir_in)) {
+        if (access(dir_in, F_OK) == 0) return not_a_folder(dir_in, "the model path");
         return gpo_fail(GPO_ERR_NOT_FOUND, "model folder '%s' not found (pass -m DIR or set GPT_DIR)",
                         dir_in);
+    }
     if (strlen(dir_in) >= sizeof dir - 64) return gpo_fail(GPO_ERR_ARG, "model path too long");
     memcpy(dir, dir_in, strlen(dir_in) + 1);
     /* A folder holding only original/ (as the release's subfolder) works too. */
@@ -395,6 +462,7 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
         goto cleanup;
     }
     m->layout = nm->layout;
+    if ((s = check_layer_count(m, nm)) != GPO_OK) goto cleanup;
     m->layers = calloc((size_t)m->cfg.n_layer, sizeof *m->layers);
     if (!m->layers) {
         s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
@@ -405,13 +473,18 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
     if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) goto cleanup;
 
     if (opts && opts->mlock) {
-        for (int i = 0; i < m->st.n_files; i++)
+        /* All or nothing: on a failure the files locked so far are unlocked again,
+         * so `locked` says exactly whether the weights are locked. */
+        int i = 0;
+        for (; i < m->st.n_files; i++)
             if (mlock(m->st.files[i].map, m->st.files[i].size) != 0) {
-                gpo_log(GPO_LOG_WARN, "mlock of %s failed: %s (check ulimit -l)",
-                        m->st.files[i].path, strerror(errno));
+                gpo_log(GPO_LOG_WARN, "mlock of %s failed: %s (check ulimit -l); the weights "
+                        "are not locked", m->st.files[i].path, strerror(errno));
                 break;
             }
-        m->locked = 1;
+        m->locked = i == m->st.n_files;
+        if (!m->locked)
+            while (i-- > 0) munlock(m->st.files[i].map, m->st.files[i].size);
     }
     if (opts && opts->prefetch) {
         /* Touch every page once so later reads hit memory; progress goes to the log. */
@@ -456,4 +529,5 @@ void gpo_model_free(gpo_model *m) {
 const struct gpo_config *gpo_model_config(const gpo_model *m) { return &m->cfg; }
 const char *gpo_model_dir(const gpo_model *m) { return m->dir; }
 const char *gpo_model_layout(const gpo_model *m) { return m->layout; }
+int gpo_model_locked(const gpo_model *m) { return m->locked; }
 void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info) { *info = m->info; }

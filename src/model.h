@@ -47,9 +47,19 @@ struct gpo_model {
     struct gpo_tview unembedding; /* [n_vocab, n_embd] */
     struct gpo_layer *layers;
     struct gpo_model_info info;
-    int locked;
+    int locked; /* 1 when every mapped file is locked in memory (--mlock) */
     void *converted; /* one allocation holding the --dense q8 copies */
 };
+
+/* Whether the load locked every weight file in memory (gpo_load_opts.mlock). */
+int gpo_model_locked(const gpo_model *m);
+
+/* Experts chosen per token: the real models use 4; the router's selection and
+ * its per-token buffers are sized for at most this many. */
+#define GPO_MAX_EXPERTS_USED 64
+/* Positions a model may declare (max_position_embeddings, or the YaRN context
+ * when that is absent): 2^30, far above the real 131072, keeps KV sizes finite. */
+#define GPO_MAX_POSITIONS ((int64_t)1 << 30)
 
 /* config.c: parse a config.json text (HF or original field names) into cfg.
  * `label` names the file in error messages. */

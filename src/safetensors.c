@@ -413,20 +413,13 @@ enum gpo_status gpo_st_add_file(struct gpo_st *st, const char *path) {
     uint64_t size = 0;
     char *pathcopy = NULL;
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return gpo_fail(errno == ENOENT ? GPO_ERR_NOT_FOUND : GPO_ERR_IO, "cannot open %s: %s",
-                        path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        s = gpo_fail(GPO_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+    int fd;
+    GPO_TRY(gpo_open_regular(path, GPO_ERR_NOT_FOUND, &fd, &size));
+    if (size > SIZE_MAX) {
+        s = gpo_fail(GPO_ERR_IO, "%s: %llu bytes cannot be mapped here", path,
+                     (unsigned long long)size);
         goto cleanup;
     }
-    if (!S_ISREG(sb.st_mode)) {
-        s = gpo_fail(GPO_ERR_IO, "%s is not a regular file", path);
-        goto cleanup;
-    }
-    size = (uint64_t)sb.st_size;
     if (size < 8) {
         s = gpo_fail(GPO_ERR_TRUNCATED,
                      "%s: file is %llu bytes, too short for the 8-byte header length", path,

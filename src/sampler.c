@@ -89,9 +89,9 @@ static enum gpo_status check_params(const struct gpo_sampler_params *p) {
     if (!(p->repetition_penalty > 0.0f) || !isfinite(p->repetition_penalty))
         return gpo_fail(GPO_ERR_ARG, "sampler: repetition_penalty %g must be > 0",
                         (double)p->repetition_penalty);
-    if (p->penalty_window < 0)
-        return gpo_fail(GPO_ERR_ARG, "sampler: penalty_window %d must be >= 0",
-                        p->penalty_window);
+    if (p->penalty_window < 0 || p->penalty_window > GPO_MAX_PENALTY_WINDOW)
+        return gpo_fail(GPO_ERR_ARG, "sampler: penalty_window %d must be in [0, %d]",
+                        p->penalty_window, GPO_MAX_PENALTY_WINDOW);
     if (p->n_logprobs < 0 || p->n_logprobs > GPO_MAX_LOGPROBS)
         return gpo_fail(GPO_ERR_ARG, "sampler: n_logprobs %d must be in [0, %d]", p->n_logprobs,
                         GPO_MAX_LOGPROBS);
@@ -300,6 +300,14 @@ static int64_t top_p_select(struct cand *c, int64_t n, double target, double *ma
     return hi;
 }
 
+/* A logit the sampler can compute with: NaN counts as impossible (-inf) so it
+ * can never win a comparison, and +inf becomes FLT_MAX so that x - max stays a
+ * number (inf - inf would be NaN); several +inf ids are then equally likely. */
+static inline float sane_logit(float x) {
+    if (isnan(x)) return -INFINITY;
+    return x > FLT_MAX ? FLT_MAX : x;
+}
+
 /* Log-probabilities of the masked raw logits: the n most likely ids (insertion
  * into a short sorted list) and the log-sum-exp for the chosen id. */
 static void fill_logprobs(const gpo_sampler *s, const float *logits, struct gpo_logprobs *lp,
@@ -307,20 +315,21 @@ static void fill_logprobs(const gpo_sampler *s, const float *logits, struct gpo_
     int64_t nv = s->n_vocab;
     float mx = -INFINITY;
     for (int64_t i = 0; i < nv; i++) {
-        float x = s->banned[i] ? -INFINITY : logits[i];
+        float x = s->banned[i] ? -INFINITY : sane_logit(logits[i]);
         if (x > mx) mx = x;
     }
     double sum = 0.0;
     for (int64_t i = 0; i < nv; i++) {
-        if (s->banned[i] || !(logits[i] > -INFINITY)) continue;
-        sum += exp((double)logits[i] - (double)mx);
+        float x = sane_logit(logits[i]);
+        if (s->banned[i] || !(x > -INFINITY)) continue;
+        sum += exp((double)x - (double)mx);
     }
     double lse = (double)mx + log(sum);
     *lse_out = lse;
     int32_t want = s->prm.n_logprobs, n = 0;
     for (int64_t i = 0; i < nv && want > 0; i++) {
-        if (s->banned[i] || !(logits[i] > -INFINITY)) continue;
-        float x = logits[i];
+        float x = sane_logit(logits[i]);
+        if (s->banned[i] || !(x > -INFINITY)) continue;
         if (n == want && x <= lp->lps[n - 1]) continue; /* strictly better only: lowest id wins ties */
         int32_t j = n < want ? n++ : n - 1;
         while (j > 0 && lp->lps[j - 1] < x) {
@@ -335,35 +344,58 @@ static void fill_logprobs(const gpo_sampler *s, const float *logits, struct gpo_
     lp->n = n;
 }
 
+/* The penalised value of a finite logit x, in float as the formula reads.  When
+ * that overflows (a huge penalty, or x near FLT_MAX), the same formula in double
+ * is clamped to the finite floats: a penalty makes an id less or more likely but
+ * never impossible or NaN. */
+static float penalised(float x, float rp, int32_t count, float freq, float pres) {
+    float y = x;
+    /* Repetition penalty first (HF/llama.cpp), then OpenAI's additive ones. */
+    if (rp != 1.0f) y = y > 0.0f ? y / rp : y * rp;
+    y -= (float)count * freq + pres;
+    if (isfinite(y)) return y;
+    double d = x;
+    if (rp != 1.0f) d = d > 0.0 ? d / rp : d * rp;
+    d -= (double)count * freq + pres;
+    if (d > FLT_MAX) return FLT_MAX;
+    if (d < -FLT_MAX) return -FLT_MAX;
+    return (float)d;
+}
+
 static void apply_penalties(const gpo_sampler *s, float *w) {
     const struct gpo_sampler_params *p = &s->prm;
     if (p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
         p->frequency_penalty == 0.0f)
         return;
-    float rp = p->repetition_penalty;
     for (int64_t k = 0; k < s->n_distinct; k++) {
         int32_t id = s->distinct[k];
         if (p->penalty_min_special > 0 && id >= p->penalty_min_special) continue;
-        float x = w[id];
-        if (!(x > -INFINITY)) continue;
-        /* Repetition penalty first (HF/llama.cpp), then OpenAI's additive ones. */
-        if (rp != 1.0f) x = x > 0.0f ? x / rp : x * rp;
-        x -= (float)s->counts[id] * p->frequency_penalty + p->presence_penalty;
-        w[id] = x;
+        if (!(w[id] > -INFINITY)) continue;
+        w[id] = penalised(w[id], p->repetition_penalty, s->counts[id], p->frequency_penalty,
+                          p->presence_penalty);
     }
 }
 
 static void process(const gpo_sampler *s, const float *logits, float *w) {
-    /* NaN counts as impossible so it can never win a comparison. */
-    for (int64_t i = 0; i < s->n_vocab; i++) {
-        float x = logits[i];
-        w[i] = (s->banned[i] || isnan(x)) ? -INFINITY : x;
-    }
+    for (int64_t i = 0; i < s->n_vocab; i++)
+        w[i] = s->banned[i] ? -INFINITY : sane_logit(logits[i]);
     apply_penalties(s, w);
 }
 
 void gpo_sampler_process(const gpo_sampler *s, const float *logits, float *out) {
     process(s, logits, out);
+}
+
+/* The id of the largest value, the lowest id on ties; -1 when all are -inf. */
+static int32_t argmax(const float *w, int64_t nv) {
+    float best = -INFINITY;
+    int32_t id = -1;
+    for (int64_t i = 0; i < nv; i++)
+        if (w[i] > best) { /* strict: the lowest id wins ties */
+            best = w[i];
+            id = (int32_t)i;
+        }
+    return id;
 }
 
 enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t *out_id,
@@ -376,27 +408,16 @@ enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t 
     float *w = s->work;
     process(s, logits, w);
 
-    int32_t chosen = -1;
-    if (p->temperature == 0.0f) {
-        float best = -INFINITY;
-        for (int64_t i = 0; i < nv; i++)
-            if (w[i] > best) { /* strict: the lowest id wins ties */
-                best = w[i];
-                chosen = (int32_t)i;
-            }
-        if (chosen < 0)
-            return gpo_fail(GPO_ERR_ARG, "sampler: every one of %lld logits is banned or -inf",
-                            (long long)nv);
-    } else {
-        float mx = -INFINITY;
+    int32_t chosen = argmax(w, nv);
+    if (chosen < 0)
+        return gpo_fail(GPO_ERR_ARG, "sampler: every one of %lld logits is banned or -inf",
+                        (long long)nv);
+    if (p->temperature >= GPO_SAMPLER_MIN_TEMPERATURE) {
+        /* w holds no NaN and no +inf, and 1/T is finite, so every (x - max) / T
+         * below is a number and the most likely id gets p = 1. */
+        float mx = w[chosen];
         int64_t n_finite = 0;
-        for (int64_t i = 0; i < nv; i++) {
-            if (w[i] > mx) mx = w[i];
-            n_finite += w[i] > -INFINITY;
-        }
-        if (!(mx > -INFINITY))
-            return gpo_fail(GPO_ERR_ARG, "sampler: every one of %lld logits is banned or -inf",
-                            (long long)nv);
+        for (int64_t i = 0; i < nv; i++) n_finite += w[i] > -INFINITY;
         float inv_t = 1.0f / p->temperature;
         struct cand *c = s->cand;
         int64_t n = 0;
@@ -450,18 +471,22 @@ enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t 
                 }
             n = m;
         }
-        double u = rng_uniform(s->rng) * total, acc = 0.0;
-        chosen = c[n - 1].id; /* guards against rounding at the top end */
-        for (int64_t i = 0; i < n; i++) {
-            acc += c[i].p;
-            if (u < acc) {
-                chosen = c[i].id;
-                break;
+        /* The argmax stays when nothing survived (it always should) or the
+         * mass is not a positive number. */
+        if (n > 0 && total > 0.0 && isfinite(total)) {
+            double u = rng_uniform(s->rng) * total, acc = 0.0;
+            chosen = c[n - 1].id; /* guards against rounding at the top end */
+            for (int64_t i = 0; i < n; i++) {
+                acc += c[i].p;
+                if (u < acc) {
+                    chosen = c[i].id;
+                    break;
+                }
             }
         }
     }
     *out_id = chosen;
-    if (lp) lp->chosen = (float)((double)logits[chosen] - lse);
+    if (lp) lp->chosen = (float)((double)sane_logit(logits[chosen]) - lse);
     return GPO_OK;
 }
 
@@ -482,6 +507,7 @@ const char *gpo_finish_name(enum gpo_finish f) {
     case GPO_FINISH_LENGTH: return "length";
     case GPO_FINISH_CONTEXT: return "context";
     case GPO_FINISH_ABORTED: return "aborted";
+    case GPO_FINISH_ERROR: return "error";
     default: return "";
     }
 }

@@ -341,22 +341,70 @@ static enum gpo_status rewrite_pattern(const char *pat, char **out) {
     return GPO_OK;
 }
 
-/* The Split regex of the pre_tokenizer (alone or inside a Sequence), or NULL. */
-static const char *split_regex(const cJSON *pt) {
-    if (!cJSON_IsObject(pt)) return NULL;
+/* The type name of a pre-tokenizer entry, for messages. */
+static const char *pretok_type(const cJSON *pt) {
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(pt, "type");
-    if (cJSON_IsString(type) && strcmp(type->valuestring, "Split") == 0) {
-        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(pt, "pattern");
-        const cJSON *re = cJSON_GetObjectItemCaseSensitive(pat, "Regex");
-        return cJSON_IsString(re) ? re->valuestring : NULL;
+    return cJSON_IsString(type) ? type->valuestring : "(no type)";
+}
+
+/* A Split entry that isolates the matches of a regex: its pattern, or NULL. */
+static const char *split_regex(const cJSON *pt) {
+    if (!cJSON_IsObject(pt) || strcmp(pretok_type(pt), "Split") != 0) return NULL;
+    const cJSON *re = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(pt, "pattern"), "Regex");
+    const cJSON *beh = cJSON_GetObjectItemCaseSensitive(pt, "behavior");
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(pt, "invert");
+    if (!cJSON_IsString(re)) return NULL;
+    if (beh && !(cJSON_IsString(beh) && strcmp(beh->valuestring, "Isolated") == 0)) return NULL;
+    if (inv && !cJSON_IsFalse(inv)) return NULL;
+    return re->valuestring;
+}
+
+/* A ByteLevel entry that only maps bytes (no regex split of its own). */
+static int plain_byte_level(const cJSON *pt) {
+    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(pt, "use_regex");
+    return cJSON_IsObject(pt) && strcmp(pretok_type(pt), "ByteLevel") == 0 && cJSON_IsFalse(ur);
+}
+
+/* The pre-tokenizer regex.  Absent (or null): the o200k pattern of spec 5.2.
+ * Else an isolating Split regex, alone or in a Sequence next to ByteLevel
+ * entries that split nothing; any other shape would tokenize differently from
+ * what the file asks, so it is refused with what was found. */
+static enum gpo_status pretok_pattern(const char *found, const cJSON *pt, const char *path,
+                                      const char **pattern) {
+    *pattern = O200K_PATTERN;
+    if (!found) return GPO_OK;
+    if (!pt) return gpo_fail(GPO_ERR_TOKENIZER, "%s: pre_tokenizer is not valid JSON", path);
+    if (cJSON_IsNull(pt)) return GPO_OK;
+    if (!cJSON_IsObject(pt))
+        return gpo_fail(GPO_ERR_TOKENIZER, "%s: pre_tokenizer is not an object", path);
+    const char *re = split_regex(pt);
+    if (!re && strcmp(pretok_type(pt), "Sequence") == 0) {
+        const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers"), *it;
+        if (!cJSON_IsArray(seq))
+            return gpo_fail(GPO_ERR_TOKENIZER,
+                            "%s: pre_tokenizer Sequence has no pretokenizers list", path);
+        int n = 0;
+        cJSON_ArrayForEach(it, seq) {
+            const char *r = split_regex(it);
+            if (r && !re) {
+                re = r;
+            } else if (!plain_byte_level(it)) {
+                return gpo_fail(GPO_ERR_TOKENIZER,
+                                "%s: pre_tokenizer Sequence entry %d is a %s%s; supported are one "
+                                "isolating Split regex and ByteLevel entries with use_regex false",
+                                path, n, pretok_type(it), r ? " (a second Split)" : "");
+            }
+            n++;
+        }
     }
-    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
-    const cJSON *it;
-    cJSON_ArrayForEach(it, seq) {
-        const char *r = split_regex(it);
-        if (r) return r;
-    }
-    return NULL;
+    if (!re)
+        return gpo_fail(GPO_ERR_TOKENIZER,
+                        "%s: pre_tokenizer is a %s; supported is an isolating Split regex, alone "
+                        "or in a Sequence with ByteLevel entries that have use_regex false",
+                        path, pretok_type(pt));
+    *pattern = re;
+    return GPO_OK;
 }
 
 static enum gpo_status compile_regex(struct gpo_tokenizer *t, const char *pattern,
@@ -450,8 +498,11 @@ enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out) {
             goto cleanup;
         }
     }
-    if (find_member(buf, end, "pre_tokenizer", &vb))
+    const char *pretok_at = NULL;
+    if (find_member(buf, end, "pre_tokenizer", &vb)) {
+        pretok_at = vb;
         pretok = cJSON_ParseWithLength(vb, (size_t)(end - vb));
+    }
 
     /* Pass 1: the id range and the pool size. */
     int32_t max_id = -1;
@@ -476,6 +527,13 @@ enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out) {
             !content->valuestring[0]) {
             st = gpo_fail(GPO_ERR_TOKENIZER, "%s: added_tokens[%zu] needs an integer id and a "
                           "non-empty content", path, n_added);
+            goto cleanup;
+        }
+        /* Text that is not UTF-8 could match inside a character and hand the regex
+         * broken UTF-8 around it. */
+        if (!gpo_utf8_valid(content->valuestring, strlen(content->valuestring))) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, "%s: added_tokens[%zu] (id %d) content is not "
+                          "valid UTF-8", path, n_added, id->valueint);
             goto cleanup;
         }
         if (id->valueint > max_id) max_id = id->valueint;
@@ -560,8 +618,9 @@ enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out) {
         t->special_first[(unsigned char)txt[0]] = 1;
     }
 
-    const char *pattern = split_regex(pretok);
-    st = compile_regex(t, pattern ? pattern : O200K_PATTERN, path);
+    const char *pattern;
+    st = pretok_pattern(pretok_at, pretok, path, &pattern);
+    if (st == GPO_OK) st = compile_regex(t, pattern, path);
     if (st != GPO_OK) goto cleanup;
 
     gpo_log(GPO_LOG_DEBUG, "tokenizer %s: %zu tokens + %zu added, loaded in %.3f s", path,
@@ -763,6 +822,7 @@ static enum gpo_status encode_ordinary(const struct gpo_tokenizer *t, const unsi
         }
         size_t b = ov[0], e = ov[1];
         if (e == b) { /* an empty match: step over one character */
+            if (b >= n) break; /* at the end ("$"): no character left to step over */
             pos = b + utf8_seq_len(s[b]);
             continue;
         }

@@ -1,10 +1,12 @@
 /* util.c - small helpers: growable id and byte buffers, f16 conversion, aligned
  * allocation and a monotonic clock. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -116,30 +118,68 @@ double gpo_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* What a file that is not a regular one is, for messages. */
+static const char *file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a folder";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "not a regular file";
+}
+
+enum gpo_status gpo_open_regular(const char *path, enum gpo_status enoent_status, int *fd_out,
+                                 uint64_t *size_out) {
+    *fd_out = -1;
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return gpo_fail(errno == ENOENT ? enoent_status : GPO_ERR_IO, "cannot open %s: %s", path,
+                        strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        enum gpo_status s = gpo_fail(GPO_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+        close(fd);
+        return s;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return gpo_fail(GPO_ERR_IO, "%s is %s, not a regular file", path, file_kind(sb.st_mode));
+    }
+    /* Reads of the regular file may block as usual. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fd_out = fd;
+    *size_out = (uint64_t)sb.st_size;
+    return GPO_OK;
+}
+
 enum gpo_status gpo_read_file(const char *path, uint64_t max_bytes, char **out, size_t *len_out) {
     enum gpo_status s = GPO_OK;
     char *buf = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return gpo_fail(GPO_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        s = gpo_fail(GPO_ERR_IO, "%s is not a readable regular file", path);
+    int fd;
+    uint64_t size;
+    GPO_TRY(gpo_open_regular(path, GPO_ERR_IO, &fd, &size));
+    if (size > max_bytes) {
+        s = gpo_fail(GPO_ERR_IO, "%s is %llu bytes, more than the %llu expected at most", path,
+                     (unsigned long long)size, (unsigned long long)max_bytes);
         goto cleanup;
     }
-    if ((uint64_t)sb.st_size > max_bytes) {
-        s = gpo_fail(GPO_ERR_IO, "%s is %lld bytes, more than the %llu expected at most", path,
-                     (long long)sb.st_size, (unsigned long long)max_bytes);
-        goto cleanup;
-    }
-    size_t len = (size_t)sb.st_size;
+    size_t len = (size_t)size;
     buf = malloc(len + 1);
     if (!buf) {
         s = gpo_fail(GPO_ERR_NOMEM, "cannot allocate %zu bytes for %s", len, path);
         goto cleanup;
     }
-    if (fread(buf, 1, len, f) != len) {
-        s = gpo_fail(GPO_ERR_IO, "cannot read %s", path);
-        goto cleanup;
+    for (size_t got = 0; got < len;) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            s = gpo_fail(GPO_ERR_IO, "cannot read %s: %s", path,
+                         r < 0 ? strerror(errno) : "the file ended early");
+            goto cleanup;
+        }
+        got += (size_t)r;
     }
     buf[len] = 0;
     *out = buf;
@@ -147,6 +187,6 @@ enum gpo_status gpo_read_file(const char *path, uint64_t max_bytes, char **out, 
     buf = NULL;
 cleanup:
     free(buf);
-    fclose(f);
+    close(fd);
     return s;
 }

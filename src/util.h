@@ -55,8 +55,16 @@ uint16_t f32_to_f16(float f);
 void *gpo_aligned_alloc(size_t size);
 void gpo_aligned_free(void *p);
 
+/* Open an input file read-only and return its descriptor and size.  The open
+ * does not block (a FIFO or a device named like a weights file would wait
+ * forever), and anything but a regular file is refused with a message naming
+ * the path and what it is.  A missing file is enoent_status, other errors
+ * GPO_ERR_IO. */
+enum gpo_status gpo_open_regular(const char *path, enum gpo_status enoent_status, int *fd_out,
+                                 uint64_t *size_out);
+
 /* Read a whole regular file of at most max_bytes into a malloc'd, NUL-terminated
- * buffer. */
+ * buffer (opened with gpo_open_regular; a missing file is GPO_ERR_IO). */
 enum gpo_status gpo_read_file(const char *path, uint64_t max_bytes, char **out, size_t *len_out);
 
 /* splitmix64: a seed expander and small reproducible generator. */

@@ -37,6 +37,14 @@ n=$(grep -c '": ' "$tmp/m/original/config.json")
 n=$(grep -c '"block\.\|"embedding\|"norm\|"unembedding' "$tmp/m/original/dtypes.json")
 [ "$n" -eq 63 ] || fail "original/dtypes.json has $n entries, want 63"
 
+# -m naming a file says what it is instead of "not found".
+"$BIN" info -m "$tmp/m/config.json" >/dev/null 2>"$tmp/err" && fail "info -m FILE succeeded"
+grep -q "is a file, not a folder: pass the folder holding config.json" "$tmp/err" ||
+    fail "-m FILE message: $(cat "$tmp/err")"
+: >"$tmp/model.gguf"
+"$BIN" info -m "$tmp/model.gguf" >/dev/null 2>"$tmp/err" && fail "info -m x.gguf succeeded"
+grep -q "GGUF files are not read yet" "$tmp/err" || fail "-m x.gguf message: $(cat "$tmp/err")"
+
 # The same seed gives the same bytes; another seed does not.
 "$BIN" mkmodel --preset tiny --seed 3 --out "$tmp/same" -q || fail "second run failed"
 cmp -s "$tmp/m/model.safetensors" "$tmp/same/model.safetensors" || fail "same seed, different bytes"

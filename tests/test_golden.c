@@ -13,7 +13,15 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include <linux/capability.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "gpo.h"
+#include "model.h"
 
 #define FIX "tests/fixtures/tiny-a"
 #define N_SEQ 4
@@ -429,6 +437,183 @@ static void test_rewind(void **st) {
     gpo_model_free(m);
 }
 
+/* ------------------------------------------------------------------------- */
+/* Loading: paths, layer counts, odd tensors, mlock, KV limits                */
+
+/* A scratch model folder: the fixture's weights (linked) and its config.json
+ * with `edit` applied (NULL: unchanged). */
+static void make_variant(char *dir, size_t size, void (*edit)(cJSON *)) {
+    snprintf(dir, size, "/tmp/gpo_golden_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char src[4096], dst[4096];
+    assert_non_null(realpath(FIX "/model.safetensors", src));
+    snprintf(dst, sizeof dst, "%s/model.safetensors", dir);
+    assert_int_equal(symlink(src, dst), 0);
+    char *text = read_all(FIX "/config.json", NULL);
+    assert_non_null(text);
+    cJSON *cfg = cJSON_Parse(text);
+    free(text);
+    assert_non_null(cfg);
+    if (edit) edit(cfg);
+    char *out = cJSON_Print(cfg);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    FILE *f = fopen(dst, "w");
+    assert_non_null(f);
+    fputs(out, f);
+    fclose(f);
+    free(out);
+    cJSON_Delete(cfg);
+}
+
+static void remove_variant(const char *dir) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void set_layers(cJSON *cfg, int n) {
+    cJSON_ReplaceItemInObject(cfg, "num_hidden_layers", cJSON_CreateNumber(n));
+    cJSON_DeleteItemFromObject(cfg, "layer_types");
+}
+static void three_layers(cJSON *cfg) { set_layers(cfg, 3); }
+static void five_layers(cJSON *cfg) { set_layers(cfg, 5); }
+
+/* A model path that is a file says so (and GGUF by name); a layer count that
+ * differs from the tensors names both numbers. */
+static void test_load_errors(void **st) {
+    (void)st;
+    gpo_model *m = NULL;
+    assert_int_equal(gpo_model_load(FIX "/config.json", NULL, &m), GPO_ERR_NOT_FOUND);
+    assert_non_null(strstr(gpo_last_error(), "is a file"));
+    assert_non_null(strstr(gpo_last_error(), "config.json"));
+    char gguf[] = "/tmp/gpo_golden_XXXXXX.gguf";
+    int fd = mkstemps(gguf, 5);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(gpo_model_load(gguf, NULL, &m), GPO_ERR_NOT_FOUND);
+    assert_non_null(strstr(gpo_last_error(), "GGUF files are not read yet"));
+    char out[4096];
+    assert_int_equal(gpo_model_resolve_dir(gguf, out, sizeof out), GPO_ERR_NOT_FOUND);
+    assert_non_null(strstr(gpo_last_error(), "GGUF"));
+    assert_non_null(strstr(gpo_last_error(), "safetensors checkpoint folder"));
+    unlink(gguf);
+    assert_null(m);
+
+    char dir[64];
+    make_variant(dir, sizeof dir, three_layers);
+    assert_int_equal(gpo_model_load(dir, NULL, &m), GPO_ERR_CONFIG);
+    assert_non_null(strstr(gpo_last_error(), "num_hidden_layers 3"));
+    assert_non_null(strstr(gpo_last_error(), "hold 4 layers"));
+    remove_variant(dir);
+    make_variant(dir, sizeof dir, five_layers);
+    assert_int_equal(gpo_model_load(dir, NULL, &m), GPO_ERR_CONFIG);
+    assert_non_null(strstr(gpo_last_error(), "num_hidden_layers 5"));
+    assert_non_null(strstr(gpo_last_error(), "hold 4 layers"));
+    remove_variant(dir);
+    assert_null(m);
+}
+
+/* A tensor with a zero dimension next to huge ones is empty: loading counts it
+ * as 0 parameters without overflowing (a sanitizer build aborts on that). */
+static void test_load_empty_huge_tensor(void **st) {
+    (void)st;
+    gpo_model *m = NULL;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    struct gpo_model_info want;
+    gpo_model_get_info(m, &want);
+    gpo_model_free(m);
+
+    char dir[64], path[128];
+    make_variant(dir, sizeof dir, NULL);
+    static const char *const shapes[] = {"[0,1099511627776,1099511627776]",
+                                         "[1099511627776,1099511627776,0]",
+                                         "[4194304,0,4194304,4194304]"};
+    for (int i = 0; i < 3; i++) {
+        char h[256];
+        int n = snprintf(h, sizeof h,
+                         "{\"odd%d\":{\"dtype\":\"F32\",\"shape\":%s,\"data_offsets\":[0,0]}}",
+                         i, shapes[i]);
+        while (n % 8) h[n++] = ' ';
+        snprintf(path, sizeof path, "%s/odd%d.safetensors", dir, i);
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        for (int b = 0; b < 8; b++) fputc((int)(((uint64_t)n >> (8 * b)) & 0xff), f);
+        fwrite(h, 1, (size_t)n, f);
+        fclose(f);
+    }
+    assert_int_equal(gpo_model_load(dir, NULL, &m), GPO_OK);
+    struct gpo_model_info got;
+    gpo_model_get_info(m, &got);
+    assert_int_equal(got.n_params, want.n_params);
+    assert_int_equal(got.n_tensors, want.n_tensors + 3);
+    gpo_model_free(m);
+    remove_variant(dir);
+}
+
+/* Whether mlock of the weights works here, tried on the model's own mappings. */
+static int mlock_works(const gpo_model *m) {
+    for (int i = 0; i < m->st.n_files; i++)
+        if (mlock(m->st.files[i].map, m->st.files[i].size) != 0) return 0;
+    return 1;
+}
+
+/* `locked` is set exactly when every file was locked: with the normal limits,
+ * and in a child process without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0, where
+ * mlock fails even for root. */
+static void test_mlock_state(void **st) {
+    (void)st;
+    struct gpo_load_opts lo = {.mlock = 1};
+    gpo_model *m = NULL;
+    gpo_set_log_level(GPO_LOG_ERROR);
+    assert_int_equal(gpo_model_load(FIX, &lo, &m), GPO_OK);
+    assert_int_equal(gpo_model_locked(m), mlock_works(m));
+    gpo_model_free(m);
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+        struct __user_cap_data_struct caps[2];
+        if (syscall(SYS_capget, &hdr, caps) == 0) {
+            caps[0].effective &= ~(1u << CAP_IPC_LOCK);
+            caps[0].permitted &= ~(1u << CAP_IPC_LOCK);
+            caps[0].inheritable &= ~(1u << CAP_IPC_LOCK);
+            syscall(SYS_capset, &hdr, caps);
+        }
+        struct rlimit rl = {0, 0};
+        setrlimit(RLIMIT_MEMLOCK, &rl);
+        gpo_model *c = NULL;
+        if (gpo_model_load(FIX, &lo, &c) != GPO_OK) _exit(2);
+        int locked = gpo_model_locked(c), works = mlock_works(c);
+        _exit(locked == works ? (works ? 10 : 0) : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 10) print_message("mlock still works without CAP_IPC_LOCK here\n");
+    assert_true(WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 10);
+    gpo_set_log_level(GPO_LOG_INFO);
+}
+
+/* A KV cache larger than the machine is refused before allocating, with its
+ * size and the limit. */
+static void test_kv_limit(void **st) {
+    (void)st;
+    gpo_model *m = NULL;
+    assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
+    m->cfg.max_position = GPO_MAX_POSITIONS;
+    uint64_t need = gpo_kv_bytes_for(&m->cfg, GPO_MAX_POSITIONS);
+    uint64_t phys = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    if (need > phys) {
+        gpo_kv *kv = NULL;
+        assert_int_equal(gpo_kv_create(m, GPO_MAX_POSITIONS, &kv), GPO_ERR_NOMEM);
+        assert_null(kv);
+        assert_non_null(strstr(gpo_last_error(), "1073741824 positions x 4 layers"));
+        assert_non_null(strstr(gpo_last_error(), "GB of memory"));
+    }
+    gpo_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_prefill),        cmocka_unit_test(test_hf_incremental),
@@ -437,6 +622,8 @@ int main(void) {
         cmocka_unit_test(test_seq0_layers),       cmocka_unit_test(test_threads_bitexact),
         cmocka_unit_test(test_batch_invariance),  cmocka_unit_test(test_forward_errors),
         cmocka_unit_test(test_rewind),            cmocka_unit_test(test_dense_q8),
+        cmocka_unit_test(test_load_errors),       cmocka_unit_test(test_load_empty_huge_tensor),
+        cmocka_unit_test(test_mlock_state),       cmocka_unit_test(test_kv_limit),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
 }

@@ -9,7 +9,11 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include "forward.h"
+#include "model.h"
 #include "kernels/kernels.h"
 #include "util.h"
 
@@ -113,6 +117,141 @@ static void test_topk_softmax(void **state) {
     assert_true(fabs(w[0] + w[1] + w[2] + w[3] - 1.0) < 1e-6);
 }
 
+/* The selection by repeated maximum that the router has always used: the
+ * reference for the heap selection. */
+static void topk_naive(const float *lg, int64_t n, int64_t k, int32_t *idx) {
+    for (int64_t i = 0; i < k; i++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < n; e++) {
+            int taken = 0;
+            for (int64_t j = 0; j < i; j++) taken |= idx[j] == e;
+            if (taken) continue;
+            if (best < 0 || lg[e] > lg[best]) best = e;
+        }
+        idx[i] = (int32_t)best;
+    }
+}
+
+/* Same ids, order and weights as the repeated maximum, with many ties and -inf. */
+static void test_topk_matches_reference(void **state) {
+    (void)state;
+    uint64_t r = 99;
+    float lg[160];
+    int32_t got[64], want[64];
+    float w[64], ww[64];
+    for (int it = 0; it < 400; it++) {
+        int64_t n = 1 + (int64_t)(it % 160), k = 1 + (int64_t)((it * 7) % 64);
+        if (k > n) k = n;
+        for (int64_t e = 0; e < n; e++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            int v = (int)((r >> 33) % 9);
+            lg[e] = v == 8 ? -INFINITY : (float)(v - 4) * 0.5f; /* few values: ties */
+        }
+        gpo_topk_softmax(lg, n, k, got, w);
+        topk_naive(lg, n, k, want);
+        float mx = lg[want[0]], sum = 0.0f;
+        for (int64_t i = 0; i < k; i++) {
+            ww[i] = expf(lg[want[i]] - mx);
+            sum += ww[i];
+        }
+        for (int64_t i = 0; i < k; i++) {
+            assert_int_equal(got[i], want[i]);
+            assert_true(w[i] == ww[i] / sum); /* bit for bit */
+        }
+    }
+}
+
+/* Thousands of experts and of experts per token stay quick (a quadratic selection
+ * would take minutes here); the alarm turns a hang into a failure. */
+static void test_topk_large(void **state) {
+    (void)state;
+    const int64_t n = 65536, k = 4096;
+    float *lg = malloc((size_t)n * sizeof *lg);
+    int32_t *idx = malloc((size_t)k * sizeof *idx);
+    float *w = malloc((size_t)k * sizeof *w);
+    assert_true(lg && idx && w);
+    for (int64_t e = 0; e < n; e++) lg[e] = (float)((e * 7919) % 1000) * 0.01f;
+    alarm(20);
+    gpo_topk_softmax(lg, n, k, idx, w);
+    alarm(0);
+    for (int64_t i = 1; i < k; i++)
+        assert_true(lg[idx[i - 1]] > lg[idx[i]] ||
+                    (lg[idx[i - 1]] == lg[idx[i]] && idx[i - 1] < idx[i]));
+    assert_float_equal(lg[idx[0]], 9.99f, 1e-6);
+    free(lg);
+    free(idx);
+    free(w);
+}
+
+/* Parse a config.json text; on an error the message must hold `needle`. */
+static enum gpo_status parse_cfg(const char *json, struct gpo_config *c, const char *needle) {
+    enum gpo_status s = gpo_config_parse(json, strlen(json), "config.json", c);
+    if (s != GPO_OK && needle && !strstr(gpo_last_error(), needle))
+        fail_msg("message '%s' lacks '%s'", gpo_last_error(), needle);
+    return s;
+}
+
+static void test_config_limits(void **state) {
+    (void)state;
+    struct gpo_config c;
+    /* The defaults (the 120b) and the 20b load. */
+    assert_int_equal(parse_cfg("{}", &c, NULL), GPO_OK);
+    assert_int_equal(c.max_position, 131072);
+    assert_int_equal(parse_cfg("{\"num_hidden_layers\": 24, \"num_local_experts\": 32, "
+                               "\"num_experts_per_tok\": 4, \"rope_theta\": 150000, "
+                               "\"rms_norm_eps\": 1e-05, \"max_position_embeddings\": 131072, "
+                               "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 32.0, "
+                               "\"beta_fast\": 32.0, \"beta_slow\": 1.0, "
+                               "\"original_max_position_embeddings\": 4096}}",
+                               &c, NULL),
+                     GPO_OK);
+    /* Experts per token: 64 at most, named in the error. */
+    assert_int_equal(parse_cfg("{\"experts_per_token\": 64}", &c, NULL), GPO_OK);
+    assert_int_equal(parse_cfg("{\"experts_per_token\": 65536, \"num_experts\": 65536}", &c,
+                               "experts_per_token"),
+                     GPO_ERR_CONFIG);
+    assert_non_null(strstr(gpo_last_error(), "64"));
+    c = real_config();
+    c.n_expert_used = 65;
+    assert_int_equal(gpo_config_validate(&c, "cfg"), GPO_ERR_CONFIG);
+    /* rope_theta 1 would divide by log(1) = 0: the YaRN bounds become infinite. */
+    assert_int_equal(parse_cfg("{\"rope_theta\": 1.0, \"rope_ntk_beta\": 1e6, "
+                               "\"rope_ntk_alpha\": 1e-6}", &c, "rope_theta"),
+                     GPO_ERR_CONFIG);
+    /* Bounds outside [0, head_dim/2]. */
+    assert_int_equal(parse_cfg("{\"rope_ntk_alpha\": 1e-6}", &c, "YaRN"), GPO_ERR_CONFIG);
+    assert_int_equal(parse_cfg("{\"rope_ntk_beta\": 1e6}", &c, "YaRN"), GPO_ERR_CONFIG);
+    /* Without YaRN the bounds are not used. */
+    assert_int_equal(parse_cfg("{\"rope_scaling_factor\": 1.0, \"rope_ntk_beta\": 1e6}", &c,
+                               NULL), GPO_OK);
+    /* eps 0 divides by zero on a zero row. */
+    assert_int_equal(parse_cfg("{\"rms_norm_eps\": 0}", &c, "rms_norm_eps"), GPO_ERR_CONFIG);
+    assert_int_equal(parse_cfg("{\"rms_norm_eps\": 1e-50}", &c, "rms_norm_eps"),
+                     GPO_ERR_CONFIG);
+    /* The derived context is bounded like max_position_embeddings. */
+    assert_int_equal(parse_cfg("{\"initial_context_length\": 16000000, "
+                               "\"rope_scaling_factor\": 1000000}", &c,
+                               "initial_context_length"),
+                     GPO_ERR_CONFIG);
+    assert_int_equal(parse_cfg("{\"max_position_embeddings\": 2147483648}", &c,
+                               "max_position_embeddings"),
+                     GPO_ERR_CONFIG);
+}
+
+/* KV sizes that do not fit in 64 bits saturate instead of wrapping. */
+static void test_kv_bytes_overflow(void **state) {
+    (void)state;
+    struct gpo_config c = real_config();
+    for (int l = 0; l < 24; l++) c.layer_sliding[l] = (l % 2 == 0);
+    /* 12 full layers x 131072 x 512 x 2 x 4 + 12 sliding layers x 128 x 512 x 8 */
+    assert_int_equal(gpo_kv_bytes_for(&c, 131072), 12ull * 131072 * 4096 + 12ull * 128 * 4096);
+    c.n_layer = 256;
+    c.n_head = c.n_head_kv = 4096;
+    c.head_dim = 4096;
+    memset(c.layer_sliding, 0, sizeof c.layer_sliding);
+    assert_true(gpo_kv_bytes_for(&c, (int64_t)1 << 40) == UINT64_MAX);
+}
+
 static void test_swiglu(void **state) {
     (void)state;
     /* pairs (gate, linear) */
@@ -195,6 +334,8 @@ int main(void) {
         cmocka_unit_test(test_swiglu),            cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_f16_bf16),          cmocka_unit_test(test_sliding_mask),
         cmocka_unit_test(test_sinks),
+        cmocka_unit_test(test_topk_matches_reference), cmocka_unit_test(test_topk_large),
+        cmocka_unit_test(test_config_limits),     cmocka_unit_test(test_kv_bytes_overflow),
     };
     return cmocka_run_group_tests_name("math", tests, NULL, NULL);
 }

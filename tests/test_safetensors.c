@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "safetensors.h"
@@ -600,6 +601,42 @@ static void test_open_dir_plain(void **state) {
     assert_int_equal(gpo_st_open_dir(&st, dir), GPO_ERR_NOT_FOUND);
 }
 
+/* A FIFO named like an input file is refused at once with a message naming the
+ * path and what it is; opening it for reading must not wait for a writer (the
+ * alarm turns a hang into a failure). */
+static void expect_fifo_refused(enum gpo_status s, const char *path) {
+    if (s != GPO_ERR_IO) fail_msg("%s: got %s (%s)", path, gpo_status_name(s), gpo_last_error());
+    if (!strstr(gpo_last_error(), path) || !strstr(gpo_last_error(), "FIFO"))
+        fail_msg("message '%s' lacks '%s' or 'FIFO'", gpo_last_error(), path);
+}
+
+static void test_fifo_inputs(void **state) {
+    (void)state;
+    char dir[512], path[600];
+    tmp_path(dir, sizeof dir, "fifo");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    alarm(10);
+    struct gpo_st st = {0};
+    expect_fifo_refused(gpo_st_add_file(&st, path), path);
+    expect_fifo_refused(gpo_st_open_dir(&st, dir), path);
+    char *text = NULL;
+    size_t len = 0;
+    expect_fifo_refused(gpo_read_file(path, 1 << 20, &text, &len), path);
+    assert_null(text);
+    /* The shard index too. */
+    assert_int_equal(unlink(path), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    assert_int_equal(mkfifo(path, 0644), 0);
+    expect_fifo_refused(gpo_st_open_dir(&st, dir), path);
+    alarm(0);
+    /* A folder is named as one. */
+    assert_int_equal(gpo_read_file(dir, 1 << 20, &text, &len), GPO_ERR_IO);
+    assert_non_null(strstr(gpo_last_error(), "a folder"));
+    remove_dir(dir);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Real-format checkpoints                                                   */
 
@@ -898,6 +935,51 @@ static void test_mkmodel_tiny(void **state) {
     remove_dir(path);
 }
 
+/* The free space mkmodel sees: this definition takes the place of the C
+ * library's statvfs for the whole test binary (the library calls it only to
+ * check space), so a full disk can be played without one. */
+static uint64_t fake_free = (uint64_t)1 << 50;
+
+int statvfs(const char *path, struct statvfs *buf) {
+    (void)path;
+    memset(buf, 0, sizeof *buf);
+    buf->f_bsize = buf->f_frsize = 4096;
+    buf->f_bavail = buf->f_bfree = fake_free / 4096;
+    return 0;
+}
+
+/* --force over an old checkpoint checks the space before deleting anything, and
+ * counts the old files it replaces as space. */
+static void test_mkmodel_space(void **state) {
+    (void)state;
+    char dir[512], path[600];
+    struct stat sb;
+    tmp_path(dir, sizeof dir, "space");
+    struct gpo_mkmodel_opts o = {.preset = "tiny", .out_dir = dir, .seed = 1, .layout_hf = 1};
+    gpo_set_log_level(GPO_LOG_WARN);
+    assert_int_equal(gpo_mkmodel(&o), GPO_OK);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_int_equal(stat(path, &sb), 0);
+    off_t old_size = sb.st_size;
+
+    /* 10 MB free + the old ~52 MB is short of ~52 MB + the 64 MB margin. */
+    fake_free = 10u << 20;
+    o.seed = 2;
+    assert_int_equal(gpo_mkmodel(&o), GPO_ERR_IO);
+    assert_non_null(strstr(gpo_last_error(), "free"));
+    assert_non_null(strstr(gpo_last_error(), "nothing was deleted"));
+    assert_int_equal(stat(path, &sb), 0); /* the old checkpoint is still there */
+    assert_int_equal(sb.st_size, old_size);
+
+    /* 100 MB free is enough once the old file's space counts. */
+    fake_free = 100u << 20;
+    assert_int_equal(gpo_mkmodel(&o), GPO_OK);
+    assert_int_equal(stat(path, &sb), 0);
+    fake_free = (uint64_t)1 << 50;
+    gpo_set_log_level(GPO_LOG_INFO);
+    remove_dir(dir);
+}
+
 static void test_mkmodel_errors(void **state) {
     (void)state;
     char dir[512];
@@ -932,8 +1014,10 @@ int main(void) {
         cmocka_unit_test(test_malformed_entries),
         cmocka_unit_test(test_open_dir_index),
         cmocka_unit_test(test_open_dir_plain),
+        cmocka_unit_test(test_fifo_inputs),
         cmocka_unit_test(test_fixture),
         cmocka_unit_test(test_mkmodel_tiny),
+        cmocka_unit_test(test_mkmodel_space),
         cmocka_unit_test(test_mkmodel_errors),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <float.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
@@ -615,10 +616,123 @@ static void test_params(void **state) {
     bad = p;
     bad.repetition_penalty = 0;
     assert_int_equal(gpo_sampler_create(&bad, 10, NULL, &s), GPO_ERR_ARG);
+    /* A window is a ring of 4-byte ids: an absurd one is refused, not allocated. */
+    bad = p;
+    bad.penalty_window = INT32_MAX;
+    assert_int_equal(gpo_sampler_create(&bad, 10, NULL, &s), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "penalty_window"));
     assert_int_equal(gpo_sampler_create(&p, 0, NULL, &s), GPO_ERR_ARG);
     assert_null(s);
     s = make(&p, 10, NULL);
     assert_float_equal(gpo_sampler_get_params(s)->top_p, 1.0f, 0);
+    gpo_sampler_free(s);
+}
+
+/* Whatever the logits (NaN, +/-inf, +/-FLT_MAX, denormals) and settings (tiny or
+ * huge temperatures, penalties that overflow), a call returns an allowed id with a
+ * usable logit and finite log-probabilities, or GPO_ERR_ARG when no id is left.
+ * The logits are allocated to their exact size so a sanitizer build sees any
+ * read outside them. */
+static void test_nasty_logits(void **state) {
+    (void)state;
+    static const float vals[] = {NAN,     INFINITY, -INFINITY, FLT_MAX, -FLT_MAX, 1e-45f,
+                                 -1e-45f, 0.0f,     1.0f,      -1.0f,   88.0f,    1e30f};
+    static const float temps[] = {1e-39f, 1e-30f, 1e-7f, 1e-6f, 0.5f, 1.0f, 100.0f, FLT_MAX};
+    static const float pens[][3] = {/* repetition, presence, frequency */
+                                    {1.0f, 0.0f, 0.0f},      {1.0f, 0.0f, FLT_MAX},
+                                    {1.0f, -FLT_MAX, 0.0f},  {1.0f, 0.0f, -FLT_MAX},
+                                    {1e-38f, 0.0f, 0.0f},    {FLT_MAX, FLT_MAX, FLT_MAX},
+                                    {1e-38f, -FLT_MAX, 1.0f}};
+    const int n = 7, nv = sizeof vals / sizeof *vals, nt = sizeof temps / sizeof *temps;
+    const int np = sizeof pens / sizeof *pens;
+    uint64_t r = 12345;
+    for (int it = 0; it < 3000; it++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t x = r >> 11;
+        struct gpo_sampler_params p;
+        gpo_sampler_params_default(&p);
+        p.temperature = temps[x % nt];
+        x /= nt;
+        p.top_k = (int32_t)(x % 4);
+        x /= 4;
+        p.top_p = (x % 3) == 0 ? 1.0f : (x % 3) == 1 ? 0.5f : 1e-7f;
+        x /= 3;
+        p.min_p = (x % 3) == 0 ? 0.0f : (x % 3) == 1 ? 0.1f : 1.0f;
+        x /= 3;
+        const float *pen = pens[x % np];
+        x /= np;
+        p.repetition_penalty = pen[0];
+        p.presence_penalty = pen[1];
+        p.frequency_penalty = pen[2];
+        p.penalty_min_special = 0;
+        p.n_logprobs = 3;
+        p.seed = it;
+        float *l = malloc((size_t)n * sizeof *l);
+        uint8_t ban[7];
+        assert_non_null(l);
+        int usable = 0;
+        for (int i = 0; i < n; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            l[i] = vals[(r >> 20) % nv];
+            ban[i] = ((r >> 40) % 5) == 0;
+            usable += !ban[i] && l[i] > -INFINITY; /* NaN and -inf are not */
+        }
+        gpo_sampler *s = make(&p, n, ban);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < 3; c++) assert_int_equal(gpo_sampler_accept(s, i), GPO_OK);
+        float w[7];
+        gpo_sampler_process(s, l, w);
+        for (int i = 0; i < n; i++) {
+            assert_false(isnan(w[i]));
+            if (!ban[i] && isfinite(l[i])) assert_true(isfinite(w[i]));
+        }
+        for (int d = 0; d < 3; d++) {
+            int32_t id = -1;
+            struct gpo_logprobs lp;
+            enum gpo_status st = gpo_sampler_sample(s, l, &id, &lp);
+            if (!usable) {
+                assert_int_equal(st, GPO_ERR_ARG);
+                break;
+            }
+            assert_int_equal(st, GPO_OK);
+            assert_true(id >= 0 && id < n);
+            assert_false(ban[id]);
+            assert_true(l[id] > -INFINITY);
+            assert_false(isnan(lp.chosen));
+            assert_true(lp.chosen <= 0.0f);
+            for (int j = 0; j < lp.n; j++) assert_false(isnan(lp.lps[j]));
+        }
+        gpo_sampler_free(s);
+        free(l);
+    }
+}
+
+/* A temperature below GPO_SAMPLER_MIN_TEMPERATURE is greedy; with min-p on, 1e-39
+ * used to make 1/T infinite and leave no candidate at all. */
+static void test_tiny_temperature(void **state) {
+    (void)state;
+    float l[4] = {0.5f, 3.0f, 2.9f, -1.0f};
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.temperature = 1e-39f;
+    p.min_p = 0.1f;
+    for (uint64_t seed = 0; seed < 20; seed++) {
+        p.seed = seed;
+        gpo_sampler *s = make(&p, 4, NULL);
+        int32_t id = -1;
+        assert_int_equal(gpo_sampler_sample(s, l, &id, NULL), GPO_OK);
+        assert_int_equal(id, 1);
+        gpo_sampler_free(s);
+    }
+    /* +inf logits are the only candidates, equally likely. */
+    float inf[4] = {INFINITY, 1.0f, INFINITY, FLT_MAX};
+    p.temperature = 1.0f;
+    p.min_p = 0.0f;
+    gpo_sampler *s = make(&p, 4, NULL);
+    int counts[4];
+    histogram(s, inf, 4, 400, counts);
+    assert_int_equal(counts[1], 0);
+    assert_true(counts[0] > 50 && counts[2] > 50 && counts[3] > 50);
     gpo_sampler_free(s);
 }
 
@@ -666,6 +780,7 @@ int main(void) {
         cmocka_unit_test(test_top_k),          cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_penalties),      cmocka_unit_test(test_banned),
         cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_no_alloc),       cmocka_unit_test(test_params),
+        cmocka_unit_test(test_nasty_logits),   cmocka_unit_test(test_tiny_temperature),
         cmocka_unit_test(test_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

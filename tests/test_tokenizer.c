@@ -655,6 +655,108 @@ static void test_find(void **state) {
 }
 
 /* ------------------------------------------------------------------------- */
+/* Pre-tokenizer shapes                                                      */
+
+/* A byte-level tokenizer.json: the 256 byte tokens (GPT-2's byte-to-character
+ * map) and the given pre_tokenizer text (NULL: none). */
+static void write_tokenizer(const char *path, const char *pretok) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {", f);
+    uint32_t extra = 256;
+    for (int b = 0; b < 256; b++) {
+        int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+        char u[8];
+        size_t n = put_utf8(keep ? (uint32_t)b : extra++, u);
+        u[n] = 0;
+        fprintf(f, "%s\"%s%s\": %d", b ? ", " : "", u[0] == '"' || u[0] == '\\' ? "\\" : "",
+                u, b);
+    }
+    fputs("}}", f);
+    if (pretok) fprintf(f, ", \"pre_tokenizer\": %s", pretok);
+    fputs("}", f);
+    fclose(f);
+}
+
+#define SPLIT_AZ "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"[a-z]+|$\"}, " \
+                 "\"behavior\": \"Isolated\", \"invert\": false}"
+#define BYTE_LEVEL(re) "{\"type\": \"ByteLevel\", \"use_regex\": " re "}"
+
+/* A pre_tokenizer of another shape is refused with what it is, not replaced by
+ * the o200k pattern; the supported shapes still load. */
+static void test_pretokenizer_shapes(void **state) {
+    (void)state;
+    char path[] = "/tmp/gpo_tok_pre_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    static const struct {
+        const char *pretok, *needle;
+    } cases[] = {
+        {NULL, NULL},
+        {"null", NULL},
+        {SPLIT_AZ, NULL},
+        {"{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT_AZ ", " BYTE_LEVEL("false") "]}",
+         NULL},
+        {BYTE_LEVEL("true"), "ByteLevel"},
+        {"{\"type\": \"Whitespace\"}", "Whitespace"},
+        {"{\"type\": \"Split\", \"pattern\": {\"String\": \" \"}, \"behavior\": \"Isolated\"}",
+         "Split"},
+        {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Removed\"}",
+         "Split"},
+        {"{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT_AZ ", {\"type\": \"Digits\"}]}",
+         "Digits"},
+        {"{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT_AZ ", " BYTE_LEVEL("true") "]}",
+         "ByteLevel"},
+        {"{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT_AZ ", " SPLIT_AZ "]}",
+         "second Split"},
+        {"5", "not an object"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        write_tokenizer(path, cases[i].pretok);
+        gpo_tokenizer *t = NULL;
+        enum gpo_status st = gpo_tokenizer_load(path, &t);
+        if (!cases[i].needle) {
+            if (st != GPO_OK) fail_msg("case %zu: %s", i, gpo_last_error());
+            gpo_tokenizer_free(t);
+            continue;
+        }
+        if (st != GPO_ERR_TOKENIZER) fail_msg("case %zu loaded: %s", i, cases[i].pretok);
+        assert_null(t);
+        if (!strstr(gpo_last_error(), cases[i].needle) || !strstr(gpo_last_error(), path))
+            fail_msg("case %zu: message '%s' lacks '%s'", i, gpo_last_error(), cases[i].needle);
+    }
+
+    /* A pattern that matches the empty string at the very end ("$" after a byte
+     * no branch takes) must not look at the byte past the text: the text is
+     * allocated to its exact size for a sanitizer build. */
+    write_tokenizer(path, SPLIT_AZ);
+    gpo_tokenizer *t = NULL;
+    assert_int_equal(gpo_tokenizer_load(path, &t), GPO_OK);
+    char *text = malloc(2);
+    memcpy(text, "a!", 2);
+    struct gpo_ids ids = {0};
+    assert_int_equal(gpo_tokenizer_encode(t, text, 2, 0, &ids), GPO_OK);
+    assert_int_equal(ids.n, 2);
+    assert_int_equal(ids.ids[0], 'a'); /* byte tokens have the byte's id here */
+    assert_int_equal(ids.ids[1], '!');
+    gpo_ids_free(&ids);
+    free(text);
+    gpo_tokenizer_free(t);
+
+    /* A FIFO named like a tokenizer.json is refused at once (the alarm turns a
+     * hang into a failure). */
+    unlink(path);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(10);
+    assert_int_equal(gpo_tokenizer_load(path, &t), GPO_ERR_IO);
+    alarm(0);
+    assert_non_null(strstr(gpo_last_error(), "FIFO"));
+    assert_non_null(strstr(gpo_last_error(), path));
+    unlink(path);
+}
+
+/* ------------------------------------------------------------------------- */
 /* Speed (printed, never asserted)                                           */
 
 static char *corpus(const char *pattern, size_t target, size_t *len) {
@@ -721,7 +823,8 @@ int main(void) {
         cmocka_unit_test(test_special_strings),  cmocka_unit_test(test_white_space),
         cmocka_unit_test(test_invalid_utf8),     cmocka_unit_test(test_stream_goldens),
         cmocka_unit_test(test_stream_split_char), cmocka_unit_test(test_long_pieces),
-        cmocka_unit_test(test_find),             cmocka_unit_test(test_speed),
+        cmocka_unit_test(test_find),             cmocka_unit_test(test_pretokenizer_shapes),
+        cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
