@@ -6,23 +6,36 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <stddef.h>
 #include <cjson/cJSON.h>
 
 #include "cli.h"
 #include "gen_common.h"
 #include "gpo_bench.h"
+#include "prompts.h"
 
 static void usage(void) {
-    printf("usage: gptoss generate [-m DIR] [-p TEXT]... [--prompts FILE.json] [options]\n"
+    printf("usage: gptoss generate [-m DIR] [-p TEXT]... [-f FILE] [--prompts FILE.json] [options]\n"
            "\n"
            "Answers every prompt; all users decode together in one batch per step.\n"
            "\n"
            "  -p, --prompt TEXT       a user prompt (repeatable)\n"
+           "  -f, --file FILE         a user prompt read from FILE ('-' = standard input)\n"
            "  --prompts FILE.json     prompts as [{\"prompt\": \"...\"}, ...]\n"
-           "  --batch N               number of users; prompts are repeated to fill them\n"
+           "  --batch N               users decoded together: with more prompts than N they\n"
+           "                          run in waves of N; with fewer, prompts are repeated\n"
+           "                          to fill N users\n"
            "  --warmup                run one untimed prefill and decode step first\n"
-           "  --json FILE             write texts, tokens, finish reasons and metrics as JSON\n"
+           "  --json FILE             write texts, tokens, finish reasons, the seed and the\n"
+           "                          metrics as JSON; '-' = standard output, and the\n"
+           "                          human-readable text then goes to standard error\n"
            "  --no-membw              skip the memory-bandwidth probe after the run\n"
+           "  -h, --help              this help\n"
+           "\n"
+           "--max-tokens counts per user, and user i samples with seed S + i.  Ctrl-C stops\n"
+           "the run: what was generated and the report are printed, and the exit status\n"
+           "is 130.\n"
+           "\n"
            "%s",
            gen_opts_help);
 }
@@ -30,80 +43,180 @@ static void usage(void) {
 static volatile sig_atomic_t g_abort;
 static void on_sigint(int sig) {
     (void)sig;
-    if (g_abort) _exit(130);
+    if (g_abort) _exit(CLI_EXIT_INTERRUPTED);
     g_abort = 1;
 }
 
 struct stream_state {
+    FILE *out;
+    const struct gpo_gen_user *u;
     int show_reasoning, raw;
     enum gpo_hchannel last;
+    size_t printed; /* bytes of the final text written */
 };
 
-/* Stream one user's output as it is generated. */
+/* Write the user's final text up to n, after a "[final]" header when reasoning
+ * was shown before it. */
+static void stream_final(struct stream_state *ss, size_t n) {
+    if (n <= ss->printed) return;
+    if (ss->last == GPO_CH_ANALYSIS) fputs("\n[final] ", ss->out);
+    ss->last = GPO_CH_FINAL;
+    fwrite(ss->u->final_text.s + ss->printed, 1, n - ss->printed, ss->out);
+    ss->printed = n;
+}
+
+/* Stream one user's output as it is generated: the analysis as it comes (with
+ * --show-reasoning), the final text only up to final_stream_n, so that a stop
+ * string, even one spread over several tokens, is never shown. */
 static void on_token(void *ud, size_t user, int32_t id, const struct gpo_hevent *ev) {
     struct stream_state *ss = ud;
     (void)user;
     (void)id;
-    if (ss->raw || !ev->text_len) return;
-    if (ev->channel == GPO_CH_ANALYSIS && !ss->show_reasoning) return;
-    if (ev->channel != ss->last && ss->show_reasoning) {
-        fputs(ev->channel == GPO_CH_ANALYSIS ? "[analysis] " : "\n[final] ", stdout);
-        ss->last = ev->channel;
+    if (ss->raw) return;
+    if (ev->channel == GPO_CH_ANALYSIS && ev->text_len && ss->show_reasoning) {
+        if (ss->last != GPO_CH_ANALYSIS) fputs(ss->last == GPO_CH_NONE ? "[analysis] " : "\n[analysis] ", ss->out);
+        ss->last = GPO_CH_ANALYSIS;
+        fwrite(ev->text, 1, ev->text_len, ss->out);
     }
-    fwrite(ev->text, 1, ev->text_len, stdout);
-    fflush(stdout);
+    stream_final(ss, ss->u->final_stream_n);
+    fflush(ss->out);
 }
 
-static int load_prompts_file(const char *path, cJSON **root_out) {
+/* A growing list of owned prompt strings. */
+static int add_prompt(struct prompt_list *l, size_t *cap, const char *text, size_t len) {
+    if (l->n == *cap) {
+        size_t nc = *cap ? 2 * *cap : 16;
+        char **items = realloc(l->items, nc * sizeof *items);
+        if (!items) return 0;
+        l->items = items;
+        *cap = nc;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) return 0;
+    memcpy(copy, text, len);
+    copy[len] = 0;
+    l->items[l->n++] = copy;
+    return 1;
+}
+
+/* The prompt in a text file (-f), less its trailing line ends. */
+static int add_prompt_file(struct prompt_list *l, size_t *cap, const char *path) {
     size_t len;
     char *txt = cli_read_file(path, &len);
     if (!txt) return 0;
-    cJSON *root = cJSON_ParseWithLength(txt, len);
+    while (len > 0 && (txt[len - 1] == '\n' || txt[len - 1] == '\r')) len--;
+    int ok = add_prompt(l, cap, txt, len);
     free(txt);
-    if (!root || !cJSON_IsArray(root)) {
-        cJSON_Delete(root);
-        cli_error("%s: expected a JSON list like [{\"prompt\": \"...\"}, ...]", path);
+    if (!ok) cli_error("out of memory");
+    return ok;
+}
+
+/* The prompts of a --prompts FILE.json, appended. */
+static int add_prompts_json(struct prompt_list *l, size_t *cap, const char *path) {
+    size_t len;
+    char *txt = cli_read_file(path, &len);
+    if (!txt) return 0;
+    struct prompt_list pl;
+    char err[256];
+    int ok = prompts_parse(txt, len, &pl, err, sizeof err) == 0;
+    free(txt);
+    if (!ok) {
+        cli_error("%s: %s", path, err);
         return 0;
     }
-    int i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, root) {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "prompt");
-        if (!cJSON_IsObject(e) || !cJSON_IsString(p)) {
-            cJSON_Delete(root);
-            cli_error("%s: entry %d is not an object with a string \"prompt\"", path, i);
-            return 0;
-        }
-        i++;
+    for (size_t i = 0; i < pl.n && ok; i++)
+        if (!(ok = add_prompt(l, cap, pl.items[i], strlen(pl.items[i])))) cli_error("out of memory");
+    prompts_free(&pl);
+    return ok;
+}
+
+/* Counts of one wave added to the totals of the run. */
+struct run_totals {
+    struct gpo_gen_stats st;
+    double ttft_sum, decode_ms_sum; /* the latter weighted by decode intervals */
+    int64_t decode_n;
+    size_t n_users;
+};
+
+static void add_wave(struct run_totals *t, const struct gpo_gen_stats *st, const struct gpo_gen_user *u,
+                     size_t n) {
+    int64_t dn = 0;
+    for (size_t i = 0; i < n; i++) {
+        t->ttft_sum += u[i].t_first;
+        if (u[i].generated.n > 1) dn += (int64_t)u[i].generated.n - 1;
     }
-    *root_out = root;
-    return 1;
+    t->n_users += n;
+    t->decode_ms_sum += st->avg_decode_ms * (double)dn;
+    t->decode_n += dn;
+    t->st.t_total += st->t_total;
+    t->st.n_prefill += st->n_prefill;
+    t->st.n_generated += st->n_generated;
+    t->st.n_steps += st->n_steps;
+    t->st.weight_bytes += st->weight_bytes;
+    t->st.decode_seconds += st->decode_seconds;
+}
+
+/* The run's report from its waves: means over every user that ran; throughput
+ * for the users decoded together. */
+static void finish_totals(struct run_totals *t, size_t together) {
+    struct gpo_gen_stats *st = &t->st;
+    st->avg_ttft = t->n_users ? t->ttft_sum / (double)t->n_users : 0.0;
+    st->avg_decode_ms = t->decode_n ? t->decode_ms_sum / (double)t->decode_n : 0.0;
+    st->tok_s_user = st->avg_decode_ms > 0 ? 1000.0 / st->avg_decode_ms : 0.0;
+    st->tok_s_total = st->tok_s_user * (double)together;
+}
+
+/* The seed as an exact integer (a double would round seeds above 2^53). */
+static void add_seed(cJSON *obj, uint64_t seed) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)seed);
+    cJSON_AddRawToObject(obj, "seed", buf);
+}
+
+static void print_user(FILE *out, const struct gen_opts *o, const struct gpo_gen_user *u, size_t i,
+                       const char *prompt) {
+    fprintf(out, "==USER %zu - PROMPT\n%s\n==USER %zu - OUTPUT\n", i, prompt, i);
+    if (o->raw) {
+        fwrite(u->raw_text.s, 1, u->raw_text.n, out);
+        return;
+    }
+    if (o->show_reasoning && u->analysis_text.n) {
+        fputs("[analysis] ", out);
+        fwrite(u->analysis_text.s, 1, u->analysis_text.n, out);
+        fputs("\n[final] ", out);
+    }
+    if (u->final_text.n) fwrite(u->final_text.s, 1, u->final_text.n, out);
 }
 
 int cmd_generate(int argc, char **argv) {
     struct gen_opts o;
     gen_opts_default(&o);
     const char *prompts_file = NULL, *json_path = NULL, *v;
-    const char **prompts = calloc((size_t)argc + 1, sizeof *prompts);
-    size_t n_prompts = 0;
+    struct prompt_list prompts = {0};
+    size_t cap = 0;
     int64_t batch = 0;
     int warmup = 0, membw = 1;
-    if (!prompts) return cli_error("out of memory");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r = gen_opts_parse("generate", &o, argc, argv, &i);
-        if (r < 0) {
-            free(prompts);
-            return CLI_EXIT_USAGE;
-        }
+        if (r < 0) goto usage_fail;
         if (r > 0) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
-            free(prompts);
+            prompts_free(&prompts);
             return 0;
         } else if (!strcmp(a, "-p") || cli_is(a, "--prompt")) {
             if (!(v = cli_value("generate", argc, argv, &i))) goto usage_fail;
-            prompts[n_prompts++] = v;
+            if (!add_prompt(&prompts, &cap, v, strlen(v))) {
+                prompts_free(&prompts);
+                return cli_error("out of memory");
+            }
+        } else if (!strcmp(a, "-f") || cli_is(a, "--file")) {
+            if (!(v = cli_value("generate", argc, argv, &i))) goto usage_fail;
+            if (!add_prompt_file(&prompts, &cap, v)) {
+                prompts_free(&prompts);
+                return CLI_EXIT_FAIL;
+            }
         } else if (cli_is(a, "--prompts")) {
             if (!(prompts_file = cli_value("generate", argc, argv, &i))) goto usage_fail;
         } else if (cli_is(a, "--json")) {
@@ -126,34 +239,47 @@ int cmd_generate(int argc, char **argv) {
 
     int rc = CLI_EXIT_FAIL;
     enum gpo_status s;
-    cJSON *pj = NULL;
     struct gen_env env = {0};
     gpo_engine *eng = NULL;
     struct gpo_gen_user *users = NULL;
     struct gpo_ids *prompt_ids = NULL;
     const char **user_prompt = NULL;
-    size_t n_users = 0;
+    size_t n_users = 0, n_prompts = 0;
+    FILE *json = NULL, *out = stdout;
     char datebuf[11];
 
-    if (prompts_file) {
-        if (!load_prompts_file(prompts_file, &pj)) goto cleanup;
-        const cJSON *e;
-        prompts = realloc(prompts, ((size_t)argc + (size_t)cJSON_GetArraySize(pj) + 1) * sizeof *prompts);
-        cJSON_ArrayForEach(e, pj) prompts[n_prompts++] = cJSON_GetObjectItemCaseSensitive(e, "prompt")->valuestring;
-    }
+    if (prompts_file && !add_prompts_json(&prompts, &cap, prompts_file)) goto cleanup;
+    n_prompts = prompts.n;
     if (n_prompts == 0) {
-        rc = cli_usage_error("generate", "give at least one prompt with -p TEXT or --prompts FILE.json");
+        rc = cli_usage_error("generate", "give at least one prompt with -p TEXT, -f FILE or --prompts FILE.json");
         goto cleanup;
     }
-    for (size_t i = 0; i < n_prompts; i++)
-        if (!prompts[i][0]) {
+    for (size_t i = 0; i < n_prompts; i++) {
+        if (!prompts.items[i][0]) {
             rc = cli_usage_error("generate", "prompt %zu is empty", i);
             goto cleanup;
         }
-    n_users = batch > 0 ? (size_t)batch : n_prompts;
+        if (!gpo_utf8_valid(prompts.items[i], strlen(prompts.items[i]))) {
+            rc = cli_error("prompt %zu is not valid UTF-8", i);
+            goto cleanup;
+        }
+    }
+    /* The JSON output is opened before the model loads, so a bad path fails at
+     * once; on standard output it leaves the human-readable text to stderr. */
+    if (json_path) {
+        if (!(json = cli_open_out(json_path, "--json", 0))) goto cleanup;
+        if (json == stdout) out = stderr;
+    }
+    /* More prompts than --batch run in waves of --batch users; fewer are repeated
+     * to fill --batch users. */
+    n_users = (size_t)batch > n_prompts ? (size_t)batch : n_prompts;
+    size_t n_slots = batch > 0 && (size_t)batch < n_users ? (size_t)batch : n_users;
     if (gen_env_open(&env, &o) != 0) goto cleanup;
     fprintf(stderr, "gptoss: loaded %s (%s layout) in %.2f s\n", env.dir, gpo_model_layout(env.m),
             env.load_seconds);
+    if (o.verbose)
+        fprintf(stderr, "gptoss: seed %llu%s\n", (unsigned long long)o.sp.seed,
+                n_users > 1 ? " (user i uses seed + i)" : "");
 
     users = calloc(n_users, sizeof *users);
     prompt_ids = calloc(n_prompts, sizeof *prompt_ids);
@@ -166,11 +292,7 @@ int cmd_generate(int argc, char **argv) {
     for (size_t i = 0; i < n_prompts; i++) {
         struct gpo_conv conv;
         gpo_conv_init(&conv);
-        struct gpo_chat_turn turn = {GPO_ROLE_USER, prompts[i]};
-        if (!gpo_utf8_valid(prompts[i], strlen(prompts[i]))) {
-            rc = cli_error("prompt %zu is not valid UTF-8", i);
-            goto cleanup;
-        }
+        struct gpo_chat_turn turn = {GPO_ROLE_USER, prompts.items[i]};
         s = gpo_conv_build(&conv, o.developer, o.reasoning, date, &turn, 1);
         if (s == GPO_OK) s = gpo_harmony_render(env.tok, &conv, &prompt_ids[i]);
         gpo_conv_free(&conv);
@@ -182,7 +304,7 @@ int cmd_generate(int argc, char **argv) {
     for (size_t i = 0; i < n_users; i++) {
         struct gpo_gen_user *u = &users[i];
         size_t p = i % n_prompts;
-        user_prompt[i] = prompts[p];
+        user_prompt[i] = prompts.items[p];
         u->prompt = prompt_ids[p].ids;
         u->n_prompt = prompt_ids[p].n;
         u->sampling = o.sp;
@@ -196,8 +318,8 @@ int cmd_generate(int argc, char **argv) {
             goto cleanup;
         }
     }
-    if ((s = gpo_engine_create(env.m, env.tok, &o.eo, n_users, &eng)) != GPO_OK) {
-        rc = cli_status(s, "cannot set up %zu users", n_users);
+    if ((s = gpo_engine_create(env.m, env.tok, &o.eo, n_slots, &eng)) != GPO_OK) {
+        rc = cli_status(s, "cannot set up %zu users", n_slots);
         goto cleanup;
     }
     signal(SIGINT, on_sigint);
@@ -214,42 +336,58 @@ int cmd_generate(int argc, char **argv) {
             rc = cli_status(s, "warm-up failed");
             goto cleanup;
         }
+        /* Ctrl-C during the warm-up means stop, not go on to the timed run. */
+        if (g_abort) {
+            fprintf(stderr, "gptoss: interrupted during the warm-up\n");
+            rc = CLI_EXIT_INTERRUPTED;
+            goto cleanup;
+        }
         fprintf(stderr, "gptoss: load %.2f s, warm-up %.2f s\n", env.load_seconds, gpo_now() - tw);
     }
-    fprintf(stderr, "gptoss: %zu user%s, kernels %s, %d token%s per step at most\n", n_users,
-            n_users == 1 ? "" : "s", gpo_engine_kernels(eng), (int)o.eo.ubatch, o.eo.ubatch == 1 ? "" : "s");
+    size_t n_waves = (n_users + n_slots - 1) / n_slots;
+    fprintf(stderr, "gptoss: %zu user%s", n_users, n_users == 1 ? "" : "s");
+    if (n_waves > 1) fprintf(stderr, " in %zu waves of %zu", n_waves, n_slots);
+    fprintf(stderr, ", kernels %s, %d token%s per step at most\n", gpo_engine_kernels(eng),
+            (int)o.eo.ubatch, o.eo.ubatch == 1 ? "" : "s");
 
-    struct stream_state ss = {.show_reasoning = o.show_reasoning, .raw = o.raw, .last = GPO_CH_NONE};
-    struct gpo_gen_stats st;
-    if (n_users == 1) printf("==USER 0 - PROMPT\n%s\n==USER 0 - OUTPUT\n", user_prompt[0]);
+    struct stream_state ss = {.out = out, .u = &users[0], .show_reasoning = o.show_reasoning,
+                              .raw = o.raw, .last = GPO_CH_NONE};
+    struct run_totals tot = {0};
+    size_t n_ran = 0, n_failed = 0;
     fflush(stdout);
-    s = gpo_engine_run(eng, users, n_users, n_users == 1 ? on_token : NULL, &ss, &st);
-    if (s != GPO_OK) {
-        rc = cli_status(s, "generation failed");
-        goto cleanup;
-    }
-    for (size_t i = 0; i < n_users; i++) {
-        struct gpo_gen_user *u = &users[i];
-        if (n_users > 1) {
-            printf("==USER %zu - PROMPT\n%s\n==USER %zu - OUTPUT\n", i, user_prompt[i], i);
-            if (o.raw) {
-                fwrite(u->raw_text.s, 1, u->raw_text.n, stdout);
-            } else {
-                if (o.show_reasoning && u->analysis_text.n) {
-                    fputs("[analysis] ", stdout);
-                    fwrite(u->analysis_text.s, 1, u->analysis_text.n, stdout);
-                    fputs("\n[final] ", stdout);
-                }
-                if (u->final_text.n) fwrite(u->final_text.s, 1, u->final_text.n, stdout);
-            }
-        } else if (o.raw) {
-            fwrite(u->raw_text.s, 1, u->raw_text.n, stdout);
+    for (size_t w0 = 0; w0 < n_users && !g_abort; w0 += n_slots) {
+        size_t k = n_users - w0 < n_slots ? n_users - w0 : n_slots;
+        struct gpo_gen_stats st;
+        if (n_users == 1) fprintf(out, "==USER 0 - PROMPT\n%s\n==USER 0 - OUTPUT\n", user_prompt[0]);
+        fflush(out);
+        s = gpo_engine_run(eng, users + w0, k, n_users == 1 ? on_token : NULL, &ss, &st);
+        if (s != GPO_OK) {
+            rc = cli_status(s, "generation failed");
+            goto cleanup;
         }
-        printf("\n");
-        fprintf(stderr, "gptoss: user %zu: %zu tokens, finish %s%s%s\n", i, u->generated.n,
-                gpo_finish_name(u->finish), u->recovered ? " (output was not well-formed harmony)" : "",
-                u->aborted ? " (aborted)" : "");
+        add_wave(&tot, &st, users + w0, k);
+        for (size_t i = w0; i < w0 + k; i++) {
+            struct gpo_gen_user *u = &users[i];
+            if (n_users > 1) print_user(out, &o, u, i, user_prompt[i]);
+            else if (o.raw) fwrite(u->raw_text.s, 1, u->raw_text.n, out);
+            else stream_final(&ss, u->final_text.n); /* what a failure left unshown */
+            fputc('\n', out);
+            fprintf(stderr, "gptoss: user %zu: %zu tokens, finish %s%s%s%s\n", i, u->generated.n,
+                    gpo_finish_name(u->finish), u->recovered ? " (output was not well-formed harmony)" : "",
+                    u->finish == GPO_FINISH_ERROR ? ": " : "", u->finish == GPO_FINISH_ERROR ? u->error_msg : "");
+            n_failed += u->finish == GPO_FINISH_ERROR;
+        }
+        n_ran = w0 + k;
     }
+    /* Users an interrupt kept from running at all. */
+    for (size_t i = n_ran; i < n_users; i++) {
+        users[i].finish = GPO_FINISH_ABORTED;
+        users[i].aborted = 1;
+    }
+    if (n_ran < n_users)
+        fprintf(stderr, "gptoss: users %zu to %zu did not run (interrupted)\n", n_ran, n_users - 1);
+    finish_totals(&tot, n_slots);
+    struct gpo_gen_stats st = tot.st;
     struct gpo_model_info inf;
     gpo_model_get_info(env.m, &inf);
     double kv_gib = (double)gpo_engine_kv_bytes(eng) / 1073741824.0;
@@ -257,27 +395,30 @@ int cmd_generate(int argc, char **argv) {
     /* Peak RSS is read before the bandwidth probe allocates its buffer. */
     uint64_t peak_rss = gen_peak_rss();
     double membw_gbs = -1.0;
-    if (membw && gbs > 0 &&
+    if (membw && gbs > 0 && !g_abort &&
         gpo_membw_measure(o.eo.n_threads, (uint64_t)512 << 20, 0.5, &membw_gbs) != GPO_OK)
         membw_gbs = -1.0;
-    printf("=== Performance Metrics ===\n");
-    printf("Average Time to First Token (TTFT): %.1fms\n", st.avg_ttft * 1000.0);
-    printf("Average decode speed: %.1fms @ %.1f tok/s/user (%.1f tok/s throughput)\n", st.avg_decode_ms,
-           st.tok_s_user, st.tok_s_total);
-    printf("Data parallel: 1, Global batch size: %zu\n", n_users);
+    fprintf(out, "=== Performance Metrics ===\n");
+    fprintf(out, "Average Time to First Token (TTFT): %.1fms\n", st.avg_ttft * 1000.0);
+    fprintf(out, "Average decode speed: %.1fms @ %.1f tok/s/user (%.1f tok/s throughput)\n",
+            st.avg_decode_ms, st.tok_s_user, st.tok_s_total);
+    fprintf(out, "Data parallel: 1, Global batch size: %zu\n", n_slots);
     /* Two decimals below 10 GiB, so small models and caches do not show as 0.0. */
     double wg = (double)inf.bytes_mapped / 1073741824.0,
            rg = (double)peak_rss / 1073741824.0;
-    printf("Memory: weights %.*f GiB mapped, KV cache %.*f GiB, peak RSS %.*f GiB\n", wg < 10 ? 2 : 1,
-           wg, kv_gib < 10 ? 2 : 1, kv_gib, rg < 10 ? 2 : 1, rg);
+    fprintf(out, "Memory: weights %.*f GiB mapped, KV cache %.*f GiB, peak RSS %.*f GiB\n",
+            wg < 10 ? 2 : 1, wg, kv_gib < 10 ? 2 : 1, kv_gib, rg < 10 ? 2 : 1, rg);
     if (membw_gbs > 0)
-        printf("Utilisation: %.1f GB/s effective weight reads, %.0f%% of the %.1f GB/s measured read bandwidth\n",
-               gbs, 100.0 * gbs / membw_gbs, membw_gbs);
+        fprintf(out, "Utilisation: %.1f GB/s effective weight reads, %.0f%% of the %.1f GB/s measured read bandwidth\n",
+                gbs, 100.0 * gbs / membw_gbs, membw_gbs);
     else
-        printf("Utilisation: %.1f GB/s effective weight reads\n", gbs);
+        fprintf(out, "Utilisation: %.1f GB/s effective weight reads\n", gbs);
+    fflush(out);
 
-    if (json_path) {
-        cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "users");
+    if (json) {
+        cJSON *root = cJSON_CreateObject();
+        add_seed(root, o.sp.seed);
+        cJSON *arr = cJSON_AddArrayToObject(root, "users");
         for (size_t i = 0; i < n_users; i++) {
             struct gpo_gen_user *u = &users[i];
             cJSON *uo = cJSON_CreateObject();
@@ -290,6 +431,8 @@ int cmd_generate(int argc, char **argv) {
                 cJSON_AddItemToArray(toks, cJSON_CreateNumber(u->generated.ids[j]));
             cJSON_AddNumberToObject(uo, "prompt_tokens", (double)u->n_prompt);
             cJSON_AddStringToObject(uo, "finish_reason", gpo_finish_name(u->finish));
+            if (u->finish == GPO_FINISH_ERROR) cJSON_AddStringToObject(uo, "error", u->error_msg);
+            add_seed(uo, u->sampling.seed);
             cJSON_AddBoolToObject(uo, "recovered", u->recovered);
             cJSON_AddNumberToObject(uo, "ttft_ms", u->t_first * 1000.0);
             cJSON_AddItemToArray(arr, uo);
@@ -300,6 +443,7 @@ int cmd_generate(int argc, char **argv) {
         cJSON_AddNumberToObject(mo, "tok_s_user", st.tok_s_user);
         cJSON_AddNumberToObject(mo, "tok_s_total", st.tok_s_total);
         cJSON_AddNumberToObject(mo, "users", (double)n_users);
+        cJSON_AddNumberToObject(mo, "batch", (double)n_slots);
         cJSON_AddNumberToObject(mo, "prefill_tokens", (double)st.n_prefill);
         cJSON_AddNumberToObject(mo, "generated_tokens", (double)st.n_generated);
         cJSON_AddNumberToObject(mo, "effective_gbs", gbs);
@@ -311,20 +455,23 @@ int cmd_generate(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(mo, "load_seconds", env.load_seconds);
         cJSON_AddStringToObject(mo, "kernels", gpo_engine_kernels(eng));
-        char *out = cJSON_Print(root);
-        FILE *f = fopen(json_path, "w");
-        int ok = f && out && fputs(out, f) >= 0;
-        if (f && fclose(f) != 0) ok = 0;
-        free(out);
+        char *txt = cJSON_Print(root);
         cJSON_Delete(root);
-        if (!ok) {
-            rc = cli_error("cannot write %s", json_path);
+        int ok = txt && fputs(txt, json) >= 0 && fputc('\n', json) != EOF;
+        free(txt);
+        FILE *jf = json;
+        json = NULL;
+        if (cli_close_out(jf, json_path) != 0 || !ok) {
+            if (!ok) cli_error("cannot write %s", json_path);
             goto cleanup;
         }
     }
-    rc = 0;
+    if (g_abort) rc = CLI_EXIT_INTERRUPTED;
+    else if (n_failed) rc = cli_error("%zu of %zu users failed", n_failed, n_users);
+    else rc = 0;
 
 cleanup:
+    if (json && json != stdout) fclose(json);
     for (size_t i = 0; users && i < n_users; i++) gpo_gen_user_free(&users[i]);
     for (size_t i = 0; prompt_ids && i < n_prompts; i++) gpo_ids_free(&prompt_ids[i]);
     free(users);
@@ -332,11 +479,10 @@ cleanup:
     free(user_prompt);
     gpo_engine_free(eng);
     gen_env_close(&env);
-    cJSON_Delete(pj);
-    free(prompts);
+    prompts_free(&prompts);
     return rc;
 
 usage_fail:
-    free(prompts);
+    prompts_free(&prompts);
     return CLI_EXIT_USAGE;
 }

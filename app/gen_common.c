@@ -1,7 +1,11 @@
 /* gen_common.c - options and set-up shared by `generate` and `chat`. */
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "gen_common.h"
@@ -10,22 +14,26 @@ const char gen_opts_help[] =
     "  -m, --model DIR         checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
     "  --tokenizer FILE        tokenizer.json (default: the model folder's, then\n"
     "                          $GPTOSS_TOKENIZER, then the copy 'make deps' installs)\n"
-    "  --max-tokens N          tokens to generate per user (default 512)\n"
-    "  --temperature T         0 = greedy (default 1.0)\n"
+    "  -n, --max-tokens N      tokens to generate at most (default 512; also --n-predict)\n"
+    "  --temperature T         0 = greedy (default 1.0; also --temp)\n"
     "  --top-p P               nucleus sampling (default 1.0 = off)\n"
     "  --top-k K               keep the K most likely tokens (default 0 = off)\n"
     "  --min-p P               drop tokens below P x the top probability (default 0)\n"
     "  --repeat-penalty R      HF-style repetition penalty (default 1.0 = off)\n"
     "  --presence-penalty P    OpenAI presence penalty (default 0)\n"
     "  --frequency-penalty F   OpenAI frequency penalty (default 0)\n"
-    "  --seed S                random seed (default 0; user i uses S + i)\n"
-    "  --stop STR              stop when the answer contains STR (repeatable)\n"
-    "  --reasoning EFFORT      low, medium or high (default medium)\n"
-    "  --developer TEXT        developer instructions (an OpenAI-style system prompt)\n"
+    "  -s, --seed S            random seed (default: a new random one each run)\n"
+    "  -r, --stop STR          stop when the answer contains STR (repeatable; also\n"
+    "                          --reverse-prompt)\n"
+    "  --reasoning EFFORT      low, medium or high, any case (default medium; also\n"
+    "                          --reasoning-effort)\n"
+    "  --developer TEXT        developer instructions (an OpenAI-style system prompt;\n"
+    "                          also --system, -sys, --system-prompt)\n"
     "  --date YYYY-MM-DD|none  current date in the system message (default: today)\n"
     "  --show-reasoning        also print the analysis channel\n"
     "  --raw                   print the raw harmony text of the output\n"
-    "  --max-seq-len N         KV cache length per user (default 4096)\n"
+    "  -c, --max-seq-len N     KV cache length (default 4096, at most the model's\n"
+    "                          context; also --ctx-size)\n"
     "  --ubatch N              prompt tokens per forward step (default 512)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "  --dense bf16|q8         dense weights as stored (default) or requantised to\n"
@@ -33,16 +41,46 @@ const char gen_opts_help[] =
     "  --mlock                 lock the weights in memory\n"
     "  --prefetch              read every weight page at load (with progress)\n"
     "  --exact                 exact fp32 path instead of the fast path\n"
-    "  --ref                   plain scalar reference kernels (slow)\n";
+    "  --ref                   plain scalar reference kernels (slow)\n"
+    "  -v, --verbose           print the seed and progress messages\n";
+
+/* A seed that differs from run to run: the kernel's random bytes, else the
+ * clock and the process id mixed. */
+static uint64_t random_seed(void) {
+    uint64_t x = 0;
+    /* Kept below 2^53 so that it is exact as a JSON number everywhere and --seed
+     * can give it back. */
+    if (getrandom(&x, sizeof x, GRND_NONBLOCK) == (ssize_t)sizeof x) return x >> 11;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    /* splitmix64's finaliser spreads the few changing bits over the word. */
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return (x ^ (x >> 31)) >> 11;
+}
 
 void gen_opts_default(struct gen_opts *o) {
     memset(o, 0, sizeof *o);
     gpo_sampler_params_default(&o->sp);
+    o->sp.seed = random_seed();
     o->eo.path = GPO_PATH_FAST;
     o->eo.max_seq_len = 4096;
     o->eo.ubatch = 512;
     o->max_tokens = 512;
     o->reasoning = GPO_REASONING_MEDIUM;
+}
+
+int gen_date_valid(const char *s) {
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d;
+    char tail;
+    if (strlen(s) != 10 || s[4] != '-' || s[7] != '-') return 0;
+    for (int i = 0; i < 10; i++)
+        if (i != 4 && i != 7 && (s[i] < '0' || s[i] > '9')) return 0;
+    if (sscanf(s, "%4d-%2d-%2d%c", &y, &mo, &d, &tail) != 3 || mo < 1 || mo > 12 || d < 1) return 0;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return d <= days[mo - 1] + (mo == 2 && leap);
 }
 
 int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, int *i) {
@@ -76,7 +114,7 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
     } else if (cli_is(a, "--tokenizer")) {
         VALUE();
         o->tokenizer_arg = v;
-    } else if (cli_is(a, "--max-tokens") || !strcmp(a, "-n")) {
+    } else if (cli_is(a, "--max-tokens") || !strcmp(a, "-n") || cli_is(a, "--n-predict")) {
         INT(1, (int64_t)1 << 30);
         o->max_tokens = n;
     } else if (cli_is(a, "--temperature") || cli_is(a, "--temp")) {
@@ -100,25 +138,31 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
     } else if (cli_is(a, "--frequency-penalty")) {
         NUM(-2, 2);
         o->sp.frequency_penalty = (float)d;
-    } else if (cli_is(a, "--seed")) {
+    } else if (cli_is(a, "--seed") || !strcmp(a, "-s")) {
         INT(0, INT64_MAX);
         o->sp.seed = (uint64_t)n;
-    } else if (cli_is(a, "--stop")) {
+        o->seed_given = 1;
+    } else if (cli_is(a, "--stop") || !strcmp(a, "-r") || cli_is(a, "--reverse-prompt")) {
         VALUE();
         if (o->n_stops >= sizeof o->stops / sizeof *o->stops) {
             cli_usage_error(cmd, "at most %zu --stop strings", sizeof o->stops / sizeof *o->stops);
             return -1;
         }
         o->stops[o->n_stops++] = v;
-    } else if (cli_is(a, "--reasoning")) {
+    } else if (cli_is(a, "--reasoning") || cli_is(a, "--reasoning-effort")) {
         VALUE();
-        int r = gpo_reasoning_parse(v);
+        char low[16];
+        size_t k = 0;
+        for (; v[k] && k + 1 < sizeof low; k++) low[k] = (char)tolower((unsigned char)v[k]);
+        low[k] = 0;
+        int r = v[k] ? -1 : gpo_reasoning_parse(low);
         if (r < 0) {
             cli_usage_error(cmd, "--reasoning must be low, medium or high, not '%s'", v);
             return -1;
         }
         o->reasoning = (enum gpo_reasoning)r;
-    } else if (cli_is(a, "--developer") || cli_is(a, "--system")) {
+    } else if (cli_is(a, "--developer") || cli_is(a, "--system") || !strcmp(a, "-sys") ||
+               cli_is(a, "--system-prompt")) {
         VALUE();
         o->developer = v;
     } else if (cli_is(a, "--date")) {
@@ -126,11 +170,8 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
         if (!strcmp(v, "none")) {
             o->date = "";
         } else {
-            int y, mo, dd;
-            char tail;
-            if (strlen(v) != 10 || sscanf(v, "%4d-%2d-%2d%c", &y, &mo, &dd, &tail) != 3 || mo < 1 ||
-                mo > 12 || dd < 1 || dd > 31) {
-                cli_usage_error(cmd, "--date must be YYYY-MM-DD or none, not '%s'", v);
+            if (!gen_date_valid(v)) {
+                cli_usage_error(cmd, "--date must be a real date as YYYY-MM-DD, or none, not '%s'", v);
                 return -1;
             }
             o->date = v;
@@ -139,7 +180,7 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
         o->show_reasoning = 1;
     } else if (!strcmp(a, "--raw")) {
         o->raw = 1;
-    } else if (cli_is(a, "--max-seq-len") || cli_is(a, "--ctx-size")) {
+    } else if (cli_is(a, "--max-seq-len") || cli_is(a, "--ctx-size") || !strcmp(a, "-c")) {
         INT(2, (int64_t)1 << 30);
         o->eo.max_seq_len = n;
     } else if (cli_is(a, "--ubatch")) {
@@ -165,6 +206,8 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
         o->eo.path = GPO_PATH_FAST;
     } else if (!strcmp(a, "--ref")) {
         o->eo.path = GPO_PATH_REF;
+    } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+        o->verbose = 1;
     } else {
         return 0;
     }
@@ -178,6 +221,11 @@ int gen_env_open(struct gen_env *env, const struct gen_opts *o) {
     char tpath[4096];
     enum gpo_status s;
     memset(env, 0, sizeof *env);
+    if (o->verbose) gpo_set_log_level(GPO_LOG_INFO);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && o->eo.n_threads > cores)
+        fprintf(stderr, "gptoss: warning: --threads %d is more than the %ld cores; threads that "
+                "share a core only slow each other down\n", o->eo.n_threads, cores);
     double t0 = gpo_now();
     if ((s = gpo_model_resolve_dir(o->model_arg, env->dir, sizeof env->dir)) != GPO_OK)
         return cli_status(s, "cannot find the model");
@@ -192,6 +240,11 @@ int gen_env_open(struct gen_env *env, const struct gen_opts *o) {
         return cli_status(s, "cannot load the tokenizer %s", tpath);
     }
     env->load_seconds = gpo_now() - t0;
+    int64_t limit = gpo_model_config(env->m)->max_position;
+    if (o->eo.max_seq_len > limit)
+        fprintf(stderr, "gptoss: warning: --max-seq-len %lld is above the model's context of %lld "
+                "positions; capped to %lld\n", (long long)o->eo.max_seq_len, (long long)limit,
+                (long long)limit);
     return 0;
 }
 

@@ -16,9 +16,12 @@ struct gen_opts {
     const char *stops[16];
     size_t n_stops;
     int show_reasoning, raw;
+    int seed_given; /* --seed was given; otherwise sp.seed was drawn at random */
+    int verbose;    /* -v: the seed and the library's progress messages */
     struct gpo_load_opts load;
 };
 
+/* Defaults, with a seed drawn at random (from getrandom, else the clock). */
 void gen_opts_default(struct gen_opts *o);
 /* Try to consume argv[*i] as a shared option.  Returns 1 if consumed, 0 if not an
  * option of ours, -1 after printing a usage error. */
@@ -32,10 +35,14 @@ struct gen_env {
     gpo_tokenizer *tok;
     double load_seconds;
 };
-/* Resolve, load model and tokenizer; prints the error and returns non-zero on failure. */
+/* Resolve, load model and tokenizer; prints the error and returns non-zero on failure.
+ * Warns when --threads is above the core count or --max-seq-len above the
+ * model's context (the engine then uses the model's). */
 int gen_env_open(struct gen_env *env, const struct gen_opts *o);
 void gen_env_close(struct gen_env *env);
 
+/* Is "YYYY-MM-DD" a real calendar date (leap years included)? */
+int gen_date_valid(const char *s);
 /* The date for the system message per --date (today when unset), NULL for none. */
 const char *gen_date(const struct gen_opts *o, char buf[11]);
 

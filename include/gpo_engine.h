@@ -39,6 +39,12 @@ uint64_t gpo_engine_kv_bytes(const gpo_engine *e);
 /* Forget slot i's cached tokens (its next run prefills from scratch). */
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot);
 
+/* How many bytes of text[0..len) can be shown while more text may still follow:
+ * len less the longest tail that is the start of one of stops[0..n_stops) (empty
+ * strings ignored), moved back to the start of a UTF-8 character.  The engine
+ * uses it for gpo_gen_user.final_stream_n. */
+size_t gpo_stop_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops);
+
 /* One user of a run.  Fill the inputs; the outputs are owned by the struct and
  * freed by gpo_gen_user_free. */
 struct gpo_gen_user {
@@ -58,7 +64,10 @@ struct gpo_gen_user {
                                      before each on_token call. */
     struct gpo_str analysis_text; /* analysis-channel text */
     struct gpo_str raw_text;      /* everything, special tokens written as text */
-    enum gpo_finish finish;
+    enum gpo_finish finish;       /* GPO_FINISH_ERROR: this user failed (see error); the
+                                     other users of the run went on */
+    enum gpo_status error;        /* why this user failed (GPO_OK unless finish is ERROR) */
+    char error_msg[256];          /* the detail of that failure */
     int recovered;                /* the harmony parser recovered from malformed output */
     int aborted;
     int64_t n_reused;             /* prompt tokens taken from the slot's cache */
@@ -84,7 +93,12 @@ struct gpo_gen_stats {
 };
 
 /* Run users[0..n) (user i in slot i) until each finishes.  Prompts longer than the
- * KV cache are GPO_ERR_CONTEXT before anything runs. */
+ * KV cache are GPO_ERR_CONTEXT before anything runs.  A failure that belongs to one
+ * user (sampling, parsing or recording its token) ends that user alone with finish
+ * GPO_FINISH_ERROR and its error fields set, and the run goes on for the others;
+ * only failures of the shared forward pass end the run with an error status.  Ids
+ * the tokenizer does not define (holes in the vocabulary, rows beyond it) and the
+ * ids harmony reserves are never sampled. */
 enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t n,
                                gpo_token_fn on_token, void *ud, struct gpo_gen_stats *stats);
 

@@ -4,6 +4,7 @@
  * the stop rules.  Slots keep their KV cache so a continued conversation only
  * prefills from the first changed token. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,16 @@ struct gpo_engine {
     float *logits; /* [n_slots][n_vocab] */
     volatile sig_atomic_t *abort_flag;
 };
+
+/* The harmony mask plus every id the tokenizer does not define: the vocabulary
+ * has holes below its size as well as rows beyond it, and the parser cannot read
+ * such an id back. */
+static void ban_undefined_ids(uint8_t *banned, int64_t n_vocab, const gpo_tokenizer *t) {
+    int64_t n_tokens = t ? gpo_tokenizer_n_tokens(t) : 0;
+    gpo_sampler_harmony_mask(banned, n_vocab, n_tokens);
+    for (int64_t i = 0; t && i < n_vocab && i < n_tokens; i++)
+        if (!banned[i] && gpo_tokenizer_token_bytes(t, (int32_t)i, NULL, NULL) != GPO_OK) banned[i] = 1;
+}
 
 enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
                                   const struct gpo_engine_opts *opts, size_t n_slots,
@@ -61,9 +72,19 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
         goto fail;
     }
     for (size_t i = 0; i < n_slots; i++)
-        if ((s = gpo_kv_create_ex(m, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN, &e->slots[i].kv)) != GPO_OK)
+        if ((s = gpo_kv_create_ex(m, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN, &e->slots[i].kv)) != GPO_OK) {
+            /* One cache's size says little when many users need one each. */
+            if (s == GPO_ERR_NOMEM) {
+                double each = (double)gpo_kv_bytes_for_ex(c, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN);
+                s = gpo_fail(GPO_ERR_NOMEM,
+                             "cannot allocate the KV caches: %zu users x %.1f MiB (%lld positions "
+                             "each) = %.1f MiB in all; lower the users or the context length",
+                             n_slots, each / 1048576.0, (long long)e->opts.max_seq_len,
+                             each * (double)n_slots / 1048576.0);
+            }
             goto fail;
-    gpo_sampler_harmony_mask(e->banned, c->n_vocab, t ? gpo_tokenizer_n_tokens(t) : 0);
+        }
+    ban_undefined_ids(e->banned, c->n_vocab, t);
     *out = e;
     return GPO_OK;
 fail:
@@ -155,6 +176,44 @@ static uint64_t expected_step_bytes(const gpo_model *m, int64_t users) {
            (uint64_t)(users - 1) * (inf->bytes_embedding / (uint64_t)c->n_vocab);
 }
 
+size_t gpo_stop_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops) {
+    size_t held = 0;
+    for (size_t k = 0; k < n_stops; k++) {
+        size_t sl = stops[k] ? strlen(stops[k]) : 0;
+        /* Tails shorter than the stop string that equal its start, longest first. */
+        size_t most = sl - (sl > 0);
+        if (most > len) most = len;
+        for (size_t t = most; t > held; t--)
+            if (memcmp(text + len - t, stops[k], t) == 0) {
+                held = t;
+                break;
+            }
+    }
+    size_t safe = len - held;
+    /* A stop string that starts inside a character must not cut it in two. */
+    while (safe > 0 && safe < len && ((unsigned char)text[safe] & 0xc0) == 0x80) safe--;
+    return safe;
+}
+
+/* The user's turn is over: the whole final text may be shown. */
+static void finish_user(struct run_user *r, enum gpo_finish f) {
+    r->u->finish = f;
+    r->u->final_stream_n = r->u->final_text.n;
+    r->done = 1;
+}
+
+/* A failure of this user alone (its sampling, parsing or texts): it ends with
+ * GPO_FINISH_ERROR and the reason, while the other users go on. */
+static void fail_user(struct run_user *r, size_t idx, enum gpo_status s) {
+    struct gpo_gen_user *u = r->u;
+    const char *why = gpo_last_error();
+    snprintf(u->error_msg, sizeof u->error_msg, "%s", why && why[0] ? why : gpo_status_str(s));
+    u->error = s;
+    finish_user(r, GPO_FINISH_ERROR);
+    r->pending = -1;
+    gpo_log(GPO_LOG_WARN, "user %zu stopped after %zu tokens: %s", idx, u->generated.n, u->error_msg);
+}
+
 /* Record one sampled id: parser, texts, stop rules; marks the user done when a
  * stop rule, the token limit or the context ends its turn. */
 static enum gpo_status accept_token(gpo_engine *e, struct run_user *r, size_t idx, int32_t id,
@@ -183,8 +242,9 @@ static enum gpo_status accept_token(gpo_engine *e, struct run_user *r, size_t id
     }
     r->t_prev = now;
     u->t_done = now;
-    if (cb) cb(ud, idx, id, &ev);
 
+    /* The stop rules come before the callback, so that final_stream_n never shows
+     * a stop string or the start of one. */
     size_t stop_at = u->final_text.n;
     enum gpo_finish f = gpo_stop_check(id, u->final_text.s ? u->final_text.s : "", u->final_text.n,
                                        prev_final, u->stops, u->n_stops, &stop_at);
@@ -199,22 +259,26 @@ static enum gpo_status accept_token(gpo_engine *e, struct run_user *r, size_t id
     } else if (gpo_kv_len(r->slot->kv) + 1 > gpo_kv_capacity(r->slot->kv)) {
         f = GPO_FINISH_CONTEXT;
     }
-    if (f != GPO_FINISH_NONE) {
-        u->finish = f;
-        r->done = 1;
-        struct gpo_hevent fev;
-        gpo_hparser_finish(r->parser, &fev);
-        if (fev.text_len > 0 && fev.channel == GPO_CH_FINAL && f != GPO_FINISH_STOP) {
-            GPO_TRY(gpo_str_append(&u->final_text, fev.text, fev.text_len));
-            if (cb) cb(ud, idx, -1, &fev);
-        } else if (fev.text_len > 0 && fev.channel == GPO_CH_ANALYSIS) {
-            GPO_TRY(gpo_str_append(&u->analysis_text, fev.text, fev.text_len));
-            if (cb) cb(ud, idx, -1, &fev);
-        }
-        if (gpo_hparser_recovered(r->parser)) u->recovered = 1;
-    } else {
+    if (f == GPO_FINISH_NONE) {
+        size_t safe = gpo_stop_safe_len(u->final_text.s, u->final_text.n, u->stops, u->n_stops);
+        if (safe > u->final_stream_n) u->final_stream_n = safe;
+        if (cb) cb(ud, idx, id, &ev);
         r->pending = id;
+        return GPO_OK;
     }
+    finish_user(r, f);
+    if (cb) cb(ud, idx, id, &ev);
+    struct gpo_hevent fev;
+    GPO_TRY(gpo_hparser_finish(r->parser, &fev));
+    if (fev.text_len > 0 && fev.channel == GPO_CH_FINAL && f != GPO_FINISH_STOP) {
+        GPO_TRY(gpo_str_append(&u->final_text, fev.text, fev.text_len));
+        u->final_stream_n = u->final_text.n;
+        if (cb) cb(ud, idx, -1, &fev);
+    } else if (fev.text_len > 0 && fev.channel == GPO_CH_ANALYSIS) {
+        GPO_TRY(gpo_str_append(&u->analysis_text, fev.text, fev.text_len));
+        if (cb) cb(ud, idx, -1, &fev);
+    }
+    if (gpo_hparser_recovered(r->parser)) u->recovered = 1;
     return GPO_OK;
 }
 
@@ -257,7 +321,10 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
         r->pending = -1;
         users[i].finish = GPO_FINISH_NONE;
         users[i].generated.n = users[i].final_text.n = users[i].analysis_text.n = users[i].raw_text.n = 0;
+        users[i].final_stream_n = 0;
         users[i].recovered = users[i].aborted = 0;
+        users[i].error = GPO_OK;
+        users[i].error_msg[0] = 0;
         if ((s = gpo_sampler_create(&users[i].sampling, V, e->banned, &r->sampler)) != GPO_OK) goto cleanup;
         if ((s = gpo_hparser_create(e->tok, &r->parser)) != GPO_OK) goto cleanup;
         reuse_prefix(r);
@@ -297,8 +364,7 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
         if (s == GPO_ERR_ABORTED) {
             for (size_t i = 0; i < n; i++)
                 if (!ru[i].done) {
-                    ru[i].done = 1;
-                    users[i].finish = GPO_FINISH_ABORTED;
+                    finish_user(&ru[i], GPO_FINISH_ABORTED);
                     users[i].aborted = 1;
                 }
             s = GPO_OK;
@@ -324,16 +390,18 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
             }
             if (batch[b].logits == GPO_LOGITS_NONE) continue;
             int32_t id;
-            if ((s = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, NULL)) != GPO_OK) goto cleanup;
+            enum gpo_status us = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, NULL);
             row++;
-            st.n_generated++;
-            if ((s = accept_token(e, r, batch_user[b], id, now - t0, on_token, ud)) != GPO_OK) goto cleanup;
+            if (us == GPO_OK) {
+                st.n_generated++;
+                us = accept_token(e, r, batch_user[b], id, now - t0, on_token, ud);
+            }
+            if (us != GPO_OK) fail_user(r, batch_user[b], us);
         }
         if (e->abort_flag && *e->abort_flag) {
             for (size_t i = 0; i < n; i++)
                 if (!ru[i].done) {
-                    ru[i].done = 1;
-                    users[i].finish = GPO_FINISH_ABORTED;
+                    finish_user(&ru[i], GPO_FINISH_ABORTED);
                     users[i].aborted = 1;
                 }
         }

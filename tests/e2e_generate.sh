@@ -37,6 +37,83 @@ echo '[{"prompt": "hello"}, {"prompt": "world"}]' > "$tmp/p.json"
 "$G" generate -m "$tmp/m" --max-tokens 3 --prompts "$tmp/p.json" >"$tmp/pf.out" 2>&1
 check "--prompts file" "grep -q '==USER 1 - PROMPT' $tmp/pf.out"
 
+# --stop: the streamed text never shows the stop string and equals the --json text
+"$G" generate -m "$tmp/m" --no-membw --temperature 0 --max-tokens 40 -p "$P2" --json "$tmp/nostop.json" >/dev/null 2>&1
+stop=$(node -e 'const t = require(process.argv[1]).users[0].text, c = [...t], m = c.length >> 1;
+    process.stdout.write(c.slice(m - 3, m + 3).join(""))' "$tmp/nostop.json")
+"$G" generate -m "$tmp/m" --no-membw --temperature 0 --max-tokens 40 -p "$P2" --stop "$stop" --json "$tmp/stop.json" >"$tmp/stop.out" 2>/dev/null
+check "stop string found (${#stop} characters)" "[ \${#stop} -eq 6 ] && node -e 'process.exit(require(\"$tmp/stop.json\").users[0].finish_reason === \"stop\" ? 0 : 1)'"
+check "streamed text = --json text, no stop string" "node -e '
+    const fs = require(\"fs\"), out = fs.readFileSync(\"$tmp/stop.out\", \"utf8\");
+    const a = out.indexOf(\"==USER 0 - OUTPUT\n\") + 18, b = out.indexOf(\"\n=== Performance Metrics ===\");
+    const shown = out.slice(a, b), text = require(\"$tmp/stop.json\").users[0].text;
+    process.exit(shown === text && !shown.includes(process.argv[1]) ? 0 : 1)' \"\$stop\""
+
+# --json - writes the JSON alone on stdout; a path that cannot be written fails before loading
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 3 -p "$P1" --json - >"$tmp/js.out" 2>"$tmp/js.err"
+check "--json - on stdout, text on stderr" "[ \$? -eq 0 ] && node -e 'JSON.parse(require(\"fs\").readFileSync(\"$tmp/js.out\", \"utf8\"))' && grep -q '^==USER 0 - OUTPUT' $tmp/js.err && grep -q '^=== Performance Metrics' $tmp/js.err"
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 3 -p "$P1" --json "$tmp/no/such/dir/out.json" >"$tmp/f.out" 2>&1
+check "--json to a bad path fails before loading" "[ \$? -ne 0 ] && grep -q 'No such file or directory' $tmp/f.out && ! grep -q loaded $tmp/f.out"
+
+# more prompts than --batch: waves, nobody dropped, same tokens as one batch
+"$G" generate -m "$tmp/m" --no-membw --temperature 0 --max-tokens 12 -p "$P1" -p "$P2" -p "$P3" -p "$P4" -p "$P1" --batch 2 \
+    --json "$tmp/waves.json" >"$tmp/waves.out" 2>&1
+check "--batch 2 with 5 prompts runs all 5" "grep -q 'Global batch size: 2' $tmp/waves.out && grep -q '==USER 4 - OUTPUT' $tmp/waves.out && node -e '
+    const w = require(\"$tmp/waves.json\").users, a = require(\"$tmp/all.json\").users, t = u => JSON.stringify(u.tokens);
+    process.exit(w.length === 5 && [0, 1, 2, 3].every(i => t(w[i]) === t(a[i])) && t(w[4]) === t(a[0]) ? 0 : 1)'"
+
+# Ctrl-C: what was generated and the report, finish "aborted", exit status 130
+interrupt() { # out, err, wait-for, generate arguments...; sends SIGINT once wait-for is on stderr
+    local out=$1 err=$2 want=$3; shift 3
+    "$G" generate "$@" >"$out" 2>"$err" & local pid=$! n=0
+    while [ $n -lt 100 ] && ! grep -q "$want" "$err" 2>/dev/null; do sleep 0.1; n=$((n+1)); done
+    sleep 0.5; kill -INT $pid 2>/dev/null
+    n=0; while [ $n -lt 300 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; n=$((n+1)); done
+    kill -KILL $pid 2>/dev/null
+    wait $pid
+}
+interrupt "$tmp/int.out" "$tmp/int.err" kernels -m "$tmp/m" --temperature 0 -c 131072 -n 1000000 -t 1 -p "$P2" \
+    --json "$tmp/int.json"
+check "SIGINT: exit 130, finish aborted, report" "[ \$? -eq 130 ] && grep -q 'finish aborted' $tmp/int.err && grep -q '^=== Performance Metrics' $tmp/int.out && node -e 'process.exit(require(\"$tmp/int.json\").users[0].finish_reason === \"aborted\" ? 0 : 1)'"
+awk 'BEGIN { for (i = 0; i < 3000; i++) printf "hello world "; print "" }' >"$tmp/long.txt"
+interrupt "$tmp/wint.out" "$tmp/wint.err" loaded -m "$tmp/m" -c 8192 -n 4 -t 1 -f "$tmp/long.txt" --warmup
+check "SIGINT during --warmup: exit 130, no timed run" "[ \$? -eq 130 ] && grep -q 'interrupted during the warm-up' $tmp/wint.err && ! grep -q '==USER' $tmp/wint.out"
+
+# llama.cpp-style aliases mean the same as our names
+printf '%s\n' "$P3" >"$tmp/p3.txt"
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 6 --seed 5 --temperature 0.8 --max-seq-len 256 --stop zzz --developer "Be brief" \
+    --reasoning high -p "$P3" --json "$tmp/long.json" >/dev/null 2>&1
+"$G" generate -m "$tmp/m" --no-membw -n 6 -s 5 --temp 0.8 -c 256 -r zzz -sys "Be brief" --reasoning-effort HIGH -f "$tmp/p3.txt" \
+    --json "$tmp/alias.json" >/dev/null 2>&1
+check "aliases -n -s --temp -c -r -sys --reasoning-effort -f" "node -e '
+    const a = require(\"$tmp/long.json\").users[0], b = require(\"$tmp/alias.json\").users[0];
+    process.exit(a.tokens.length === 6 && JSON.stringify(a.tokens) === JSON.stringify(b.tokens) && a.prompt_tokens === b.prompt_tokens ? 0 : 1)'"
+"$G" generate -m "$tmp/m" --no-membw --n-predict 2 --ctx-size 256 --system-prompt "Be brief" --reverse-prompt zzz -p "$P3" >/dev/null 2>&1
+check "long aliases --n-predict --ctx-size --system-prompt --reverse-prompt" "[ \$? -eq 0 ]"
+"$G" generate --help >"$tmp/h.out"
+check "help lists the aliases, and gen options speak of no users" "grep -q -- '--n-predict' $tmp/h.out && grep -q -- '-sys' $tmp/h.out && grep -q -- '--reverse-prompt' $tmp/h.out && grep -q 'seed S + i' $tmp/h.out && ! awk '/^  -m, --model/,0' $tmp/h.out | grep -qi 'user'"
+
+# the seed: random by default, always in --json, exact with --seed (user i: seed + i)
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 4 -p "$P1" --json "$tmp/r1.json" >/dev/null 2>&1
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 4 -p "$P1" --json "$tmp/r2.json" -v >/dev/null 2>"$tmp/r2.err"
+check "random seed by default, printed with -v" "node -e '
+    const a = require(\"$tmp/r1.json\").seed, b = require(\"$tmp/r2.json\").seed;
+    process.exit(typeof a === \"number\" && a !== b ? 0 : 1)' && grep -q \"seed \$(node -e 'console.log(require(\"$tmp/r2.json\").seed)')\" $tmp/r2.err"
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 2 -p "$P1" --batch 2 --seed 41 --json "$tmp/r3.json" >/dev/null 2>&1
+check "--seed 41: users 41 and 42" "node -e '
+    const j = require(\"$tmp/r3.json\"); process.exit(j.seed === 41 && j.users[0].seed === 41 && j.users[1].seed === 42 ? 0 : 1)'"
+
+# warnings: threads above the cores, a context above the model's
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 1 -p "$P1" -t $(( $(nproc) + 1 )) -c 1000000 >"$tmp/w.out" 2>&1
+check "warn: --threads above the cores, --max-seq-len capped" "grep -q 'cores' $tmp/w.out && grep -q 'capped to 131072' $tmp/w.out"
+# --date: a real calendar date
+"$G" generate -m "$tmp/m" --no-membw --max-tokens 1 -p "$P1" --date 2024-02-29 >/dev/null 2>&1
+check "--date 2024-02-29 (leap year) accepted" "[ \$? -eq 0 ]"
+# --show-reasoning prints no [final] header when there was no reasoning
+"$G" generate -m "$tmp/m" --no-membw --temperature 0 --max-tokens 12 -p "$P1" --show-reasoning --json "$tmp/sr.json" >"$tmp/sr.out" 2>&1
+"$G" generate -m "$tmp/m" --no-membw --temperature 0 --max-tokens 12 -p "$P1" -p "$P2" --show-reasoning >"$tmp/sr2.out" 2>&1
+check "--show-reasoning: no [final] without reasoning" "node -e 'process.exit(require(\"$tmp/sr.json\").users[0].reasoning === \"\" ? 0 : 1)' && ! grep -q 'final\]' $tmp/sr.out && ! grep -q 'final\]' $tmp/sr2.out"
+
 # bad input: each a message and a non-zero exit
 expect_fail() { # name, expected text, command...
     local name=$1 want=$2; shift 2
@@ -57,6 +134,11 @@ expect_fail "folder that is not a checkpoint" "not a GPT-OSS checkpoint" "$G" in
 GPT_DIR= HF_MODEL=openai/gpt-oss-20b "$G" info >"$tmp/f.out" 2>&1
 check "Hub id in HF_MODEL explained" "grep -q 'Hub id' $tmp/f.out"
 expect_fail "bad temperature" "temperature" "$G" generate -m "$tmp/m" --temperature abc -p x
+expect_fail "--date 2025-02-31 refused" "real date" "$G" generate -m "$tmp/m" --date 2025-02-31 -p x
+expect_fail "--date 2023-02-29 refused" "real date" "$G" generate -m "$tmp/m" --date 2023-02-29 -p x
+expect_fail "--date 2025-04-31 refused" "real date" "$G" generate -m "$tmp/m" --date 2025-04-31 -p x
+expect_fail "--reasoning bad value" "low, medium or high" "$G" generate -m "$tmp/m" --reasoning extreme -p x
+expect_fail "-f missing file" "cannot open" "$G" generate -m "$tmp/m" -f "$tmp/nope.txt"
 
 # chat: a scripted conversation
 printf 'Hello\n/reasoning high\nMore?\n/reset\n/quit\n' | "$G" chat -m "$tmp/m" --max-tokens 5 --temperature 0 >"$tmp/c.out" 2>&1
