@@ -8,6 +8,10 @@
 
 #include "gpo.h"
 
+#ifndef GPTOSS_VERSION
+#define GPTOSS_VERSION "0.1.0"
+#endif
+
 /* Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted
  * (SIGINT, as a shell reports 128 + 2). */
 #define CLI_EXIT_FAIL 1

@@ -41,13 +41,15 @@ static void usage(void) {
            "  --fast                 the fast path (default): activations rounded within bf16 error\n"
            "  --exact                the exact fp32 path\n"
            "  --ref                  the plain scalar reference kernels\n"
-           "  --json                 JSON Lines, one object per test, instead of a table\n"
-           "  --json-out FILE        also write the JSON Lines to FILE (with the table on stdout)\n"
+           "  --json [FILE]          JSON Lines, one object per test: on stdout instead of the\n"
+           "                         table, or to FILE with the table on stdout ('-' = stdout)\n"
+           "  --json-out FILE        the same as --json FILE\n"
            "  --membw                only measure the memory read bandwidth (no model needed)\n"
            "  --no-membw             skip the bandwidth probe that otherwise runs first\n"
            "  --membw-mib N          probe buffer in MiB (default 1024; keep it well above the caches)\n"
            "  --membw-seconds S      time spent on probe passes per thread count (default 1)\n"
            "  --seed N               seed of the pseudo-random token ids (default 42)\n"
+           "  -h, --help             show this help\n"
            "\n"
            "Token ids are pseudo-random (no sampler), so the speed measured does not depend on\n"
            "what the model says.  tgN first prefills one token per sequence, untimed.\n"
@@ -62,11 +64,11 @@ struct list {
 };
 
 struct opts {
-    const char *model_arg, *json_out;
+    const char *model_arg, *json_path; /* json_path "-": JSON Lines on stdout */
     struct list prompts, gens, threads, batches;
     int64_t reps, ubatch, membw_mib;
     double membw_seconds;
-    int json, membw_only, no_membw;
+    int json, membw_only, no_membw; /* json: JSON Lines replace the table on stdout */
     enum gpo_path path;
     uint64_t seed;
     const char *dense; /* "bf16" or "q8" */
@@ -103,6 +105,29 @@ static uint64_t peak_rss_bytes(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (uint64_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */
+}
+
+/* The name of the checkpoint in `dir`: the folder's base name, or its parent's
+ * for an original/ folder ("gpt-oss-20b" for .../gpt-oss-20b/original/). */
+static void model_name(const char *dir, char *out, size_t cap) {
+    const char *end = dir + strlen(dir);
+    while (end > dir + 1 && end[-1] == '/') end--;
+    const char *base = end;
+    while (base > dir && base[-1] != '/') base--;
+    if (end - base == 8 && !strncmp(base, "original", 8) && base > dir + 1) {
+        end = base - 1;
+        while (end > dir + 1 && end[-1] == '/') end--;
+        base = end;
+        while (base > dir && base[-1] != '/') base--;
+    }
+    size_t n = (size_t)(end - base);
+    if (n == 0) { /* "/" */
+        base = dir;
+        n = strlen(dir);
+    }
+    if (n >= cap) n = cap - 1;
+    memcpy(out, base, n);
+    out[n] = 0;
 }
 
 static uint64_t splitmix64(uint64_t *s) {
@@ -166,6 +191,7 @@ struct bench {
     const struct gpo_config *c;
     struct gpo_model_info info;
     char dir[4096];
+    char name[256]; /* the model's name for the table: its folder's */
     gpo_ctx *ctx;
     float *logits; /* [max batch][n_vocab] */
     struct expert_count ec;
@@ -387,7 +413,7 @@ static void print_table_row(const struct bench *b, const struct result *r) {
     if (mib >= 1024.0) snprintf(size, sizeof size, "%.2f GiB", mib / 1024.0);
     else snprintf(size, sizeof size, "%.2f MiB", mib);
     printf("| %s | %s | %lld | %lld | %s | %s | %s | %.2f ± %.2f | %.2f | %.1f | %.2f | %s | %s |\n",
-           b->dir, size, (long long)r->threads,
+           b->name, size, (long long)r->threads,
            (long long)r->batch, b->o->dense, path_name(b->o->path), r->test, r->tok_s_med, spread,
            r->tok_s_med / (double)r->batch, r->bytes_per_token / 1e6, eff, membw, frac);
     fflush(stdout);
@@ -413,7 +439,7 @@ static int add_number_or_null(cJSON *j, const char *name, double value, int pres
                    : cJSON_AddNullToObject(j, name) != NULL;
 }
 
-/* One JSON object on one line, to stdout with --json and to the --json-out file;
+/* One JSON object on one line, to the --json output (stdout or a file);
  * 0 on failure. */
 static int print_json_row(const struct bench *b, const struct result *r, FILE *out) {
     cJSON *j = cJSON_CreateObject();
@@ -421,7 +447,8 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
     const double eff = effective_gbs(r);
     char hash[24];
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)r->logits_hash);
-    int ok = cJSON_AddStringToObject(j, "model", b->dir) &&
+    int ok = cJSON_AddStringToObject(j, "model", b->name) &&
+         cJSON_AddStringToObject(j, "model_dir", b->dir) &&
          cJSON_AddNumberToObject(j, "model_bytes", (double)b->info.bytes_tensors) &&
          cJSON_AddNumberToObject(j, "n_params", (double)b->info.n_params) &&
          cJSON_AddNumberToObject(j, "n_params_active", (double)b->info.n_params_active) &&
@@ -461,12 +488,9 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
         }
     }
     char *text = ok ? cJSON_PrintUnformatted(j) : NULL;
-    if (text && b->o->json) {
-        printf("%s\n", text);
-        fflush(stdout);
-    }
-    if (text && out && (fprintf(out, "%s\n", text) < 0 || fflush(out) != 0)) {
-        cli_error("cannot write %s", b->o->json_out);
+    if (text && (fprintf(out, "%s\n", text) < 0 || fflush(out) != 0)) {
+        cli_error("cannot write %s: %s", out == stdout ? "standard output" : b->o->json_path,
+                  strerror(errno));
         ok = 0;
     }
     cJSON_free(text);
@@ -474,10 +498,10 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
     return ok && text != NULL;
 }
 
-/* Print one result as a table row or JSON line, and to the --json-out file. */
+/* Print one result as a table row (unless JSON goes to stdout) and a JSON line. */
 static int report(const struct bench *b, const struct result *r, FILE *json_out) {
     if (!b->o->json) print_table_row(b, r);
-    if ((b->o->json || json_out) && !print_json_row(b, r, json_out))
+    if (json_out && !print_json_row(b, r, json_out))
         return cli_error("cannot write the result as JSON");
     return 0;
 }
@@ -540,7 +564,7 @@ static void membw_probe_all(const struct opts *o, double *out) {
     }
 }
 
-static int membw_only(const struct opts *o) {
+static int membw_only(const struct opts *o, FILE *json_out) {
     const uint64_t bytes = (uint64_t)o->membw_mib << 20;
     if (!o->json) {
         printf("| threads | buffer | read GB/s |\n| ------: | -----: | --------: |\n");
@@ -552,15 +576,17 @@ static int membw_only(const struct opts *o) {
         enum gpo_status s = gpo_membw_measure((int)o->threads.v[i], bytes, o->membw_seconds, &g);
         if (s != GPO_OK)
             return cli_status(s, "memory bandwidth probe with %lld threads", (long long)o->threads.v[i]);
-        if (o->json)
-            printf("{\"test\":\"membw\",\"threads\":%lld,\"membw_buffer_bytes\":%llu,\"membw_gbs\":%.4f,"
-                   "\"peak_rss_bytes\":%llu}\n",
-                   (long long)o->threads.v[i], (unsigned long long)bytes, g,
-                   (unsigned long long)peak_rss_bytes());
-        else
+        if (json_out)
+            fprintf(json_out,
+                    "{\"test\":\"membw\",\"threads\":%lld,\"membw_buffer_bytes\":%llu,\"membw_gbs\":%.4f,"
+                    "\"peak_rss_bytes\":%llu}\n",
+                    (long long)o->threads.v[i], (unsigned long long)bytes, g,
+                    (unsigned long long)peak_rss_bytes());
+        if (!o->json)
             printf("| %lld | %llu MiB | %.2f |\n", (long long)o->threads.v[i],
                    (unsigned long long)o->membw_mib, g);
         fflush(stdout);
+        if (json_out) fflush(json_out);
     }
     return 0;
 }
@@ -628,10 +654,15 @@ static int parse_args(int argc, char **argv, struct opts *o, int *done) {
             o->path = GPO_PATH_EXACT;
         } else if (!strcmp(a, "--ref")) {
             o->path = GPO_PATH_REF;
-        } else if (!strcmp(a, "--json")) {
-            o->json = 1;
+        } else if (cli_is(a, "--json")) {
+            /* The file is optional: bench takes no operands, so a following
+             * argument that is not an option (or is "-") names it. */
+            if (a[6] == '=') o->json_path = a + 7;
+            else if (i + 1 < argc && (argv[i + 1][0] != '-' || !strcmp(argv[i + 1], "-")))
+                o->json_path = argv[++i];
+            else o->json_path = "-";
         } else if (cli_is(a, "--json-out")) {
-            if (!(o->json_out = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+            if (!(o->json_path = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
         } else if (!strcmp(a, "--membw")) {
             o->membw_only = 1;
         } else if (!strcmp(a, "--no-membw")) {
@@ -653,6 +684,15 @@ static int parse_args(int argc, char **argv, struct opts *o, int *done) {
             return cli_usage_error(cmd, "unknown option '%s'", a);
         }
     }
+    o->json = o->json_path && !strcmp(o->json_path, "-");
+    const int cores = omp_get_num_procs();
+    for (int i = 0; i < o->threads.n; i++)
+        if (o->threads.v[i] > cores) {
+            fprintf(stderr, "gptoss: warning: --threads %lld is more than the %d cores; threads that "
+                            "share a core only slow each other down\n",
+                    (long long)o->threads.v[i], cores);
+            break;
+        }
     if (o->membw_only && o->no_membw)
         return cli_usage_error(cmd, "--membw and --no-membw contradict each other");
     if (!o->membw_only && list_max(&o->prompts) == 0 && list_max(&o->gens) == 0)
@@ -665,18 +705,19 @@ int cmd_bench(int argc, char **argv) {
     int done = 0;
     int rc = parse_args(argc, argv, &o, &done);
     if (rc != 0 || done) return rc;
-    if (o.membw_only) return membw_only(&o);
+    /* Opened first, so an output that cannot be written fails before any work. */
+    FILE *json_out = NULL;
+    if (o.json_path && !(json_out = cli_open_out(o.json_path, "--json", 0))) return CLI_EXIT_FAIL;
+    if (o.membw_only) {
+        rc = membw_only(&o, json_out);
+        int crc = cli_close_out(json_out, o.json_path);
+        return rc ? rc : crc;
+    }
 
     struct bench b = {.o = &o};
     double membw[MAX_LIST];
     enum gpo_status s;
-    FILE *json_out = NULL;
     rc = CLI_EXIT_FAIL;
-
-    if (o.json_out && !(json_out = fopen(o.json_out, "w"))) {
-        rc = cli_error("cannot open %s: %s", o.json_out, strerror(errno));
-        goto cleanup;
-    }
 
     if ((s = gpo_model_resolve_dir(o.model_arg, b.dir, sizeof b.dir)) != GPO_OK) {
         rc = cli_status(s, "cannot find the model");
@@ -695,6 +736,7 @@ int cmd_bench(int argc, char **argv) {
                         (long long)o.threads.v[i], membw[i]);
     }
 
+    model_name(b.dir, b.name, sizeof b.name);
     fprintf(stderr, "bench: loading %s\n", b.dir);
     struct gpo_load_opts lo = {.dense_q8 = !strcmp(o.dense, "q8")};
     if ((s = gpo_model_load(b.dir, &lo, &b.m)) != GPO_OK) {
@@ -754,7 +796,7 @@ int cmd_bench(int argc, char **argv) {
     rc = 0;
 
 cleanup:
-    if (json_out && fclose(json_out) != 0 && rc == 0) rc = cli_error("cannot write %s", o.json_out);
+    if (json_out && cli_close_out(json_out, o.json_path) != 0 && rc == 0) rc = CLI_EXIT_FAIL;
     free(b.ec.seen);
     free(b.logits);
     gpo_ctx_free(b.ctx);

@@ -13,10 +13,25 @@ static void usage(void) {
            "\n"
            "  -m, --model DIR     checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
            "  --max-seq-len N     KV cache length for the memory plan (default 4096)\n"
-           "  --dense bf16|q8     show the plan with dense weights requantised to 8 bits\n");
+           "  --dense bf16|q8     show the plan with dense weights requantised to 8 bits\n"
+           "  -h, --help          show this help\n");
 }
 
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+/* A count with three significant digits and a unit that fits: "26.2 M", "3.61 B". */
+static const char *count_str(uint64_t n, char *buf, size_t cap) {
+    static const char *const units[] = {"", " K", " M", " B", " T"};
+    double v = (double)n;
+    size_t u = 0;
+    while (v >= 999.5 && u + 1 < sizeof units / sizeof *units) {
+        v /= 1000.0;
+        u++;
+    }
+    if (u == 0) snprintf(buf, cap, "%llu", (unsigned long long)n);
+    else snprintf(buf, cap, v < 9.995 ? "%.2f%s" : v < 99.95 ? "%.1f%s" : "%.0f%s", v, units[u]);
+    return buf;
+}
 
 int cmd_info(int argc, char **argv) {
     const char *model_arg = NULL, *v;
@@ -74,8 +89,9 @@ int cmd_info(int argc, char **argv) {
            c->rope_beta_fast, c->rope_beta_slow);
     printf("swiglu:           alpha %g, limit %g; rms eps %g\n", c->swiglu_alpha, c->swiglu_limit,
            c->rms_eps);
-    printf("parameters:       %.3f B total, %.3f B active per token\n", (double)inf.n_params / 1e9,
-           (double)inf.n_params_active / 1e9);
+    char total[32], active[32];
+    printf("parameters:       %s total, %s active per token\n", count_str(inf.n_params, total, sizeof total),
+           count_str(inf.n_params_active, active, sizeof active));
     printf("tensors:          %lld\n", (long long)inf.n_tensors);
     printf("bytes:            %.2f GiB in tensors (%llu B), %.2f GiB mapped\n", gib(inf.bytes_tensors),
            (unsigned long long)inf.bytes_tensors, gib(inf.bytes_mapped));

@@ -16,7 +16,7 @@ static void usage(void) {
            "  -m, --model DIR      checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
            "  --tokens IDS         token ids separated by commas or spaces\n"
            "  --tokens-file FILE   read the ids from a file ('-' for stdin)\n"
-           "  -o, --out FILE       output file\n"
+           "  -o, --out FILE       output file ('-' = standard output)\n"
            "  --mode MODE          prefill (all tokens in one batch, default) or\n"
            "                       incremental (one token at a time through the KV cache)\n"
            "  --ubatch N           prefill chunk size in tokens (default: all tokens)\n"
@@ -24,7 +24,8 @@ static void usage(void) {
            "  --fast               the fast path (activations rounded within bf16 error)\n"
            "  --ref                the plain scalar reference kernels\n"
            "  --dense bf16|q8      dense weights as stored (default) or requantised to 8 bits\n"
-           "  -t, --threads N      threads (default: all cores)\n");
+           "  -t, --threads N      threads (default: all cores)\n"
+           "  -h, --help           show this help\n");
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -87,6 +88,8 @@ int cmd_logits(int argc, char **argv) {
     FILE *f = NULL;
     struct gpo_ids ids = {0};
 
+    /* Opened first, so an output that cannot be written fails before any work. */
+    if (!(f = cli_open_out(out_path, "-o", 1))) goto cleanup;
     if ((s = gpo_model_resolve_dir(model_arg, dir, sizeof dir)) != GPO_OK) {
         rc = cli_status(s, "cannot find the model");
         goto cleanup;
@@ -133,23 +136,20 @@ int cmd_logits(int argc, char **argv) {
             goto cleanup;
         }
     }
-    f = fopen(out_path, "wb");
-    if (!f || fwrite(logits, sizeof *logits, (size_t)n * V, f) != (size_t)n * V) {
-        rc = cli_error("cannot write %s", out_path);
-        goto cleanup;
-    }
-    if (fclose(f) != 0) {
-        f = NULL;
-        rc = cli_error("cannot write %s", out_path);
-        goto cleanup;
-    }
+    fwrite(logits, sizeof *logits, (size_t)n * V, f);
+    FILE *done = f;
     f = NULL;
+    if (cli_close_out(done, out_path) != 0) goto cleanup;
     fprintf(stderr, "gptoss: wrote %lld x %lld logits to %s (%s mode, kernels %s)\n", (long long)n,
-            (long long)V, out_path, mode, gpo_ctx_kernels(ctx));
+            (long long)V, strcmp(out_path, "-") ? out_path : "standard output", mode,
+            gpo_ctx_kernels(ctx));
     rc = 0;
 
 cleanup:
-    if (f) fclose(f);
+    if (f && f != stdout) {
+        fclose(f);
+        if (rc != 0) remove(out_path); /* no partial or empty output left behind */
+    }
     free(logits);
     free(tok_text);
     gpo_ids_free(&ids);

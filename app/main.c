@@ -1,8 +1,10 @@
 /* main.c - the `gptoss` command line: dispatches to one subcommand per file. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "kernels/kernels.h"
 
 static const struct {
     const char *name;
@@ -24,7 +26,19 @@ static void usage(FILE *f) {
     fprintf(f, "usage: gptoss COMMAND [options]   (gptoss COMMAND --help for details)\n\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\nThe model folder comes from -m DIR, else $GPT_DIR, else $HF_MODEL.\n");
+    fprintf(f, "\n  -V, --version  the version and the kernels of this build\n"
+               "  -h, --help     this help\n"
+               "\nThe model folder comes from -m DIR, else $GPT_DIR, else $HF_MODEL.\n");
+}
+
+/* The version, the kernel tables built in, which one this CPU runs (as `gptoss
+ * info` reports it; $GPTOSS_KERNELS can choose another) and the CPU's features. */
+static void version(void) {
+    const struct gpo_kernels *sel = gpo_kernels_select(getenv("GPTOSS_KERNELS"));
+    if (!sel) sel = gpo_kernels_select(NULL);
+    printf("gptoss %s\n", GPTOSS_VERSION);
+    printf("kernels: %s (built: ref%s%s; CPU: %s)\n", sel->name, gpo_kernels_avx2() ? ", avx2" : "",
+           gpo_kernels_avx512() ? ", avx512" : "", gpo_cpu_features());
 }
 
 int main(int argc, char **argv) {
@@ -34,6 +48,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V") || !strcmp(argv[1], "version")) {
+        version();
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

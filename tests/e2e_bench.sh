@@ -62,4 +62,24 @@ check "--dense q8 runs and says so" "[ \$? -eq 0 ] && node -e '
     process.exit(rs.length === 2 && rs.every(r => r.dense === \"q8\") ? 0 : 1)'"
 "$G" bench -m "$tmp/nope" --no-membw >/dev/null 2>&1
 check "missing model exits 1" "[ \$? -eq 1 ]"
+
+# Outputs: "-" is stdout; a path that cannot be written fails before the model
+# is looked at, with the OS reason.
+"$G" bench -m "$M" -p 8 -n 0 -t 1 -r 1 --no-membw --json - >"$tmp/d.jsonl" 2>/dev/null
+check "--json - writes JSON Lines to stdout" "[ \$? -eq 0 ] && node -e '
+    const r = JSON.parse(require(\"fs\").readFileSync(\"$tmp/d.jsonl\", \"utf8\"));
+    process.exit(r.test === \"pp8\" ? 0 : 1)'"
+"$G" bench -m "$M" -p 8 -n 0 -t 1 -r 1 --no-membw --json-out - >"$tmp/d2.jsonl" 2>/dev/null
+check "--json-out - is the same" "[ \$? -eq 0 ] && ! grep -q '^|' $tmp/d2.jsonl && grep -q '\"test\":\"pp8\"' $tmp/d2.jsonl"
+"$G" bench -m "$M" -p 8 -n 0 -t 1 -r 1 --no-membw --json "$tmp/f.jsonl" >"$tmp/f.md" 2>/dev/null
+check "--json FILE: JSON to the file, the table on stdout" "[ \$? -eq 0 ] && grep -q '| pp8 |' $tmp/f.md && grep -q '\"test\":\"pp8\"' $tmp/f.jsonl"
+for opt in --json --json-out; do
+    "$G" bench -m "$tmp/nope" --no-membw $opt "$tmp/no/such/dir/r.jsonl" >/dev/null 2>"$tmp/e.err"
+    check "$opt to a bad path fails first, with the reason" "[ \$? -eq 1 ] && grep -q 'r.jsonl: No such file or directory' $tmp/e.err && ! grep -q 'model' $tmp/e.err"
+done
+# The table names the model, not the folder path.
+check "model column is the model's name" "grep -q '^| tiny-a | ' $tmp/t.md && ! grep -q 'fixtures' $tmp/t.md"
+check "JSON has the name and the folder" "grep -q '\"model\":\"tiny-a\"' $tmp/d.jsonl && grep -q '\"model_dir\":\"tests/fixtures/tiny-a\"' $tmp/d.jsonl"
+"$G" bench -m "$tmp/nope" -t 4096 --no-membw >/dev/null 2>"$tmp/w.err"
+check "--threads over the core count warns" "grep -q 'warning: --threads 4096 is more than the' $tmp/w.err"
 exit $fail
