@@ -1068,9 +1068,15 @@ enum gpo_status gpo_tokenizer_find(const char *explicit_path, const char *model_
     if (!out || out_size == 0) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_find: no output buffer");
     out[0] = 0;
     if (explicit_path) {
-        if (!is_file(explicit_path))
-            return gpo_fail(GPO_ERR_NOT_FOUND, "tokenizer file %s does not exist or is not readable",
-                            explicit_path);
+        if (!is_file(explicit_path)) {
+            /* Say what is wrong: missing, unreadable, or not a regular file. */
+            int fd;
+            uint64_t size;
+            enum gpo_status s = gpo_open_regular(explicit_path, GPO_ERR_NOT_FOUND, &fd, &size);
+            if (s != GPO_OK) return s;
+            close(fd);
+            return gpo_fail(GPO_ERR_NOT_FOUND, "tokenizer file %s is not readable", explicit_path);
+        }
         return found(explicit_path, out, out_size);
     }
     struct tried tr = {.n = 0};

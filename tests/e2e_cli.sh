@@ -44,4 +44,10 @@ check "logits failure leaves no file" "[ \$? -eq 1 ] && [ ! -e $tmp/bad.f32 ]"
 # info: parameter counts with a unit that fits.
 "$G" info -m $F >"$tmp/i.out" 2>&1
 check "info parameters in M" "grep -Eq '^parameters: +1\.85 M total, 1\.1[0-9] M active per token' $tmp/i.out"
+
+# A FIFO given as the tokenizer is refused at once, naming what it is.
+mkfifo "$tmp/fifo"
+echo '{"messages":[{"role":"user","content":"hi"}]}' >"$tmp/c.json"
+timeout 20 "$G" render --tokenizer "$tmp/fifo" "$tmp/c.json" >/dev/null 2>"$tmp/f.err"
+check "--tokenizer FIFO is refused" "[ \$? -eq 1 ] && grep -q 'FIFO (named pipe), not a regular file' $tmp/f.err"
 exit $fail
