@@ -2,7 +2,8 @@
  * reference against every SIMD table this CPU runs.  Decode (one token) is reported
  * as weight GB/s next to this core's plain read bandwidth; batches as GFLOP/s.
  * Usage: bench_kernels [seconds per measurement, default 0.4] [--simd-only] [op ...]
- * (ops: bf16 mxfp4 mxfp4_q8 q8_0 mxfp4_q16; default all) */
+ * (ops: bf16 mxfp4 mxfp4_ggml mxfp4_q8 mxfp4_ggml_q8 q8_0 mxfp4_q16 mxfp4_ggml_q16;
+ * default all; the _ggml ops are the MXFP4 kernels on GGML blocks, as GGUF stores them) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,13 +61,26 @@ static double read_bandwidth(double seconds) {
 }
 
 /* What one measurement runs. */
-enum op { OP_BF16, OP_MXFP4, OP_MXFP4_Q8, OP_Q8_0, OP_MXFP4_Q16 };
+enum op {
+    OP_BF16,
+    OP_MXFP4,
+    OP_MXFP4_Q8,
+    OP_Q8_0,
+    OP_MXFP4_Q16,
+    OP_MXFP4_GGML,
+    OP_MXFP4_GGML_Q8,
+    OP_MXFP4_GGML_Q16
+};
+
+static int is_ggml(enum op op) {
+    return op == OP_MXFP4_GGML || op == OP_MXFP4_GGML_Q8 || op == OP_MXFP4_GGML_Q16;
+}
 
 struct problem {
     enum op op;
     int64_t rows, n_cols, n_tok;
     int copies;                 /* weight copies cycled through (decode) */
-    void **w;                   /* dense (BF16, Q8_0) weights per copy */
+    void **w;                   /* dense (BF16, Q8_0) or GGML MXFP4 weights per copy */
     uint8_t **blocks, **scales; /* MXFP4 per copy */
     float *x, *y;
     struct gpo_q8_block *xq;
@@ -94,6 +108,18 @@ static void run_once(const struct gpo_kernels *k, struct problem *p, int copy) {
     case OP_MXFP4_Q16:
         k->matmul_mxfp4_q16(p->y, p->rows, p->blocks[copy], p->scales[copy], p->xq16,
                             p->n_cols / 32, p->n_tok, 0, p->rows, p->n_cols);
+        break;
+    case OP_MXFP4_GGML:
+        k->matmul_mxfp4_ggml(p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, 0, p->rows,
+                             p->n_cols);
+        break;
+    case OP_MXFP4_GGML_Q8:
+        k->matmul_mxfp4_ggml_q8(p->y, p->rows, p->w[copy], p->xq, p->n_cols / 32, p->n_tok, 0,
+                                p->rows, p->n_cols);
+        break;
+    case OP_MXFP4_GGML_Q16:
+        k->matmul_mxfp4_ggml_q16(p->y, p->rows, p->w[copy], p->xq16, p->n_cols / 32, p->n_tok,
+                                 0, p->rows, p->n_cols);
         break;
     }
 }
@@ -151,6 +177,19 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
             p.w[c] = w;
         }
         gpo_aligned_free(row);
+    } else if (is_ggml(op)) {
+        /* The same random weights as the safetensors layout, repacked. */
+        p.w = calloc((size_t)p.copies, sizeof *p.w);
+        const size_t nb = (size_t)(rows * n_cols / 32);
+        uint8_t *blocks = alloc_or_die(nb * 16), *scales = alloc_or_die(nb);
+        for (int c = 0; c < p.copies; c++) {
+            for (size_t i = 0; i < nb * 16; i++) blocks[i] = (uint8_t)rnd();
+            for (size_t i = 0; i < nb; i++) scales[i] = (uint8_t)(118 + rnd() % 8);
+            p.w[c] = alloc_or_die(wb);
+            gpo_mxfp4_to_ggml(p.w[c], blocks, scales, (int64_t)nb);
+        }
+        gpo_aligned_free(blocks);
+        gpo_aligned_free(scales);
     } else {
         p.blocks = calloc((size_t)p.copies, sizeof *p.blocks);
         p.scales = calloc((size_t)p.copies, sizeof *p.scales);
@@ -188,7 +227,9 @@ static void free_problem(struct problem *p) {
 }
 
 static const char *op_name(enum op op) {
-    static const char *const names[] = {"bf16", "mxfp4", "mxfp4_q8", "q8_0", "mxfp4_q16"};
+    static const char *const names[] = {"bf16",          "mxfp4",         "mxfp4_q8",
+                                        "q8_0",          "mxfp4_q16",     "mxfp4_ggml",
+                                        "mxfp4_ggml_q8", "mxfp4_ggml_q16"};
     return names[op];
 }
 
@@ -217,14 +258,16 @@ int main(int argc, char **argv) {
     const struct {
         enum op op;
         int64_t rows, cols;
-    } dec[] = {{OP_BF16, 5120, 2880}, {OP_MXFP4, 5760, 2880}, {OP_MXFP4_Q8, 5760, 2880},
-               {OP_Q8_0, 5120, 2880}, {OP_MXFP4_Q16, 5760, 2880}};
+    } dec[] = {{OP_BF16, 5120, 2880},          {OP_MXFP4, 5760, 2880},
+               {OP_MXFP4_GGML, 5760, 2880},     {OP_MXFP4_Q8, 5760, 2880},
+               {OP_MXFP4_GGML_Q8, 5760, 2880},  {OP_Q8_0, 5120, 2880},
+               {OP_MXFP4_Q16, 5760, 2880},      {OP_MXFP4_GGML_Q16, 5760, 2880}};
     for (size_t i = 0; i < sizeof dec / sizeof *dec; i++) {
         if (!wanted(dec[i].op, argc, argv, first_op)) continue;
         struct problem p = make_problem(dec[i].op, dec[i].rows, dec[i].cols, 1, 1);
         for (int k = 0; k < nt; k++) {
             const double s = time_calls(tabs[k], &p, secs);
-            printf("  %-9s %5lldx%-5lld %-6s %8.3f ms  %6.2f GB/s  %6.2f GFLOP/s\n",
+            printf("  %-14s %5lldx%-5lld %-6s %8.3f ms  %6.2f GB/s  %6.2f GFLOP/s\n",
                    op_name(p.op), (long long)p.rows, (long long)p.n_cols, tabs[k]->name, s * 1e3,
                    (double)weight_bytes(&p) / s / 1e9,
                    2.0 * (double)(p.rows * p.n_cols) / s / 1e9);
@@ -240,7 +283,7 @@ int main(int argc, char **argv) {
             struct problem p = make_problem(dec[i].op, dec[i].rows, dec[i].cols, toks[j], 0);
             for (int k = 0; k < nt; k++) {
                 const double s = time_calls(tabs[k], &p, secs);
-                printf("  %-9s %5lldx%-5lld n_tok=%-3lld %-6s %9.3f ms  %7.2f GFLOP/s\n",
+                printf("  %-14s %5lldx%-5lld n_tok=%-3lld %-6s %9.3f ms  %7.2f GFLOP/s\n",
                        op_name(p.op), (long long)p.rows, (long long)p.n_cols, (long long)p.n_tok,
                        tabs[k]->name, s * 1e3,
                        2.0 * (double)(p.rows * p.n_cols * p.n_tok) / s / 1e9);

@@ -1063,6 +1063,363 @@ static void test_e8m0_edges(void **state) {
     }
 }
 
+/* ---- MXFP4 in GGML blocks ---- */
+
+/* The GGML blocks of n_blocks safetensors blocks. */
+static uint8_t *ggml_of(const uint8_t *blocks, const uint8_t *scales, int64_t n_blocks) {
+    uint8_t *g = xmalloc((size_t)n_blocks * GPO_MXFP4_GGML_BLOCK_BYTES);
+    gpo_mxfp4_to_ggml(g, blocks, scales, n_blocks);
+    return g;
+}
+
+/* Nibble h (0 low, 1 high) of byte b. */
+static int nib(uint8_t b, int h) { return h ? b >> 4 : b & 15; }
+
+static void test_mxfp4_ggml_repack(void **state) {
+    (void)state;
+    rng_seed(30);
+    /* Random bytes both ways round: nothing is lost or invented. */
+    enum { NB = 257 };
+    uint8_t blocks[NB * 16], scales[NB], blocks2[NB * 16], scales2[NB];
+    uint8_t g[NB * 17], g2[NB * 17];
+    fill_u8(blocks, sizeof blocks);
+    fill_u8(scales, sizeof scales);
+    gpo_mxfp4_to_ggml(g, blocks, scales, NB);
+    gpo_mxfp4_from_ggml(blocks2, scales2, g, NB);
+    assert_memory_equal(blocks2, blocks, sizeof blocks);
+    assert_memory_equal(scales2, scales, sizeof scales);
+    fill_u8(g, sizeof g);
+    gpo_mxfp4_from_ggml(blocks2, scales2, g, NB);
+    gpo_mxfp4_to_ggml(g2, blocks2, scales2, NB);
+    assert_memory_equal(g2, g, sizeof g);
+
+    /* Every element position with every code: element k (safetensors byte k/2, nibble
+     * k%2) lands in nibble k/16 of qs[k%16] and nowhere else, the scale byte in front,
+     * and decodes to FP4[code] * 2^(e-127) at column k. */
+    for (int k = 0; k < 32; k++)
+        for (int code = 0; code < 16; code++) {
+            uint8_t b[16] = {0}, sc = (uint8_t)(100 + k), back[16], sc_back;
+            b[k / 2] = (uint8_t)(code << 4 * (k % 2));
+            struct gpo_mxfp4_ggml_block gb;
+            gpo_mxfp4_to_ggml(&gb, b, &sc, 1);
+            assert_int_equal(gb.e, sc);
+            for (int j = 0; j < 16; j++)
+                for (int h = 0; h < 2; h++) {
+                    const int want = j == k % 16 && h == k / 16 ? code : 0;
+                    if (nib(gb.qs[j], h) != want)
+                        print_error("repack: element %d code %d: qs[%d] nibble %d is %d, want %d\n",
+                                    k, code, j, h, nib(gb.qs[j], h), want);
+                    assert_int_equal(nib(gb.qs[j], h), want);
+                }
+            gpo_mxfp4_from_ggml(back, &sc_back, &gb, 1);
+            assert_memory_equal(back, b, 16);
+            assert_int_equal(sc_back, sc);
+            float out[32];
+            gpo_mxfp4_ggml_dequant_row(out, &gb, 32);
+            for (int c = 0; c < 32; c++)
+                assert_true(out[c] == (c == k ? ldexpf(gpo_fp4_values[code], sc - 127) : 0.0f));
+        }
+}
+
+/* A GGML block written by hand from spec 3.5 (not through the repacking): e = 127,
+ * qs[0] = 0x21 (element 0 code 1 = 0.5, element 16 code 2 = 1.0), qs[15] = 0xf7
+ * (element 15 code 7 = 6.0, element 31 code 15 = -6.0).  Its dequantisation, the
+ * safetensors block of the same weights, and a one-hot column through every table's
+ * three GGML kernels. */
+static void test_mxfp4_ggml_spec_block(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    struct gpo_mxfp4_ggml_block gb = {.e = 127, .qs = {[0] = 0x21, [15] = 0xf7}};
+    float want[32] = {0}, out[32];
+    want[0] = 0.5f;
+    want[16] = 1.0f;
+    want[15] = 6.0f;
+    want[31] = -6.0f;
+    gpo_mxfp4_ggml_dequant_row(out, &gb, 32);
+    assert_memory_equal(out, want, sizeof want);
+    /* Safetensors: element 0 byte 0 low, 15 byte 7 high, 16 byte 8 low, 31 byte 15 high. */
+    const uint8_t st[16] = {[0] = 0x01, [7] = 0x70, [8] = 0x02, [15] = 0xf0}, st_e = 127;
+    struct gpo_mxfp4_ggml_block conv;
+    gpo_mxfp4_to_ggml(&conv, st, &st_e, 1);
+    assert_memory_equal(&conv, &gb, sizeof gb);
+    for (int k = 0; k < nt; k++)
+        for (int c = 0; c < 32; c++) {
+            float x[32] = {0}, y[1];
+            x[c] = 1.0f;
+            tabs[k].k->matmul_mxfp4_ggml(y, 1, &gb, x, 32, 1, 0, 1, 32);
+            assert_true(y[0] == want[c]);
+            /* One-hot activations quantise exactly (127 * (1/127), 32767 * (1/32767)):
+             * the value comes back within rounding. */
+            struct gpo_q8_block xq;
+            struct gpo_q16_block xq16;
+            tabs[k].k->quantize_q8(&xq, x, 32);
+            tabs[k].k->matmul_mxfp4_ggml_q8(y, 1, &gb, &xq, 1, 1, 0, 1, 32);
+            assert_true(fabsf(y[0] - want[c]) <= 1e-6f);
+            tabs[k].k->quantize_q16(&xq16, x, 32);
+            tabs[k].k->matmul_mxfp4_ggml_q16(y, 1, &gb, &xq16, 1, 1, 0, 1, 32);
+            assert_true(fabsf(y[0] - want[c]) <= 1e-6f);
+        }
+}
+
+/* The dequantisation of a repacked row is the safetensors one, bit for bit, over every
+ * scale byte (denormal 2^-127 and the infinite 2^128 included). */
+static void test_mxfp4_ggml_dequant(void **state) {
+    (void)state;
+    rng_seed(31);
+    const int64_t n_cols = 2880, nb = n_cols / 32, rows = 3;
+    uint8_t *blocks = xmalloc((size_t)(rows * nb * 16)), *scales = xmalloc((size_t)(rows * nb));
+    fill_u8(blocks, (size_t)(rows * nb * 16));
+    for (int64_t i = 0; i < rows * nb; i++) scales[i] = (uint8_t)i; /* 0..255, then again */
+    uint8_t *g = ggml_of(blocks, scales, rows * nb);
+    float *a = xmalloc((size_t)n_cols * 4), *b = xmalloc((size_t)n_cols * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        gpo_mxfp4_dequant_row(a, blocks + r * nb * 16, scales + r * nb, n_cols);
+        gpo_mxfp4_ggml_dequant_row(b, g + r * nb * 17, n_cols);
+        assert_memory_equal(b, a, (size_t)n_cols * 4);
+    }
+    free(blocks);
+    free(scales);
+    free(g);
+    free(a);
+    free(b);
+}
+
+/* What a GGML comparison runs: the exact path (f32 activations) or the int8 or int16
+ * activation path. */
+enum gkind { G_F32, G_Q8, G_Q16 };
+static const char *const gkind_name[] = {"mxfp4_ggml", "mxfp4_ggml_q8", "mxfp4_ggml_q16"};
+
+struct gcase {
+    enum gkind kind;
+    const uint8_t *blocks, *scales, *g; /* the same weights in both layouts */
+    const float *x;
+    const struct gpo_q8_block *xq;
+    const struct gpo_q16_block *xq16;
+    int64_t ldx, n_cols; /* token t's activations at x + t*ldx, xq + t*(n_cols/32 + 1) */
+};
+
+static int64_t gcase_ldxq(const struct gcase *c) { return c->n_cols / 32 + 1; }
+
+/* The safetensors-layout kernel (ggml = 0) or the GGML one (ggml = 1) of a table. */
+static void grun(const struct gpo_kernels *k, const struct gcase *c, int ggml, float *y,
+                 int64_t ldy, int64_t n_tok, int64_t r0, int64_t r1) {
+    const int64_t ldxq = gcase_ldxq(c), n = c->n_cols;
+    switch (c->kind) {
+    case G_F32:
+        if (ggml) k->matmul_mxfp4_ggml(y, ldy, c->g, c->x, c->ldx, n_tok, r0, r1, n);
+        else k->matmul_mxfp4(y, ldy, c->blocks, c->scales, c->x, c->ldx, n_tok, r0, r1, n);
+        break;
+    case G_Q8:
+        if (ggml) k->matmul_mxfp4_ggml_q8(y, ldy, c->g, c->xq, ldxq, n_tok, r0, r1, n);
+        else k->matmul_mxfp4_q8(y, ldy, c->blocks, c->scales, c->xq, ldxq, n_tok, r0, r1, n);
+        break;
+    case G_Q16:
+        if (ggml) k->matmul_mxfp4_ggml_q16(y, ldy, c->g, c->xq16, ldxq, n_tok, r0, r1, n);
+        else k->matmul_mxfp4_q16(y, ldy, c->blocks, c->scales, c->xq16, ldxq, n_tok, r0, r1, n);
+        break;
+    }
+}
+
+/* Both layouts' kernels of one table over [r0, r1) into sentinel-filled outputs: every
+ * slot, written or not, must hold the same bits.  Returns 1 on a difference. */
+static int gcompare(const struct table *tab, const struct gcase *c, float *ys, float *yg,
+                    int64_t ldy, int64_t rows, int64_t n_tok, int64_t r0, int64_t r1) {
+    const size_t n = (size_t)(n_tok * ldy);
+    fill_sentinel(ys, n);
+    fill_sentinel(yg, n);
+    grun(tab->k, c, 0, ys, ldy, n_tok, r0, r1);
+    grun(tab->k, c, 1, yg, ldy, n_tok, r0, r1);
+    if (memcmp(ys, yg, n * 4) == 0) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&ys[i], &yg[i], 4) != 0) {
+            print_error("%s [%s] cols=%lld rows=%lld ntok=%lld range=[%lld,%lld): t=%lld r=%lld "
+                        "GGML %.9g, safetensors layout %.9g\n",
+                        gkind_name[c->kind], tab->name, (long long)c->n_cols, (long long)rows,
+                        (long long)n_tok, (long long)r0, (long long)r1,
+                        (long long)(i / (size_t)ldy), (long long)(i % (size_t)ldy), yg[i], ys[i]);
+            break;
+        }
+    return 1;
+}
+
+/* mag[t][r] = sum_c |W[r][c] * x[t][c]| with the activations as the kernel sees them
+ * (dequantised for the int8 and int16 paths): the scale of the tolerance between a
+ * SIMD table and the reference, which sum in different orders. */
+static void gmag(double *mag, int64_t ldy, const struct gcase *c, const float *wf, int64_t n_tok,
+                 int64_t rows) {
+    const int64_t nb = c->n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0;
+            for (int64_t i = 0; i < c->n_cols; i++) {
+                double xv;
+                if (c->kind == G_F32) {
+                    xv = c->x[t * c->ldx + i];
+                } else if (c->kind == G_Q8) {
+                    const struct gpo_q8_block *b = c->xq + t * (nb + 1) + i / 32;
+                    xv = (double)b->d * b->qs[i % 32];
+                } else {
+                    const struct gpo_q16_block *b = c->xq16 + t * (nb + 1) + i / 32;
+                    xv = (double)b->d * b->qs[i % 32];
+                }
+                s += fabs((double)wf[r * c->n_cols + i] * xv);
+            }
+            mag[t * ldy + r] = s;
+        }
+}
+
+/* Every table's GGML kernel of `kind` against the same table's safetensors-layout
+ * kernel on the repacked weights, bit for bit (whole and partial row ranges, every
+ * batch size of the other tests), and each SIMD table's GGML kernel against the
+ * reference's within tolerance. */
+static void run_ggml(enum gkind kind, int e_lo, int e_hi, uint64_t seed) {
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    int bad = 0;
+    rng_seed(seed);
+    for (int ci = 0; ci < COUNT(MX_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri], nb = n_cols / 32;
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1];
+            const int64_t ldx = n_cols + 5, ldy = rows + 1;
+            uint8_t *blocks = xmalloc((size_t)(rows * nb * 16));
+            uint8_t *scales = xmalloc((size_t)(rows * nb));
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            make_mxfp4(blocks, scales, wf, rows, n_cols, e_lo, e_hi);
+            float *x = xmalloc((size_t)(max_tok * ldx) * 4);
+            fill_f(x, (size_t)(max_tok * ldx));
+            struct gpo_q8_block *xq = xmalloc((size_t)(max_tok * (nb + 1)) * sizeof *xq);
+            struct gpo_q16_block *xq16 = xmalloc((size_t)(max_tok * (nb + 1)) * sizeof *xq16);
+            for (int64_t t = 0; t < max_tok; t++) {
+                gpo_quantize_q8_ref(xq + t * (nb + 1), x + t * ldx, n_cols);
+                gpo_quantize_q16_ref(xq16 + t * (nb + 1), x + t * ldx, n_cols);
+            }
+            uint8_t *g = ggml_of(blocks, scales, rows * nb);
+            const struct gcase c = {.kind = kind, .blocks = blocks, .scales = scales, .g = g,
+                                    .x = x, .xq = xq, .xq16 = xq16, .ldx = ldx, .n_cols = n_cols};
+            float *ys = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *yg = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            gmag(mag, ldy, &c, wf, max_tok, rows);
+            grun(gpo_kernels_ref(), &c, 1, want, ldy, max_tok, 0, rows);
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                /* The widest rows only alone and in the largest batch (run time). */
+                if (n_cols == 5760 && n_tok != max_tok && n_tok != 1) continue;
+                const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                for (int k = 0; k < nt; k++) {
+                    bad += gcompare(&tabs[k], &c, ys, yg, ldy, rows, n_tok, 0, rows);
+                    if (k > 0)
+                        bad += compare_out(gkind_name[kind], tabs[k].name, yg, want, mag, ldy,
+                                           n_tok, rows, 0, rows, n_cols, REL_TOL);
+                    if (r0 < r1) {
+                        bad += gcompare(&tabs[k], &c, ys, yg, ldy, rows, n_tok, r0, r1);
+                        if (k > 0)
+                            bad += compare_out(gkind_name[kind], tabs[k].name, yg, want, mag,
+                                               ldy, n_tok, rows, r0, r1, n_cols, REL_TOL);
+                    }
+                }
+            }
+            free(blocks);
+            free(scales);
+            free(wf);
+            free(x);
+            free(xq);
+            free(xq16);
+            free(g);
+            free(ys);
+            free(yg);
+            free(want);
+            free(mag);
+        }
+    assert_int_equal(bad, 0);
+}
+
+static void test_matmul_mxfp4_ggml(void **state) {
+    (void)state;
+    run_ggml(G_F32, 118, 130, 32);
+}
+static void test_matmul_mxfp4_ggml_wide_scales(void **state) {
+    (void)state;
+    run_ggml(G_F32, 0, 230, 33);
+}
+static void test_matmul_mxfp4_ggml_q8(void **state) {
+    (void)state;
+    run_ggml(G_Q8, 118, 130, 34);
+}
+static void test_matmul_mxfp4_ggml_q16(void **state) {
+    (void)state;
+    run_ggml(G_Q16, 118, 130, 35);
+}
+static void test_matmul_mxfp4_ggml_q16_wide_scales(void **state) {
+    (void)state;
+    run_ggml(G_Q16, 0, 230, 36);
+}
+
+/* Batches long enough to cross the token chunks of the batched paths (as in
+ * test_determinism_long_batch), and blocks with the edge scale bytes 0 and 255 (the
+ * latter turns products into inf and NaN): still the same bits in both layouts. */
+static void test_matmul_mxfp4_ggml_long_batch_and_edges(void **state) {
+    (void)state;
+    struct table tabs[3];
+    const int nt = tables(tabs);
+    rng_seed(37);
+    const int64_t n_cols = 5760, rows = 9, n_tok = 70, nb = n_cols / 32, ldx = n_cols;
+    uint8_t *blocks = xmalloc((size_t)(rows * nb * 16)), *scales = xmalloc((size_t)(rows * nb));
+    float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+    make_mxfp4(blocks, scales, wf, rows, n_cols, 120, 130);
+    float *x = xmalloc((size_t)(n_tok * ldx) * 4);
+    fill_f(x, (size_t)(n_tok * ldx));
+    struct gpo_q8_block *xq = xmalloc((size_t)(n_tok * (nb + 1)) * sizeof *xq);
+    struct gpo_q16_block *xq16 = xmalloc((size_t)(n_tok * (nb + 1)) * sizeof *xq16);
+    for (int64_t t = 0; t < n_tok; t++) {
+        gpo_quantize_q8_ref(xq + t * (nb + 1), x + t * ldx, n_cols);
+        gpo_quantize_q16_ref(xq16 + t * (nb + 1), x + t * ldx, n_cols);
+    }
+    float *ys = xmalloc((size_t)(n_tok * rows) * 4), *yg = xmalloc((size_t)(n_tok * rows) * 4);
+    int bad = 0;
+    for (int edges = 0; edges < 2; edges++) {
+        if (edges) /* row 2 all 255, row 5 all 0, and a few 255 blocks elsewhere */
+            for (int64_t b = 0; b < nb; b++) {
+                scales[2 * nb + b] = 255;
+                scales[5 * nb + b] = 0;
+                if (b % 37 == 3) scales[7 * nb + b] = 255;
+            }
+        uint8_t *g = ggml_of(blocks, scales, rows * nb);
+        for (int kind = G_F32; kind <= G_Q16; kind++) {
+            const struct gcase c = {.kind = (enum gkind)kind, .blocks = blocks, .scales = scales,
+                                    .g = g, .x = x, .xq = xq, .xq16 = xq16, .ldx = ldx,
+                                    .n_cols = n_cols};
+            for (int k = 0; k < nt; k++) {
+                const int64_t tok = edges || strcmp(tabs[k].name, "ref") == 0 ? 13 : n_tok;
+                for (int64_t nt1 = 1; nt1 <= tok; nt1 += tok - 1) {
+                    bad += gcompare(&tabs[k], &c, ys, yg, rows, rows, nt1, 0, rows);
+                    bad += gcompare(&tabs[k], &c, ys, yg, rows, rows, nt1, 2, 7);
+                }
+            }
+        }
+        free(g);
+    }
+    /* The edge rows really are not finite / tiny (the test covers what it says). */
+    grun(gpo_kernels_ref(), &(struct gcase){.kind = G_F32, .g = NULL, .blocks = blocks,
+                                            .scales = scales, .x = x, .ldx = ldx,
+                                            .n_cols = n_cols},
+         0, ys, rows, 1, 0, rows);
+    assert_false(isfinite(ys[2]));
+    assert_true(fabsf(ys[5]) < 1e-30f);
+    assert_int_equal(bad, 0);
+    free(blocks);
+    free(scales);
+    free(wf);
+    free(x);
+    free(xq);
+    free(xq16);
+    free(ys);
+    free(yg);
+}
+
 /* ---- attention ---- */
 
 static void test_attn_scores(void **state) {
@@ -1205,6 +1562,21 @@ static void test_empty_rows(void **state) {
             for (int64_t t = 0; t < n_tok; t++)
                 for (int r = 0; r < 5; r++)
                     assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul_mxfp4_ggml(y, 5, blocks, x, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul_mxfp4_ggml_q8(y, 5, blocks, xq, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
+            fill_sentinel(y, 13 * 5);
+            tabs[k].k->matmul_mxfp4_ggml_q16(y, 5, blocks, xq16, 0, n_tok, 1, 4, 0);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int r = 0; r < 5; r++)
+                    assert_true(y[t * 5 + r] == (r >= 1 && r < 4 ? 0.0f : SENTINEL));
         }
 }
 
@@ -1225,6 +1597,9 @@ static void test_tables(void **state) {
         assert_non_null(t->matmul[GPO_DT_Q8_0]);
         assert_non_null(t->matmul_mxfp4_q16);
         assert_non_null(t->quantize_q16);
+        assert_non_null(t->matmul_mxfp4_ggml);
+        assert_non_null(t->matmul_mxfp4_ggml_q8);
+        assert_non_null(t->matmul_mxfp4_ggml_q16);
         assert_non_null(t->attn_scores);
         assert_non_null(t->attn_accum);
     }
@@ -1234,6 +1609,17 @@ static void test_tables(void **state) {
     if (!gpo_cpu_has_avx2()) assert_null(gpo_kernels_select("avx2"));
     assert_null(gpo_kernels_select("no-such-isa"));
     assert_non_null(gpo_kernels_select(NULL));
+
+    /* Completing a table fills its empty slots from the reference and keeps the rest. */
+    const struct gpo_kernels *ref = gpo_kernels_ref();
+    struct gpo_kernels part = {.name = "part", .quantize_q8 = tabs[nt - 1].k->quantize_q8};
+    gpo_kernels_complete(&part);
+    assert_ptr_equal(part.quantize_q8, tabs[nt - 1].k->quantize_q8);
+    assert_ptr_equal(part.matmul[GPO_DT_BF16], ref->matmul[GPO_DT_BF16]);
+    assert_ptr_equal(part.matmul_mxfp4_ggml, ref->matmul_mxfp4_ggml);
+    assert_ptr_equal(part.matmul_mxfp4_ggml_q8, ref->matmul_mxfp4_ggml_q8);
+    assert_ptr_equal(part.matmul_mxfp4_ggml_q16, ref->matmul_mxfp4_ggml_q16);
+    assert_ptr_equal(part.attn_accum, ref->attn_accum);
 }
 
 int main(void) {
@@ -1257,6 +1643,15 @@ int main(void) {
         cmocka_unit_test(test_determinism_long_batch),
         cmocka_unit_test(test_mxfp4_spec_vectors),
         cmocka_unit_test(test_e8m0_edges),
+        cmocka_unit_test(test_mxfp4_ggml_repack),
+        cmocka_unit_test(test_mxfp4_ggml_spec_block),
+        cmocka_unit_test(test_mxfp4_ggml_dequant),
+        cmocka_unit_test(test_matmul_mxfp4_ggml),
+        cmocka_unit_test(test_matmul_mxfp4_ggml_wide_scales),
+        cmocka_unit_test(test_matmul_mxfp4_ggml_q8),
+        cmocka_unit_test(test_matmul_mxfp4_ggml_q16),
+        cmocka_unit_test(test_matmul_mxfp4_ggml_q16_wide_scales),
+        cmocka_unit_test(test_matmul_mxfp4_ggml_long_batch_and_edges),
         cmocka_unit_test(test_attn_scores),
         cmocka_unit_test(test_attn_accum),
         cmocka_unit_test(test_empty_rows),

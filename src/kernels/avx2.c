@@ -3,7 +3,8 @@
  * token) streams several weight rows at once, converting in registers; batches
  * convert a panel of rows once per chunk of columns (into f32, or into int16 for the
  * MXFP4 x int16 path) and sweep it with register tiles of rows x tokens, so each
- * loaded weight serves many tokens. */
+ * loaded weight serves many tokens.  The MXFP4 kernels exist for both block layouts
+ * (the safetensors one and GGML's), compiled from the same code. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -28,8 +29,8 @@
 #define AI static inline __attribute__((always_inline))
 
 /* Weight types of the shared tile and panel code: dense (converted per vector of
- * eight) and blocked (decoded per block of 32: MXFP4, Q8_0). */
-enum { WT_F32, WT_BF16, WT_F16, WT_MXFP4, WT_Q8_0 };
+ * eight) and blocked (decoded per block of 32: MXFP4 in either layout, Q8_0). */
+enum { WT_F32, WT_BF16, WT_F16, WT_MXFP4, WT_MXFP4_GG, WT_Q8_0 };
 
 /* Rows x tokens of the register tiles.  The direct path (weights converted in
  * registers, DIRECT_R x DIRECT_T) serves decode and small batches; the batched path
@@ -209,16 +210,12 @@ static void dense_direct(dense_tile_fn tile, float *y, int64_t ldy, const void *
 
 /* ---- MXFP4 decoding ---- */
 
-/* Decodes one 16-byte block to its 32 weights in column order, times the block scale.
- * The codes go through bf16: every FP4 value is a bf16, so two pshufb lookups give its
- * high and low byte, and unpacking with zero words turns bf16 into f32.  A first
- * in-lane byte shuffle places the source bytes so that the unpacks come out in order:
- * lane 0 gets bytes 0,1,4,5,8,9,12,13 (elements 0-3, 8-11, 16-19, 24-27) and lane 1
- * the rest. */
-AI void mxfp4_decode(const uint8_t *blk, __m256 scale, __m256 out[4]) {
-    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1,
-                                           -1, 2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1,
-                                           -1, -1);
+/* The 32 codes of a block, ordered as below, to its weights in column order times the
+ * block scale.  The codes go through bf16: every FP4 value is a bf16, so two pshufb
+ * lookups give its high and low byte, and unpacking with zero words turns bf16 into
+ * f32.  For the unpacks to come out in column order, lane 0 of `codes` holds elements
+ * 0-3, 8-11, 16-19, 24-27 and lane 1 elements 4-7, 12-15, 20-23, 28-31. */
+AI void mxfp4_decode_codes(__m256i codes, __m256 scale, __m256 out[4]) {
     const __m256i lut_hi = _mm256_setr_epi8(
         0x00, 0x3f, 0x3f, 0x3f, 0x40, 0x40, 0x40, 0x40, (char)0x80, (char)0xbf, (char)0xbf,
         (char)0xbf, (char)0xc0, (char)0xc0, (char)0xc0, (char)0xc0, 0x00, 0x3f, 0x3f, 0x3f, 0x40,
@@ -229,12 +226,6 @@ AI void mxfp4_decode(const uint8_t *blk, __m256 scale, __m256 out[4]) {
         (char)0x80, (char)0xc0, 0x00, 0x40, (char)0x80, (char)0xc0, 0x00, 0x00, (char)0x80,
         (char)0xc0, 0x00, 0x40, (char)0x80, (char)0xc0, 0x00, 0x00, (char)0x80, (char)0xc0, 0x00,
         0x40, (char)0x80, (char)0xc0);
-    const __m256i m0f = _mm256_set1_epi8(0x0f);
-    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk));
-    v = _mm256_shuffle_epi8(v, order);
-    const __m256i lo = _mm256_and_si256(v, m0f);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
-    const __m256i codes = _mm256_unpacklo_epi8(lo, hi);
     const __m256i hb = _mm256_shuffle_epi8(lut_hi, codes);
     const __m256i lb = _mm256_shuffle_epi8(lut_lo, codes);
     const __m256i w01 = _mm256_unpacklo_epi8(lb, hb); /* bf16 of elements 0-7, 8-15 */
@@ -244,6 +235,68 @@ AI void mxfp4_decode(const uint8_t *blk, __m256 scale, __m256 out[4]) {
     out[1] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w01)), scale);
     out[2] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, w23)), scale);
     out[3] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, w23)), scale);
+}
+
+/* Decodes one 16-byte block of the safetensors layout.  A first in-lane byte shuffle
+ * places the source bytes so that interleaving their nibbles gives the order above:
+ * lane 0 gets bytes 0,1,4,5,8,9,12,13 (elements 0-3, 8-11, 16-19, 24-27) and lane 1
+ * the rest. */
+AI void mxfp4_decode(const uint8_t *blk, __m256 scale, __m256 out[4]) {
+    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1,
+                                           -1, 2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1,
+                                           -1, -1);
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk));
+    v = _mm256_shuffle_epi8(v, order);
+    const __m256i lo = _mm256_and_si256(v, m0f);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+    mxfp4_decode_codes(_mm256_unpacklo_epi8(lo, hi), scale, out);
+}
+
+/* ---- MXFP4 block layouts ----
+ *
+ * MX_ST is the safetensors layout: 16 code bytes per block in `blocks` (low nibble =
+ * even element) and the scale bytes in `scales`.  MX_GG is GGML's: 17-byte blocks in
+ * `blocks` (scale byte, then codes with elements 0-15 in the low nibbles and 16-31 in
+ * the high ones), `scales` unused.  Every MXFP4 kernel takes the layout as a constant
+ * and is compiled once per layout: only where the bytes come from and how the nibbles
+ * are put in column order differ.  The decoded vectors are the same, element for
+ * element, and everything after them is shared, so both layouts give the same bits. */
+enum { MX_ST, MX_GG };
+
+/* Bytes per block in the block array. */
+AI int64_t mx_bytes(int lay) { return lay == MX_GG ? 17 : 16; }
+
+/* The 16 code bytes and the scale byte of block rb (counted from the first block). */
+AI const uint8_t *mx_codes(int lay, const uint8_t *blocks, int64_t rb) {
+    return blocks + rb * mx_bytes(lay) + (lay == MX_GG);
+}
+AI uint8_t mx_scale(int lay, const uint8_t *blocks, const uint8_t *scales, int64_t rb) {
+    return lay == MX_GG ? blocks[rb * 17] : scales[rb];
+}
+
+/* mxfp4_decode for GGML codes.  The split-nibble order needs only the first eight bytes
+ * of each lane shuffled (lane 0: bytes 0-3 and 8-11, whose low nibbles are elements
+ * 0-3 and 8-11 and high nibbles 16-19 and 24-27; lane 1: bytes 4-7 and 12-15); their
+ * low nibbles followed by their high nibbles are the order mxfp4_decode_codes takes. */
+AI void mxfp4_ggml_decode(const uint8_t *qs, __m256 scale, __m256 out[4]) {
+    const __m256i order = _mm256_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1,
+                                           -1, 4, 5, 6, 7, 12, 13, 14, 15, -1, -1, -1, -1, -1, -1,
+                                           -1, -1);
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v = _mm256_shuffle_epi8(v, order);
+    const __m256i lo = _mm256_and_si256(v, m0f);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+    mxfp4_decode_codes(_mm256_unpacklo_epi64(lo, hi), scale, out);
+}
+
+/* Block rb of either layout, decoded to f32 in column order. */
+AI void mx_decode(int lay, const uint8_t *blocks, const uint8_t *scales, int64_t rb,
+                  __m256 out[4]) {
+    const __m256 sc = e8_scale(mx_scale(lay, blocks, scales, rb));
+    if (lay == MX_GG) mxfp4_ggml_decode(mx_codes(lay, blocks, rb), sc, out);
+    else mxfp4_decode(mx_codes(lay, blocks, rb), sc, out);
 }
 
 /* ---- Q8_0 decoding ---- */
@@ -343,23 +396,26 @@ AI void fill_panel(int wt, float *P, const void *W, const uint8_t *scales, int64
                    int64_t k0, int64_t kn, int64_t n_cols) {
     for (int i = 0; i < R; i++) {
         float *p = P + i * KC;
-        if (wt == WT_MXFP4) {
+        if (wt == WT_MXFP4 || wt == WT_MXFP4_GG) {
+            const int lay = wt == WT_MXFP4_GG ? MX_GG : MX_ST;
             const int64_t nb = n_cols / 32;
             const uint8_t *blocks = W;
             for (int64_t b = k0 / 32; b < (k0 + kn) / 32; b++) {
-                const int64_t rb = (r + i) * nb + b;
                 __m256 w[4];
-                mxfp4_decode(blocks + rb * 16, e8_scale(scales[rb]), w);
+                mx_decode(lay, blocks, scales, (r + i) * nb + b, w);
                 for (int k = 0; k < 4; k++) _mm256_storeu_ps(p + b * 32 - k0 + 8 * k, w[k]);
             }
-            /* A panel chunk touches only 128 bytes of each row, too little for the
-             * hardware prefetcher to follow; fetch what this row needs next (its next
-             * chunk, or the same row of the next panel) while the tiles compute. */
+            /* A panel chunk touches only 128 bytes of each row (136 in GGML blocks,
+             * which may span three lines), too little for the hardware prefetcher to
+             * follow; fetch what this row needs next (its next chunk, or the same row of
+             * the next panel) while the tiles compute. */
             const int64_t next =
                 k0 + KC < n_cols ? (r + i) * nb + (k0 + KC) / 32 : (r + i + RP) * nb;
-            prefetch(blocks, (size_t)next * 16);
-            prefetch(blocks, (size_t)next * 16 + 64);
-            prefetch(scales, (size_t)next);
+            const size_t off = (size_t)(next * mx_bytes(lay));
+            prefetch(blocks, off);
+            prefetch(blocks, off + 64);
+            if (lay == MX_GG) prefetch(blocks, off + 128);
+            else prefetch(scales, (size_t)next);
             continue;
         }
         if (wt == WT_Q8_0) {
@@ -395,7 +451,8 @@ AI void prefetch_next_chunk(int wt, const void *W, int64_t r, int R, int64_t k0,
     }
 }
 
-/* The batched path of every weight type (scales only for MXFP4). */
+/* The batched path of every weight type (scales only for MXFP4 in the safetensors
+ * layout). */
 AI void matmul_batched(int wt, float *y, int64_t ldy, const void *W, const uint8_t *scales,
                        const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
                        int64_t n_cols) {
@@ -415,7 +472,7 @@ AI void matmul_batched(int wt, float *y, int64_t ldy, const void *W, const uint8
                 const int first = k0 == 0, last = k0 + kn == n_cols;
                 const float *P;
                 int64_t ldp;
-                if (wt != WT_MXFP4)
+                if (wt != WT_MXFP4 && wt != WT_MXFP4_GG)
                     prefetch_next_chunk(wt, W, rp0, (int)(rp1 - rp0), k0, n_cols);
                 if (wt == WT_F32) {
                     P = (const float *)W + rp0 * n_cols + k0;
@@ -551,7 +608,7 @@ static void matmul_q8_0_f32_avx2(float *y, int64_t ldy, const void *W, const flo
 #define MX_DIRECT_T 2
 
 /* Direct tile: each block of R rows is decoded in registers and used for T tokens. */
-AI void mxfp4_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+AI void mxfp4_tile(int lay, int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
                    const uint8_t *scales, const float *x, int64_t ldx, int64_t t0, int64_t r,
                    int64_t n_cols) {
     const int64_t nb = n_cols / 32;
@@ -565,8 +622,8 @@ AI void mxfp4_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
         for (int i = 0; i < R; i++) {
             const int64_t rb = (r + i) * nb + b;
             __m256 w[4];
-            prefetch(blocks, (size_t)rb * 16 + PREFETCH_BYTES);
-            mxfp4_decode(blocks + rb * 16, e8_scale(scales[rb]), w);
+            prefetch(blocks, (size_t)(rb * mx_bytes(lay)) + PREFETCH_BYTES);
+            mx_decode(lay, blocks, scales, rb, w);
 #pragma GCC unroll 8
             for (int j = 0; j < T; j++) {
                 const float *xb = x + (t0 + j) * ldx + b * 32;
@@ -582,37 +639,58 @@ AI void mxfp4_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
         for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
 }
 
-static void mxfp4_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
-                           const uint8_t *scales, const float *x, int64_t ldx, int64_t t0,
-                           int64_t r, int64_t n_cols) {
-#define MT(a, b)                                                                            \
-    case a * 8 + b: mxfp4_tile(a, b, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break;
-    switch (R * 8 + T) {
-        MT(1, 1) MT(2, 1) MT(3, 1) MT(1, 2) MT(2, 2) MT(3, 2) MT(4, 1)
-    default: mxfp4_tile(4, 2, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break;
+#define MT(LAY, a, b)                                                                       \
+    case a * 8 + b: mxfp4_tile(LAY, a, b, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break;
+#define MXFP4_TILE_FN(name, LAY)                                                            \
+    static void name(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,            \
+                     const uint8_t *scales, const float *x, int64_t ldx, int64_t t0,        \
+                     int64_t r, int64_t n_cols) {                                           \
+        switch (R * 8 + T) {                                                                \
+            MT(LAY, 1, 1) MT(LAY, 2, 1) MT(LAY, 3, 1) MT(LAY, 1, 2) MT(LAY, 2, 2)           \
+            MT(LAY, 3, 2) MT(LAY, 4, 1)                                                     \
+        default: mxfp4_tile(LAY, 4, 2, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break; \
+        }                                                                                   \
     }
+MXFP4_TILE_FN(mxfp4_tile_any, MX_ST)
+MXFP4_TILE_FN(mxfp4_ggml_tile_any, MX_GG)
+#undef MXFP4_TILE_FN
 #undef MT
-}
 
-static void matmul_mxfp4_f32_avx2(float *y, int64_t ldy, const uint8_t *blocks,
-                                  const uint8_t *scales, const float *x, int64_t ldx, int64_t n_tok,
-                                  int64_t r0, int64_t r1, int64_t n_cols) {
+AI void matmul_mxfp4_f32(int lay, float *y, int64_t ldy, const uint8_t *blocks,
+                         const uint8_t *scales, const float *x, int64_t ldx, int64_t n_tok,
+                         int64_t r0, int64_t r1, int64_t n_cols) {
     if (n_tok >= PANEL_MIN_TOK_MXFP4) {
-        matmul_batched(WT_MXFP4, y, ldy, blocks, scales, x, ldx, n_tok, r0, r1, n_cols);
+        matmul_batched(lay == MX_GG ? WT_MXFP4_GG : WT_MXFP4, y, ldy, blocks, scales, x, ldx,
+                       n_tok, r0, r1, n_cols);
         return;
     }
+    void (*const tile_any)(int, int, float *, int64_t, const uint8_t *, const uint8_t *,
+                           const float *, int64_t, int64_t, int64_t, int64_t) =
+        lay == MX_GG ? mxfp4_ggml_tile_any : mxfp4_tile_any;
     for (int64_t r = r0; r < r1; r += MX_DIRECT_R) {
         const int R = (int)(r1 - r < MX_DIRECT_R ? r1 - r : MX_DIRECT_R);
         for (int64_t t = 0; t < n_tok; t += MX_DIRECT_T) {
             const int T = (int)(n_tok - t < MX_DIRECT_T ? n_tok - t : MX_DIRECT_T);
             if (R == 4 && T == 2) {
-                mxfp4_tile_any(2, 2, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
-                mxfp4_tile_any(2, 2, y, ldy, blocks, scales, x, ldx, t, r + 2, n_cols);
+                tile_any(2, 2, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
+                tile_any(2, 2, y, ldy, blocks, scales, x, ldx, t, r + 2, n_cols);
             } else {
-                mxfp4_tile_any(R, T, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
+                tile_any(R, T, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
             }
         }
     }
+}
+
+static void matmul_mxfp4_f32_avx2(float *y, int64_t ldy, const uint8_t *blocks,
+                                  const uint8_t *scales, const float *x, int64_t ldx, int64_t n_tok,
+                                  int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_mxfp4_f32(MX_ST, y, ldy, blocks, scales, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_ggml_f32_avx2(float *y, int64_t ldy, const void *W, const float *x,
+                                       int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                       int64_t n_cols) {
+    matmul_mxfp4_f32(MX_GG, y, ldy, W, NULL, x, ldx, n_tok, r0, r1, n_cols);
 }
 
 /* ---- MXFP4 x int8 activations (fast path) ---- */
@@ -624,15 +702,28 @@ struct q8w {
     __m256 half_scale;
 };
 
-/* The file's nibble order (low = even element) is put in column order by widening each
- * byte b to the 16-bit word b, then (w | w << 4) & 0x0f0f: low byte = low nibble,
- * high byte = high nibble. */
-AI struct q8w q8w_decode(const uint8_t *blk, uint8_t e) {
+/* The 32 codes of a block in column order, one per byte.  The safetensors nibble
+ * order (low = even element) is put in column order by widening each byte b to the
+ * 16-bit word b, then (w | w << 4) & 0x0f0f: low byte = low nibble, high byte = high
+ * nibble.  GGML's needs no interleaving: the low nibbles are elements 0-15 (low lane)
+ * and the high nibbles 16-31 (high lane). */
+AI __m256i q8w_codes(int lay, const uint8_t *qs) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    if (lay == MX_GG) {
+        const __m256i b = _mm256_broadcastsi128_si256(v);
+        return _mm256_and_si256(_mm256_blend_epi32(b, _mm256_srli_epi16(b, 4), 0xf0),
+                                _mm256_set1_epi8(0x0f));
+    }
+    const __m256i a = _mm256_cvtepu8_epi16(v);
+    return _mm256_and_si256(_mm256_or_si256(a, _mm256_slli_epi16(a, 4)), _mm256_set1_epi8(0x0f));
+}
+
+/* Block rb of either layout. */
+AI struct q8w q8w_decode(int lay, const uint8_t *blocks, const uint8_t *scales, int64_t rb) {
     const __m256i lut_abs = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12,
                                              0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12);
-    const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk));
-    const __m256i codes =
-        _mm256_and_si256(_mm256_or_si256(a, _mm256_slli_epi16(a, 4)), _mm256_set1_epi8(0x0f));
+    const __m256i codes = q8w_codes(lay, mx_codes(lay, blocks, rb));
+    const uint8_t e = mx_scale(lay, blocks, scales, rb);
     struct q8w w;
     w.mag = _mm256_shuffle_epi8(lut_abs, codes);
     w.sgn = _mm256_slli_epi16(codes, 4);
@@ -656,9 +747,9 @@ AI __m256 q8_block_fma(struct q8w w, const struct gpo_q8_block *xb, __m256 acc) 
  * pass. */
 #define Q8_CHUNK_BYTES (192 * 1024)
 
-AI void q8_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
-                const struct gpo_q8_block *xq, int64_t ldxq, int64_t t0, int64_t r,
-                int64_t n_cols) {
+AI void q8_tile(int lay, int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq, int64_t t0,
+                int64_t r, int64_t n_cols) {
     const int64_t nb = n_cols / 32;
     __m256 acc[Q8_R][Q8_T];
 #pragma GCC unroll 8
@@ -669,8 +760,8 @@ AI void q8_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks, cons
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             const int64_t rb = (r + i) * nb + b;
-            prefetch(blocks, (size_t)rb * 16 + PREFETCH_BYTES);
-            const struct q8w w = q8w_decode(blocks + rb * 16, scales[rb]);
+            prefetch(blocks, (size_t)(rb * mx_bytes(lay)) + PREFETCH_BYTES);
+            const struct q8w w = q8w_decode(lay, blocks, scales, rb);
 #pragma GCC unroll 8
             for (int j = 0; j < T; j++)
                 acc[i][j] = q8_block_fma(w, xq + (t0 + j) * ldxq + b, acc[i][j]);
@@ -682,27 +773,34 @@ AI void q8_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks, cons
         for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
 }
 
-static void q8_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
-                        const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq,
-                        int64_t t0, int64_t r, int64_t n_cols) {
-#define QT(a, b)                                                                            \
-    case a * 8 + b: q8_tile(a, b, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
-    switch (R * 8 + T) {
-        QT(1, 1) QT(2, 1) QT(3, 1) QT(4, 1)
-        QT(1, 2) QT(1, 3) QT(1, 4)
-        QT(2, 2) QT(2, 3)
-    default: q8_tile(2, 3, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+#define QT(LAY, a, b)                                                                       \
+    case a * 8 + b: q8_tile(LAY, a, b, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+#define Q8_TILE_FN(name, LAY)                                                               \
+    static void name(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,            \
+                     const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq,    \
+                     int64_t t0, int64_t r, int64_t n_cols) {                               \
+        switch (R * 8 + T) {                                                                \
+            QT(LAY, 1, 1) QT(LAY, 2, 1) QT(LAY, 3, 1) QT(LAY, 4, 1)                         \
+            QT(LAY, 1, 2) QT(LAY, 1, 3) QT(LAY, 1, 4)                                       \
+            QT(LAY, 2, 2) QT(LAY, 2, 3)                                                     \
+        default: q8_tile(LAY, 2, 3, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break; \
+        }                                                                                   \
     }
+Q8_TILE_FN(q8_tile_any, MX_ST)
+Q8_TILE_FN(q8_ggml_tile_any, MX_GG)
+#undef Q8_TILE_FN
 #undef QT
-}
 
-static void matmul_mxfp4_q8_avx2(float *y, int64_t ldy, const uint8_t *blocks,
-                                 const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq,
-                                 int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+AI void matmul_mxfp4_q8(int lay, float *y, int64_t ldy, const uint8_t *blocks,
+                        const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq,
+                        int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    void (*const tile_any)(int, int, float *, int64_t, const uint8_t *, const uint8_t *,
+                           const struct gpo_q8_block *, int64_t, int64_t, int64_t, int64_t) =
+        lay == MX_GG ? q8_ggml_tile_any : q8_tile_any;
     if (n_tok == 1) {
         for (int64_t r = r0; r < r1; r += Q8_R) {
             const int R = (int)(r1 - r < Q8_R ? r1 - r : Q8_R);
-            q8_tile_any(R, 1, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
+            tile_any(R, 1, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
         }
         return;
     }
@@ -717,10 +815,22 @@ static void matmul_mxfp4_q8_avx2(float *y, int64_t ldy, const uint8_t *blocks,
             const int R = (int)(r1 - r < 2 ? r1 - r : 2);
             for (int64_t t = tc0; t < tc1; t += 3) {
                 const int T = (int)(tc1 - t < 3 ? tc1 - t : 3);
-                q8_tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, t, r, n_cols);
+                tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, t, r, n_cols);
             }
         }
     }
+}
+
+static void matmul_mxfp4_q8_avx2(float *y, int64_t ldy, const uint8_t *blocks,
+                                 const uint8_t *scales, const struct gpo_q8_block *xq, int64_t ldxq,
+                                 int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_mxfp4_q8(MX_ST, y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_ggml_q8_avx2(float *y, int64_t ldy, const void *W,
+                                      const struct gpo_q8_block *xq, int64_t ldxq, int64_t n_tok,
+                                      int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_mxfp4_q8(MX_GG, y, ldy, W, NULL, xq, ldxq, n_tok, r0, r1, n_cols);
 }
 
 /* Same arithmetic as the reference, so the result is bit-identical: amax is exact,
@@ -756,14 +866,14 @@ static void quantize_q8_avx2(struct gpo_q8_block *out, const float *x, int64_t n
 
 /* ---- MXFP4 x int16 activations ---- */
 
-/* Blocks are taken in pairs (2k, 2k+1): one 32-byte load holds both blocks of a row,
- * block 2k in the low lane and 2k+1 in the high one, and every vector below keeps that
- * split, so the pair's partial sums end in one int32 vector (lanes 0-3 block 2k,
- * lanes 4-7 block 2k+1) that is converted, scaled and accumulated once.  Within a
- * lane everything is in column order, so the activations need no shuffling: their
- * eight-element rows are just paired up across the two lanes.  A row with an odd
- * number of blocks ends in a half pair whose high lane is zero (weights, scale and
- * activations).
+/* Blocks are taken in pairs (2k, 2k+1): one 32-byte load holds both blocks of a row
+ * (two 16-byte loads in GGML blocks), block 2k in the low lane and 2k+1 in the high
+ * one, and every vector below keeps that split, so the pair's partial sums end in one
+ * int32 vector (lanes 0-3 block 2k, lanes 4-7 block 2k+1) that is converted, scaled
+ * and accumulated once.  Within a lane everything is in column order, so the
+ * activations need no shuffling: their eight-element rows are just paired up across
+ * the two lanes.  A row with an odd number of blocks ends in a half pair whose high
+ * lane is zero (weights, scale and activations).
  *
  * The doubled FP4 values (-12..12) are widened to int16 as value * 256 (the byte in
  * the high half of the word), which costs one unpack instead of a sign extension; the
@@ -800,16 +910,19 @@ struct q16w {
     __m256 hs;
 };
 
-/* v holds the pair's 32 bytes.  Nibbles are looked up as signed bytes (low nibble =
- * even element), interleaved into column order, and widened with zero low bytes. */
-AI struct q16w q16w_decode(__m256i v, __m256 hs) {
+/* v holds the pair's 32 codes bytes.  Nibbles are looked up as signed bytes, put in
+ * column order (safetensors: low nibble = even element, so the two are interleaved;
+ * GGML: the low nibbles already are elements 0-15 and the high ones 16-31), and
+ * widened with zero low bytes. */
+AI struct q16w q16w_decode(int lay, __m256i v, __m256 hs) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
                                          0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
     const __m256i m0f = _mm256_set1_epi8(0x0f), z = _mm256_setzero_si256();
     const __m256i vl = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m0f));
     const __m256i vh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f));
-    const __m256i e0 = _mm256_unpacklo_epi8(vl, vh); /* elements 0-15 of each block */
-    const __m256i e1 = _mm256_unpackhi_epi8(vl, vh); /* elements 16-31 */
+    /* elements 0-15 and 16-31 of each block */
+    const __m256i e0 = lay == MX_GG ? vl : _mm256_unpacklo_epi8(vl, vh);
+    const __m256i e1 = lay == MX_GG ? vh : _mm256_unpackhi_epi8(vl, vh);
     struct q16w w;
     w.w[0] = _mm256_unpacklo_epi8(z, e0);
     w.w[1] = _mm256_unpackhi_epi8(z, e0);
@@ -819,16 +932,25 @@ AI struct q16w q16w_decode(__m256i v, __m256 hs) {
     return w;
 }
 
-/* Pair k of a row (blocks 2k and 2k+1 of n_blocks), decoded. */
-AI struct q16w q16w_load(const uint8_t *row_blocks, const uint8_t *row_scales, int64_t k,
-                         int64_t n_blocks) {
-    const uint8_t *b = row_blocks + k * 32;
-    if (2 * k + 1 < n_blocks)
-        return q16w_decode(_mm256_loadu_si256((const __m256i *)b),
-                           q16_scales(row_scales[2 * k], row_scales + 2 * k + 1));
-    return q16w_decode(_mm256_inserti128_si256(_mm256_setzero_si256(),
+/* Pair k of row `row` (blocks 2k and 2k+1 of n_blocks), decoded. */
+AI struct q16w q16w_load(int lay, const uint8_t *blocks, const uint8_t *scales, int64_t row,
+                         int64_t k, int64_t n_blocks) {
+    const int two = 2 * k + 1 < n_blocks;
+    if (lay == MX_GG) { /* the two blocks' codes are 17 bytes apart */
+        const uint8_t *b = blocks + (row * n_blocks + 2 * k) * 17;
+        const __m128i lo = _mm_loadu_si128((const __m128i *)(b + 1));
+        const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(b + 18)) : _mm_setzero_si128();
+        return q16w_decode(lay, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1),
+                           q16_scales(b[0], two ? b + 17 : NULL));
+    }
+    const uint8_t *b = blocks + (row * n_blocks + 2 * k) * 16;
+    const uint8_t *sc = scales + row * n_blocks + 2 * k;
+    if (two)
+        return q16w_decode(lay, _mm256_loadu_si256((const __m256i *)b), q16_scales(sc[0], sc + 1));
+    return q16w_decode(lay,
+                       _mm256_inserti128_si256(_mm256_setzero_si256(),
                                                _mm_loadu_si128((const __m128i *)b), 0),
-                       q16_scales(row_scales[2 * k], NULL));
+                       q16_scales(sc[0], NULL));
 }
 
 /* A token's pair: its int16 activations for elements 0-7, ..., 24-31 (low lane block
@@ -871,7 +993,7 @@ AI __m256 q16_pair_fma(const struct q16w *w, const struct q16x *x, __m256 acc) {
  * less: the direct path takes all tokens in one tile). */
 #define Q16_PANEL_MIN_TOK 4
 
-AI void q16_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+AI void q16_tile(int lay, int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
                  const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,
                  int64_t t0, int64_t r, int64_t n_cols) {
     const int64_t nb = n_cols / 32, np = (nb + 1) / 2;
@@ -886,9 +1008,9 @@ AI void q16_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
         for (int j = 0; j < T; j++) x[j] = q16x_load(xq + (t0 + j) * ldxq, k, nb);
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
-            const uint8_t *rowb = blocks + (r + i) * nb * 16;
-            prefetch(rowb, (size_t)k * 32 + Q16_PREFETCH_BYTES);
-            const struct q16w w = q16w_load(rowb, scales + (r + i) * nb, k, nb);
+            const int64_t row_off = ((r + i) * nb + 2 * k) * mx_bytes(lay);
+            prefetch(blocks, (size_t)row_off + Q16_PREFETCH_BYTES);
+            const struct q16w w = q16w_load(lay, blocks, scales, r + i, k, nb);
 #pragma GCC unroll 8
             for (int j = 0; j < T; j++) acc[i][j] = q16_pair_fma(&w, &x[j], acc[i][j]);
         }
@@ -899,19 +1021,25 @@ AI void q16_tile(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
         for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
 }
 
-static void q16_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
-                         const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,
-                         int64_t t0, int64_t r, int64_t n_cols) {
-#define QT(a, b)                                                                            \
-    case a * 8 + b: q16_tile(a, b, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
-    switch (R * 8 + T) {
-        QT(1, 1) QT(2, 1) QT(3, 1) QT(4, 1) QT(5, 1)
-        QT(1, 2) QT(2, 2) QT(3, 2) QT(4, 2)
-        QT(1, 3) QT(2, 3) QT(3, 3)
-    default: q16_tile(Q16_DIRECT_R, 1, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+#define QT(LAY, a, b)                                                                       \
+    case a * 8 + b: q16_tile(LAY, a, b, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); break;
+#define Q16_TILE_FN(name, LAY)                                                              \
+    static void name(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,            \
+                     const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,   \
+                     int64_t t0, int64_t r, int64_t n_cols) {                               \
+        switch (R * 8 + T) {                                                                \
+            QT(LAY, 1, 1) QT(LAY, 2, 1) QT(LAY, 3, 1) QT(LAY, 4, 1) QT(LAY, 5, 1)           \
+            QT(LAY, 1, 2) QT(LAY, 2, 2) QT(LAY, 3, 2) QT(LAY, 4, 2)                         \
+            QT(LAY, 1, 3) QT(LAY, 2, 3) QT(LAY, 3, 3)                                       \
+        default:                                                                            \
+            q16_tile(LAY, Q16_DIRECT_R, 1, y, ldy, blocks, scales, xq, ldxq, t0, r, n_cols); \
+            break;                                                                          \
+        }                                                                                   \
     }
+Q16_TILE_FN(q16_tile_any, MX_ST)
+Q16_TILE_FN(q16_ggml_tile_any, MX_GG)
+#undef Q16_TILE_FN
 #undef QT
-}
 
 /* Batches: the pairs of a panel of Q16_RP rows x Q16_KC columns are decoded once
  * per chunk of Q16_TC tokens into q16w form (30 KB), the pairs of a tile of Q16_NT
@@ -971,10 +1099,9 @@ static void q16_panel_tile_any(int R, int T, struct q16w (*P)[Q16_KP], struct q1
 #undef QP
 }
 
-static void matmul_q16_batched(float *y, int64_t ldy, const uint8_t *blocks,
-                               const uint8_t *scales, const struct gpo_q16_block *xq,
-                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
-                               int64_t n_cols) {
+AI void matmul_q16_batched(int lay, float *y, int64_t ldy, const uint8_t *blocks,
+                           const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,
+                           int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
     const int64_t nb = n_cols / 32, np = (nb + 1) / 2;
     struct q16w panel[Q16_RP][Q16_KP];
     struct q16x xs[Q16_NT][Q16_KP];
@@ -992,13 +1119,13 @@ static void matmul_q16_batched(float *y, int64_t ldy, const uint8_t *blocks,
                 const int64_t kp = np - k0 < Q16_KP ? np - k0 : Q16_KP;
                 const int first = k0 == 0, last = k0 + kp == np;
                 for (int64_t r = rp0; r < rp1; r++) {
-                    const uint8_t *rowb = blocks + r * nb * 16;
                     for (int64_t k = 0; k < kp; k++)
-                        panel[r - rp0][k] = q16w_load(rowb, scales + r * nb, k0 + k, nb);
+                        panel[r - rp0][k] = q16w_load(lay, blocks, scales, r, k0 + k, nb);
                     /* The next chunk of this row (or the row Q16_RP further on). */
-                    const size_t row_next = (size_t)(last ? r + Q16_RP : r) * (size_t)nb * 16;
-                    const size_t next = row_next + (last ? 0 : (size_t)(k0 + kp) * 32);
-                    for (size_t off = 0; off < Q16_KC / 2; off += 64)
+                    const size_t bb = (size_t)mx_bytes(lay);
+                    const size_t row_next = (size_t)(last ? r + Q16_RP : r) * (size_t)nb * bb;
+                    const size_t next = row_next + (last ? 0 : (size_t)(k0 + kp) * 2 * bb);
+                    for (size_t off = 0; off < Q16_KC / 32 * bb; off += 64)
                         prefetch(blocks, next + off);
                 }
                 for (int64_t t = tc0, T; t < tc1; t += T) {
@@ -1018,12 +1145,27 @@ static void matmul_q16_batched(float *y, int64_t ldy, const uint8_t *blocks,
     }
 }
 
-static void matmul_mxfp4_q16_avx2(float *y, int64_t ldy, const uint8_t *blocks,
+/* The batched path once per layout, out of line. */
+static void matmul_q16_batched_st(float *y, int64_t ldy, const uint8_t *blocks,
                                   const uint8_t *scales, const struct gpo_q16_block *xq,
                                   int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
                                   int64_t n_cols) {
+    matmul_q16_batched(MX_ST, y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+static void matmul_q16_batched_gg(float *y, int64_t ldy, const uint8_t *blocks,
+                                  const struct gpo_q16_block *xq, int64_t ldxq, int64_t n_tok,
+                                  int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_q16_batched(MX_GG, y, ldy, blocks, NULL, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+AI void matmul_mxfp4_q16(int lay, float *y, int64_t ldy, const uint8_t *blocks,
+                         const uint8_t *scales, const struct gpo_q16_block *xq, int64_t ldxq,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
     if (n_tok >= Q16_PANEL_MIN_TOK) {
-        matmul_q16_batched(y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+        if (lay == MX_GG)
+            matmul_q16_batched_gg(y, ldy, blocks, xq, ldxq, n_tok, r0, r1, n_cols);
+        else
+            matmul_q16_batched_st(y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
         return;
     }
     /* Up to three tokens: six rows per pass for one token, four for two, three for
@@ -1031,8 +1173,22 @@ static void matmul_mxfp4_q16_avx2(float *y, int64_t ldy, const uint8_t *blocks,
     const int T = (int)n_tok, rstep = T == 1 ? Q16_DIRECT_R : T == 2 ? 4 : 3;
     for (int64_t r = r0; r < r1; r += rstep) {
         const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
-        q16_tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
+        if (lay == MX_GG) q16_ggml_tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
+        else q16_tile_any(R, T, y, ldy, blocks, scales, xq, ldxq, 0, r, n_cols);
     }
+}
+
+static void matmul_mxfp4_q16_avx2(float *y, int64_t ldy, const uint8_t *blocks,
+                                  const uint8_t *scales, const struct gpo_q16_block *xq,
+                                  int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                                  int64_t n_cols) {
+    matmul_mxfp4_q16(MX_ST, y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_ggml_q16_avx2(float *y, int64_t ldy, const void *W,
+                                       const struct gpo_q16_block *xq, int64_t ldxq,
+                                       int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_mxfp4_q16(MX_GG, y, ldy, W, NULL, xq, ldxq, n_tok, r0, r1, n_cols);
 }
 
 /* As quantize_q8_avx2: the same IEEE operations as the reference, cvtps rounding to
@@ -1143,6 +1299,9 @@ static const struct gpo_kernels avx2_table = {
     .quantize_q8 = quantize_q8_avx2,
     .matmul_mxfp4_q16 = matmul_mxfp4_q16_avx2,
     .quantize_q16 = quantize_q16_avx2,
+    .matmul_mxfp4_ggml = matmul_mxfp4_ggml_f32_avx2,
+    .matmul_mxfp4_ggml_q8 = matmul_mxfp4_ggml_q8_avx2,
+    .matmul_mxfp4_ggml_q16 = matmul_mxfp4_ggml_q16_avx2,
     .attn_scores = attn_scores_avx2,
     .attn_accum = attn_accum_avx2,
 };

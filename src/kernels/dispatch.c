@@ -66,3 +66,21 @@ const struct gpo_kernels *gpo_kernels_select(const char *name) {
     if (gpo_cpu_has_avx2() && gpo_kernels_avx2()) return gpo_kernels_avx2();
     return gpo_kernels_ref();
 }
+
+void gpo_kernels_complete(struct gpo_kernels *t) {
+    const struct gpo_kernels *ref = gpo_kernels_ref();
+    for (int d = 0; d < GPO_DT_COUNT_; d++)
+        if (!t->matmul[d]) t->matmul[d] = ref->matmul[d];
+#define FILL_(f) if (!t->f) t->f = ref->f
+    FILL_(matmul_mxfp4);
+    FILL_(matmul_mxfp4_q8);
+    FILL_(quantize_q8);
+    FILL_(matmul_mxfp4_q16);
+    FILL_(quantize_q16);
+    FILL_(matmul_mxfp4_ggml);
+    FILL_(matmul_mxfp4_ggml_q8);
+    FILL_(matmul_mxfp4_ggml_q16);
+    FILL_(attn_scores);
+    FILL_(attn_accum);
+#undef FILL_
+}

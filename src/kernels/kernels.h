@@ -99,6 +99,41 @@ typedef void (*gpo_matmul_mxfp4_q16_fn)(float *y, int64_t ldy, const uint8_t *bl
  * d = amax/32767). */
 typedef void (*gpo_quantize_q16_fn)(struct gpo_q16_block *out, const float *x, int64_t n);
 
+/* MXFP4 in GGML's block layout (GGUF tensor type 39, spec 3.5), the layout the MXFP4
+ * expert tensors of a GGUF file have: each block of 32 elements is its E8M0 scale byte
+ * followed by 16 code bytes, element j (0..15) in the low nibble of qs[j] and element
+ * j + 16 in its high nibble.  An element's value is FP4[code] * 2^(e-127), exactly as
+ * in the safetensors layout (GGML's table of doubled values times its halved scale
+ * gives the same numbers), and the scale byte is the same byte.  A row of n_cols
+ * weights is n_cols/32 consecutive blocks: row r of a matrix W starts at
+ * (const uint8_t *)W + r * (n_cols/32) * 17, so a GGUF tensor is used in place from
+ * the mapped file.  The blocks have no alignment. */
+#define GPO_MXFP4_GGML_BLOCK_BYTES 17
+struct __attribute__((packed)) gpo_mxfp4_ggml_block {
+    uint8_t e;      /* E8M0 scale */
+    uint8_t qs[16]; /* codes: low nibbles elements 0-15, high nibbles 16-31 */
+};
+_Static_assert(sizeof(struct gpo_mxfp4_ggml_block) == GPO_MXFP4_GGML_BLOCK_BYTES,
+               "GGML MXFP4 blocks are 17 bytes");
+
+/* The three MXFP4 matmuls on GGML blocks: W is [rows][n_cols/32] blocks, everything
+ * else as in gpo_matmul_mxfp4_fn, gpo_matmul_mxfp4_q8_fn and gpo_matmul_mxfp4_q16_fn.
+ * Each gives, bit for bit, what the safetensors-layout kernel of the same kind and
+ * table gives on the same logical weights (the same per-element reduction order), so
+ * a GGUF model computes exactly what its safetensors checkpoint computes.  The f32
+ * path is the exact one, the others the int8 and int16 activation paths. */
+typedef void (*gpo_matmul_mxfp4_ggml_fn)(float *y, int64_t ldy, const void *W, const float *x,
+                                         int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                         int64_t n_cols);
+typedef void (*gpo_matmul_mxfp4_ggml_q8_fn)(float *y, int64_t ldy, const void *W,
+                                            const struct gpo_q8_block *xq, int64_t ldxq,
+                                            int64_t n_tok, int64_t r0, int64_t r1,
+                                            int64_t n_cols);
+typedef void (*gpo_matmul_mxfp4_ggml_q16_fn)(float *y, int64_t ldy, const void *W,
+                                             const struct gpo_q16_block *xq, int64_t ldxq,
+                                             int64_t n_tok, int64_t r0, int64_t r1,
+                                             int64_t n_cols);
+
 /* Scaled dot products of one query against n_keys keys: s[j] = scale * q . k_j,
  * key j at k + j*ldk. */
 typedef void (*gpo_attn_scores_fn)(float *s, const float *q, const float *k, int64_t ldk,
@@ -115,6 +150,9 @@ struct gpo_kernels {
     gpo_quantize_q8_fn quantize_q8;
     gpo_matmul_mxfp4_q16_fn matmul_mxfp4_q16;
     gpo_quantize_q16_fn quantize_q16;
+    gpo_matmul_mxfp4_ggml_fn matmul_mxfp4_ggml;
+    gpo_matmul_mxfp4_ggml_q8_fn matmul_mxfp4_ggml_q8;
+    gpo_matmul_mxfp4_ggml_q16_fn matmul_mxfp4_ggml_q16;
     gpo_attn_scores_fn attn_scores;
     gpo_attn_accum_fn attn_accum;
 };
@@ -124,6 +162,9 @@ struct gpo_kernels {
  * unsupported name. */
 const struct gpo_kernels *gpo_kernels_ref(void);
 const struct gpo_kernels *gpo_kernels_select(const char *name);
+/* Fills every empty slot of a copy of a table with the reference kernel (a SIMD table
+ * may leave operations to the reference). */
+void gpo_kernels_complete(struct gpo_kernels *t);
 /* Tables compiled into this build, whether or not the CPU supports them (NULL when
  * not built), and whether the CPU can run each. */
 const struct gpo_kernels *gpo_kernels_avx2(void);
@@ -156,6 +197,14 @@ void gpo_matmul_mxfp4_q16_ref(float *y, int64_t ldy, const uint8_t *blocks,
                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
                               int64_t n_cols);
 void gpo_quantize_q16_ref(struct gpo_q16_block *out, const float *x, int64_t n);
+void gpo_matmul_mxfp4_ggml_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                               int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_mxfp4_ggml_q8_ref(float *y, int64_t ldy, const void *W,
+                                  const struct gpo_q8_block *xq, int64_t ldxq, int64_t n_tok,
+                                  int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_mxfp4_ggml_q16_ref(float *y, int64_t ldy, const void *W,
+                                   const struct gpo_q16_block *xq, int64_t ldxq, int64_t n_tok,
+                                   int64_t r0, int64_t r1, int64_t n_cols);
 /* Requantise n (multiple of 32) weights of a BF16/F16/F32 row to Q8_0 blocks
  * (d = amax/127 rounded to f16, q = round(w/d)). */
 void gpo_quantize_row_q8_0(struct gpo_q8_0_block *out, const void *w, enum gpo_dtype dt,
@@ -169,6 +218,20 @@ void gpo_attn_accum_ref(float *out, const float *p, const float *v, int64_t ldv,
 /* Decode one MXFP4 row of n_cols values to floats. */
 void gpo_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *scales,
                            int64_t n_cols);
+/* Decode one GGML MXFP4 row of n_cols values (W = n_cols/32 blocks) to floats; the
+ * same bits as gpo_mxfp4_dequant_row on the same logical weights. */
+void gpo_mxfp4_ggml_dequant_row(float *out, const void *W, int64_t n_cols);
+
+/* Repacking between the layouts, n_blocks blocks of 32 elements at a time: element k
+ * of a block moves from nibble k%2 of byte k/2 (safetensors: 16 code bytes per block,
+ * the scale bytes in their own array) to nibble k/16 of qs[k%16] (GGML), and back.
+ * Exact and lossless both ways for any bytes.  A whole safetensors expert tensor
+ * (blocks [E][rows][nb][16], scales [E][rows][nb]) is one call with n_blocks =
+ * E*rows*nb, and gives the GGUF tensor [E][rows][nb] of GGML blocks. */
+void gpo_mxfp4_to_ggml(void *dst, const uint8_t *blocks, const uint8_t *scales,
+                       int64_t n_blocks);
+void gpo_mxfp4_from_ggml(uint8_t *blocks, uint8_t *scales, const void *src, int64_t n_blocks);
+
 /* Convert n elements of a weight vector of type dt to float. */
 void gpo_to_f32(float *out, const void *w, enum gpo_dtype dt, int64_t n);
 

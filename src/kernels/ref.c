@@ -158,6 +158,72 @@ void gpo_quantize_q16_ref(struct gpo_q16_block *out, const float *x, int64_t n) 
     }
 }
 
+/* ---- MXFP4 in GGML blocks ----
+ * The same sums as the safetensors-layout kernels above, term for term in column order
+ * (elements 0-15 from the low nibbles, then 16-31 from the high ones), so the results
+ * are the same bits. */
+
+static const struct gpo_mxfp4_ggml_block *ggml_row(const void *W, int64_t r, int64_t nb) {
+    return (const struct gpo_mxfp4_ggml_block *)W + r * nb;
+}
+
+void gpo_matmul_mxfp4_ggml_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                               int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const struct gpo_mxfp4_ggml_block *wr = ggml_row(W, r, nb);
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const float *xb = xt + b * 32;
+                float blk = 0.0f;
+                for (int j = 0; j < 16; j++) blk += gpo_fp4_values[wr[b].qs[j] & 0x0f] * xb[j];
+                for (int j = 0; j < 16; j++) blk += gpo_fp4_values[wr[b].qs[j] >> 4] * xb[16 + j];
+                acc += blk * gpo_e8m0_to_f32(wr[b].e);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_matmul_mxfp4_ggml_q8_ref(float *y, int64_t ldy, const void *W,
+                                  const struct gpo_q8_block *xq, int64_t ldxq, int64_t n_tok,
+                                  int64_t r0, int64_t r1, int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const struct gpo_mxfp4_ggml_block *wr = ggml_row(W, r, nb);
+            const struct gpo_q8_block *xt = xq + t * ldxq;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t blk = 0;
+                for (int j = 0; j < 16; j++) blk += fp4_x2[wr[b].qs[j] & 0x0f] * xt[b].qs[j];
+                for (int j = 0; j < 16; j++) blk += fp4_x2[wr[b].qs[j] >> 4] * xt[b].qs[16 + j];
+                acc += (float)blk * (0.5f * gpo_e8m0_to_f32(wr[b].e) * xt[b].d);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_matmul_mxfp4_ggml_q16_ref(float *y, int64_t ldy, const void *W,
+                                   const struct gpo_q16_block *xq, int64_t ldxq, int64_t n_tok,
+                                   int64_t r0, int64_t r1, int64_t n_cols) {
+    const int64_t nb = n_cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const struct gpo_mxfp4_ggml_block *wr = ggml_row(W, r, nb);
+            const struct gpo_q16_block *xt = xq + t * ldxq;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t blk = 0;
+                for (int j = 0; j < 16; j++) blk += fp4_x2[wr[b].qs[j] & 0x0f] * xt[b].qs[j];
+                for (int j = 0; j < 16; j++) blk += fp4_x2[wr[b].qs[j] >> 4] * xt[b].qs[16 + j];
+                acc += (float)blk * (0.5f * gpo_e8m0_to_f32(wr[b].e) * xt[b].d);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
 void gpo_quantize_row_q8_0(struct gpo_q8_0_block *out, const void *w, enum gpo_dtype dt,
                            int64_t n) {
     float buf[GPO_QK];
@@ -209,6 +275,49 @@ void gpo_mxfp4_dequant_row(float *out, const uint8_t *blocks, const uint8_t *sca
     }
 }
 
+void gpo_mxfp4_ggml_dequant_row(float *out, const void *W, int64_t n_cols) {
+    const struct gpo_mxfp4_ggml_block *w = W;
+    for (int64_t b = 0; b < n_cols / 32; b++) {
+        float sc = gpo_e8m0_to_f32(w[b].e);
+        for (int j = 0; j < 16; j++) {
+            out[b * 32 + j] = gpo_fp4_values[w[b].qs[j] & 0x0f] * sc;
+            out[b * 32 + 16 + j] = gpo_fp4_values[w[b].qs[j] >> 4] * sc;
+        }
+    }
+}
+
+/* Element k of a block: safetensors byte k/2, nibble k%2; GGML qs[k%16], nibble k/16.
+ * So GGML byte j takes elements j and j+16, i.e. the nibble j%2 of safetensors bytes
+ * j/2 and 8 + j/2. */
+void gpo_mxfp4_to_ggml(void *dst, const uint8_t *blocks, const uint8_t *scales,
+                       int64_t n_blocks) {
+    struct gpo_mxfp4_ggml_block *out = dst;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *src = blocks + b * 16;
+        out[b].e = scales[b];
+        for (int j = 0; j < 16; j++) {
+            const int shift = 4 * (j % 2);
+            const uint8_t lo = (uint8_t)(src[j / 2] >> shift & 0x0f);
+            const uint8_t hi = (uint8_t)(src[8 + j / 2] >> shift & 0x0f);
+            out[b].qs[j] = (uint8_t)(lo | hi << 4);
+        }
+    }
+}
+
+void gpo_mxfp4_from_ggml(uint8_t *blocks, uint8_t *scales, const void *src, int64_t n_blocks) {
+    const struct gpo_mxfp4_ggml_block *in = src;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        uint8_t *dst = blocks + b * 16;
+        scales[b] = in[b].e;
+        /* Byte i holds elements 2i and 2i+1 (the low nibbles of qs[2i], qs[2i+1]),
+         * byte 8+i elements 16+2i and 17+2i (the high nibbles of the same two). */
+        for (int i = 0; i < 8; i++) {
+            dst[i] = (uint8_t)((in[b].qs[2 * i] & 0x0f) | (in[b].qs[2 * i + 1] & 0x0f) << 4);
+            dst[8 + i] = (uint8_t)(in[b].qs[2 * i] >> 4 | (in[b].qs[2 * i + 1] & 0xf0));
+        }
+    }
+}
+
 void gpo_to_f32(float *out, const void *w, enum gpo_dtype dt, int64_t n) {
     switch (dt) {
     case GPO_DT_F32: memcpy(out, w, (size_t)n * 4); break;
@@ -235,6 +344,9 @@ static const struct gpo_kernels ref_table = {
     .quantize_q8 = gpo_quantize_q8_ref,
     .matmul_mxfp4_q16 = gpo_matmul_mxfp4_q16_ref,
     .quantize_q16 = gpo_quantize_q16_ref,
+    .matmul_mxfp4_ggml = gpo_matmul_mxfp4_ggml_ref,
+    .matmul_mxfp4_ggml_q8 = gpo_matmul_mxfp4_ggml_q8_ref,
+    .matmul_mxfp4_ggml_q16 = gpo_matmul_mxfp4_ggml_q16_ref,
     .attn_scores = gpo_attn_scores_ref,
     .attn_accum = gpo_attn_accum_ref,
 };
