@@ -89,6 +89,79 @@ enum gpo_status gpo_detok_flush(struct gpo_detok *d, struct gpo_str *out);
 /* Is buf[0..len) valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF)? */
 int gpo_utf8_valid(const char *buf, size_t len);
 
+/* ------------------------------------------------------------------------- */
+/* The tokenizer as GGUF metadata arrays (spec 4.5, tokenizer.ggml.*)        */
+
+/* A string that need not be NUL-terminated (GGUF strings are length-prefixed);
+ * ptr may point straight into a mapped file. */
+struct gpo_tok_str {
+    const char *ptr;
+    uint64_t len;
+};
+
+/* tokenizer.ggml.token_type values (gguf-py TokenType). */
+enum gpo_tok_type {
+    GPO_TOKTYPE_NORMAL = 1,       /* ordinary BPE token, GPT-2 byte-to-unicode text */
+    GPO_TOKTYPE_UNKNOWN = 2,      /* refused: byte-level BPE has no unknown token */
+    GPO_TOKTYPE_CONTROL = 3,      /* added/special token, raw UTF-8 text ("<|start|>") */
+    GPO_TOKTYPE_USER_DEFINED = 4, /* added token too, except "[PAD<id>]" padding */
+    GPO_TOKTYPE_UNUSED = 5,       /* padding up to the embedding rows: no bytes */
+    GPO_TOKTYPE_BYTE = 6,         /* refused: sentencepiece byte tokens, not gpt2 */
+};
+
+/* The tokenizer.ggml.* arrays.  To load, a GGUF reader fills it with pointers into
+ * the mapped file (nothing is copied; the loader copies what it keeps, so the file
+ * may be unmapped after gpo_tokenizer_load_vocab returns).  `owned` stays NULL
+ * then.  gpo_tokenizer_export_vocab fills it with storage of its own (`owned`
+ * non-NULL), released by gpo_tok_vocab_free. */
+struct gpo_tok_vocab {
+    struct gpo_tok_str model; /* tokenizer.ggml.model: only "gpt2" is accepted */
+    struct gpo_tok_str pre;   /* tokenizer.ggml.pre: "gpt-4o" or "llama4" (the same
+                                 o200k regex in llama.cpp); anything else is refused */
+    uint64_t n_tokens;        /* tokenizer.ggml.tokens, one string per id */
+    const struct gpo_tok_str *tokens;
+    uint64_t n_types;         /* tokenizer.ggml.token_type; must equal n_tokens */
+    const void *types;        /* int32 little-endian values at any alignment, as
+                                 GGUF stores them (read with memcpy) */
+    uint64_t n_merges;        /* tokenizer.ggml.merges ("a b"); 0/NULL: not checked */
+    const struct gpo_tok_str *merges;
+    int64_t bos_id, eos_id, pad_id; /* tokenizer.ggml.{bos,eos,padding}_token_id; -1 if absent */
+    void *owned;              /* export storage; NULL for a borrowed vocabulary */
+};
+
+/* Build a tokenizer from GGUF arrays; it behaves exactly like the tokenizer.json
+ * one with the same vocabulary.  NORMAL tokens are GPT-2 byte-to-unicode strings
+ * mapped back to bytes (a string that is not valid in that mapping is refused,
+ * naming its id); CONTROL and USER_DEFINED tokens become the added tokens that
+ * GPO_ENCODE_SPECIAL recognises, as tokenizer.json's added_tokens do; UNUSED ids
+ * and USER_DEFINED "[PAD<id>]" (older converters' padding) have no bytes, so they
+ * neither encode nor decode, and gpo_tokenizer_n_tokens counts up to the highest
+ * defined id.  BPE merges by rank = id; when merges are given they are checked to
+ * be exactly the pair splits of the vocabulary in id order (what converters
+ * derive from the ranks), so merges-list BPE and rank BPE agree; a vocabulary
+ * that needs its own merge order is refused.  Special ids must name defined
+ * tokens.  Errors name the key and the id or index. */
+enum gpo_status gpo_tokenizer_load_vocab(const struct gpo_tok_vocab *v, gpo_tokenizer **out);
+
+/* The arrays llama.cpp's converter writes for this tokenizer: model "gpt2", pre
+ * "gpt-4o", n_vocab token strings (the embedding rows, >= gpo_tokenizer_n_tokens;
+ * 0 means exactly that), ordinary tokens in byte-to-unicode form as NORMAL, added
+ * tokens verbatim as CONTROL, ids nobody defined as "[PAD<id>]" UNUSED; the merges
+ * derived from the ranks (every split of a token into two tokens, by token id then
+ * left id: equal to the gpt-oss tokenizer.json merges); bos/eos/pad the ids of
+ * <|startoftext|>, <|return|> and <|endoftext|> (gpt-oss's tokenizer_config.json),
+ * -1 where the tokenizer lacks one.  *out owns all its memory until
+ * gpo_tok_vocab_free; on failure *out is left empty. */
+enum gpo_status gpo_tokenizer_export_vocab(const gpo_tokenizer *t, uint64_t n_vocab,
+                                           struct gpo_tok_vocab *out);
+/* Release what gpo_tokenizer_export_vocab allocated and zero *v.  Does nothing to
+ * the pointed-to data of a borrowed vocabulary (owned == NULL) except zero *v. */
+void gpo_tok_vocab_free(struct gpo_tok_vocab *v);
+
+/* GPT-2 bytes_to_unicode: the UTF-8 (1 or 2 bytes) of the character that stands
+ * for byte b in vocabulary strings; returns its length. */
+size_t gpo_byte_to_unicode(unsigned char b, char out[2]);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1132,3 +1132,567 @@ enum gpo_status gpo_tokenizer_find(const char *explicit_path, const char *model_
     return gpo_fail(GPO_ERR_NOT_FOUND, "no tokenizer.json found; looked at: %s. Run `make deps` "
                     "to install the pinned copy, or pass --tokenizer FILE", tr.list);
 }
+
+/* ------------------------------------------------------------------------- */
+/* The tokenizer as GGUF metadata arrays (spec 4.5, tokenizer.ggml.*)        */
+
+#define KEY_TOKENS "tokenizer.ggml.tokens"
+#define KEY_TYPES "tokenizer.ggml.token_type"
+#define KEY_MERGES "tokenizer.ggml.merges"
+/* Longer vocabulary strings are refused: real tokens are at most a few hundred
+ * bytes, and the bound keeps every size below in 32 bits. */
+#define MAX_TOKEN_STRING 65536
+
+/* GPT-2 bytes_to_unicode: the code point that stands for each byte. */
+static void unicode_of_bytes(uint16_t cp[256]) {
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+        cp[b] = (uint16_t)(printable ? b : 0x100 + extra++);
+    }
+}
+
+/* UTF-8 of a byte character (all are below U+0800): 1 or 2 bytes. */
+static size_t put_byte_char(uint16_t cp, char *o) {
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    o[0] = (char)(0xc0 | (cp >> 6));
+    o[1] = (char)(0x80 | (cp & 0x3f));
+    return 2;
+}
+
+size_t gpo_byte_to_unicode(unsigned char b, char out[2]) {
+    uint16_t cp[256];
+    unicode_of_bytes(cp);
+    return put_byte_char(cp[b], out);
+}
+
+/* Map s[0..n) (UTF-8 of byte characters) back to bytes in out (room for n).
+ * Returns the byte count, or -1 with *bad at the offset of the first character
+ * that is not one of the 256 byte characters. */
+static long unmap_bytes_n(const unsigned char *s, size_t n, const int16_t cp_to_byte[0x144],
+                          unsigned char *out, size_t *bad) {
+    size_t i = 0, k = 0;
+    while (i < n) {
+        uint32_t cp;
+        size_t w;
+        if (s[i] < 0x80) {
+            cp = s[i];
+            w = 1;
+        } else if ((s[i] & 0xe0) == 0xc0 && i + 1 < n && (s[i + 1] & 0xc0) == 0x80) {
+            cp = ((uint32_t)(s[i] & 0x1f) << 6) | (s[i + 1] & 0x3f);
+            w = 2;
+        } else {
+            cp = UINT32_MAX;
+            w = 1;
+        }
+        if (cp >= 0x144 || cp_to_byte[cp] < 0) {
+            *bad = i;
+            return -1;
+        }
+        out[k++] = (unsigned char)cp_to_byte[cp];
+        i += w;
+    }
+    return (long)k;
+}
+
+static int str_is(struct gpo_tok_str s, const char *lit) {
+    size_t n = strlen(lit);
+    return s.len == n && (n == 0 || (s.ptr && memcmp(s.ptr, lit, n) == 0));
+}
+
+/* s as printable text for a message: at most 40 bytes, others as \xNN. */
+static const char *show(const char *s, uint64_t n, char buf[200]) {
+    size_t k = 0;
+    if (!s) n = 0;
+    for (uint64_t i = 0; i < n && i < 40; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') buf[k++] = (char)c;
+        else k += (size_t)sprintf(buf + k, "\\x%02x", c);
+    }
+    if (n > 40) k += (size_t)sprintf(buf + k, "...");
+    buf[k] = 0;
+    return buf;
+}
+
+static int32_t type_at(const void *types, uint64_t i) {
+    const unsigned char *p = (const unsigned char *)types + 4 * i;
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    int32_t v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* "[PAD<id>]": the string llama.cpp's converter writes for ids nobody defined. */
+static int is_pad_string(struct gpo_tok_str s, uint64_t id) {
+    char buf[40];
+    int n = snprintf(buf, sizeof buf, "[PAD%llu]", (unsigned long long)id);
+    return s.len == (uint64_t)n && s.ptr && memcmp(s.ptr, buf, (size_t)n) == 0;
+}
+
+enum tok_role { ROLE_NONE, ROLE_NORMAL, ROLE_ADDED };
+
+/* What id i becomes, or an error naming it. */
+static enum gpo_status token_role(const struct gpo_tok_vocab *v, uint64_t i, enum tok_role *role) {
+    int32_t ty = type_at(v->types, i);
+    struct gpo_tok_str s = v->tokens[i];
+    char b[200];
+    *role = ROLE_NONE;
+    if (s.len && !s.ptr)
+        return gpo_fail(GPO_ERR_ARG, KEY_TOKENS "[%llu] has a length but no data",
+                        (unsigned long long)i);
+    switch (ty) {
+    case GPO_TOKTYPE_UNUSED:
+        return GPO_OK;
+    case GPO_TOKTYPE_USER_DEFINED:
+        if (is_pad_string(s, i)) return GPO_OK; /* older converters' padding */
+        *role = ROLE_ADDED;
+        break;
+    case GPO_TOKTYPE_CONTROL:
+        *role = ROLE_ADDED;
+        break;
+    case GPO_TOKTYPE_NORMAL:
+        *role = ROLE_NORMAL;
+        break;
+    default:
+        return gpo_fail(GPO_ERR_TOKENIZER,
+                        KEY_TYPES "[%llu] is %d (\"%s\"); a gpt2 vocabulary has NORMAL (1), "
+                        "CONTROL (3), USER_DEFINED (4) and UNUSED (5) tokens",
+                        (unsigned long long)i, (int)ty, show(s.ptr, s.len, b));
+    }
+    if (s.len == 0)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS "[%llu] is empty", (unsigned long long)i);
+    if (s.len > MAX_TOKEN_STRING)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS "[%llu] is %llu bytes long, above the "
+                        "limit of %d", (unsigned long long)i, (unsigned long long)s.len,
+                        MAX_TOKEN_STRING);
+    if (*role == ROLE_ADDED && !gpo_utf8_valid(s.ptr, (size_t)s.len))
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS "[%llu] (an added token) is not valid "
+                        "UTF-8: \"%s\"", (unsigned long long)i, show(s.ptr, s.len, b));
+    return GPO_OK;
+}
+
+static int cmp_special_text(const void *a, const void *b) {
+    const struct special *x = a, *y = b;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    int c = memcmp(x->text, y->text, x->len);
+    if (c) return c;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Two added tokens with one text would make GPO_ENCODE_SPECIAL ambiguous. */
+static enum gpo_status check_special_texts(const struct gpo_tokenizer *t) {
+    if (t->n_specials < 2) return GPO_OK;
+    struct special *s = malloc(t->n_specials * sizeof *s);
+    if (!s) return gpo_fail(GPO_ERR_NOMEM, "out of memory checking the added tokens");
+    memcpy(s, t->specials, t->n_specials * sizeof *s);
+    qsort(s, t->n_specials, sizeof *s, cmp_special_text);
+    enum gpo_status st = GPO_OK;
+    for (size_t k = 1; k < t->n_specials && st == GPO_OK; k++)
+        if (s[k].len == s[k - 1].len && memcmp(s[k].text, s[k - 1].text, s[k].len) == 0) {
+            char b[200];
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS ": added tokens %d and %d are both \"%s\"",
+                          (int)s[k - 1].id, (int)s[k].id, show(s[k].text, s[k].len, b));
+        }
+    free(s);
+    return st;
+}
+
+/* Number of ways the ordinary tokens split into two ordinary tokens. */
+static uint64_t count_splits(const struct gpo_tokenizer *t) {
+    uint64_t total = 0;
+    for (int32_t id = 0; id < t->n_tokens; id++) {
+        if (t->tok_special[id]) continue;
+        const unsigned char *p = (const unsigned char *)t->pool + t->tok_off[id];
+        uint32_t n = t->tok_len[id];
+        for (uint32_t k = 1; k < n; k++)
+            if (lookup(t, p, k) >= 0 && lookup(t, p + k, n - k) >= 0) total++;
+    }
+    return total;
+}
+
+/* Rank BPE (merge the adjacent pair whose concatenation has the lowest id) equals
+ * merges-list BPE when the merges are exactly every split of every token into two
+ * tokens, ordered by the merged token's id; converters derive them that way.
+ * Anything else asks for a merge order this tokenizer does not implement. */
+static enum gpo_status check_merges(const struct gpo_tokenizer *t, const struct gpo_tok_vocab *v,
+                                    const int16_t cp_to_byte[0x144], uint32_t max_len) {
+    if (!v->merges)
+        return gpo_fail(GPO_ERR_ARG, KEY_MERGES " has %llu entries but no data",
+                        (unsigned long long)v->n_merges);
+    enum gpo_status st = GPO_OK;
+    unsigned char *buf = malloc((size_t)max_len * 2 + 2);
+    int32_t *seen = malloc(((size_t)max_len + 1) * sizeof *seen);
+    if (!buf || !seen) {
+        st = gpo_fail(GPO_ERR_NOMEM, "out of memory checking " KEY_MERGES);
+        goto done;
+    }
+    for (size_t k = 0; k <= max_len; k++) seen[k] = -1;
+    int32_t cur = -1;
+    char sb[200];
+    for (uint64_t i = 0; i < v->n_merges; i++) {
+        struct gpo_tok_str m = v->merges[i];
+        const char *sp = m.ptr ? memchr(m.ptr, ' ', (size_t)m.len) : NULL;
+        if (!sp || memchr(sp + 1, ' ', (size_t)(m.len - (uint64_t)(sp + 1 - m.ptr))) ||
+            sp == m.ptr || sp + 1 == m.ptr + m.len) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_MERGES "[%llu] \"%s\" is not two tokens "
+                          "separated by one space", (unsigned long long)i, show(m.ptr, m.len, sb));
+            goto done;
+        }
+        if (m.len > 2 * (uint64_t)max_len + 1) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_MERGES "[%llu] is %llu bytes, longer than any "
+                          "token can make", (unsigned long long)i, (unsigned long long)m.len);
+            goto done;
+        }
+        size_t la = (size_t)(sp - m.ptr), lb = (size_t)m.len - la - 1, bad;
+        long na = unmap_bytes_n((const unsigned char *)m.ptr, la, cp_to_byte, buf, &bad);
+        long nb = na < 0 ? -1
+                         : unmap_bytes_n((const unsigned char *)sp + 1, lb, cp_to_byte, buf + na,
+                                         &bad);
+        int32_t ia = -1, ib = -1, it = -1;
+        if (na > 0 && nb > 0 && (size_t)(na + nb) <= max_len) {
+            ia = lookup(t, buf, (size_t)na);
+            ib = lookup(t, buf + na, (size_t)nb);
+            it = lookup(t, buf, (size_t)(na + nb));
+        }
+        if (ia < 0 || ib < 0 || it < 0) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_MERGES "[%llu] \"%s\": its two sides and their "
+                          "concatenation are not all tokens", (unsigned long long)i,
+                          show(m.ptr, m.len, sb));
+            goto done;
+        }
+        if (it < cur) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_MERGES "[%llu] \"%s\" makes id %d after a merge "
+                          "made id %d: the merge order is not the id order, and BPE here merges "
+                          "by id", (unsigned long long)i, show(m.ptr, m.len, sb), (int)it,
+                          (int)cur);
+            goto done;
+        }
+        cur = it;
+        if (seen[na] == it) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_MERGES "[%llu] \"%s\" repeats an earlier merge",
+                          (unsigned long long)i, show(m.ptr, m.len, sb));
+            goto done;
+        }
+        seen[na] = it;
+    }
+    uint64_t total = count_splits(t);
+    if (total != v->n_merges)
+        st = gpo_fail(GPO_ERR_TOKENIZER, KEY_MERGES " has %llu entries, but the tokens split "
+                      "into two tokens in %llu ways: merges that leave some out would tokenize "
+                      "differently from merging by id", (unsigned long long)v->n_merges,
+                      (unsigned long long)total);
+done:
+    free(buf);
+    free(seen);
+    return st;
+}
+
+static enum gpo_status check_special_id(const struct gpo_tokenizer *t, int64_t id,
+                                        const char *key) {
+    if (id < 0) return GPO_OK; /* absent */
+    if (id >= t->n_tokens || t->tok_len[id] == 0)
+        return gpo_fail(GPO_ERR_TOKENIZER, "%s is %lld, which is not a defined token (%d ids)",
+                        key, (long long)id, (int)t->n_tokens);
+    return GPO_OK;
+}
+
+static enum gpo_status vocab_header(const struct gpo_tok_vocab *v) {
+    char b[200];
+    if (!str_is(v->model, "gpt2"))
+        return gpo_fail(GPO_ERR_TOKENIZER, "tokenizer.ggml.model is \"%s\"; only \"gpt2\" "
+                        "(byte-level BPE) is supported", show(v->model.ptr, v->model.len, b));
+    if (!str_is(v->pre, "gpt-4o") && !str_is(v->pre, "llama4"))
+        return gpo_fail(GPO_ERR_TOKENIZER, "tokenizer.ggml.pre is \"%s\"%s; supported are "
+                        "\"gpt-4o\" and \"llama4\" (the o200k pre-tokenizer)",
+                        show(v->pre.ptr, v->pre.len, b), v->pre.len ? "" : " (missing)");
+    if (v->n_tokens == 0 || !v->tokens)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS " is missing or empty");
+    if (v->n_tokens > MAX_TOKEN_ID)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS " has %llu entries, above the limit of %d",
+                        (unsigned long long)v->n_tokens, MAX_TOKEN_ID);
+    if (!v->types)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TYPES " is missing");
+    if (v->n_types != v->n_tokens)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TYPES " has %llu entries, " KEY_TOKENS " %llu",
+                        (unsigned long long)v->n_types, (unsigned long long)v->n_tokens);
+    return GPO_OK;
+}
+
+enum gpo_status gpo_tokenizer_load_vocab(const struct gpo_tok_vocab *v, gpo_tokenizer **out) {
+    if (!v || !out) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_load_vocab: NULL argument");
+    *out = NULL;
+    double t0 = gpo_now();
+    GPO_TRY(vocab_header(v));
+
+    /* Pass 1: roles, the id range, the pool size. */
+    enum gpo_status st = GPO_OK;
+    struct gpo_tokenizer *t = NULL;
+    unsigned char *tmp = NULL;
+    int64_t max_id = -1;
+    uint64_t pool_cap = 0;
+    size_t n_normal = 0, n_added = 0;
+    uint32_t max_len = 0;
+    for (uint64_t i = 0; i < v->n_tokens; i++) {
+        enum tok_role role;
+        GPO_TRY(token_role(v, i, &role));
+        if (role == ROLE_NONE) continue;
+        max_id = (int64_t)i;
+        pool_cap += v->tokens[i].len + 1;
+        if (v->tokens[i].len > max_len) max_len = (uint32_t)v->tokens[i].len;
+        if (role == ROLE_NORMAL) n_normal++;
+        else n_added++;
+    }
+    if (n_normal == 0) return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS " has no NORMAL tokens");
+    if (pool_cap >= UINT32_MAX)
+        return gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS " holds %llu bytes, above the limit of 4 GiB",
+                        (unsigned long long)pool_cap);
+
+    t = calloc(1, sizeof *t);
+    tmp = malloc(max_len ? max_len : 1);
+    if (!t || !tmp) {
+        st = gpo_fail(GPO_ERR_NOMEM, "out of memory loading the GGUF vocabulary");
+        goto cleanup;
+    }
+    t->n_tokens = (int32_t)(max_id + 1);
+    uint32_t cap = 1;
+    while (cap < 2 * n_normal) cap <<= 1;
+    t->mask = cap - 1;
+    t->tok_off = calloc((size_t)t->n_tokens, sizeof *t->tok_off);
+    t->tok_len = calloc((size_t)t->n_tokens, sizeof *t->tok_len);
+    t->tok_special = calloc((size_t)t->n_tokens, 1);
+    t->pool = malloc((size_t)pool_cap);
+    t->slots = malloc((size_t)cap * sizeof *t->slots);
+    t->specials = calloc(n_added ? n_added : 1, sizeof *t->specials);
+    if (!t->tok_off || !t->tok_len || !t->tok_special || !t->pool || !t->slots || !t->specials) {
+        st = gpo_fail(GPO_ERR_NOMEM, "out of memory loading the GGUF vocabulary");
+        goto cleanup;
+    }
+    memset(t->slots, 0xff, (size_t)cap * sizeof *t->slots);
+
+    /* Pass 2: ordinary tokens as raw bytes, added tokens as their text. */
+    int16_t cp_to_byte[0x144];
+    byte_unicode_tables(cp_to_byte);
+    for (int32_t id = 0; id < t->n_tokens; id++) {
+        enum tok_role role;
+        st = token_role(v, (uint64_t)id, &role);
+        if (st != GPO_OK || role == ROLE_NONE) {
+            if (st != GPO_OK) goto cleanup;
+            continue;
+        }
+        struct gpo_tok_str s = v->tokens[id];
+        if (role == ROLE_NORMAL) {
+            size_t bad;
+            long n = unmap_bytes_n((const unsigned char *)s.ptr, (size_t)s.len, cp_to_byte, tmp,
+                                   &bad);
+            if (n < 0) {
+                char b[200];
+                st = gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS "[%d] \"%s\" is not a GPT-2 "
+                              "byte-to-unicode string (byte offset %zu)", (int)id,
+                              show(s.ptr, s.len, b), bad);
+                goto cleanup;
+            }
+            st = store_token(t, id, tmp, (size_t)n, (size_t)pool_cap, KEY_TOKENS);
+            if (st == GPO_OK) st = insert_hash(t, id, KEY_TOKENS);
+        } else {
+            st = store_token(t, id, (const unsigned char *)s.ptr, (size_t)s.len, (size_t)pool_cap,
+                             KEY_TOKENS);
+            if (st == GPO_OK) {
+                t->tok_special[id] = 1;
+                struct special *sp = &t->specials[t->n_specials++];
+                sp->id = id;
+                sp->len = (uint32_t)s.len;
+                sp->text = t->pool + t->tok_off[id];
+                t->special_first[(unsigned char)s.ptr[0]] = 1;
+            }
+        }
+        if (st != GPO_OK) goto cleanup;
+    }
+    for (int b = 0; b < 256; b++) {
+        unsigned char c = (unsigned char)b;
+        t->byte_id[b] = lookup(t, &c, 1);
+        if (t->byte_id[b] < 0) {
+            st = gpo_fail(GPO_ERR_TOKENIZER, KEY_TOKENS " has no token for byte 0x%02x", b);
+            goto cleanup;
+        }
+    }
+    st = check_special_texts(t);
+    if (st == GPO_OK) st = check_special_id(t, v->bos_id, "tokenizer.ggml.bos_token_id");
+    if (st == GPO_OK) st = check_special_id(t, v->eos_id, "tokenizer.ggml.eos_token_id");
+    if (st == GPO_OK) st = check_special_id(t, v->pad_id, "tokenizer.ggml.padding_token_id");
+    if (st == GPO_OK && v->n_merges) st = check_merges(t, v, cp_to_byte, max_len);
+    if (st == GPO_OK) st = compile_regex(t, O200K_PATTERN, "tokenizer.ggml.pre");
+    if (st != GPO_OK) goto cleanup;
+
+    gpo_log(GPO_LOG_DEBUG, "GGUF vocabulary: %zu tokens + %zu added (%llu ids), loaded in %.3f s",
+            n_normal, t->n_specials, (unsigned long long)v->n_tokens, gpo_now() - t0);
+    *out = t;
+    t = NULL;
+cleanup:
+    gpo_tokenizer_free(t);
+    free(tmp);
+    return st;
+}
+
+/* Storage behind an exported vocabulary. */
+struct vocab_store {
+    struct gpo_tok_str *tokens;
+    int32_t *types;
+    struct gpo_tok_str *merges;
+    char *chars; /* every string, back to back (not NUL-terminated) */
+};
+
+void gpo_tok_vocab_free(struct gpo_tok_vocab *v) {
+    if (!v) return;
+    struct vocab_store *s = v->owned;
+    if (s) {
+        free(s->tokens);
+        free(s->types);
+        free(s->merges);
+        free(s->chars);
+        free(s);
+    }
+    memset(v, 0, sizeof *v);
+}
+
+/* Length of the byte-to-unicode form of b[0..n). */
+static size_t unicode_len(const unsigned char *b, size_t n, const uint16_t cp[256]) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += cp[b[i]] < 0x80 ? 1 : 2;
+    return k;
+}
+
+static size_t put_unicode(const unsigned char *b, size_t n, const uint16_t cp[256], char *o) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += put_byte_char(cp[b[i]], o + k);
+    return k;
+}
+
+/* The splits of ordinary token id into two ordinary tokens, by left id (the
+ * order of the converters' merges): split byte offsets in at[], count returned. */
+static size_t token_splits(const struct gpo_tokenizer *t, int32_t id, uint32_t *at,
+                           int32_t *left) {
+    const unsigned char *p = (const unsigned char *)t->pool + t->tok_off[id];
+    uint32_t n = t->tok_len[id];
+    size_t m = 0;
+    for (uint32_t k = 1; k < n; k++) {
+        int32_t a = lookup(t, p, k);
+        if (a < 0 || lookup(t, p + k, n - k) < 0) continue;
+        size_t j = m++; /* insertion sort by left id: a handful of entries */
+        while (j > 0 && left[j - 1] > a) {
+            left[j] = left[j - 1];
+            at[j] = at[j - 1];
+            j--;
+        }
+        left[j] = a;
+        at[j] = k;
+    }
+    return m;
+}
+
+enum gpo_status gpo_tokenizer_export_vocab(const gpo_tokenizer *t, uint64_t n_vocab,
+                                           struct gpo_tok_vocab *out) {
+    if (!t || !out) return gpo_fail(GPO_ERR_ARG, "gpo_tokenizer_export_vocab: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (n_vocab == 0) n_vocab = (uint64_t)t->n_tokens;
+    if (n_vocab < (uint64_t)t->n_tokens || n_vocab > MAX_TOKEN_ID)
+        return gpo_fail(GPO_ERR_ARG, "cannot export %llu token strings: the tokenizer defines %d "
+                        "ids and the limit is %d", (unsigned long long)n_vocab,
+                        (int)t->n_tokens, MAX_TOKEN_ID);
+    uint16_t cp[256];
+    unicode_of_bytes(cp);
+    uint32_t max_len = 0;
+    for (int32_t id = 0; id < t->n_tokens; id++)
+        if (t->tok_len[id] > max_len) max_len = t->tok_len[id];
+
+    /* Sizes first: token strings, then merges. */
+    uint32_t *at = malloc(((size_t)max_len + 1) * sizeof *at);
+    int32_t *left = malloc(((size_t)max_len + 1) * sizeof *left);
+    struct vocab_store *s = calloc(1, sizeof *s);
+    enum gpo_status st = GPO_OK;
+    if (!at || !left || !s) goto nomem;
+    uint64_t n_chars = 0, n_merges = 0;
+    for (uint64_t id = 0; id < n_vocab; id++) {
+        const unsigned char *p = (const unsigned char *)t->pool;
+        if (id >= (uint64_t)t->n_tokens || t->tok_len[id] == 0) {
+            char pad[40];
+            n_chars += (uint64_t)snprintf(pad, sizeof pad, "[PAD%llu]", (unsigned long long)id);
+        } else if (t->tok_special[id]) {
+            n_chars += t->tok_len[id];
+        } else {
+            p += t->tok_off[id];
+            n_chars += unicode_len(p, t->tok_len[id], cp);
+            size_t m = token_splits(t, (int32_t)id, at, left);
+            n_merges += m;
+            n_chars += m * (unicode_len(p, t->tok_len[id], cp) + 1);
+        }
+    }
+    s->tokens = malloc((size_t)n_vocab * sizeof *s->tokens);
+    s->types = malloc((size_t)n_vocab * sizeof *s->types);
+    s->merges = malloc((size_t)(n_merges ? n_merges : 1) * sizeof *s->merges);
+    s->chars = malloc((size_t)(n_chars ? n_chars : 1));
+    if (!s->tokens || !s->types || !s->merges || !s->chars) goto nomem;
+
+    char *o = s->chars;
+    uint64_t mi = 0;
+    for (uint64_t id = 0; id < n_vocab; id++) {
+        struct gpo_tok_str *ts = &s->tokens[id];
+        ts->ptr = o;
+        if (id >= (uint64_t)t->n_tokens || t->tok_len[id] == 0) {
+            char pad[40];
+            int n = snprintf(pad, sizeof pad, "[PAD%llu]", (unsigned long long)id);
+            memcpy(o, pad, (size_t)n);
+            ts->len = (uint64_t)n;
+            s->types[id] = GPO_TOKTYPE_UNUSED;
+        } else if (t->tok_special[id]) {
+            memcpy(o, t->pool + t->tok_off[id], t->tok_len[id]);
+            ts->len = t->tok_len[id];
+            s->types[id] = GPO_TOKTYPE_CONTROL;
+        } else {
+            const unsigned char *p = (const unsigned char *)t->pool + t->tok_off[id];
+            uint32_t n = t->tok_len[id];
+            ts->len = put_unicode(p, n, cp, o);
+            s->types[id] = GPO_TOKTYPE_NORMAL;
+            o += ts->len;
+            size_t m = token_splits(t, (int32_t)id, at, left);
+            for (size_t j = 0; j < m; j++) {
+                struct gpo_tok_str *ms = &s->merges[mi++];
+                ms->ptr = o;
+                size_t k = put_unicode(p, at[j], cp, o);
+                o[k++] = ' ';
+                k += put_unicode(p + at[j], n - at[j], cp, o + k);
+                ms->len = k;
+                o += k;
+            }
+            continue;
+        }
+        o += ts->len;
+    }
+
+    static const char MODEL[] = "gpt2", PRE[] = "gpt-4o";
+    out->model = (struct gpo_tok_str){MODEL, sizeof MODEL - 1};
+    out->pre = (struct gpo_tok_str){PRE, sizeof PRE - 1};
+    out->n_tokens = out->n_types = n_vocab;
+    out->tokens = s->tokens;
+    out->types = s->types;
+    out->n_merges = n_merges;
+    out->merges = s->merges;
+    out->bos_id = gpo_tokenizer_special_id(t, "<|startoftext|>");
+    out->eos_id = gpo_tokenizer_special_id(t, "<|return|>");
+    out->pad_id = gpo_tokenizer_special_id(t, "<|endoftext|>");
+    out->owned = s;
+    s = NULL;
+    goto done;
+nomem:
+    st = gpo_fail(GPO_ERR_NOMEM, "out of memory exporting the vocabulary");
+done:
+    if (s) {
+        struct gpo_tok_vocab tmpv = {.owned = s};
+        gpo_tok_vocab_free(&tmpv);
+    }
+    free(at);
+    free(left);
+    return st;
+}
