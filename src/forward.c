@@ -108,13 +108,18 @@ void gpo_topk_softmax(const float *logits, int64_t n, int64_t k, int32_t *idx, f
     for (int64_t i = 0; i < k; i++) w[i] /= sum;
 }
 
-void gpo_swiglu(float *out, const float *h, int64_t n_ff, float alpha, float limit) {
+void gpo_swiglu_pairs(float *out, const float *gate, const float *lin, int64_t step,
+                      int64_t n_ff, float alpha, float limit) {
     for (int64_t u = 0; u < n_ff; u++) {
-        float xg = h[2 * u], xl = h[2 * u + 1];
+        float xg = gate[u * step], xl = lin[u * step];
         xg = fminf(xg, limit);
         xl = fminf(fmaxf(xl, -limit), limit);
         out[u] = xg / (1.0f + expf(-alpha * xg)) * (xl + 1.0f);
     }
+}
+
+void gpo_swiglu(float *out, const float *h, int64_t n_ff, float alpha, float limit) {
+    gpo_swiglu_pairs(out, h, h + 1, 2, n_ff, alpha, limit);
 }
 
 int64_t gpo_attn_first_key(const struct gpo_config *c, int64_t layer, int64_t p) {
@@ -209,6 +214,9 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     if (o.max_tokens > (1 << 20) || o.max_seqs > (1 << 20))
         return gpo_fail(GPO_ERR_ARG, "max_tokens/max_seqs too large");
     if (o.n_threads <= 0) o.n_threads = omp_get_num_procs();
+    /* The expert loop trusts the layer views: check them once here. */
+    for (int64_t l = 0; l < c->n_layer; l++)
+        GPO_TRY(gpo_layer_check_experts(&m->layers[l], l, c));
     struct gpo_ctx *x = calloc(1, sizeof *x);
     if (!x) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     x->m = m;
@@ -221,18 +229,7 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     if (!sel) sel = gpo_kernels_select(NULL);
     /* A SIMD table may leave an operation to the reference. */
     x->ktab = *sel;
-    const struct gpo_kernels *ref = gpo_kernels_ref();
-    for (int d = 0; d < GPO_DT_COUNT_; d++)
-        if (!x->ktab.matmul[d]) x->ktab.matmul[d] = ref->matmul[d];
-#define FILL_(f) if (!x->ktab.f) x->ktab.f = ref->f
-    FILL_(matmul_mxfp4);
-    FILL_(matmul_mxfp4_q8);
-    FILL_(quantize_q8);
-    FILL_(matmul_mxfp4_q16);
-    FILL_(quantize_q16);
-    FILL_(attn_scores);
-    FILL_(attn_accum);
-#undef FILL_
+    gpo_kernels_complete(&x->ktab);
     x->k = &x->ktab;
 
     const size_t T = (size_t)o.max_tokens, H = (size_t)c->n_embd, E = (size_t)c->n_expert,
@@ -323,6 +320,65 @@ static void par_matmul(const struct gpo_kernels *k, float *y, int64_t ldy,
                 for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += gpo_tview_get(bias, r);
     }
 #pragma omp barrier
+}
+
+/* ------------------------------------------------------------------------- */
+/* Experts                                                                   */
+
+/* The activations of an expert matmul: f32 rows (the exact path), or int16 or int8
+ * blocks (the fast path); exactly one of f, q16, q8 is set.  Row t is at + t*ld. */
+struct xin {
+    const float *f;
+    const struct gpo_q16_block *q16;
+    const struct gpo_q8_block *q8;
+    int64_t ld;
+};
+
+/* Rows [r0, r1) of expert e of w times n_tok activations into y[t*ldy + r].  The
+ * storage layout is chosen here, once per call; the kernels of both layouts give
+ * the same bits on the same logical weights. */
+static void expert_matmul(const struct gpo_kernels *k, const struct gpo_xmat *w, int64_t e,
+                          float *y, int64_t ldy, const struct xin *in, int64_t n_tok, int64_t r0,
+                          int64_t r1) {
+    const uint8_t *b = w->blocks + (size_t)e * w->blocks_stride;
+    if (w->layout == GPO_MXFP4_GGML) {
+        if (in->q16)
+            k->matmul_mxfp4_ggml_q16(y, ldy, b, in->q16, in->ld, n_tok, r0, r1, w->cols);
+        else if (in->q8)
+            k->matmul_mxfp4_ggml_q8(y, ldy, b, in->q8, in->ld, n_tok, r0, r1, w->cols);
+        else
+            k->matmul_mxfp4_ggml(y, ldy, b, in->f, in->ld, n_tok, r0, r1, w->cols);
+        return;
+    }
+    const uint8_t *s = w->scales + (size_t)e * w->scales_stride;
+    if (in->q16)
+        k->matmul_mxfp4_q16(y, ldy, b, s, in->q16, in->ld, n_tok, r0, r1, w->cols);
+    else if (in->q8)
+        k->matmul_mxfp4_q8(y, ldy, b, s, in->q8, in->ld, n_tok, r0, r1, w->cols);
+    else
+        k->matmul_mxfp4(y, ldy, b, s, in->f, in->ld, n_tok, r0, r1, w->cols);
+}
+
+/* The first projection of expert e for n_tok tokens: this thread's share [r0, r1)
+ * of the 2F output rows h[t*2F + r], bias added.  The rows are in the order the
+ * layer stores them (interleaved gate/linear pairs, or all gate rows then all
+ * linear rows); a share that crosses from the gate matrix into the linear one is
+ * computed as its two pieces. */
+static void expert_mlp1(const struct gpo_kernels *k, const struct gpo_layer *L, int64_t e,
+                        float *h, int64_t F, const struct xin *in, int64_t n_tok, int64_t r0,
+                        int64_t r1) {
+    const int n_mats = L->gate_up == GPO_GATE_UP_SEPARATE ? 2 : 1;
+    int64_t off = 0; /* first output row of this matrix */
+    for (int i = 0; i < n_mats; off += L->mlp1[i].rows, i++) {
+        const struct gpo_xmat *w = &L->mlp1[i];
+        const int64_t a = max_i64(r0, off) - off, b = min_i64(r1, off + w->rows) - off;
+        if (b <= a) continue;
+        float *y = h + off;
+        expert_matmul(k, w, e, y, 2 * F, in, n_tok, a, b);
+        for (int64_t j = 0; j < n_tok; j++)
+            for (int64_t r = a; r < b; r++)
+                y[j * 2 * F + r] += gpo_tview_get(&w->bias, e * w->bias_stride + r);
+    }
 }
 
 /* ------------------------------------------------------------------------- */
@@ -563,14 +619,18 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
 
             /* Experts in ascending order, each over all its tokens at once, so every
              * selected expert's weights are read once per step and each token sums
-             * its experts in the same order whatever the batch. */
+             * its experts in the same order whatever the batch.  Unit u's gate and
+             * linear outputs are h1[2u] and h1[2u + 1] when the layer interleaves
+             * them, else h1[u] and h1[F + u]. */
+            const int sep = L->gate_up == GPO_GATE_UP_SEPARATE;
+            const int64_t lin_off = sep ? F : 1, gu_step = sep ? 1 : 2;
+            const struct xin in1 = fast ? (struct xin){.q16 = x->xeq, .ld = H / 32}
+                                        : (struct xin){.f = x->xe, .ld = H};
+            const struct xin in2 = fast ? (struct xin){.q8 = x->xq, .ld = F / 32}
+                                        : (struct xin){.f = x->act, .ld = F};
             for (int64_t e = 0; e < E; e++) {
                 const int64_t e0 = x->ex_off[e], ne = x->ex_off[e + 1] - e0;
                 if (ne == 0) continue;
-                const uint8_t *b1 = L->mlp1_blocks + (size_t)e * 2 * F * (H / 32) * 16;
-                const uint8_t *s1 = L->mlp1_scales + (size_t)e * 2 * F * (H / 32);
-                const uint8_t *b2 = L->mlp2_blocks + (size_t)e * H * (F / 32) * 16;
-                const uint8_t *s2 = L->mlp2_scales + (size_t)e * H * (F / 32);
 #pragma omp for schedule(static)
                 for (int64_t j = 0; j < ne; j++) {
                     if (fast)
@@ -580,34 +640,27 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
                         memcpy(x->xe + j * H, x->t + (size_t)x->ex_tok[e0 + j] * H, (size_t)H * 4);
                 }
                 my_rows(2 * F, &r0, &r1);
-                if (r1 > r0) {
-                    if (fast)
-                        k->matmul_mxfp4_q16(x->h1, 2 * F, b1, s1, x->xeq, H / 32, ne, r0, r1, H);
-                    else
-                        k->matmul_mxfp4(x->h1, 2 * F, b1, s1, x->xe, H, ne, r0, r1, H);
-                    for (int64_t j = 0; j < ne; j++)
-                        for (int64_t r = r0; r < r1; r++)
-                            x->h1[j * 2 * F + r] += gpo_tview_get(&L->mlp1_bias, e * 2 * F + r);
-                }
+                if (r1 > r0) expert_mlp1(k, L, e, x->h1, F, &in1, ne, r0, r1);
 #pragma omp barrier
 #pragma omp for schedule(static)
                 for (int64_t j = 0; j < ne; j++) {
-                    gpo_swiglu(x->act + j * F, x->h1 + j * 2 * F, F, c->swiglu_alpha, c->swiglu_limit);
+                    const float *hj = x->h1 + j * 2 * F;
+                    gpo_swiglu_pairs(x->act + j * F, hj, hj + lin_off, gu_step, F, c->swiglu_alpha,
+                                     c->swiglu_limit);
                     if (fast) k->quantize_q8(x->xq + j * (F / 32), x->act + j * F, F);
                 }
                 my_rows(H, &r0, &r1);
                 if (r1 > r0) {
-                    if (fast)
-                        k->matmul_mxfp4_q8(x->z, H, b2, s2, x->xq, F / 32, ne, r0, r1, F);
-                    else
-                        k->matmul_mxfp4(x->z, H, b2, s2, x->act, F, ne, r0, r1, F);
+                    const struct gpo_xmat *w2 = &L->mlp2;
+                    expert_matmul(k, w2, e, x->z, H, &in2, ne, r0, r1);
                     /* Each thread owns rows r0..r1 of every token's output, so the
                      * scatter-add needs no lock and keeps a fixed order. */
                     for (int64_t j = 0; j < ne; j++) {
                         float w = x->ex_w[e0 + j];
                         float *yt = x->y + (size_t)x->ex_tok[e0 + j] * H;
                         for (int64_t r = r0; r < r1; r++)
-                            yt[r] += w * (x->z[j * H + r] + gpo_tview_get(&L->mlp2_bias, e * H + r));
+                            yt[r] += w * (x->z[j * H + r] +
+                                          gpo_tview_get(&w2->bias, e * w2->bias_stride + r));
                     }
                 }
 #pragma omp barrier

@@ -17,6 +17,11 @@ void gpo_rmsnorm(float *out, const float *x, const struct gpo_tview *scale, int6
 void gpo_topk_softmax(const float *logits, int64_t n, int64_t k, int32_t *idx, float *w);
 /* Interleaved clamped SwiGLU: gate = h[2u] clamped above, linear = h[2u+1] clamped both ways. */
 void gpo_swiglu(float *out, const float *h, int64_t n_ff, float alpha, float limit);
+/* The same on any arrangement of the pairs: gate = gate[u*step], linear = lin[u*step]
+ * (interleaved: lin = gate + 1, step 2; gate rows then linear rows: lin = gate + n_ff,
+ * step 1).  Bit-identical to gpo_swiglu on the same values. */
+void gpo_swiglu_pairs(float *out, const float *gate, const float *lin, int64_t step,
+                      int64_t n_ff, float alpha, float limit);
 /* First key position a query at position p sees in layer l (the sliding window
  * holds sliding_window keys including the query's own). */
 int64_t gpo_attn_first_key(const struct gpo_config *c, int64_t layer, int64_t p);

@@ -24,6 +24,69 @@ float gpo_tview_get(const struct gpo_tview *v, int64_t i) {
     }
 }
 
+/* The part [row0, row0 + rows) of every expert's bias in a [E][rows_per_expert] bias. */
+static struct gpo_tview xbias_part(const struct gpo_tview *bias, int64_t row0, int64_t rows) {
+    return (struct gpo_tview){
+        .data = (const uint8_t *)bias->data + (size_t)row0 * gpo_dtype_size(bias->dtype),
+        .dtype = bias->dtype, .rows = bias->rows, .cols = rows};
+}
+
+struct gpo_xmat gpo_xmat_split(const uint8_t *blocks, const uint8_t *scales,
+                               int64_t rows_per_expert, int64_t row0, int64_t rows,
+                               int64_t cols, const struct gpo_tview *bias) {
+    const size_t nb = (size_t)(cols / 32);
+    return (struct gpo_xmat){
+        .layout = GPO_MXFP4_SPLIT,
+        .blocks = blocks + (size_t)row0 * nb * 16,
+        .scales = scales + (size_t)row0 * nb,
+        .blocks_stride = (size_t)rows_per_expert * nb * 16,
+        .scales_stride = (size_t)rows_per_expert * nb,
+        .rows = rows, .cols = cols,
+        .bias = xbias_part(bias, row0, rows),
+        .bias_stride = rows_per_expert};
+}
+
+struct gpo_xmat gpo_xmat_ggml(const void *blocks, int64_t rows_per_expert, int64_t row0,
+                              int64_t rows, int64_t cols, const struct gpo_tview *bias) {
+    const size_t row_bytes = (size_t)(cols / 32) * GPO_MXFP4_GGML_BLOCK_BYTES;
+    return (struct gpo_xmat){
+        .layout = GPO_MXFP4_GGML,
+        .blocks = (const uint8_t *)blocks + (size_t)row0 * row_bytes,
+        .blocks_stride = (size_t)rows_per_expert * row_bytes,
+        .rows = rows, .cols = cols,
+        .bias = xbias_part(bias, row0, rows),
+        .bias_stride = rows_per_expert};
+}
+
+static enum gpo_status check_xmat(const struct gpo_xmat *w, const char *what, int64_t layer,
+                                  int64_t rows, int64_t cols) {
+    if (w->rows != rows || w->cols != cols)
+        return gpo_fail(GPO_ERR_SHAPE, "layer %lld: the %s experts are %lld x %lld per expert, "
+                        "expected %lld x %lld", (long long)layer, what, (long long)w->rows,
+                        (long long)w->cols, (long long)rows, (long long)cols);
+    if (!w->blocks || (w->layout == GPO_MXFP4_SPLIT && !w->scales) || !w->bias.data ||
+        w->bias_stride < rows)
+        return gpo_fail(GPO_ERR_SHAPE, "layer %lld: the %s experts' view is incomplete "
+                        "(weights, scales or bias missing, or bias stride %lld below %lld)",
+                        (long long)layer, what, (long long)w->bias_stride, (long long)rows);
+    return GPO_OK;
+}
+
+enum gpo_status gpo_layer_check_experts(const struct gpo_layer *L, int64_t layer,
+                                        const struct gpo_config *c) {
+    const int64_t H = c->n_embd, F = c->n_ff;
+    if (L->gate_up == GPO_GATE_UP_INTERLEAVED) {
+        GPO_TRY(check_xmat(&L->mlp1[0], "gate/up (interleaved)", layer, 2 * F, H));
+    } else if (L->gate_up == GPO_GATE_UP_SEPARATE) {
+        GPO_TRY(check_xmat(&L->mlp1[0], "gate", layer, F, H));
+        GPO_TRY(check_xmat(&L->mlp1[1], "up", layer, F, H));
+    } else {
+        return gpo_fail(GPO_ERR_SHAPE, "layer %lld: unknown gate/up arrangement %d",
+                        (long long)layer, (int)L->gate_up);
+    }
+    return check_xmat(&L->mlp2, "down", layer, H, F);
+}
+
 static int is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -250,18 +313,25 @@ static enum gpo_status bind_all(struct gpo_model *m, const struct names *nm) {
         int64_t b1[4] = {E, 2 * F, H / 32, 16}, s1[3] = {E, 2 * F, H / 32};
         int64_t b2[4] = {E, H, F / 32, 16}, s2[3] = {E, H, F / 32};
         int64_t bias1[2] = {E, 2 * F}, bias2[2] = {E, H};
+        const uint8_t *blocks, *scales;
+        struct gpo_tview bias;
+        /* Both safetensors layouts interleave the gate and linear rows. */
+        L->gate_up = GPO_GATE_UP_INTERLEAVED;
         GPO_TRY(bind(m, nm->mlp1_blocks, l, 4, b1, 0, &t, ex));
-        L->mlp1_blocks = t->data;
+        blocks = t->data;
         GPO_TRY(bind(m, nm->mlp1_scales, l, 3, s1, 0, &t, ex));
-        L->mlp1_scales = t->data;
+        scales = t->data;
         GPO_TRY(bind(m, nm->mlp1_bias, l, 2, bias1, 1, &t, ex));
-        L->mlp1_bias = view_of(t, E, 2 * F, 0);
+        bias = view_of(t, E, 2 * F, 0);
+        L->mlp1[0] = gpo_xmat_split(blocks, scales, 2 * F, 0, 2 * F, H, &bias);
         GPO_TRY(bind(m, nm->mlp2_blocks, l, 4, b2, 0, &t, ex));
-        L->mlp2_blocks = t->data;
+        blocks = t->data;
         GPO_TRY(bind(m, nm->mlp2_scales, l, 3, s2, 0, &t, ex));
-        L->mlp2_scales = t->data;
+        scales = t->data;
         GPO_TRY(bind(m, nm->mlp2_bias, l, 2, bias2, 1, &t, ex));
-        L->mlp2_bias = view_of(t, E, H, 0);
+        bias = view_of(t, E, H, 0);
+        L->mlp2 = gpo_xmat_split(blocks, scales, H, 0, H, F, &bias);
+        GPO_TRY(gpo_layer_check_experts(L, l, c));
     }
     return GPO_OK;
 }

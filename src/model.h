@@ -19,6 +19,63 @@ struct gpo_tview {
 /* Element i of a float-typed view (F32, F16 or BF16). */
 float gpo_tview_get(const struct gpo_tview *v, int64_t i);
 
+/* How an expert weight stack stores its MXFP4 values (the values are the same). */
+enum gpo_mxfp4_layout {
+    GPO_MXFP4_SPLIT, /* safetensors: code bytes [rows][cols/32][16] and E8M0 scale
+                        bytes [rows][cols/32] in two arrays */
+    GPO_MXFP4_GGML,  /* GGUF: [rows][cols/32] struct gpo_mxfp4_ggml_block (scale byte,
+                        then 16 split-nibble code bytes), one array */
+};
+
+/* One projection of all n_expert experts, as views into the mapped tensors (never
+ * copies): expert e is a rows x cols MXFP4 matrix whose rows are contiguous and
+ * start at blocks + e*blocks_stride (its scales at scales + e*scales_stride), and
+ * its bias is elements e*bias_stride + [0, rows) of `bias`.  The strides let a view
+ * cover part of each expert of a bigger tensor: the gate half of a fused GGUF
+ * ffn_gate_up_exps tensor is the first n_ff of every 2*n_ff rows (gpo_xmat_ggml
+ * with row0 = 0, then row0 = n_ff for the up half). */
+struct gpo_xmat {
+    enum gpo_mxfp4_layout layout;
+    const uint8_t *blocks;  /* SPLIT: code bytes; GGML: 17-byte blocks */
+    const uint8_t *scales;  /* SPLIT only (NULL for GGML) */
+    size_t blocks_stride;   /* bytes from one expert's blocks to the next's */
+    size_t scales_stride;   /* the same for the scales (SPLIT) */
+    int64_t rows, cols;     /* of one expert; cols is a multiple of 32 */
+    struct gpo_tview bias;  /* F32, F16 or BF16 */
+    int64_t bias_stride;    /* elements from one expert's bias to the next's */
+};
+
+/* How the first expert projection holds the gate and linear (up) units.  Either
+ * way unit u's output is SwiGLU(gate_u, linear_u); only the order of the rows
+ * differs, and with it where the kernels write them. */
+enum gpo_gate_up {
+    /* One matrix of 2*n_ff rows, even rows gate and odd rows linear (both
+     * safetensors layouts): mlp1[0]. */
+    GPO_GATE_UP_INTERLEAVED,
+    /* Two matrices of n_ff rows: mlp1[0] the gate, mlp1[1] the linear units.
+     * GGUF's ffn_gate_exps / ffn_up_exps pair, or the two halves of a fused
+     * ffn_gate_up_exps tensor (all gate rows, then all up rows). */
+    GPO_GATE_UP_SEPARATE,
+};
+
+/* Views for the binders (model.c), for any tensor stored as [E][rows_per_expert]
+ * rows of which this view takes rows [row0, row0 + rows) of every expert.
+ * gpo_xmat_split: safetensors code bytes and scale bytes; gpo_xmat_ggml: GGML
+ * blocks.  `bias` views the whole [E][rows_per_expert] bias tensor (rows = E,
+ * cols = rows_per_expert); the result views its matching part. */
+struct gpo_xmat gpo_xmat_split(const uint8_t *blocks, const uint8_t *scales,
+                               int64_t rows_per_expert, int64_t row0, int64_t rows,
+                               int64_t cols, const struct gpo_tview *bias);
+struct gpo_xmat gpo_xmat_ggml(const void *blocks, int64_t rows_per_expert, int64_t row0,
+                              int64_t rows, int64_t cols, const struct gpo_tview *bias);
+
+struct gpo_layer;
+/* Checks that layer `layer`'s expert views agree with the configuration (shapes,
+ * arrangement, storage pointers), so the forward pass can trust them; every binder
+ * calls it, and gpo_ctx_create again.  Fails with GPO_ERR_SHAPE naming the view. */
+enum gpo_status gpo_layer_check_experts(const struct gpo_layer *L, int64_t layer,
+                                        const struct gpo_config *c);
+
 struct gpo_layer {
     struct gpo_tview attn_norm;  /* [n_embd] */
     struct gpo_tview wq, wk, wv; /* [n_head*head_dim | n_head_kv*head_dim, n_embd] */
@@ -28,13 +85,12 @@ struct gpo_layer {
     struct gpo_tview mlp_norm;   /* [n_embd] */
     struct gpo_tview router_w;   /* [n_expert, n_embd] */
     struct gpo_tview router_b;   /* [n_expert] */
-    /* Experts (MXFP4): mlp1 rows interleave gate (even) and linear (odd) units. */
-    const uint8_t *mlp1_blocks;  /* [n_expert, 2*n_ff, n_embd/32, 16] */
-    const uint8_t *mlp1_scales;  /* [n_expert, 2*n_ff, n_embd/32] */
-    struct gpo_tview mlp1_bias;  /* [n_expert, 2*n_ff] */
-    const uint8_t *mlp2_blocks;  /* [n_expert, n_embd, n_ff/32, 16] */
-    const uint8_t *mlp2_scales;  /* [n_expert, n_embd, n_ff/32] */
-    struct gpo_tview mlp2_bias;  /* [n_expert, n_embd] */
+    /* Experts: the first projection (gate and linear units, n_embd columns) in the
+     * arrangement `gate_up` names, and the down projection (n_embd rows, n_ff
+     * columns).  Every layout of both file formats binds to these views. */
+    enum gpo_gate_up gate_up;
+    struct gpo_xmat mlp1[2]; /* INTERLEAVED: mlp1[0], 2*n_ff rows; SEPARATE: gate, up */
+    struct gpo_xmat mlp2;
 };
 
 struct gpo_model {
