@@ -104,7 +104,7 @@ demo: deps
 FUZZ_DIR     := build-fuzz
 FUZZ_TARGETS := safetensors config prompts tokenizer_load tokenizer harmony_json hparser sampler gguf
 FUZZ_SRC     := src/status.c src/log.c src/util.c src/config.c src/safetensors.c \
-                src/tokenizer.c src/harmony.c src/sampler.c app/prompts.c src/gguf.c
+                src/tokenizer.c src/harmony.c src/sampler.c app/prompts.c src/gguf.c src/gguf_write.c src/gguf_meta.c
 FUZZ_CFLAGS  := -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -fno-omit-frame-pointer \
                 -Iinclude -Isrc -Iapp -D_GNU_SOURCE \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined

@@ -11,6 +11,7 @@
 
 #include "fuzz_common.h"
 #include "gguf.h"
+#include "gguf_meta.h"
 #include "util.h"
 
 static volatile uint8_t sink;
@@ -80,6 +81,28 @@ static void check_tensors(const struct gpo_gguf *g, const uint8_t *data, size_t 
     }
 }
 
+/* The metadata readers on whatever the container accepted: each either fills
+ * its output or fails with a message. */
+static void check_meta(const struct gpo_gguf *g) {
+    struct gpo_config cfg;
+    gpo_clear_error();
+    if (gpo_gguf_read_config(g, &cfg) == GPO_OK) {
+        gpo_gguf_check_shapes(g, &cfg);
+    } else if (gpo_last_error()[0] == 0) {
+        __builtin_trap();
+    }
+    if (gpo_gguf_has_tokenizer(g)) {
+        gpo_tokenizer *t = NULL;
+        gpo_clear_error();
+        if (gpo_gguf_read_tokenizer(g, &t) == GPO_OK) {
+            if (!t) __builtin_trap();
+            gpo_tokenizer_free(t);
+        } else if (t || gpo_last_error()[0] == 0) {
+            __builtin_trap();
+        }
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static struct fuzz_memfile mf;
     if (mf.path[0] == 0) fuzz_memfile_open(&mf, "fuzz.gguf");
@@ -91,6 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         check_kvs(&g, data, size);
         check_tensors(&g, data, size);
+        check_meta(&g);
         gpo_gguf_close(&g);
     }
     fuzz_memfile_write(&mf, data, size);
