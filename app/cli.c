@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -164,6 +166,34 @@ char *cli_read_file(const char *path, size_t *len_out) {
     return buf;
 }
 
+static int is_folder(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int cli_model_tokenizer(const char *model_path, const char *tok_arg, gpo_tokenizer **out) {
+    char folder[4096], beside[4200];
+    struct stat st;
+    *out = NULL;
+    if (tok_arg || !model_path || stat(model_path, &st) != 0) return 0;
+    snprintf(folder, sizeof folder, "%s", model_path);
+    if (!S_ISDIR(st.st_mode)) {
+        /* a file: its folder */
+        char *slash = strrchr(folder, '/');
+        if (slash) *slash = 0;
+        else snprintf(folder, sizeof folder, ".");
+        if (!folder[0]) snprintf(folder, sizeof folder, "/");
+    }
+    /* A tokenizer.json beside the model wins over the one in its metadata. */
+    snprintf(beside, sizeof beside, "%s/tokenizer.json", folder);
+    if (access(beside, F_OK) == 0) return 0;
+    enum gpo_status s = gpo_tokenizer_load_model(model_path, out);
+    if (s == GPO_OK) return 1;
+    if (s == GPO_ERR_NOT_FOUND) return 0;
+    cli_status(s, "cannot load the tokenizer of the model %s", model_path);
+    return -1;
+}
+
 int cli_open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer **out) {
     char dir[4096], path[4096];
     const char *model_dir = NULL;
@@ -174,6 +204,14 @@ int cli_open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer
         if (s == GPO_OK) model_dir = dir;
         else if (model_arg) return cli_status(s, "cannot use the model folder");
         else fprintf(stderr, "gptoss: warning: ignoring the model folder: %s\n", gpo_last_error());
+    }
+    int own = cli_model_tokenizer(model_dir, tok_arg, out);
+    if (own) return own < 0;
+    if (model_dir && !is_folder(model_dir)) {
+        /* a GGUF file without a tokenizer: look beside it */
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        model_dir = slash ? dir : ".";
     }
     if ((s = gpo_tokenizer_find(tok_arg, model_dir, path, sizeof path)) != GPO_OK)
         return cli_status(s, "cannot find tokenizer.json");

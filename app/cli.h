@@ -54,11 +54,18 @@ char *cli_read_file(const char *path, size_t *len_out);
  * else the folder from -m / $GPT_DIR / $HF_MODEL when given, else the default
  * places.  Prints the error and returns non-zero on failure. */
 int cli_open_tokenizer(const char *model_arg, const char *tok_arg, gpo_tokenizer **out);
+/* The tokenizer a GGUF model carries, taken when no --tokenizer is given and no
+ * tokenizer.json lies beside the model (model_path: a .gguf file or a folder, as
+ * gpo_model_resolve_dir gives it).  1 when *out was loaded, 0 when there is none
+ * to take (look for tokenizer.json as usual), -1 after printing the error of a
+ * broken one. */
+int cli_model_tokenizer(const char *model_path, const char *tok_arg, gpo_tokenizer **out);
 
 /* The subcommands. */
 int cmd_logits(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_render(int argc, char **argv);

@@ -70,7 +70,9 @@ int cmd_info(int argc, char **argv) {
                 (long long)max_seq, (long long)c->max_position);
         max_seq = c->max_position;
     }
-    printf("model:            %s (%s layout, %lld files)\n", gpo_model_dir(m), gpo_model_layout(m),
+    /* A GGUF model is named by the path given (its file), not its folder. */
+    const int gguf = strcmp(gpo_model_layout(m), "gguf") == 0;
+    printf("model:            %s (%s layout, %lld files)\n", gguf ? dir : gpo_model_dir(m), gpo_model_layout(m),
            (long long)inf.n_files);
     printf("layers:           %lld (sliding window %lld on layers", (long long)c->n_layer,
            (long long)c->sliding_window);

@@ -1,6 +1,7 @@
 /* cmd_mkmodel.c - `gptoss mkmodel`: write a random-weight checkpoint with the real
  * tensor names, dtypes and shapes of a GPT-OSS model (tiny, 20b or 120b), in the
- * HF layout, the original/ layout or both.  Progress goes to stderr. */
+ * HF layout, the original/ layout or both, or as one GGUF file (--format gguf,
+ * streamed without a safetensors copy).  Progress goes to stderr. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -8,10 +9,12 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "convert.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: gptoss mkmodel --preset tiny|20b|120b --out DIR [options]\n"
+            "       gptoss mkmodel --preset NAME --format gguf [--dense bf16|q8] --out FILE.gguf\n"
             "\n"
             "Write a checkpoint with random weights and exactly the tensor names, dtypes and\n"
             "shapes of the released model (BF16 everywhere except the MXFP4 experts), plus\n"
@@ -22,8 +25,14 @@ static void usage(FILE *f) {
             "  --out DIR, -o DIR the folder to write (created if missing)\n"
             "  --seed N          random seed (default 1); the output is a pure function of it\n"
             "  --layout L        hf (default), original, or both\n"
+            "  --format F        safetensors (default) or gguf: one GGUF file as llama.cpp's\n"
+            "                    converter writes it (F32 norms, biases, sinks and router,\n"
+            "                    MXFP4 experts, the tokenizer in the metadata)\n"
+            "  --dense TYPE      gguf: bf16 (default) or q8 for the embedding, unembedding\n"
+            "                    and attention matrices\n"
+            "  --tokenizer FILE  gguf: tokenizer.json to embed (default: the pinned copy)\n"
             "  --force           write into DIR even if it is not empty (old checkpoint\n"
-            "                    files of the written layouts are replaced)\n"
+            "                    files of the written layouts are replaced); gguf: replace FILE\n"
             "  --quiet, -q       no progress messages\n"
             "  --help, -h        this help\n"
             "\n"
@@ -50,7 +59,7 @@ static int dir_nonempty(const char *dir) {
 int cmd_mkmodel(int argc, char **argv) {
     const char *cmd = "mkmodel";
     struct gpo_mkmodel_opts o = {0};
-    const char *layout = "hf";
+    const char *layout = NULL, *format = "safetensors", *dense = NULL, *tok = NULL;
     int force = 0, quiet = 0;
     o.seed = 1;
     for (int i = 1; i < argc; i++) {
@@ -71,6 +80,12 @@ int cmd_mkmodel(int argc, char **argv) {
             o.seed = (uint64_t)seed;
         } else if (cli_is(a, "--layout")) {
             if (!(layout = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--format")) {
+            if (!(format = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--dense")) {
+            if (!(dense = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
+        } else if (cli_is(a, "--tokenizer")) {
+            if (!(tok = cli_value(cmd, argc, argv, &i))) return CLI_EXIT_USAGE;
         } else if (!strcmp(a, "--force")) {
             force = 1;
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
@@ -82,6 +97,23 @@ int cmd_mkmodel(int argc, char **argv) {
     if (!o.preset) return cli_usage_error(cmd, "--preset is required (tiny, 20b or 120b)");
     if (strcmp(o.preset, "tiny") && strcmp(o.preset, "20b") && strcmp(o.preset, "120b"))
         return cli_usage_error(cmd, "unknown preset '%s' (choose tiny, 20b or 120b)", o.preset);
+    if (!strcmp(format, "gguf")) {
+        if (!o.out_dir || !o.out_dir[0]) return cli_usage_error(cmd, "--out FILE is required");
+        if (layout) return cli_usage_error(cmd, "--layout is for --format safetensors");
+        struct gpo_mkmodel_gguf_opts g = {.preset = o.preset, .path = o.out_dir, .seed = o.seed,
+                                          .dense = GPO_DENSE_BF16, .tokenizer_path = tok,
+                                          .force = force};
+        if (dense && (!gpo_dense_parse(dense, &g.dense) || g.dense == GPO_DENSE_STORED))
+            return cli_usage_error(cmd, "--dense takes bf16 or q8, not '%s'", dense);
+        if (quiet) gpo_set_log_level(GPO_LOG_WARN);
+        enum gpo_status s = gpo_mkmodel_gguf(&g);
+        if (s != GPO_OK) return cli_status(s, "mkmodel %s into %s failed", o.preset, o.out_dir);
+        return 0;
+    }
+    if (strcmp(format, "safetensors"))
+        return cli_usage_error(cmd, "unknown format '%s' (choose safetensors or gguf)", format);
+    if (dense || tok) return cli_usage_error(cmd, "--dense and --tokenizer are for --format gguf");
+    if (!layout) layout = "hf";
     if (!o.out_dir || !o.out_dir[0]) return cli_usage_error(cmd, "--out DIR is required");
     if (!strcmp(layout, "hf")) {
         o.layout_hf = 1;

@@ -231,11 +231,18 @@ int gen_env_open(struct gen_env *env, const struct gen_opts *o) {
         return cli_status(s, "cannot find the model");
     if ((s = gpo_model_load(env->dir, &o->load, &env->m)) != GPO_OK)
         return cli_status(s, "cannot load the model from %s", env->dir);
-    if ((s = gpo_tokenizer_find(o->tokenizer_arg, gpo_model_dir(env->m), tpath, sizeof tpath)) != GPO_OK) {
+    /* A GGUF model may carry its tokenizer; a tokenizer.json beside it comes first. */
+    int own = strcmp(gpo_model_layout(env->m), "gguf") == 0
+                  ? cli_model_tokenizer(env->dir, o->tokenizer_arg, &env->tok) : 0;
+    if (own < 0) {
+        gen_env_close(env);
+        return 1;
+    }
+    if (!own && (s = gpo_tokenizer_find(o->tokenizer_arg, gpo_model_dir(env->m), tpath, sizeof tpath)) != GPO_OK) {
         gen_env_close(env);
         return cli_status(s, "cannot find the tokenizer");
     }
-    if ((s = gpo_tokenizer_load(tpath, &env->tok)) != GPO_OK) {
+    if (!own && (s = gpo_tokenizer_load(tpath, &env->tok)) != GPO_OK) {
         gen_env_close(env);
         return cli_status(s, "cannot load the tokenizer %s", tpath);
     }

@@ -17,6 +17,7 @@ static const struct {
     {"logits", cmd_logits, "write the logits of every position of a token list"},
     {"info", cmd_info, "print a checkpoint's configuration, tensors and memory plan"},
     {"mkmodel", cmd_mkmodel, "write a random-weight checkpoint of a real shape"},
+    {"convert", cmd_convert, "write a safetensors checkpoint as a GGUF file (llama.cpp)"},
     {"tokenize", cmd_tokenize, "text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "token ids to text"},
     {"render", cmd_render, "render a harmony conversation (JSON) to prompt ids"},

@@ -137,17 +137,18 @@ struct gpo_load_opts {
 };
 
 /* Resolve the model folder: `arg` if non-NULL, else $GPT_DIR, else $HF_MODEL (which
- * must be a local folder).  Writes the chosen path to out. */
+ * must be a local folder or GGUF file).  Writes the chosen path to out. */
 enum gpo_status gpo_model_resolve_dir(const char *arg, char *out, size_t out_size);
 
 /* Load a checkpoint folder (HF layout, original/ layout, or a folder holding only
- * original/).  Validates every header, name, dtype, shape and offset first.
+ * original/), or a GGUF model: a .gguf file, the first part of a split set, or a
+ * folder holding one.  Validates every header, name, dtype, shape and offset first.
  * opts may be NULL. */
 enum gpo_status gpo_model_load(const char *dir, const struct gpo_load_opts *opts,
                                gpo_model **out);
 void gpo_model_free(gpo_model *m);
 const struct gpo_config *gpo_model_config(const gpo_model *m);
-/* The folder the weights came from and the layout name ("hf" or "original"). */
+/* The folder the weights came from and the layout name ("hf", "original" or "gguf"). */
 const char *gpo_model_dir(const gpo_model *m);
 const char *gpo_model_layout(const gpo_model *m);
 

@@ -41,6 +41,13 @@ enum gpo_status gpo_tokenizer_find(const char *explicit_path, const char *model_
  * o200k pattern when there is none).  The tokenizer is immutable afterwards, and
  * one may be shared by threads. */
 enum gpo_status gpo_tokenizer_load(const char *path, gpo_tokenizer **out);
+/* The tokenizer a GGUF model carries in its tokenizer.ggml.* metadata.  model_path
+ * is a model path as gpo_model_resolve_dir gives it: a .gguf file (the first part
+ * of a split set) or a folder holding one.  GPO_ERR_NOT_FOUND when the path holds
+ * no GGUF model or the model carries no tokenizer (callers then look for
+ * tokenizer.json); any other failure is a broken model or tokenizer.  Callers
+ * prefer a tokenizer.json beside the model, then this one. */
+enum gpo_status gpo_tokenizer_load_model(const char *model_path, gpo_tokenizer **out);
 void gpo_tokenizer_free(gpo_tokenizer *t);
 
 /* Number of ids the tokenizer knows (ordinary + added tokens; 200019 for gpt-oss). */

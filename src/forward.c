@@ -550,7 +550,7 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n_tok; i++) {
             gpo_to_f32(x->x + i * H, (const uint8_t *)m->embedding.data +
-                                         (size_t)x->tok_id[i] * H * (m->embedding.dtype == GPO_DT_F32 ? 4 : 2),
+                                         (size_t)x->tok_id[i] * gpo_tview_row_bytes(&m->embedding),
                        m->embedding.dtype, H);
             float *cv = x->cs + i * D, *sv = cv + half;
             for (int64_t j = 0; j < half; j++) {

@@ -16,6 +16,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "convert.h"
+#include "model.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -915,5 +917,122 @@ cleanup:
     gpo_str_free(&text);
     free(hf.t);
     free(orig.t);
+    return s;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Straight into a GGUF file                                                 */
+
+/* The generator as a gpo_wsource: any byte range of any HF tensor is made on
+ * demand from the blocks that cover it, so nothing is written twice and the
+ * values are those gpo_mkmodel writes for the same seed. */
+struct gen_source {
+    const struct preset *p;
+    uint64_t seed;
+    int64_t layer; /* the layer `s` describes; -2 before the first */
+    struct source g[G_COUNT], s[S_COUNT];
+    uint8_t *scratch;
+    size_t cap;
+};
+
+static const struct source *gen_find(struct gen_source *gs, int64_t layer, enum gpo_wid id) {
+    if (layer < 0) return id <= GPO_WID_UNEMBED ? &gs->g[id] : NULL;
+    if (id < GPO_WID_ATTN_NORM || id >= GPO_WID_COUNT_) return NULL;
+    if (layer != gs->layer) {
+        layer_sources(gs->p, layer, gs->s);
+        gs->layer = layer;
+    }
+    /* gpo_wid lists the per-layer weights in the order of S_*. */
+    return &gs->s[id - GPO_WID_ATTN_NORM];
+}
+
+static enum gpo_dtype gen_dtype(void *user, int64_t layer, enum gpo_wid id) {
+    const struct source *src = gen_find(user, layer, id);
+    return src ? src->dtype : GPO_DT_U8;
+}
+
+static enum gpo_status gen_read(void *user, int64_t layer, enum gpo_wid id, uint64_t off,
+                                uint64_t len, void *buf, const void **out) {
+    struct gen_source *gs = user;
+    const struct source *src = gen_find(gs, layer, id);
+    const uint64_t total = src ? source_bytes(src) : 0;
+    if (!src || off > total || len > total - off)
+        return gpo_fail(GPO_ERR_INTERNAL, "mkmodel: read of %llu bytes at %llu outside weight "
+                        "%d of layer %lld", (unsigned long long)len, (unsigned long long)off,
+                        (int)id, (long long)layer);
+    *out = buf;
+    if (len == 0) return GPO_OK;
+    struct part pt = {0};
+    snprintf(pt.key, sizeof pt.key, "%s", src->name);
+    pt.fill = src->fill;
+    pt.nbytes = total;
+    pt.mean = src->mean;
+    pt.std = src->std;
+    pt.lo = src->lo;
+    pt.hi = src->hi;
+    const uint64_t b0 = off / BLOCK, b1 = (off + len - 1) / BLOCK;
+    const uint64_t span = (b1 - b0 + 1) * BLOCK;
+    if (span > gs->cap) {
+        uint8_t *q = realloc(gs->scratch, (size_t)span);
+        if (!q) return gpo_fail(GPO_ERR_NOMEM, "out of memory (%llu bytes)",
+                                (unsigned long long)span);
+        gs->scratch = q;
+        gs->cap = (size_t)span;
+    }
+    const uint64_t kh = key_hash(pt.key);
+    for (uint64_t b = b0; b <= b1; b++) {
+        const uint64_t at = b * BLOCK, n = total - at < BLOCK ? total - at : BLOCK;
+        fill_block(&pt, gs->seed, kh, b, gs->scratch + (at - b0 * BLOCK), (size_t)n);
+    }
+    memcpy(buf, gs->scratch + (off - b0 * BLOCK), (size_t)len);
+    return GPO_OK;
+}
+
+enum gpo_status gpo_mkmodel_gguf(const struct gpo_mkmodel_gguf_opts *opts) {
+    const struct preset *p = NULL;
+    if (!opts || !opts->path || !opts->path[0] || !opts->preset)
+        return gpo_fail(GPO_ERR_ARG, "mkmodel needs a preset and an output file");
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
+        if (strcmp(opts->preset, presets[i].name) == 0) p = &presets[i];
+    if (!p)
+        return gpo_fail(GPO_ERR_ARG, "unknown preset '%s' (known: tiny, 20b, 120b)", opts->preset);
+    struct stat sb;
+    if (!opts->force && lstat(opts->path, &sb) == 0)
+        return gpo_fail(GPO_ERR_ARG, "%s already exists (use --force to replace it)", opts->path);
+
+    /* The configuration exactly as loading the safetensors checkpoint gives it. */
+    struct gpo_config cfg;
+    struct gpo_str text = {0};
+    enum gpo_status s = hf_config(p, &text);
+    if (s == GPO_OK) s = gpo_config_parse(text.s, text.n, "config.json", &cfg);
+    gpo_str_free(&text);
+    if (s != GPO_OK) return s;
+
+    gpo_tokenizer *tok = NULL;
+    char tok_path[4096];
+    enum gpo_status found = gpo_tokenizer_find(opts->tokenizer_path, NULL, tok_path,
+                                               sizeof tok_path);
+    if (found == GPO_OK) {
+        s = gpo_tokenizer_load(tok_path, &tok);
+        if (s != GPO_OK) return s;
+    } else if (opts->tokenizer_path) {
+        return found; /* the message names the file */
+    } else {
+        gpo_log(GPO_LOG_WARN, "mkmodel: no tokenizer.json found, %s gets no tokenizer "
+                "(llama.cpp needs one to load it): %s", opts->path, gpo_last_error());
+    }
+
+    struct gen_source gs = {.p = p, .seed = opts->seed, .layer = -2};
+    global_sources(p, gs.g);
+    char name[64];
+    snprintf(name, sizeof name, "gpt-oss-%s random", p->name);
+    struct gpo_wsource src = {.cfg = &cfg, .user = &gs, .dtype = gen_dtype, .read = gen_read};
+    struct gpo_gguf_out out = {.path = opts->path, .dense = opts->dense, .tok = tok,
+                               .name = name, .what = "mkmodel"};
+    gpo_log(GPO_LOG_INFO, "mkmodel: writing the %s preset (seed %llu) to %s", p->name,
+            (unsigned long long)opts->seed, opts->path);
+    s = gpo_gguf_write_weights(&src, &out);
+    free(gs.scratch);
+    gpo_tokenizer_free(tok);
     return s;
 }

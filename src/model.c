@@ -1,6 +1,7 @@
 /* model.c - loads a GPT-OSS checkpoint folder: finds the layout (Hugging Face or
  * original/), reads config.json, maps the safetensors files and binds every
- * weight by name with its shape and dtype checked.  Weights stay in the mapping. */
+ * weight by name with its shape and dtype checked.  Weights stay in the mapping.
+ * A GGUF file (or a folder holding one) goes to model_gguf.c's binder instead. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -112,13 +113,13 @@ static enum gpo_status not_a_folder(const char *path, const char *from) {
                         strerror(errno));
     if (S_ISREG(st.st_mode) && has_suffix_ci(path, ".gguf"))
         return gpo_fail(GPO_ERR_NOT_FOUND,
-                        "model '%s' (from %s) is a GGUF file; GGUF files are not read yet: pass "
-                        "a safetensors checkpoint folder (the one holding config.json)",
+                        "model '%s' (from %s) is named .gguf but does not start with the GGUF "
+                        "magic: it is not a GGUF file (or is empty or truncated)",
                         path, from);
     if (S_ISREG(st.st_mode))
         return gpo_fail(GPO_ERR_NOT_FOUND,
                         "model '%s' (from %s) is a file, not a folder: pass the folder holding "
-                        "config.json and the *.safetensors files",
+                        "config.json and the *.safetensors files, or a GGUF file",
                         path, from);
     return gpo_fail(GPO_ERR_NOT_FOUND, "model '%s' (from %s) is not a folder", path, from);
 }
@@ -137,7 +138,9 @@ enum gpo_status gpo_model_resolve_dir(const char *arg, char *out, size_t out_siz
         return gpo_fail(GPO_ERR_NOT_FOUND,
                         "no model folder given: pass -m DIR or set GPT_DIR to a folder holding a "
                         "GPT-OSS checkpoint (make one with 'gptoss mkmodel --preset tiny --out DIR')");
-    if (!is_dir(dir)) {
+    if (!is_dir(dir) && is_file(dir) && gpo_gguf_sniff(dir)) {
+        /* A GGUF file is a model path of its own. */
+    } else if (!is_dir(dir)) {
         if (strcmp(src, "$HF_MODEL") == 0 && strchr(dir, '/') && dir[0] != '/' && dir[0] != '.')
             return gpo_fail(GPO_ERR_NOT_FOUND,
                             "$HF_MODEL is '%s', which looks like a Hub id, not a local folder; "
@@ -351,13 +354,25 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
         views[nv++] = &L->wo;
     }
     views[nv++] = &m->unembedding;
-    uint64_t total = 0, before = 0;
+    /* A GGUF file may hold these matrices as Q8_0 already: they stay as stored. */
+    size_t keep = 0;
+    for (size_t i = 0; i < nv; i++)
+        if (views[i]->dtype != GPO_DT_Q8_0) views[keep++] = views[i];
+    nv = keep;
+    if (nv == 0) {
+        gpo_log(GPO_LOG_INFO, "--dense q8: the dense matrices are stored as Q8_0 already");
+        return GPO_OK;
+    }
+    uint64_t total = 0, before = 0, att_saved = 0, unemb_saved = 0;
     for (size_t i = 0; i < nv; i++) {
         if (views[i]->cols % GPO_QK != 0)
             return gpo_fail(GPO_ERR_UNSUPPORTED, "--dense q8 needs rows that are multiples of 32 (a matrix has %lld columns)",
                             (long long)views[i]->cols);
-        total += (uint64_t)views[i]->rows * (uint64_t)(views[i]->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
-        before += (uint64_t)views[i]->rows * (uint64_t)views[i]->cols * gpo_dtype_size(views[i]->dtype);
+        uint64_t after = (uint64_t)views[i]->rows * (uint64_t)(views[i]->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
+        uint64_t was = (uint64_t)views[i]->rows * (uint64_t)views[i]->cols * gpo_dtype_size(views[i]->dtype);
+        total += after;
+        before += was;
+        *(views[i] == &m->unembedding ? &unemb_saved : &att_saved) += was - after;
     }
     uint8_t *buf = gpo_aligned_alloc(total);
     if (!buf) return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB for --dense q8", (double)total / 1073741824.0);
@@ -379,12 +394,9 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
         p += (size_t)rows * (size_t)nb * sizeof *dst;
     }
     struct gpo_model_info *inf = &m->info;
-    uint64_t unemb_new = (uint64_t)m->unembedding.rows * (uint64_t)(m->unembedding.cols / GPO_QK) *
-                         sizeof(struct gpo_q8_0_block);
-    uint64_t att_saved = before - inf->bytes_unembedding - (total - unemb_new);
     inf->bytes_attention -= att_saved;
-    inf->bytes_per_token -= att_saved + (inf->bytes_unembedding - unemb_new);
-    inf->bytes_unembedding = unemb_new;
+    inf->bytes_unembedding -= unemb_saved;
+    inf->bytes_per_token -= att_saved + unemb_saved;
     inf->bytes_converted = total;
     gpo_log(GPO_LOG_INFO, "--dense q8: requantised %.2f GiB of BF16 weights to %.2f GiB in %.1f s",
             (double)before / 1073741824.0, (double)total / 1073741824.0, gpo_now() - t0);
@@ -393,7 +405,6 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
 
 
 static void compute_info(struct gpo_model *m) {
-    const struct gpo_config *c = &m->cfg;
     struct gpo_model_info *inf = &m->info;
     inf->n_tensors = (int64_t)m->st.n_tensors;
     inf->n_files = m->st.n_files;
@@ -410,6 +421,12 @@ static void compute_info(struct gpo_model *m) {
         else if (t->dtype == GPO_DT_U8) n = 0;
         inf->n_params += n;
     }
+    gpo_model_finish_info(m);
+}
+
+void gpo_model_finish_info(struct gpo_model *m) {
+    const struct gpo_config *c = &m->cfg;
+    struct gpo_model_info *inf = &m->info;
     /* Per decoded token: every non-expert layer weight, n_expert_used experts per
      * layer, the unembedding, the final norm and one embedding row. */
     uint64_t per_expert = inf->bytes_experts / (uint64_t)(c->n_layer * c->n_expert);
@@ -457,6 +474,10 @@ static enum gpo_status check_layer_count(const struct gpo_model *m, const struct
                     (long long)m->cfg.n_layer, m->dir, (long long)n, (long long)(n - 1));
 }
 
+static enum gpo_status load_gguf(const char *path, const struct gpo_load_opts *opts,
+                                 gpo_model **out);
+static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_opts *opts);
+
 /* Does the folder hold a safetensors checkpoint of its own? */
 static int has_weights(const char *dir) {
     char p[PATH_MAX];
@@ -485,21 +506,26 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
     if (!dir_in || !out) return gpo_fail(GPO_ERR_ARG, "gpo_model_load: NULL argument");
     *out = NULL;
     if (!is_dir(dir_in)) {
+        if (is_file(dir_in) && gpo_gguf_sniff(dir_in)) return load_gguf(dir_in, opts, out);
         if (access(dir_in, F_OK) == 0) return not_a_folder(dir_in, "the model path");
         return gpo_fail(GPO_ERR_NOT_FOUND, "model folder '%s' not found (pass -m DIR or set GPT_DIR)",
                         dir_in);
     }
     if (strlen(dir_in) >= sizeof dir - 64) return gpo_fail(GPO_ERR_ARG, "model path too long");
     memcpy(dir, dir_in, strlen(dir_in) + 1);
-    /* A folder holding only original/ (as the release's subfolder) works too. */
+    /* A folder holding only original/ (as the release's subfolder) works too, and so
+     * does a folder holding one GGUF model. */
     if (!has_weights(dir)) {
         snprintf(path, sizeof path, "%s/original", dir);
         if (is_dir(path) && has_weights(path)) {
             memcpy(dir, path, strlen(path) + 1);
         } else {
+            s = gpo_gguf_find_file(dir, path, sizeof path);
+            if (s == GPO_OK) return load_gguf(path, opts, out);
+            if (s != GPO_ERR_NOT_FOUND) return s;
             return gpo_fail(GPO_ERR_NOT_GPTOSS,
                             "'%s' is not a GPT-OSS checkpoint: it holds no *.safetensors files "
-                            "(nor an original/ subfolder with them)", dir_in);
+                            "(nor an original/ subfolder with them) and no .gguf file", dir_in);
         }
     }
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -540,30 +566,85 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
     }
     if ((s = bind_all(m, nm)) != GPO_OK) goto cleanup;
     compute_info(m);
-    if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) goto cleanup;
+    if ((s = finish_load(m, opts)) != GPO_OK) goto cleanup;
+    *out = m;
+    m = NULL;
+
+cleanup:
+    free(json);
+    if (m) gpo_model_free(m);
+    return s;
+}
+
+/* The mapped files of either format: n_maps of them, file i at *p, *n bytes. */
+static int n_maps(const struct gpo_model *m) {
+    return m->file ? m->gguf.n_files : m->st.n_files;
+}
+
+static void map_at(const struct gpo_model *m, int i, const uint8_t **p, uint64_t *n,
+                   const char **path) {
+    if (m->file) {
+        *p = m->gguf.files[i].map;
+        *n = m->gguf.files[i].size;
+        *path = m->gguf.files[i].path;
+    } else {
+        *p = m->st.files[i].map;
+        *n = m->st.files[i].size;
+        *path = m->st.files[i].path;
+    }
+}
+
+static enum gpo_status load_gguf(const char *path, const struct gpo_load_opts *opts,
+                                 gpo_model **out) {
+    struct gpo_model *m = calloc(1, sizeof *m);
+    if (!m) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    enum gpo_status s = gpo_model_bind_gguf(m, path);
+    if (s == GPO_OK) s = finish_load(m, opts);
+    if (s != GPO_OK) {
+        gpo_model_free(m);
+        return s;
+    }
+    *out = m;
+    return GPO_OK;
+}
+
+/* What follows the binding for either format: --dense q8, --mlock, --prefetch. */
+static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_opts *opts) {
+    enum gpo_status s;
+    if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) return s;
 
     if (opts && opts->mlock) {
         /* All or nothing: on a failure the files locked so far are unlocked again,
          * so `locked` says exactly whether the weights are locked. */
         int i = 0;
-        for (; i < m->st.n_files; i++)
-            if (mlock(m->st.files[i].map, m->st.files[i].size) != 0) {
+        const uint8_t *p;
+        uint64_t n;
+        const char *fpath;
+        for (; i < n_maps(m); i++) {
+            map_at(m, i, &p, &n, &fpath);
+            if (mlock(p, n) != 0) {
                 gpo_log(GPO_LOG_WARN, "mlock of %s failed: %s (check ulimit -l); the weights "
-                        "are not locked", m->st.files[i].path, strerror(errno));
+                        "are not locked", fpath, strerror(errno));
                 break;
             }
-        m->locked = i == m->st.n_files;
+        }
+        m->locked = i == n_maps(m);
         if (!m->locked)
-            while (i-- > 0) munlock(m->st.files[i].map, m->st.files[i].size);
+            while (i-- > 0) {
+                map_at(m, i, &p, &n, &fpath);
+                munlock(p, n);
+            }
     }
     if (opts && opts->prefetch) {
         /* Touch every page once so later reads hit memory; progress goes to the log. */
         uint64_t total = m->info.bytes_mapped, done = 0, next = 0;
         volatile uint8_t sink = 0;
         double t0 = gpo_now();
-        for (int i = 0; i < m->st.n_files; i++) {
-            const uint8_t *p = m->st.files[i].map;
-            uint64_t n = m->st.files[i].size;
+        for (int i = 0; i < n_maps(m); i++) {
+            const uint8_t *p;
+            uint64_t n;
+            const char *fpath;
+            map_at(m, i, &p, &n, &fpath);
             madvise((void *)p, n, MADV_WILLNEED);
             for (uint64_t o = 0; o < n; o += 4096) {
                 sink ^= p[o];
@@ -578,19 +659,15 @@ enum gpo_status gpo_model_load(const char *dir_in, const struct gpo_load_opts *o
         }
         (void)sink;
     }
-    *out = m;
-    m = NULL;
-
-cleanup:
-    free(json);
-    if (m) gpo_model_free(m);
-    return s;
+    return GPO_OK;
 }
 
 void gpo_model_free(gpo_model *m) {
     if (!m) return;
     gpo_aligned_free(m->converted);
     gpo_st_close(&m->st);
+    gpo_gguf_close(&m->gguf);
+    free(m->file);
     free(m->layers);
     free(m->dir);
     free(m);

@@ -5,6 +5,7 @@
 #define GPO_MODEL_H
 
 #include "gpo.h"
+#include "gguf.h"
 #include "kernels/kernels.h"
 #include "safetensors.h"
 
@@ -15,6 +16,12 @@ struct gpo_tview {
     enum gpo_dtype dtype;
     int64_t rows, cols;
 };
+
+/* Bytes of one row of a view (Q8_0 rows are cols/32 blocks). */
+static inline size_t gpo_tview_row_bytes(const struct gpo_tview *v) {
+    if (v->dtype == GPO_DT_Q8_0) return (size_t)(v->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
+    return (size_t)v->cols * gpo_dtype_size(v->dtype);
+}
 
 /* Element i of a float-typed view (F32, F16 or BF16). */
 float gpo_tview_get(const struct gpo_tview *v, int64_t i);
@@ -96,8 +103,10 @@ struct gpo_layer {
 struct gpo_model {
     struct gpo_config cfg;
     char *dir;          /* folder the weights were read from */
-    const char *layout; /* "hf" or "original" */
-    struct gpo_st st;
+    const char *layout; /* "hf", "original" or "gguf" */
+    struct gpo_st st;   /* safetensors files (empty for a GGUF model) */
+    struct gpo_gguf gguf; /* the GGUF file or split set (zeroed for safetensors) */
+    char *file;         /* the GGUF file opened (first part of a split set); NULL otherwise */
     struct gpo_tview embedding;   /* [n_vocab, n_embd] */
     struct gpo_tview final_norm;  /* [n_embd] */
     struct gpo_tview unembedding; /* [n_vocab, n_embd] */
@@ -106,6 +115,16 @@ struct gpo_model {
     int locked; /* 1 when every mapped file is locked in memory (--mlock) */
     void *converted; /* one allocation holding the --dense q8 copies */
 };
+
+/* model_gguf.c: open the GGUF file (or the first part of a split set) at `path`,
+ * read its configuration (gguf_meta.h), check every tensor's name, shape and type,
+ * and bind the layers as views into the mapping, as model.c's safetensors binder
+ * does; fills m->cfg, dir, file, layout ("gguf"), gguf, layers and info.  m starts
+ * zeroed; on failure gpo_model_free(m) releases what was set. */
+enum gpo_status gpo_model_bind_gguf(struct gpo_model *m, const char *path);
+/* The byte and parameter figures derived from the per-group ones (bytes per
+ * decoded token, active parameters); both binders call it last. */
+void gpo_model_finish_info(struct gpo_model *m);
 
 /* Whether the load locked every weight file in memory (gpo_load_opts.mlock). */
 int gpo_model_locked(const gpo_model *m);

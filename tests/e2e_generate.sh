@@ -153,4 +153,29 @@ check "logits prefill = incremental, hf = original" "cmp -s $tmp/a.f32 $tmp/b.f3
 expect_fail "logits token out of range" "out of range" "$G" logits -m $F --tokens "1,2,1000" -o "$tmp/x.f32"
 "$G" info -m "$tmp/m" >"$tmp/i.out" 2>&1
 check "info" "grep -q 'per decoded token' $tmp/i.out && grep -q 'kernels:' $tmp/i.out"
+
+# GGUF: the same model written as one .gguf (same seed) gives the same tokens, its
+# tokenizer taken from the metadata when no tokenizer.json lies beside it
+mkdir -p "$tmp/g"
+"$G" mkmodel --preset tiny --format gguf --seed 3 --out "$tmp/g/m.gguf" >/dev/null 2>&1
+check "mkmodel tiny --format gguf" "[ -f $tmp/g/m.gguf ]"
+GPTOSS_TOKENIZER=$tmp/none.json "$G" generate -m "$tmp/g/m.gguf" --no-membw --temperature 0 --max-tokens 12 -p "$P1" \
+    --json "$tmp/gg.json" >"$tmp/gg.out" 2>&1
+check "generate -m FILE.gguf, tokenizer from its metadata" "[ \$? -eq 0 ] && grep -q '^==USER 0 - OUTPUT' $tmp/gg.out"
+check "gguf tokens = safetensors tokens" "node -e '
+    const a = require(\"$tmp/gg.json\").users[0].tokens, b = require(\"$tmp/one0.json\").users[0].tokens;
+    process.exit(a.length > 0 && JSON.stringify(a) === JSON.stringify(b) ? 0 : 1)'"
+GPTOSS_TOKENIZER=$tmp/none.json "$G" generate -m "$tmp/g" --no-membw --max-tokens 2 -p "$P1" >"$tmp/gd.out" 2>&1
+check "generate -m FOLDER holding a .gguf" "[ \$? -eq 0 ] && grep -q '^==USER 0 - OUTPUT' $tmp/gd.out"
+"$G" info -m "$tmp/g/m.gguf" >"$tmp/gi.out" 2>&1
+check "info -m FILE.gguf" "grep -q 'gguf layout' $tmp/gi.out && grep -q 'per decoded token' $tmp/gi.out && grep -q 'memory plan' $tmp/gi.out"
+printf 'Hello world' | GPTOSS_TOKENIZER=$tmp/none.json "$G" tokenize -m "$tmp/g/m.gguf" >"$tmp/gt.out" 2>&1
+check "tokenize with the tokenizer of a .gguf" "[ \"\$(cat $tmp/gt.out)\" = '13225 2375' ]"
+printf 'not a model' > "$tmp/g/fake.gguf"
+expect_fail "a .gguf that is not GGUF" "GGUF magic" "$G" info -m "$tmp/g/fake.gguf"
+# the tiny-a fixture converted to GGUF gives the same logits bytes
+if "$G" convert "$F" "$tmp/a.gguf" >/dev/null 2>&1; then
+    "$G" logits -m "$tmp/a.gguf" --tokens "$ids" -o "$tmp/c.f32" --mode incremental 2>/dev/null
+    check "logits of the converted GGUF = safetensors" "cmp -s $tmp/a.f32 $tmp/c.f32"
+fi
 exit $fail

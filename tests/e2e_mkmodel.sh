@@ -43,7 +43,7 @@ grep -q "is a file, not a folder: pass the folder holding config.json" "$tmp/err
     fail "-m FILE message: $(cat "$tmp/err")"
 : >"$tmp/model.gguf"
 "$BIN" info -m "$tmp/model.gguf" >/dev/null 2>"$tmp/err" && fail "info -m x.gguf succeeded"
-grep -q "GGUF files are not read yet" "$tmp/err" || fail "-m x.gguf message: $(cat "$tmp/err")"
+grep -q "does not start with the GGUF magic" "$tmp/err" || fail "-m x.gguf message: $(cat "$tmp/err")"
 
 # The same seed gives the same bytes; another seed does not.
 "$BIN" mkmodel --preset tiny --seed 3 --out "$tmp/same" -q || fail "second run failed"

@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test_common.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,23 +44,6 @@ static int teardown(void **state) {
 
 /* ------------------------------------------------------------------------- */
 /* Helpers                                                                   */
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
 
 /* Append the ordinary-text ids of s. */
 static void text(struct gpo_ids *ids, const char *s) {

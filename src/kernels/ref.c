@@ -327,6 +327,12 @@ void gpo_to_f32(float *out, const void *w, enum gpo_dtype dt, int64_t n) {
     case GPO_DT_F16:
         for (int64_t i = 0; i < n; i++) out[i] = f16_to_f32(((const uint16_t *)w)[i]);
         break;
+    case GPO_DT_Q8_0: /* n a multiple of 32: w[i] = f16(d) * qs[i], as ggml dequantises */
+        for (int64_t i = 0; i < n; i++) {
+            const struct gpo_q8_0_block *b = (const struct gpo_q8_0_block *)w + i / GPO_QK;
+            out[i] = f16_to_f32(b->d) * (float)b->qs[i % GPO_QK];
+        }
+        break;
     default:
         for (int64_t i = 0; i < n; i++) out[i] = NAN;
         break;
