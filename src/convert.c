@@ -63,13 +63,7 @@ struct jobs {
 };
 
 static struct job *job_push(struct jobs *js) {
-    if (js->n == js->cap) {
-        size_t nc = js->cap ? js->cap * 2 : 64;
-        struct job *q = realloc(js->j, nc * sizeof *q);
-        if (!q) return NULL;
-        js->j = q;
-        js->cap = nc;
-    }
+    if (gpo_grow((void **)&js->j, &js->cap, js->n + 1, sizeof *js->j) != GPO_OK) return NULL;
     struct job *j = &js->j[js->n++];
     memset(j, 0, sizeof *j);
     return j;

@@ -38,17 +38,8 @@ enum gpo_status gpo_gguf_writer_open(struct gpo_gguf_writer *w, const char *path
 }
 
 static enum gpo_status kv_append(struct gpo_gguf_writer *w, const void *p, size_t n) {
-    if (n > w->kv_cap - w->kv_len) {
-        size_t nc = w->kv_cap ? w->kv_cap : 4096;
-        while (nc - w->kv_len < n) {
-            if (nc > SIZE_MAX / 2) return gpo_fail(GPO_ERR_OVERFLOW, "GGUF metadata too large");
-            nc *= 2;
-        }
-        uint8_t *q = realloc(w->kv, nc);
-        if (!q) return gpo_fail(GPO_ERR_NOMEM, "out of memory for GGUF metadata");
-        w->kv = q;
-        w->kv_cap = nc;
-    }
+    if (n > SIZE_MAX - w->kv_len) return gpo_fail(GPO_ERR_OVERFLOW, "GGUF metadata too large");
+    GPO_TRY(gpo_grow((void **)&w->kv, &w->kv_cap, w->kv_len + n, 1));
     memcpy(w->kv + w->kv_len, p, n);
     w->kv_len += n;
     return GPO_OK;
@@ -73,13 +64,7 @@ static enum gpo_status kv_begin(struct gpo_gguf_writer *w, const char *key, uint
     for (uint64_t i = 0; i < w->n_kv; i++)
         if (strcmp(w->keys[i], key) == 0)
             return gpo_fail(GPO_ERR_ARG, "%s: key '%s' declared twice", w->path, key);
-    if (w->n_kv == w->cap_keys) {
-        size_t nc = w->cap_keys ? w->cap_keys * 2 : 32;
-        char **q = realloc(w->keys, nc * sizeof *q);
-        if (!q) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
-        w->keys = q;
-        w->cap_keys = nc;
-    }
+    GPO_TRY(gpo_grow((void **)&w->keys, &w->cap_keys, w->n_kv + 1, sizeof *w->keys));
     char *copy = strdup(key);
     if (!copy) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     /* Roll back a half-written pair if anything below fails. */
@@ -228,13 +213,7 @@ enum gpo_status gpo_gguf_writer_declare(struct gpo_gguf_writer *w, const char *n
     for (size_t i = 0; i < w->n_decl; i++)
         if (strcmp(w->decl[i].name, name) == 0)
             return gpo_fail(GPO_ERR_ARG, "%s: tensor '%s' declared twice", w->path, name);
-    if (w->n_decl == w->cap_decl) {
-        size_t nc = w->cap_decl ? w->cap_decl * 2 : 64;
-        void *q = realloc(w->decl, nc * sizeof *w->decl);
-        if (!q) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
-        w->decl = q;
-        w->cap_decl = nc;
-    }
+    GPO_TRY(gpo_grow((void **)&w->decl, &w->cap_decl, w->n_decl + 1, sizeof *w->decl));
     memset(&w->decl[w->n_decl], 0, sizeof w->decl[0]);
     strcpy(w->decl[w->n_decl].name, name);
     w->decl[w->n_decl].type = type;

@@ -10,7 +10,7 @@
 
 #include "util.h"
 
-static enum gpo_status grow(void **p, size_t *cap, size_t need, size_t elem) {
+enum gpo_status gpo_grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return GPO_OK;
     size_t nc = *cap ? *cap : 16;
     while (nc < need) {
@@ -25,14 +25,14 @@ static enum gpo_status grow(void **p, size_t *cap, size_t need, size_t elem) {
 }
 
 enum gpo_status gpo_ids_push(struct gpo_ids *v, int32_t id) {
-    GPO_TRY(grow((void **)&v->ids, &v->cap, v->n + 1, sizeof *v->ids));
+    GPO_TRY(gpo_grow((void **)&v->ids, &v->cap, v->n + 1, sizeof *v->ids));
     v->ids[v->n++] = id;
     return GPO_OK;
 }
 
 enum gpo_status gpo_ids_append(struct gpo_ids *v, const int32_t *ids, size_t n) {
     if (n == 0) return GPO_OK;
-    GPO_TRY(grow((void **)&v->ids, &v->cap, v->n + n, sizeof *v->ids));
+    GPO_TRY(gpo_grow((void **)&v->ids, &v->cap, v->n + n, sizeof *v->ids));
     memcpy(v->ids + v->n, ids, n * sizeof *ids);
     v->n += n;
     return GPO_OK;
@@ -45,7 +45,7 @@ void gpo_ids_free(struct gpo_ids *v) {
 }
 
 enum gpo_status gpo_str_append(struct gpo_str *v, const char *bytes, size_t n) {
-    GPO_TRY(grow((void **)&v->s, &v->cap, v->n + n + 1, 1));
+    GPO_TRY(gpo_grow((void **)&v->s, &v->cap, v->n + n + 1, 1));
     if (n) memcpy(v->s + v->n, bytes, n);
     v->n += n;
     v->s[v->n] = 0;

@@ -60,6 +60,10 @@ void gpo_aligned_free(void *p);
  * forever), and anything but a regular file is refused with a message naming
  * the path and what it is.  A missing file is enoent_status, other errors
  * GPO_ERR_IO. */
+/* Make room for `need` elements of `elem` bytes in the malloc'd array *p of *cap
+ * elements, doubling (from 16) so appends are amortised O(1). */
+enum gpo_status gpo_grow(void **p, size_t *cap, size_t need, size_t elem);
+
 enum gpo_status gpo_open_regular(const char *path, enum gpo_status enoent_status, int *fd_out,
                                  uint64_t *size_out);
 

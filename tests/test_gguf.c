@@ -9,6 +9,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test_common.h"
+
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,13 +24,6 @@
 
 static char tmpdir[256];
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     (void)state;
     snprintf(tmpdir, sizeof tmpdir, "/tmp/gpo_test_gguf_XXXXXX");
@@ -37,25 +32,11 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
     (void)state;
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rm_tree(tmpdir);
 }
 
 static void tmp_path(char *out, size_t size, const char *name) {
     snprintf(out, size, "%s/%s", tmpdir, name);
-}
-
-static uint8_t *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
 }
 
 static int file_exists(const char *path) {
@@ -351,7 +332,7 @@ static void test_truncated(void **state) {
     assert_int_equal(gpo_gguf_writer_write(&w, data, 34), GPO_OK);
     assert_int_equal(gpo_gguf_writer_close(&w), GPO_OK);
     size_t size;
-    uint8_t *full = read_bytes(path, &size);
+    uint8_t *full = read_all_or_fail(path, &size);
     struct gpo_gguf_file f;
     assert_int_equal(gpo_gguf_parse(full, size, "full", &f), GPO_OK);
     uint64_t end = f.tensors[1].offset + f.tensors[1].nbytes;
@@ -779,7 +760,7 @@ static void test_writer_misuse(void **state) {
     gpo_gguf_writer_abort(&w);
     assert_false(file_exists(tmp));
     size_t n;
-    uint8_t *old = read_bytes(path, &n);
+    uint8_t *old = read_all_or_fail(path, &n);
     assert_int_equal(n, 3);
     free(old);
     char nodir[512];

@@ -12,6 +12,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test_common.h"
+
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,13 +32,6 @@
 static char tmpdir[256];
 static gpo_tokenizer *tok_json;
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     (void)state;
     char path[4096];
@@ -53,26 +48,11 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
     (void)state;
     gpo_tokenizer_free(tok_json);
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rm_tree(tmpdir);
 }
 
 static void tmp_path(char *out, size_t size, const char *name) {
     snprintf(out, size, "%s/%s", tmpdir, name);
-}
-
-static char *read_text(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = 0;
-    *len = (size_t)n;
-    return buf;
 }
 
 static void expect_error(enum gpo_status got, enum gpo_status want, const char *n1,
@@ -138,7 +118,7 @@ static enum gpo_status write_zeros(struct gpo_gguf_writer *w, uint64_t n) {
 static void test_tiny_round_trip(void **state) {
     (void)state;
     size_t len;
-    char *json = read_text("tests/fixtures/tiny-a/config.json", &len);
+    char *json = read_all_or_fail("tests/fixtures/tiny-a/config.json", &len);
     struct gpo_config want, got;
     parse_config(json, &want);
     free(json);
@@ -216,7 +196,7 @@ static void test_tiny_round_trip(void **state) {
     const char *files[] = {TOK_CASES "cases.jsonl", TOK_CASES "specials.jsonl"};
     size_t n_cases = 0;
     for (int f = 0; f < 2; f++) {
-        char *buf = read_text(files[f], &len);
+        char *buf = read_all_or_fail(files[f], &len);
         for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
             cJSON *j = cJSON_Parse(line);
             assert_non_null(j);

@@ -31,19 +31,6 @@
 
 static char tmpdir[64];
 
-static void load_ids(int seq, struct gpo_ids *ids) {
-    char path[256];
-    snprintf(path, sizeof path, FIX "/golden/seq%d.ids.json", seq);
-    char *txt = read_all(path, NULL);
-    assert_non_null(txt);
-    cJSON *a = cJSON_Parse(txt);
-    free(txt);
-    assert_true(cJSON_IsArray(a));
-    const cJSON *e;
-    cJSON_ArrayForEach(e, a) gpo_ids_push(ids, (int32_t)e->valuedouble);
-    cJSON_Delete(a);
-}
-
 /* ------------------------------------------------------------------------- */
 /* Writing a loaded model as GGUF                                             */
 
@@ -309,8 +296,8 @@ static void write_split(const gpo_model *m, const char *prefix, int cut) {
 static float *run_pass(gpo_model *m, enum gpo_path path, size_t *rows) {
     const int64_t V = gpo_model_config(m)->n_vocab;
     struct gpo_ids a = {0}, b = {0};
-    load_ids(0, &a);
-    load_ids(3, &b);
+    load_golden_ids(0, &a);
+    load_golden_ids(3, &b);
     const size_t n = a.n + b.n + 2 + a.n;
     gpo_ctx *ctx;
     gpo_kv *kv[3];
@@ -561,7 +548,7 @@ static void test_gguf_golden_tolerance(void **s) {
     assert_string_equal(gpo_model_layout(m), "gguf");
     const int64_t V = m->cfg.n_vocab;
     struct gpo_ids ids = {0};
-    load_ids(0, &ids);
+    load_golden_ids(0, &ids);
     size_t ng;
     float *gold = read_all(FIX "/golden/seq0.logits.f32", &ng);
     assert_non_null(gold);

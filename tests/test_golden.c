@@ -29,20 +29,6 @@
 #define N_SEQ 4
 #define TOL 1e-3
 
-static int load_ids(int seq, struct gpo_ids *ids) {
-    char path[256];
-    snprintf(path, sizeof path, FIX "/golden/seq%d.ids.json", seq);
-    char *txt = read_all(path, NULL);
-    if (!txt) return 0;
-    cJSON *a = cJSON_Parse(txt);
-    free(txt);
-    if (!cJSON_IsArray(a)) return 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, a) gpo_ids_push(ids, (int32_t)e->valuedouble);
-    cJSON_Delete(a);
-    return 1;
-}
-
 static float *load_f32(const char *name, int seq, size_t *n) {
     char path[256];
     snprintf(path, sizeof path, FIX "/golden/seq%d.%s", seq, name);
@@ -100,7 +86,7 @@ static void golden_case(const char *dir, const char *label, enum gpo_path path, 
     const int64_t V = gpo_model_config(m)->n_vocab;
     for (int s = 0; s < N_SEQ; s++) {
         struct gpo_ids ids = {0};
-        assert_true(load_ids(s, &ids));
+        load_golden_ids(s, &ids);
         size_t ng;
         float *gold = load_f32("logits.f32", s, &ng);
         assert_non_null(gold);
@@ -138,7 +124,7 @@ static void test_fast_path(void **st) {
     assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
     const int64_t V = gpo_model_config(m)->n_vocab;
     struct gpo_ids ids = {0};
-    assert_true(load_ids(0, &ids));
+    load_golden_ids(0, &ids);
     float *gold = load_f32("logits.f32", 0, NULL), *bf = load_f32("logits_bf16ref.f32", 0, NULL);
     assert_non_null(bf);
     size_t agree_bf, agree_fast;
@@ -167,7 +153,7 @@ static void test_dense_q8(void **st) {
     assert_int_equal(gpo_model_load(FIX, &lo, &m), GPO_OK);
     const int64_t V = gpo_model_config(m)->n_vocab;
     struct gpo_ids ids0 = {0};
-    assert_true(load_ids(0, &ids0));
+    load_golden_ids(0, &ids0);
     float *gold0 = load_f32("logits.f32", 0, NULL), *bf = load_f32("logits_bf16ref.f32", 0, NULL);
     size_t agree_bf;
     double d_bf = compare(bf, gold0, ids0.n, V, &agree_bf);
@@ -175,7 +161,7 @@ static void test_dense_q8(void **st) {
     for (int path = 0; path < 2; path++)
         for (int s = 0; s < N_SEQ; s++) {
             struct gpo_ids ids = {0};
-            assert_true(load_ids(s, &ids));
+            load_golden_ids(s, &ids);
             float *gold = load_f32("logits.f32", s, NULL);
             float *lg = run_logits(m, &ids, (int64_t)ids.n, path ? GPO_PATH_FAST : GPO_PATH_EXACT, 0);
             size_t agree;
@@ -233,7 +219,7 @@ static void test_seq0_layers(void **st) {
     assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
     const struct gpo_config *c = gpo_model_config(m);
     struct gpo_ids ids = {0};
-    assert_true(load_ids(0, &ids));
+    load_golden_ids(0, &ids);
     struct trace_buf b = {.H = c->n_embd, .E = c->n_expert, .K = c->n_expert_used, .T = (int64_t)ids.n};
     const int64_t L = c->n_layer, T = b.T;
     b.hidden = calloc((size_t)((L + 1) * T * b.H), 4);
@@ -288,7 +274,7 @@ static void test_threads_bitexact(void **st) {
     assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
     const int64_t V = gpo_model_config(m)->n_vocab;
     struct gpo_ids ids = {0};
-    assert_true(load_ids(0, &ids));
+    load_golden_ids(0, &ids);
     float *a = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_EXACT, 1);
     float *b = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_EXACT, 2);
     float *c = run_logits(m, &ids, 5, GPO_PATH_EXACT, 2);
@@ -311,7 +297,7 @@ static void test_batch_invariance(void **st) {
     struct gpo_ids ids[N_SEQ] = {{0}};
     size_t total = 0;
     for (int s = 0; s < N_SEQ; s++) {
-        assert_true(load_ids(s, &ids[s]));
+        load_golden_ids(s, &ids[s]);
         total += ids[s].n;
     }
     gpo_ctx *ctx;
@@ -390,7 +376,7 @@ static void test_rewind(void **st) {
     assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
     const int64_t V = gpo_model_config(m)->n_vocab;
     struct gpo_ids ids = {0};
-    assert_true(load_ids(0, &ids));
+    load_golden_ids(0, &ids);
     const int64_t T = (int64_t)ids.n;
     float *want = run_logits(m, &ids, T, GPO_PATH_EXACT, 2);
     gpo_ctx *ctx;

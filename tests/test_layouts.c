@@ -26,19 +26,6 @@
 
 #define FIX "tests/fixtures/tiny-a"
 
-static void load_ids(int seq, struct gpo_ids *ids) {
-    char path[256];
-    snprintf(path, sizeof path, FIX "/golden/seq%d.ids.json", seq);
-    char *txt = read_all(path, NULL);
-    assert_non_null(txt);
-    cJSON *a = cJSON_Parse(txt);
-    free(txt);
-    assert_true(cJSON_IsArray(a));
-    const cJSON *e;
-    cJSON_ArrayForEach(e, a) gpo_ids_push(ids, (int32_t)e->valuedouble);
-    cJSON_Delete(a);
-}
-
 /* ------------------------------------------------------------------------- */
 /* The experts of one layer in the other arrangements                         */
 
@@ -195,8 +182,8 @@ static void free_layouts(struct layouts *ly) {
 static float *run_pass(gpo_model *m, enum gpo_path path, int threads, size_t *rows) {
     const int64_t V = gpo_model_config(m)->n_vocab;
     struct gpo_ids a = {0}, b = {0};
-    load_ids(0, &a);
-    load_ids(3, &b);
+    load_golden_ids(0, &a);
+    load_golden_ids(3, &b);
     const size_t n = a.n + b.n + 2;
     gpo_ctx *ctx;
     gpo_kv *kv[2];
@@ -310,7 +297,7 @@ static void test_layouts_golden_tolerance(void **st) {
     use_layout(&ly, ARR_GGML_FUSED);
     const int64_t V = m->cfg.n_vocab;
     struct gpo_ids ids = {0};
-    load_ids(0, &ids);
+    load_golden_ids(0, &ids);
     size_t ng;
     float *gold = read_all(FIX "/golden/seq0.logits.f32", &ng);
     assert_non_null(gold);

@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test_common.h"
+
 #include <cjson/cJSON.h>
 #include <ftw.h>
 #include <math.h>
@@ -23,13 +25,6 @@
 
 static char tmpdir[256];
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     (void)state;
     snprintf(tmpdir, sizeof tmpdir, "/tmp/gpo_test_st_XXXXXX");
@@ -38,7 +33,7 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
     (void)state;
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rm_tree(tmpdir);
 }
 
 static void tmp_path(char *out, size_t size, const char *name) {
@@ -50,20 +45,6 @@ static void write_bytes(const char *path, const void *data, size_t n) {
     assert_non_null(f);
     assert_int_equal(fwrite(data, 1, n, f), n);
     assert_int_equal(fclose(f), 0);
-}
-
-static uint8_t *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
 }
 
 /* A file image: 8-byte length, the header text, then data_len bytes 0..255 repeating. */
@@ -171,7 +152,7 @@ static void test_round_trip(void **state) {
     write_round_trip(path);
 
     size_t size;
-    uint8_t *img = read_bytes(path, &size);
+    uint8_t *img = read_all_or_fail(path, &size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | img[i];
     assert_int_equal(hlen % 8, 0); /* padded so the data starts aligned */
@@ -290,7 +271,7 @@ static void test_truncated(void **state) {
     tmp_path(cut, sizeof cut, "cut.safetensors");
     write_round_trip(path);
     size_t size;
-    uint8_t *img = read_bytes(path, &size);
+    uint8_t *img = read_all_or_fail(path, &size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | img[i];
 
@@ -506,7 +487,7 @@ static void make_sharded(const char *dir, const char *index) {
     write_bytes(path, index, strlen(index));
 }
 
-static void remove_dir(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void remove_dir(const char *dir) { rm_tree(dir); }
 
 #define SHARD0 "\"model-00000-of-00001.safetensors\""
 #define SHARD1 "\"model-00001-of-00001.safetensors\""
@@ -803,7 +784,7 @@ static void test_fixture(void **state) {
 
 static cJSON *load_json(const char *path) {
     size_t n;
-    uint8_t *text = read_bytes(path, &n);
+    uint8_t *text = read_all_or_fail(path, &n);
     cJSON *j = cJSON_ParseWithLength((const char *)text, n);
     free(text);
     if (!j) fail_msg("%s is not valid JSON", path);
