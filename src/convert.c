@@ -141,7 +141,9 @@ static enum gpo_status list_jobs(const struct gpo_wsource *src, enum gpo_dense d
     if (H % 32 != 0 || I % 32 != 0)
         return gpo_fail(GPO_ERR_SHAPE, "hidden size %lld and expert size %lld must be multiples "
                         "of 32 for MXFP4", (long long)H, (long long)I);
-    GPO_TRY(add(js, src, dense, -1, "token_embd.weight", K_DENSE, GPO_WID_EMBED, V, H));
+    /* The embedding stays as stored under Q8_0, as --dense q8 keeps it (convert.h). */
+    GPO_TRY(add(js, src, dense == GPO_DENSE_Q8 ? GPO_DENSE_STORED : dense, -1, "token_embd.weight",
+                K_DENSE, GPO_WID_EMBED, V, H));
     for (int64_t l = 0; l < c->n_layer; l++) {
         GPO_TRY(add(js, src, dense, l, "attn_norm.weight", K_F32, GPO_WID_ATTN_NORM, 1, H));
         GPO_TRY(add(js, src, dense, l, "attn_q.weight", K_DENSE, GPO_WID_Q, Q, H));

@@ -30,6 +30,10 @@
  *     output.weight [H, V]                                      dense
  * "dense" is the stored type (BF16, F16 or F32: copied byte for byte), BF16, or
  * Q8_0 (the bytes of GGML's quantize_row_q8_0, as the --dense q8 kernels use).
+ * With Q8_0, token_embd.weight stays as stored, as --dense q8 keeps it: the
+ * embedding is read one row per token, so 8 bits would save no time, and on the
+ * test fixture they double the logit error (seq3: max |dlogit| 0.81 -> 1.51).
+ * llama.cpp reads either type there.
  * MXFP4 experts are repacked losslessly into GGML's 17-byte blocks.  Metadata:
  * gpo_gguf_write_config (general.*, gpt-oss.*), general.file_type = 38
  * (LLAMA_FTYPE_MOSTLY_MXFP4_MOE, what llama.cpp's converter declares for a source

@@ -85,8 +85,10 @@ static void check_table(const char *path, uint32_t dense_type) {
             want = GPO_GGML_MXFP4;
         else if (strstr(t->name, "attn_q.weight") || strstr(t->name, "attn_k.weight") ||
                  strstr(t->name, "attn_v.weight") || strstr(t->name, "attn_output.weight") ||
-                 !strcmp(t->name, "token_embd.weight") || !strcmp(t->name, "output.weight"))
+                 !strcmp(t->name, "output.weight"))
             want = dense_type;
+        else if (!strcmp(t->name, "token_embd.weight")) /* Q8_0 files keep it as stored */
+            want = GPO_GGML_BF16;
         if (t->type != want)
             fail_msg("%s: type %s, expected %s", t->name, gpo_ggml_type_name(t->type),
                      gpo_ggml_type_name(want));
@@ -155,6 +157,11 @@ static void test_data_matches_source(void **state) {
         assert_int_equal(t->nbytes, (uint64_t)(v->rows * v->cols * 2));
         assert_memory_equal(t->data, v->data, t->nbytes);
         const struct gpo_gguf_tensor *tq = must_find(&q, "%s", dname[i]);
+        if (v == &m->embedding) { /* the Q8_0 file keeps the embedding as stored */
+            assert_int_equal(tq->type, GPO_GGML_BF16);
+            assert_memory_equal(tq->data, v->data, t->nbytes);
+            continue;
+        }
         const size_t rb = (size_t)(v->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
         struct gpo_q8_0_block *row = malloc(rb);
         assert_non_null(row);
@@ -237,12 +244,12 @@ static void test_layouts_same_tensors(void **state) {
 
 /* Logits of the BF16 file, prefill and one token at a time, bit for bit those of
  * the checkpoint. */
-static void logits_of(const char *path, int incremental, float *out, const int32_t *ids,
-                      int64_t n) {
+static void logits_of_opts(const char *path, const struct gpo_load_opts *lo, int incremental,
+                           float *out, const int32_t *ids, int64_t n) {
     gpo_model *m;
     gpo_ctx *ctx;
     gpo_kv *kv;
-    assert_int_equal(gpo_model_load(path, NULL, &m), GPO_OK);
+    assert_int_equal(gpo_model_load(path, lo, &m), GPO_OK);
     struct gpo_ctx_opts co = {.n_threads = 1};
     assert_int_equal(gpo_ctx_create(m, &co, &ctx), GPO_OK);
     assert_int_equal(gpo_kv_create(m, 64, &kv), GPO_OK);
@@ -261,6 +268,11 @@ static void logits_of(const char *path, int incremental, float *out, const int32
     gpo_model_free(m);
 }
 
+static void logits_of(const char *path, int incremental, float *out, const int32_t *ids,
+                      int64_t n) {
+    logits_of_opts(path, NULL, incremental, out, ids, n);
+}
+
 static void test_logits_bit_identical(void **state) {
     const int32_t ids[] = {1, 5, 17, 200, 999, 3, 42, 7, 8, 9};
     const int64_t n = 10, V = 1000;
@@ -276,6 +288,31 @@ static void test_logits_bit_identical(void **state) {
     }
     free(a);
     free(b);
+}
+
+/* The Q8_0 file (attention and output Q8_0, the embedding as stored) gives exactly
+ * the logits of --dense q8 on the checkpoint, prefill and one token at a time;
+ * --dense q8 on the file itself changes nothing. */
+static void test_q8_logits_equal_dense_q8(void **state) {
+    const int32_t ids[] = {1, 5, 17, 200, 999, 3, 42, 7, 8, 9};
+    const int64_t n = 10, V = 1000;
+    const struct gpo_load_opts q8 = {.dense_q8 = 1};
+    float *a = malloc(sizeof(float) * (size_t)(n * V)), *b = malloc(sizeof(float) * (size_t)(n * V));
+    float *c = malloc(sizeof(float) * (size_t)(n * V));
+    assert_true(a && b && c);
+    for (int inc = 0; inc < 2; inc++) {
+        logits_of_opts(FIX, &q8, inc, a, ids, n);
+        logits_of(p_q8, inc, b, ids, n);
+        assert_memory_equal(a, b, sizeof(float) * (size_t)(n * V));
+        logits_of_opts(p_q8, &q8, inc, b, ids, n);
+        assert_memory_equal(a, b, sizeof(float) * (size_t)(n * V));
+        /* and the quantisation shows: the BF16 checkpoint's logits differ */
+        logits_of(FIX, inc, c, ids, n);
+        assert_true(memcmp(a, c, sizeof(float) * (size_t)(n * V)) != 0);
+    }
+    free(a);
+    free(b);
+    free(c);
 }
 
 /* mkmodel's GGUF: the same tensors as converting its safetensors checkpoint, and
@@ -415,18 +452,25 @@ static void test_dense_types_from_f32_f16(void **state) {
                 assert_int_equal(b, f32_to_bf16(f));
             }
         } else {
-            /* Q8_0 of the F32 values equals Q8_0 of the BF16 ones they came from. */
-            assert_int_equal(te->type, GPO_GGML_Q8_0);
+            /* The embedding stays F32, as stored; Q8_0 of the F16 unembedding values
+             * equals Q8_0 of the F16 row. */
+            assert_int_equal(te->type, GPO_GGML_F32);
             assert_int_equal(to->type, GPO_GGML_Q8_0);
-            const int64_t cols = m->embedding.cols;
+            for (int64_t i = 0; i < n; i += 5)
+                assert_true(((const float *)(const void *)te->data)[i] ==
+                            gpo_tview_get(&m->embedding, i));
+            const int64_t cols = m->unembedding.cols;
             const size_t rb = (size_t)(cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
             struct gpo_q8_0_block *row = malloc(rb);
-            assert_non_null(row);
-            for (int64_t r = 0; r < m->embedding.rows; r += 3) {
-                gpo_quantize_row_q8_0(row, (const uint8_t *)m->embedding.data + r * cols * 2,
-                                      GPO_DT_BF16, cols);
-                assert_memory_equal(te->data + (size_t)r * rb, row, rb);
+            uint16_t *h = malloc((size_t)cols * 2);
+            assert_true(row && h);
+            for (int64_t r = 0; r < m->unembedding.rows; r += 3) {
+                for (int64_t i = 0; i < cols; i++)
+                    h[i] = f32_to_f16(gpo_tview_get(&m->unembedding, r * cols + i));
+                gpo_quantize_row_q8_0(row, h, GPO_DT_F16, cols);
+                assert_memory_equal(to->data + (size_t)r * rb, row, rb);
             }
+            free(h);
             free(row);
         }
         gpo_gguf_close(&g);
@@ -501,6 +545,7 @@ int main(void) {
         cmocka_unit_test(test_data_matches_source),
         cmocka_unit_test(test_layouts_same_tensors),
         cmocka_unit_test(test_logits_bit_identical),
+        cmocka_unit_test(test_q8_logits_equal_dense_q8),
         cmocka_unit_test(test_mkmodel_gguf),
         cmocka_unit_test(test_dense_types_from_f32_f16),
         cmocka_unit_test(test_errors),

@@ -80,6 +80,50 @@ static double compare(const float *a, const float *b, size_t rows, int64_t V, si
     return mx;
 }
 
+/* The accuracy criterion of lossy paths: max |dlogit|, RMS of dlogit and the mean
+ * KL(golden || candidate) of the next-token distributions, each at or under what
+ * OpenAI's own bf16 run gives against its float32 golden.  Argmax flips at
+ * near-ties are expected and reported only. */
+struct err {
+    double max, rms, kl;
+    size_t agree;
+};
+
+static double log_softmax_at(const float *x, int64_t V, double *lse) {
+    double mx = -INFINITY;
+    for (int64_t v = 0; v < V; v++) mx = fmax(mx, (double)x[v]);
+    double s = 0;
+    for (int64_t v = 0; v < V; v++) s += exp((double)x[v] - mx);
+    *lse = mx + log(s);
+    return mx;
+}
+
+static struct err errors(const float *got, const float *gold, size_t rows, int64_t V) {
+    struct err e = {0};
+    e.max = compare(got, gold, rows, V, &e.agree);
+    double sq = 0, kl = 0;
+    for (size_t r = 0; r < rows; r++) {
+        const float *a = got + r * V, *b = gold + r * V;
+        double la, lb;
+        log_softmax_at(a, V, &la);
+        log_softmax_at(b, V, &lb);
+        for (int64_t v = 0; v < V; v++) {
+            const double d = (double)a[v] - b[v];
+            sq += d * d;
+            const double pb = (double)b[v] - lb; /* log p_gold */
+            kl += exp(pb) * (pb - ((double)a[v] - la));
+        }
+    }
+    e.rms = sqrt(sq / ((double)rows * (double)V));
+    e.kl = kl / (double)rows;
+    return e;
+}
+
+static void print_err(const char *what, const struct err *e, size_t rows) {
+    printf("  %-22s max|d| %.4f  rms %.5f  mean KL %.3g  argmax %zu/%zu\n", what, e->max, e->rms,
+           e->kl, e->agree, rows);
+}
+
 static void golden_case(const char *dir, const char *label, enum gpo_path path, int incremental) {
     gpo_model *m;
     assert_int_equal(gpo_model_load(dir, NULL, &m), GPO_OK);
@@ -117,35 +161,42 @@ static void test_ref_path(void **st) {
 }
 
 /* The fast path may round activations; it must stay within the error of the
- * reference's own bf16 run on seq0, with argmax agreement at least as high. */
+ * reference's own bf16 run on seq0 (the sequence the fixture has a bf16 run of):
+ * max |dlogit|, RMS and mean KL. */
 static void test_fast_path(void **st) {
     (void)st;
     gpo_model *m;
     assert_int_equal(gpo_model_load(FIX, NULL, &m), GPO_OK);
     const int64_t V = gpo_model_config(m)->n_vocab;
-    struct gpo_ids ids = {0};
-    load_golden_ids(0, &ids);
-    float *gold = load_f32("logits.f32", 0, NULL), *bf = load_f32("logits_bf16ref.f32", 0, NULL);
-    assert_non_null(bf);
-    size_t agree_bf, agree_fast;
-    double d_bf = compare(bf, gold, ids.n, V, &agree_bf);
-    float *lg = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_FAST, 0);
-    double d_fast = compare(lg, gold, ids.n, V, &agree_fast);
-    printf("  fast seq0: max|d| %.3g argmax %zu/%zu (bf16 reference: %.3g, %zu/%zu)\n", d_fast,
-           agree_fast, ids.n, d_bf, agree_bf, ids.n);
-    assert_true(d_fast <= d_bf);
-    assert_true(agree_fast >= agree_bf);
-    free(lg);
-    free(gold);
-    free(bf);
-    gpo_ids_free(&ids);
+    for (int s = 0; s < 1; s++) {
+        struct gpo_ids ids = {0};
+        load_golden_ids(s, &ids);
+        float *gold = load_f32("logits.f32", s, NULL), *bf = load_f32("logits_bf16ref.f32", s, NULL);
+        assert_non_null(bf);
+        const struct err eb = errors(bf, gold, ids.n, V);
+        float *lg = run_logits(m, &ids, (int64_t)ids.n, GPO_PATH_FAST, 0);
+        const struct err ef = errors(lg, gold, ids.n, V);
+        char what[64];
+        snprintf(what, sizeof what, "bf16 reference seq%d", s);
+        print_err(what, &eb, ids.n);
+        snprintf(what, sizeof what, "fast path seq%d", s);
+        print_err(what, &ef, ids.n);
+        assert_true(ef.max <= eb.max);
+        assert_true(ef.rms <= eb.rms);
+        assert_true(ef.kl <= eb.kl);
+        free(lg);
+        free(gold);
+        free(bf);
+        gpo_ids_free(&ids);
+    }
     gpo_model_free(m);
 }
 
 /* --dense q8 requantises the BF16 matrices, which costs accuracy: report its
  * error on every sequence.  The bounds only catch a broken kernel or layout (the
  * fixture's list of known mistakes starts at max|d| ~1.2); the measured errors
- * (0.06 to 0.8) are of the order of the bf16 reference's. */
+ * (max |d| 0.06 to 0.81, RMS up to 1.5x and mean KL up to 2x the bf16 reference's
+ * on seq0, at seq3) are of the order of the bf16 reference's. */
 static void test_dense_q8(void **st) {
     (void)st;
     gpo_model *m;
@@ -155,22 +206,21 @@ static void test_dense_q8(void **st) {
     struct gpo_ids ids0 = {0};
     load_golden_ids(0, &ids0);
     float *gold0 = load_f32("logits.f32", 0, NULL), *bf = load_f32("logits_bf16ref.f32", 0, NULL);
-    size_t agree_bf;
-    double d_bf = compare(bf, gold0, ids0.n, V, &agree_bf);
-    printf("  bf16 reference seq0: max|d| %.3g, argmax %zu/%zu\n", d_bf, agree_bf, ids0.n);
+    const struct err eb = errors(bf, gold0, ids0.n, V);
+    print_err("bf16 reference seq0", &eb, ids0.n);
     for (int path = 0; path < 2; path++)
         for (int s = 0; s < N_SEQ; s++) {
             struct gpo_ids ids = {0};
             load_golden_ids(s, &ids);
             float *gold = load_f32("logits.f32", s, NULL);
             float *lg = run_logits(m, &ids, (int64_t)ids.n, path ? GPO_PATH_FAST : GPO_PATH_EXACT, 0);
-            size_t agree;
-            double d = compare(lg, gold, ids.n, V, &agree);
-            printf("  dense q8 %-5s seq%d: max|d| %.3g, argmax %zu/%zu\n", path ? "fast" : "exact", s, d,
-                   agree, ids.n);
-            assert_true(d < 1.0);
-            /* argmax agreement at least the bf16 reference's rate on seq0 */
-            assert_true(agree * ids0.n >= agree_bf * ids.n);
+            const struct err e = errors(lg, gold, ids.n, V);
+            char what[64];
+            snprintf(what, sizeof what, "dense q8 %s seq%d", path ? "fast" : "exact", s);
+            print_err(what, &e, ids.n);
+            assert_true(e.max < 1.0);
+            assert_true(e.rms <= 2.0 * eb.rms);
+            assert_true(e.kl <= 3.0 * eb.kl);
             free(lg);
             free(gold);
             gpo_ids_free(&ids);
