@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kernels/kernels.h"
 
 static void usage(void) {
     printf("usage: gptoss info [-m DIR] [--max-seq-len N]\n"
@@ -114,6 +115,7 @@ int cmd_info(int argc, char **argv) {
     struct gpo_ctx_opts o = {.max_tokens = 1, .max_seqs = 1};
     if (gpo_ctx_create(m, &o, &ctx) == GPO_OK) {
         printf("kernels:          %s\n", gpo_ctx_kernels(ctx));
+        printf("                  why: %s; CPU: %s\n", gpo_kernels_why(), gpo_cpu_features());
         gpo_ctx_free(ctx);
     }
     gpo_model_free(m);

