@@ -67,7 +67,7 @@ const char *gpo_cpu_features(void) {
 /* The composed tables and the reason line, built once. */
 static struct gpo_kernels t512, t512emu;
 static int have512, have512emu;
-static char why[512];
+static char why_line[512];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* The names of the features in `missing`, space-separated, into buf. */
@@ -80,42 +80,45 @@ static void feature_list(char *buf, size_t n, unsigned bits) {
         }
 }
 
-static void build_tables(void) {
-    const unsigned cpu = gpo_cpu_feature_bits();
+int gpo_kernels_compose512(struct gpo_kernels *t, unsigned cpu, int emu, char *why, size_t n) {
     const struct gpo_kernels *a2 = gpo_kernels_avx2();
     char used[256] = "", lacking[256] = "";
-    if (a2 && (cpu & GPO_CPU_AVX2)) {
-        t512 = *a2;
-        t512.name = "avx512";
-        for (int i = 0; i < gpo_k512_n_parts; i++) {
-            const struct gpo_k512_part *p = &gpo_k512_parts[i];
-            if ((cpu & p->needs) == p->needs) {
-                p->fill(&t512);
-                have512 = 1;
-                strncat(used, used[0] ? ", " : "", sizeof used - strlen(used) - 1);
-                strncat(used, p->name, sizeof used - strlen(used) - 1);
-            } else {
-                char miss[160];
-                feature_list(miss, sizeof miss, p->needs & ~cpu);
-                const size_t l = strlen(lacking);
-                snprintf(lacking + l, sizeof lacking - l, "%spart %s needs %s", l ? "; " : "",
-                         p->name, miss);
-            }
-        }
-        gpo_kernels_complete(&t512);
-        t512emu = *a2;
-        t512emu.name = "avx512-simde";
-        for (int i = 0; i < gpo_k512_n_parts; i++) gpo_k512_parts[i].fill_emu(&t512emu);
-        gpo_kernels_complete(&t512emu);
-        have512emu = 1;
+    int parts = 0;
+    if (!a2 || !(cpu & GPO_CPU_AVX2)) {
+        if (why) snprintf(why, n, "ref (the CPU lacks avx2, fma or f16c)");
+        return 0;
     }
-    if (have512)
-        snprintf(why, sizeof why, "avx512 (parts: %s; the rest from avx2)%s%s", used,
+    *t = *a2;
+    t->name = emu ? "avx512-simde" : "avx512";
+    for (int i = 0; i < gpo_k512_n_parts; i++) {
+        const struct gpo_k512_part *p = &gpo_k512_parts[i];
+        if (emu || (cpu & p->needs) == p->needs) {
+            (emu ? p->fill_emu : p->fill)(t);
+            parts++;
+            strncat(used, used[0] ? ", " : "", sizeof used - strlen(used) - 1);
+            strncat(used, p->name, sizeof used - strlen(used) - 1);
+        } else {
+            char miss[160];
+            feature_list(miss, sizeof miss, p->needs & ~cpu);
+            const size_t l = strlen(lacking);
+            snprintf(lacking + l, sizeof lacking - l, "%spart %s needs %s", l ? "; " : "", p->name,
+                     miss);
+        }
+    }
+    gpo_kernels_complete(t);
+    if (!why) return parts;
+    if (parts)
+        snprintf(why, n, "%s (parts: %s; the rest from avx2)%s%s", t->name, used,
                  lacking[0] ? "; not used: " : "", lacking);
-    else if (a2 && (cpu & GPO_CPU_AVX2))
-        snprintf(why, sizeof why, "avx2 (no AVX-512 part runs here: %s)", lacking);
     else
-        snprintf(why, sizeof why, "ref (the CPU lacks avx2, fma or f16c)");
+        snprintf(why, n, "avx2 (no AVX-512 part runs here: %s)", lacking);
+    return parts;
+}
+
+static void build_tables(void) {
+    const unsigned cpu = gpo_cpu_feature_bits();
+    have512 = gpo_kernels_compose512(&t512, cpu, 0, why_line, sizeof why_line) > 0;
+    have512emu = gpo_kernels_compose512(&t512emu, cpu, 1, NULL, 0) > 0;
 }
 
 const struct gpo_kernels *gpo_kernels_avx512(void) {
@@ -130,7 +133,7 @@ const struct gpo_kernels *gpo_kernels_avx512_simde(void) {
 
 const char *gpo_kernels_why(void) {
     pthread_once(&once, build_tables);
-    return why;
+    return why_line;
 }
 
 const struct gpo_kernels *gpo_kernels_select(const char *name) {

@@ -210,6 +210,12 @@ struct gpo_k512_part {
 };
 extern const struct gpo_k512_part gpo_k512_parts[];
 extern const int gpo_k512_n_parts;
+/* Composes an AVX-512 table into *t for a CPU with the feature bits `cpu`: the AVX2
+ * table, then every part whose needs `cpu` has (every part, built against SIMDe, when
+ * emu), then the reference for what is still empty.  Returns the number of parts
+ * used (0: no AVX2, or no part runs on such a CPU) and writes the reason line to
+ * why[n] when why is not NULL.  Exported so tests can compose for other CPUs. */
+int gpo_kernels_compose512(struct gpo_kernels *t, unsigned cpu, int emu, char *why, size_t n);
 void gpo_k512_fill_base(struct gpo_kernels *t);    /* avx512.c: F BW VL DQ */
 void gpo_k512emu_fill_base(struct gpo_kernels *t);
 void gpo_k512_fill_int8(struct gpo_kernels *t);    /* avx512_int8.c: + VNNI VBMI */
