@@ -339,6 +339,37 @@ static enum gpo_status bind_all(struct gpo_model *m, const struct names *nm) {
     return GPO_OK;
 }
 
+static int n_maps(const struct gpo_model *m);
+static void map_at(const struct gpo_model *m, int i, const uint8_t **p, uint64_t *n,
+                   const char **path);
+
+/* Records the pages of [p, p + n) for release_replaced() when they lie in one of the
+ * model's file mappings (never in memory of our own, which MADV_DONTNEED would zero).
+ * The range is widened to whole pages: a neighbouring tensor sharing a page is only
+ * read back from the page cache on its next use. */
+static void note_replaced(struct gpo_model *m, const void *p, size_t n) {
+    for (int i = 0; i < n_maps(m); i++) {
+        const uint8_t *base;
+        uint64_t size;
+        const char *path;
+        map_at(m, i, &base, &size, &path);
+        if (m->file && !m->gguf.files[i].mapped) continue;
+        if ((const uint8_t *)p < base || (const uint8_t *)p + n > base + size) continue;
+        const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t a = (uintptr_t)p & ~(pg - 1), b = ((uintptr_t)p + n + pg - 1) & ~(pg - 1);
+        m->replaced[m->n_replaced++] = (struct gpo_range){(const uint8_t *)a, (size_t)(b - a)};
+        return;
+    }
+}
+
+/* Drops the mapped pages the --dense q8 copies replaced, from range `from` on, from
+ * this process's memory, so they do not count twice (locked pages, under --mlock,
+ * stay). */
+static void release_replaced(const struct gpo_model *m, int from) {
+    for (int i = from; i < m->n_replaced; i++)
+        madvise((void *)m->replaced[i].p, m->replaced[i].n, MADV_DONTNEED);
+}
+
 /* --dense q8: requantise the big BF16 matrices (q, k, v, out of every layer and the
  * unembedding) into Q8_0 blocks.  The router stays as stored: expert choice is
  * sensitive to its precision (spec 8.3). */
@@ -377,6 +408,8 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     uint8_t *buf = gpo_aligned_alloc(total);
     if (!buf) return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB for --dense q8", (double)total / 1073741824.0);
     m->converted = buf;
+    m->replaced = calloc(nv, sizeof *m->replaced);
+    if (!m->replaced) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     double t0 = gpo_now();
     uint8_t *p = buf;
     for (size_t i = 0; i < nv; i++) {
@@ -389,10 +422,14 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++)
             gpo_quantize_row_q8_0(dst + r * nb, src + (size_t)r * row_bytes, dt, v->cols);
+        const int k = m->n_replaced;
+        note_replaced(m, src, (size_t)rows * row_bytes);
+        release_replaced(m, k); /* now, so the peak stays low too */
         v->data = dst;
         v->dtype = GPO_DT_Q8_0;
         p += (size_t)rows * (size_t)nb * sizeof *dst;
     }
+    release_replaced(m, 0); /* again: the shared edge pages of later matrices came back */
     struct gpo_model_info *inf = &m->info;
     inf->bytes_attention -= att_saved;
     inf->bytes_unembedding -= unemb_saved;
@@ -658,6 +695,7 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
             }
         }
         (void)sink;
+        release_replaced(m, 0); /* the pages --dense q8 replaced are not needed */
     }
     return GPO_OK;
 }
@@ -665,6 +703,7 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
 void gpo_model_free(gpo_model *m) {
     if (!m) return;
     gpo_aligned_free(m->converted);
+    free(m->replaced);
     gpo_st_close(&m->st);
     gpo_gguf_close(&m->gguf);
     free(m->file);

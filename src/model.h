@@ -114,6 +114,13 @@ struct gpo_model {
     struct gpo_model_info info;
     int locked; /* 1 when every mapped file is locked in memory (--mlock) */
     void *converted; /* one allocation holding the --dense q8 copies */
+    /* The mapped bytes the --dense q8 copies replace (page-rounded), dropped from
+     * memory after the conversion and after --prefetch. */
+    struct gpo_range {
+        const uint8_t *p;
+        size_t n;
+    } *replaced;
+    int n_replaced;
 };
 
 /* model_gguf.c: open the GGUF file (or the first part of a split set) at `path`,

@@ -577,6 +577,58 @@ static int mlock_works(const gpo_model *m) {
     return 1;
 }
 
+/* Pages of [p, p + n) this process has mapped (/proc/self/pagemap bit 63), or -1
+ * when pagemap cannot be read. */
+static long present_pages(const void *p, size_t n) {
+    FILE *f = fopen("/proc/self/pagemap", "rb");
+    if (!f) return -1;
+    const long pg = sysconf(_SC_PAGESIZE);
+    long present = 0;
+    for (uintptr_t a = (uintptr_t)p; a < (uintptr_t)p + n; a += (uintptr_t)pg) {
+        uint64_t e = 0;
+        if (fseek(f, (long)(a / (uintptr_t)pg) * 8, SEEK_SET) != 0 || fread(&e, 8, 1, f) != 1) {
+            fclose(f);
+            return -1;
+        }
+        present += (long)(e >> 63);
+    }
+    fclose(f);
+    return present;
+}
+
+/* --dense q8 drops the mapped BF16 pages its copies replace: after the load none of
+ * them is mapped in this process (they were all read to make the copies), the
+ * logits are those of a load that keeps them (test_dense_q8 checks the figures),
+ * and the other mapped tensors are untouched. */
+static void test_dense_q8_releases_pages(void **st) {
+    (void)st;
+    gpo_model *m;
+    struct gpo_load_opts lo = {.dense_q8 = 1};
+    assert_int_equal(gpo_model_load(FIX, &lo, &m), GPO_OK);
+    const int64_t L = gpo_model_config(m)->n_layer;
+    assert_int_equal(m->n_replaced, 4 * L + 1); /* q, k, v, out per layer; the unembedding */
+    long total = 0;
+    for (int i = 0; i < m->n_replaced; i++) {
+        const long pr = present_pages(m->replaced[i].p, m->replaced[i].n);
+        if (pr < 0) {
+            gpo_model_free(m);
+            skip();
+        }
+        total += pr;
+    }
+    size_t bytes = 0;
+    for (int i = 0; i < m->n_replaced; i++) bytes += m->replaced[i].n;
+    printf("  %d ranges, %zu KiB replaced, %ld pages still mapped\n", m->n_replaced, bytes / 1024,
+           total);
+    assert_int_equal(total, 0);
+    /* the embedding (kept as stored) is still read in place */
+    assert_int_equal(m->embedding.dtype, GPO_DT_BF16);
+    volatile float x = gpo_tview_get(&m->embedding, 0);
+    (void)x;
+    assert_true(present_pages(m->embedding.data, 1) == 1);
+    gpo_model_free(m);
+}
+
 /* `locked` is set exactly when every file was locked: with the normal limits,
  * and in a child process without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0, where
  * mlock fails even for root. */
@@ -643,7 +695,7 @@ int main(void) {
         cmocka_unit_test(test_batch_invariance),  cmocka_unit_test(test_forward_errors),
         cmocka_unit_test(test_rewind),            cmocka_unit_test(test_dense_q8),
         cmocka_unit_test(test_load_errors),       cmocka_unit_test(test_load_empty_huge_tensor),
-        cmocka_unit_test(test_mlock_state),       cmocka_unit_test(test_kv_limit),
+        cmocka_unit_test(test_mlock_state),       cmocka_unit_test(test_dense_q8_releases_pages),       cmocka_unit_test(test_kv_limit),
     };
     return cmocka_run_group_tests_name("golden", tests, NULL, NULL);
 }
