@@ -98,12 +98,14 @@ int cmd_info(int argc, char **argv) {
     printf("tensors:          %lld\n", (long long)inf.n_tensors);
     printf("bytes:            %.2f GiB in tensors (%llu B), %.2f GiB mapped\n", gib(inf.bytes_tensors),
            (unsigned long long)inf.bytes_tensors, gib(inf.bytes_mapped));
-    printf("  embedding       %.3f GiB\n", gib(inf.bytes_embedding));
-    printf("  unembedding     %.3f GiB\n", gib(inf.bytes_unembedding));
-    printf("  attention       %.3f GiB\n", gib(inf.bytes_attention));
-    printf("  router          %.3f GiB\n", gib(inf.bytes_router));
-    printf("  experts         %.3f GiB (MXFP4 blocks, scales, biases)\n", gib(inf.bytes_experts));
-    printf("  norms           %.6f GiB\n", gib(inf.bytes_norms));
+    printf("  embedding       %.3f GiB  %s\n", gib(inf.bytes_embedding), inf.type_embedding);
+    printf("  unembedding     %.3f GiB  %s\n", gib(inf.bytes_unembedding), inf.type_unembedding);
+    printf("  attention       %.3f GiB  %s (q, k, v, out)\n", gib(inf.bytes_attention),
+           inf.type_attention);
+    printf("  router          %.3f GiB  %s\n", gib(inf.bytes_router), inf.type_router);
+    printf("  experts         %.3f GiB  %s (with scales and biases)\n", gib(inf.bytes_experts),
+           inf.type_experts);
+    printf("  norms           %.6f GiB  %s\n", gib(inf.bytes_norms), inf.type_norms);
     printf("per decoded token %.3f GiB of weights read (%llu B)\n", gib(inf.bytes_per_token),
            (unsigned long long)inf.bytes_per_token);
     uint64_t kvb = gpo_kv_bytes_for(c, max_seq);

@@ -167,6 +167,10 @@ struct gpo_model_info {
     int64_t n_params;
     int64_t n_params_active;
     uint64_t bytes_converted;  /* memory held by --dense q8 copies (0 without) */
+    /* The element type each group is read as ("BF16", "Q8_0", "F32", ...; the
+     * experts "MXFP4" or "MXFP4, GGML blocks"), after any --dense q8 conversion. */
+    char type_embedding[24], type_unembedding[24], type_attention[24], type_router[24],
+        type_experts[24], type_norms[24];
 };
 void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info);
 

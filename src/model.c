@@ -716,4 +716,20 @@ const struct gpo_config *gpo_model_config(const gpo_model *m) { return &m->cfg; 
 const char *gpo_model_dir(const gpo_model *m) { return m->dir; }
 const char *gpo_model_layout(const gpo_model *m) { return m->layout; }
 int gpo_model_locked(const gpo_model *m) { return m->locked; }
-void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info) { *info = m->info; }
+static void type_name(char *out, size_t n, enum gpo_dtype dt) {
+    snprintf(out, n, "%s", dt == GPO_DT_Q8_0 ? "Q8_0" : gpo_dtype_name(dt));
+}
+
+void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info) {
+    *info = m->info;
+    type_name(info->type_embedding, sizeof info->type_embedding, m->embedding.dtype);
+    type_name(info->type_unembedding, sizeof info->type_unembedding, m->unembedding.dtype);
+    type_name(info->type_norms, sizeof info->type_norms, m->final_norm.dtype);
+    if (m->cfg.n_layer > 0) {
+        const struct gpo_layer *L = &m->layers[0];
+        type_name(info->type_attention, sizeof info->type_attention, L->wq.dtype);
+        type_name(info->type_router, sizeof info->type_router, L->router_w.dtype);
+        snprintf(info->type_experts, sizeof info->type_experts, "%s",
+                 L->mlp2.layout == GPO_MXFP4_GGML ? "MXFP4, GGML blocks" : "MXFP4");
+    }
+}

@@ -30,6 +30,16 @@ head -c 4 "$tmp/hf.gguf" | grep -q GGUF || fail "hf.gguf does not start with GGU
 grep -q "gguf" "$tmp/info" || fail "info does not name the gguf layout"
 grep -Eq "^tensors: +79" "$tmp/info" || fail "info tensor count: $(grep tensors "$tmp/info")"
 grep -Eq "^layers: +4" "$tmp/info" || fail "info layers: $(grep layers "$tmp/info")"
+# The types of each group, as stored and after --dense q8.
+grep -Eq "^  attention .* BF16 " "$tmp/info" || fail "info attention type: $(grep attention "$tmp/info")"
+grep -Eq "^  experts .* MXFP4, GGML blocks" "$tmp/info" || fail "info experts type: $(grep experts "$tmp/info")"
+"$BIN" info -m "$tmp/q8.gguf" >"$tmp/info8" 2>&1 || fail "info on the Q8_0 GGUF"
+grep -Eq "^  attention .* Q8_0 " "$tmp/info8" || fail "Q8_0 attention type: $(grep attention "$tmp/info8")"
+grep -Eq "^  unembedding .* Q8_0" "$tmp/info8" || fail "Q8_0 unembedding type: $(grep unembedding "$tmp/info8")"
+grep -Eq "^  embedding .* BF16" "$tmp/info8" || fail "Q8_0 file embedding type: $(grep -w embedding "$tmp/info8")"
+"$BIN" info -m "$FIX" --dense q8 >"$tmp/info9" 2>&1 || fail "info --dense q8"
+grep -Eq "^  attention .* Q8_0 " "$tmp/info9" || fail "--dense q8 attention type: $(grep attention "$tmp/info9")"
+grep -Eq "^  experts .* MXFP4 \(" "$tmp/info9" || fail "safetensors experts type: $(grep experts "$tmp/info9")"
 # Q8_0 dense matrices are smaller than BF16 ones.
 s_bf=$(stat -c %s "$tmp/hf.gguf"); s_q8=$(stat -c %s "$tmp/q8.gguf")
 [ "$s_q8" -lt "$s_bf" ] || fail "q8 file ($s_q8 B) not smaller than bf16 ($s_bf B)"
