@@ -4,10 +4,12 @@
  * convert a panel of rows once per chunk of columns (into f32, or into int16 for the
  * MXFP4 x int16 path) and sweep it with register tiles of rows x tokens, so each
  * loaded weight serves many tokens.  The MXFP4 kernels exist for both block layouts
- * (the safetensors one and GGML's), compiled from the same code. */
+ * (the safetensors one and GGML's), compiled from the same code.  The loops around the
+ * dense tiles (direct and panel paths) are the shared ones of drivers.h. */
 #include <immintrin.h>
 #include <string.h>
 
+#include "drivers.h"
 #include "kernels.h"
 
 /* The fixed reduction order (the determinism contract of kernels.h).
@@ -79,14 +81,6 @@ AI float hsum8(__m256 v) {
  * (prefetches never fault), so it is formed as an integer, not by pointer arithmetic. */
 AI void prefetch(const void *base, size_t off) {
     _mm_prefetch((const char *)((uintptr_t)base + off), _MM_HINT_T0);
-}
-
-/* The size of the next tile when n tokens remain for tiles of at most tmax: the
- * tiles are balanced (4 tokens make 2 + 2 rather than 3 + 1, which would use the
- * weights for one token only). */
-AI int tile_tokens(int64_t n, int tmax) {
-    const int64_t tiles = (n + tmax - 1) / tmax;
-    return (int)((n + tiles - 1) / tiles);
 }
 
 /* A mask of the first m (1..7) lanes, for the column tail. */
@@ -191,21 +185,13 @@ DENSE_TILE_FN(dense_tile_f32, WT_F32)
 DENSE_TILE_FN(dense_tile_bf16, WT_BF16)
 DENSE_TILE_FN(dense_tile_f16, WT_F16)
 
-typedef void (*dense_tile_fn)(int R, int T, float *y, int64_t ldy, const void *W, const float *x,
-                              int64_t ldx, int64_t t0, int64_t r, int64_t n_cols);
-
 /* Tokens in tiles of up to three (four rows per pass for one or two tokens, three rows
  * for three), row blocks outermost so each block of rows is read once per call. */
-static void dense_direct(dense_tile_fn tile, float *y, int64_t ldy, const void *W, const float *x,
-                         int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
-    const int64_t rstep = n_tok >= 3 ? 3 : DIRECT_R;
-    for (int64_t r = r0; r < r1; r += rstep) {
-        const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
-        for (int64_t t = 0; t < n_tok; t += DIRECT_T) {
-            const int T = (int)(n_tok - t < DIRECT_T ? n_tok - t : DIRECT_T);
-            tile(R, T, y, ldy, W, x, ldx, t, r, n_cols);
-        }
-    }
+AI void dense_direct(gpo_drv_direct_tile_fn tile, float *y, int64_t ldy, const void *W,
+                     const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                     int64_t n_cols) {
+    gpo_drv_direct(tile, n_tok >= 3 ? 3 : DIRECT_R, DIRECT_T, 0, y, ldy, W, x, ldx, n_tok, r0, r1,
+                   n_cols);
 }
 
 /* ---- MXFP4 decoding ---- */
@@ -377,8 +363,8 @@ AI void panel_tile(int R, int T, const float *P, int64_t ldp, const float *x, in
 }
 
 static void panel_tile_any(int R, int T, const float *P, int64_t ldp, const float *x, int64_t ldx,
-                           int64_t kn, __m256 *acc_buf, int first, int last, float *y,
-                           int64_t ldy) {
+                           int64_t kn, void *acc, int first, int last, float *y, int64_t ldy) {
+    __m256 *const acc_buf = acc;
 #define PT(a, b)                                                                            \
     case a * 8 + b: panel_tile(a, b, P, ldp, x, ldx, kn, acc_buf, first, last, y, ldy); break;
     switch (R * 8 + T) {
@@ -451,49 +437,39 @@ AI void prefetch_next_chunk(int wt, const void *W, int64_t r, int R, int64_t k0,
     }
 }
 
+/* The callbacks of the shared panel driver (drivers.h): fill_panel and the prefetch
+ * specialised per weight type (one call per chunk of a panel). */
+static void fill_panel_any(int wt, float *P, const void *W, const uint8_t *scales, int64_t r,
+                           int R, int64_t k0, int64_t kn, int64_t n_cols) {
+    switch (wt) {
+    case WT_BF16: fill_panel(WT_BF16, P, W, scales, r, R, k0, kn, n_cols); break;
+    case WT_F16: fill_panel(WT_F16, P, W, scales, r, R, k0, kn, n_cols); break;
+    case WT_MXFP4: fill_panel(WT_MXFP4, P, W, scales, r, R, k0, kn, n_cols); break;
+    case WT_MXFP4_GG: fill_panel(WT_MXFP4_GG, P, W, scales, r, R, k0, kn, n_cols); break;
+    case WT_Q8_0: fill_panel(WT_Q8_0, P, W, scales, r, R, k0, kn, n_cols); break;
+    default: fill_panel(WT_F32, P, W, scales, r, R, k0, kn, n_cols); break;
+    }
+}
+
+static void prefetch_next_chunk_any(int wt, const void *W, int64_t r, int R, int64_t k0,
+                                    int64_t n_cols) {
+    prefetch_next_chunk(wt, W, r, R, k0, n_cols);
+}
+
+static const struct gpo_drv_panel_shape panel_shape = {KC, RP, TC, MR, NT, sizeof(__m256)};
+
 /* The batched path of every weight type (scales only for MXFP4 in the safetensors
- * layout). */
+ * layout).  F32 weights are swept in place; MXFP4 panels prefetch while they decode
+ * (fill_panel). */
 AI void matmul_batched(int wt, float *y, int64_t ldy, const void *W, const uint8_t *scales,
                        const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
                        int64_t n_cols) {
     float panel[RP * KC] __attribute__((aligned(32)));
     __m256 acc_buf[RP * TC];
-    if (n_cols == 0) { /* no column chunk would write y: an empty sum is 0 */
-        for (int64_t t = 0; t < n_tok; t++)
-            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] = 0.0f;
-        return;
-    }
-    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += TC) {
-        const int64_t tc1 = tc0 + TC < n_tok ? tc0 + TC : n_tok;
-        for (int64_t rp0 = r0; rp0 < r1; rp0 += RP) {
-            const int64_t rp1 = rp0 + RP < r1 ? rp0 + RP : r1;
-            for (int64_t k0 = 0; k0 < n_cols; k0 += KC) {
-                const int64_t kn = n_cols - k0 < KC ? n_cols - k0 : KC;
-                const int first = k0 == 0, last = k0 + kn == n_cols;
-                const float *P;
-                int64_t ldp;
-                if (wt != WT_MXFP4 && wt != WT_MXFP4_GG)
-                    prefetch_next_chunk(wt, W, rp0, (int)(rp1 - rp0), k0, n_cols);
-                if (wt == WT_F32) {
-                    P = (const float *)W + rp0 * n_cols + k0;
-                    ldp = n_cols;
-                } else {
-                    fill_panel(wt, panel, W, scales, rp0, (int)(rp1 - rp0), k0, kn, n_cols);
-                    P = panel;
-                    ldp = KC;
-                }
-                for (int64_t t = tc0; t < tc1; t += NT) {
-                    const int T = (int)(tc1 - t < NT ? tc1 - t : NT);
-                    for (int64_t r = rp0; r < rp1; r += MR) {
-                        const int R = (int)(rp1 - r < MR ? rp1 - r : MR);
-                        panel_tile_any(R, T, P + (r - rp0) * ldp, ldp, x + t * ldx + k0, ldx, kn,
-                                       acc_buf + (r - rp0) * TC + (t - tc0), first, last,
-                                       y + t * ldy + r, ldy);
-                    }
-                }
-            }
-        }
-    }
+    const int mx = wt == WT_MXFP4 || wt == WT_MXFP4_GG;
+    gpo_drv_batched(&panel_shape, wt, wt == WT_F32 ? NULL : fill_panel_any,
+                    mx ? NULL : prefetch_next_chunk_any, panel_tile_any, panel, acc_buf, y, ldy,
+                    W, scales, x, ldx, n_tok, r0, r1, n_cols);
 }
 
 static void matmul_f32_f32_avx2(float *y, int64_t ldy, const void *W, const float *x,
@@ -563,8 +539,8 @@ AI void q80_tile(int R, int T, float *y, int64_t ldy, const struct gpo_q8_0_bloc
         for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = hsum8(acc[i][j]);
 }
 
-static void q80_tile_any(int R, int T, float *y, int64_t ldy, const struct gpo_q8_0_block *W,
-                         const float *x, int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
+static void q80_tile_any(int R, int T, float *y, int64_t ldy, const void *W, const float *x,
+                         int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
 #define ZT(a, b)                                                                            \
     case a * 8 + b: q80_tile(a, b, y, ldy, W, x, ldx, t0, r, n_cols); break;
     switch (R * 8 + T) { /* R = 1..4 for one token, 1..2 for more */
@@ -585,14 +561,8 @@ static void matmul_q8_0_f32_avx2(float *y, int64_t ldy, const void *W, const flo
     }
     /* Four rows per pass for one token, two for more (tokens in balanced tiles of up to
      * three, row blocks outermost so each block of rows is read once per call). */
-    const int64_t rstep = n_tok == 1 ? Q80_DIRECT_R : 2;
-    for (int64_t r = r0; r < r1; r += rstep) {
-        const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
-        for (int64_t t = 0, T; t < n_tok; t += T) {
-            T = tile_tokens(n_tok - t, Q80_DIRECT_T);
-            q80_tile_any(R, (int)T, y, ldy, W, x, ldx, t, r, n_cols);
-        }
-    }
+    gpo_drv_direct(q80_tile_any, n_tok == 1 ? Q80_DIRECT_R : 2, Q80_DIRECT_T, 1, y, ldy, W, x, ldx,
+                   n_tok, r0, r1, n_cols);
 }
 
 /* ---- MXFP4, exact path (f32 activations) ---- */
@@ -1129,7 +1099,7 @@ AI void matmul_q16_batched(int lay, float *y, int64_t ldy, const uint8_t *blocks
                         prefetch(blocks, next + off);
                 }
                 for (int64_t t = tc0, T; t < tc1; t += T) {
-                    T = tile_tokens(tc1 - t, Q16_NT);
+                    T = gpo_drv_tile_tokens(tc1 - t, Q16_NT);
                     for (int j = 0; j < T; j++)
                         for (int64_t k = 0; k < kp; k++)
                             xs[j][k] = q16x_load(xq + (t + j) * ldxq, k0 + k, nb);
