@@ -43,7 +43,7 @@ ISA_avx2   := -mavx2 -mfma -mf16c
 # portable AVX-512 (GPO_SIMDE_EMU, AVX2 only) so its kernels are tested on any machine.
 ISA_avx512      := $(ISA_avx2) -mavx512f -mavx512bw -mavx512vl -mavx512dq
 ISA_avx512_int8 := $(ISA_avx512) -mavx512vnni -mavx512vbmi
-ISA_EMU         := $(ISA_avx2) -DGPO_SIMDE_EMU
+ISA_EMU         := $(ISA_avx2) -DGPO_SIMDE_EMU -Wno-psabi
 
 LIB_SRC  := $(wildcard src/*.c) $(wildcard src/kernels/*.c)
 APP_SRC  := $(wildcard app/*.c)
