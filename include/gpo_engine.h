@@ -1,7 +1,10 @@
-/* gpo_engine.h - the generation engine: several users decoded together in one
- * token batch per step, prompts prefilled in chunks, per-user sampling, harmony
- * parsing and stop rules, KV-cache reuse of a common prefix across runs, an abort
- * flag, and timing metrics.  Included by gpo.h. */
+/* gpo_engine.h - the generation engine, a scheduler of requests: requests are
+ * submitted at any time, each forward step (gpo_engine_step) runs one token batch
+ * holding one decode token per generating request and prompt chunks of the others
+ * within a per-step token budget, and requests end or are cancelled at step
+ * boundaries.  Per-request sampling, harmony parsing and stop rules; KV-cache reuse
+ * of a common prefix; an abort flag; timing metrics.  gpo_engine_run is the same
+ * machinery for a fixed set of users.  Included by gpo.h. */
 #ifndef GPO_ENGINE_H
 #define GPO_ENGINE_H
 
@@ -21,22 +24,25 @@ struct gpo_engine_opts {
     int64_t ubatch;      /* tokens per forward step (default 512) */
     int n_threads;       /* 0 = all cores */
     enum gpo_path path;  /* GPO_PATH_FAST by default for generation */
+    int64_t max_queue;   /* submitted requests that may wait for a free slot beyond
+                            the free slots: 0 = no limit, < 0 = none may wait */
 };
 
-/* n_slots users can be served at once; each slot keeps its KV cache between runs
+/* n_slots requests can run at once; each slot keeps its KV cache between requests
  * so a continued conversation only prefills what changed. */
 enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
                                   const struct gpo_engine_opts *opts, size_t n_slots,
                                   gpo_engine **out);
 void gpo_engine_free(gpo_engine *e);
-/* The flag is checked between layers and steps; when it becomes non-zero the run
- * ends with every unfinished user's finish reason GPO_FINISH_ABORTED ("aborted")
- * and aborted set. */
+/* The flag is checked between layers and steps; when it becomes non-zero every
+ * unfinished request (running or queued) ends with finish reason GPO_FINISH_ABORTED
+ * ("aborted") and aborted set. */
 void gpo_engine_set_abort(gpo_engine *e, volatile sig_atomic_t *flag);
 const char *gpo_engine_kernels(const gpo_engine *e);
 /* Bytes of all the slots' KV caches. */
 uint64_t gpo_engine_kv_bytes(const gpo_engine *e);
-/* Forget slot i's cached tokens (its next run prefills from scratch). */
+/* Forget slot i's cached tokens (its next request prefills from scratch); a slot
+ * a request is running in is left alone. */
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot);
 
 /* How many bytes of text[0..len) can be shown while more text may still follow:
@@ -45,8 +51,8 @@ void gpo_engine_reset_slot(gpo_engine *e, size_t slot);
  * uses it for gpo_gen_user.final_stream_n. */
 size_t gpo_stop_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops);
 
-/* One user of a run.  Fill the inputs; the outputs are owned by the struct and
- * freed by gpo_gen_user_free. */
+/* One user of gpo_engine_run, and the outputs of a submitted request.  Fill the
+ * inputs; the outputs are owned by the struct and freed by gpo_gen_user_free. */
 struct gpo_gen_user {
     /* inputs */
     const int32_t *prompt;
@@ -71,12 +77,16 @@ struct gpo_gen_user {
     int recovered;                /* the harmony parser recovered from malformed output */
     int aborted;
     int64_t n_reused;             /* prompt tokens taken from the slot's cache */
-    double t_first;               /* seconds from the start of the run to the first token */
-    double t_done;                /* seconds from the start to the last token */
+    double t_first;               /* seconds from the submission (the start of the run)
+                                     to the first token */
+    double t_done;                /* seconds from the submission to the last token */
 };
 void gpo_gen_user_free(struct gpo_gen_user *u);
 
-/* Called for every generated token (from the calling thread). */
+/* Called for every generated token (from the calling thread, inside
+ * gpo_engine_step or gpo_engine_run).  `user` is the user's index for
+ * gpo_engine_run, the request's tag for gpo_engine_submit.  id is -1 for the text
+ * the harmony parser gives out at the end of a turn. */
 typedef void (*gpo_token_fn)(void *ud, size_t user, int32_t id, const struct gpo_hevent *ev);
 
 struct gpo_gen_stats {
@@ -92,7 +102,9 @@ struct gpo_gen_stats {
     double decode_seconds;   /* time spent in decode-only steps */
 };
 
-/* Run users[0..n) (user i in slot i) until each finishes.  Prompts longer than the
+/* Run users[0..n) until each finishes: every user is submitted (outputs written in
+ * place), then the engine steps until idle.  The engine must be idle and n at most
+ * its slots, so every user runs from the first step.  Prompts longer than the
  * KV cache are GPO_ERR_CONTEXT before anything runs.  A failure that belongs to one
  * user (sampling, parsing or recording its token) ends that user alone with finish
  * GPO_FINISH_ERROR and its error fields set, and the run goes on for the others;
@@ -101,6 +113,74 @@ struct gpo_gen_stats {
  * ids harmony reserves are never sampled. */
 enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t n,
                                gpo_token_fn on_token, void *ud, struct gpo_gen_stats *stats);
+
+/* ------------------------------------------------------------------------- */
+/* Requests                                                                  */
+
+typedef struct gpo_req gpo_req;
+
+struct gpo_request {
+    const int32_t *prompt; /* copied at submit */
+    size_t n_prompt;
+    struct gpo_sampler_params sampling; /* the seed makes the request's own RNG */
+    int64_t max_tokens;    /* generated tokens at most; 0 = until the context is full */
+    const char *const *stops; /* copied at submit */
+    size_t n_stops;
+    gpo_token_fn on_token; /* may be NULL; may cancel requests, never submit, step or release */
+    void *ud;
+    size_t tag;            /* passed to on_token as `user` */
+};
+
+enum gpo_req_state {
+    GPO_REQ_QUEUED = 0, /* waiting for a free slot */
+    GPO_REQ_PREFILL,    /* in a slot, prompt partly in the cache */
+    GPO_REQ_DECODE,     /* generating */
+    GPO_REQ_DONE,       /* finished: the outputs are final */
+};
+
+/* Queue a request (FIFO).  The prompt must hold 1 .. max_seq_len - 1 ids of the
+ * vocabulary, else GPO_ERR_ARG / GPO_ERR_TOKEN / GPO_ERR_CONTEXT (with the numbers)
+ * at once.  When max_queue requests already wait beyond the free slots it is
+ * GPO_ERR_NOMEM with a message saying the queue is full (nothing is queued).  At
+ * the next step it takes the free slot whose cached tokens share the longest prefix
+ * with its prompt (ties: the least recently used slot) and reuses that prefix's
+ * keys and values.  *out stays valid, also after the request finishes, until
+ * gpo_engine_release or gpo_engine_free. */
+enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, gpo_req **out);
+
+/* One forward pass over every running request: one token per generating request,
+ * then prompt chunks of the prefilling ones, oldest first, within what is left of
+ * the ubatch budget, so long prompts are spread over several steps while the
+ * others keep getting a token every step.  Queued requests take the free slots
+ * first; cancelled ones end.  Samples, parses, applies the stop rules, calls
+ * on_token and ends finished requests (their slot is free, its cache kept for
+ * prefix reuse).  *n_left (may be NULL): requests still running or queued; 0 =
+ * idle (a step of an idle engine does nothing).  A failure of one request ends it
+ * alone (GPO_FINISH_ERROR); a failure of the forward pass ends the requests of the
+ * step with GPO_FINISH_ERROR, clears their slots and is returned. */
+enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left);
+
+/* End the request at the next step (at once when it is still queued) with finish
+ * GPO_FINISH_ABORTED and aborted set, freeing its slot; nothing for a finished one.
+ * The handle stays valid until released. */
+void gpo_engine_cancel(gpo_engine *e, gpo_req *r);
+/* Free the handle and its outputs; a request still running or queued is cancelled
+ * first.  NULL is ignored. */
+void gpo_engine_release(gpo_engine *e, gpo_req *r);
+
+enum gpo_req_state gpo_req_state(const gpo_req *r);
+/* The request's outputs (the input fields mirror the request; prompt and stops
+ * point to the engine's copies).  Valid until the handle is released; they grow
+ * during steps and are final in state GPO_REQ_DONE. */
+const struct gpo_gen_user *gpo_req_output(const gpo_req *r);
+/* The slot the request runs or ran in; -1 while queued or when it never ran. */
+int64_t gpo_req_slot(const gpo_req *r);
+
+/* Requests running and queued. */
+size_t gpo_engine_n_running(const gpo_engine *e);
+size_t gpo_engine_n_queued(const gpo_engine *e);
+/* Totals since the engine was made (the timing averages stay 0: they are per run). */
+void gpo_engine_totals(const gpo_engine *e, struct gpo_gen_stats *out);
 
 #ifdef __cplusplus
 }

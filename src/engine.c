@@ -1,8 +1,14 @@
-/* engine.c - generation over several users at once: each forward step is one
- * token batch holding prefill chunks (up to ubatch tokens) and one decode token
- * per user; logits are sampled per user, parsed as harmony and checked against
- * the stop rules.  Slots keep their KV cache so a continued conversation only
- * prefills from the first changed token. */
+/* engine.c - the generation engine as a scheduler: requests are submitted at any
+ * time and queued FIFO; each step takes free slots for queued requests (the slot
+ * whose cache shares the longest prefix with the prompt), then runs one forward
+ * pass holding one decode token per generating request and prompt chunks of the
+ * others within the ubatch budget; logits are sampled per request, parsed as
+ * harmony and checked against the stop rules.  Slots keep their KV cache so a
+ * continued conversation only prefills from the first changed token.
+ * gpo_engine_run is submit-all then step-until-idle, so there is one generation
+ * loop.  A request's tokens do not depend on what else runs: the forward pass
+ * gives the same bits whatever the batch and chunking, and each request samples
+ * with its own RNG. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +25,29 @@
 struct slot {
     gpo_kv *kv;
     struct gpo_ids cached; /* the tokens whose keys are in kv, in order */
+    struct gpo_req *req;   /* the request running here, or NULL when free */
+    uint64_t last_used;    /* when a request last took the slot (the engine's clock) */
+};
+
+struct gpo_req {
+    struct gpo_gen_user own;  /* inputs (copies) and outputs of a submitted request */
+    struct gpo_gen_user *u;   /* &own, or the caller's user for gpo_engine_run */
+    int borrowed;             /* u, its prompt and stops belong to the caller */
+    gpo_token_fn cb;
+    void *ud;
+    size_t tag;
+    enum gpo_req_state state;
+    int cancelled;
+    int64_t slot;             /* index of its slot, -1 when it has none */
+    gpo_sampler *sampler;
+    gpo_hparser *parser;
+    size_t next_prompt;       /* prompt tokens already in the cache */
+    int32_t pending;          /* sampled id to feed next, or -1 */
+    double t_submit;
+    double t_prev;            /* time of the previous token */
+    double decode_sum;        /* sum of inter-token times after the first */
+    int64_t decode_n;
+    struct gpo_req *prev, *next; /* every handle, in submission order */
 };
 
 struct gpo_engine {
@@ -31,6 +60,12 @@ struct gpo_engine {
     uint8_t *banned;
     float *logits; /* [n_slots][n_vocab] */
     volatile sig_atomic_t *abort_flag;
+    struct gpo_req *head, *tail; /* every handle not yet released */
+    size_t n_running, n_queued;
+    uint64_t clock;              /* counts slot assignments, for least-recently-used */
+    struct gpo_seq_batch *batch; /* [n_slots] */
+    struct gpo_req **batch_req;  /* [n_slots] */
+    struct gpo_gen_stats totals;
 };
 
 /* The harmony mask plus every id the tokenizer does not define: the vocabulary
@@ -67,7 +102,9 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
     e->slots = calloc(n_slots, sizeof *e->slots);
     e->banned = calloc((size_t)c->n_vocab, 1);
     e->logits = malloc(n_slots * (size_t)c->n_vocab * sizeof(float));
-    if (!e->slots || !e->banned || !e->logits) {
+    e->batch = calloc(n_slots, sizeof *e->batch);
+    e->batch_req = calloc(n_slots, sizeof *e->batch_req);
+    if (!e->slots || !e->banned || !e->logits || !e->batch || !e->batch_req) {
         s = gpo_fail(GPO_ERR_NOMEM, "out of memory for %zu users", n_slots);
         goto fail;
     }
@@ -92,8 +129,12 @@ fail:
     return s;
 }
 
+static void req_free(gpo_engine *e, struct gpo_req *r);
+
 void gpo_engine_free(gpo_engine *e) {
     if (!e) return;
+    /* Handles the caller did not release go with the engine. */
+    while (e->head) req_free(e, e->head);
     for (size_t i = 0; e->slots && i < e->n_slots; i++) {
         gpo_kv_free(e->slots[i].kv);
         gpo_ids_free(&e->slots[i].cached);
@@ -101,6 +142,8 @@ void gpo_engine_free(gpo_engine *e) {
     free(e->slots);
     free(e->banned);
     free(e->logits);
+    free(e->batch);
+    free(e->batch_req);
     gpo_ctx_free(e->ctx);
     free(e);
 }
@@ -119,7 +162,8 @@ uint64_t gpo_engine_kv_bytes(const gpo_engine *e) {
 }
 
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot) {
-    if (slot >= e->n_slots) return;
+    /* A running request's cache is its own until it ends. */
+    if (slot >= e->n_slots || e->slots[slot].req) return;
     gpo_kv_rewind(e->slots[slot].kv, 0);
     e->slots[slot].cached.n = 0;
 }
@@ -129,39 +173,6 @@ void gpo_gen_user_free(struct gpo_gen_user *u) {
     gpo_str_free(&u->final_text);
     gpo_str_free(&u->analysis_text);
     gpo_str_free(&u->raw_text);
-}
-
-/* Per-user state of a run. */
-struct run_user {
-    struct gpo_gen_user *u;
-    struct slot *slot;
-    gpo_sampler *sampler;
-    gpo_hparser *parser;
-    size_t next_prompt;   /* prompt tokens already in the cache */
-    int32_t pending;      /* sampled id to feed next, or -1 */
-    int done;
-    double t_prev;        /* time of the previous token */
-    double decode_sum;    /* sum of inter-token times after the first */
-    int64_t decode_n;
-};
-
-/* Keep the longest common prefix of the slot's cached tokens and the prompt, and
- * always leave at least the last prompt token to run (its logits are needed). */
-static void reuse_prefix(struct run_user *r) {
-    struct slot *sl = r->slot;
-    const struct gpo_gen_user *u = r->u;
-    size_t common = 0, lim = sl->cached.n < u->n_prompt ? sl->cached.n : u->n_prompt;
-    while (common < lim && sl->cached.ids[common] == u->prompt[common]) common++;
-    if (common >= u->n_prompt) common = u->n_prompt - 1;
-    if (gpo_kv_rewind(sl->kv, (int64_t)common) != GPO_OK) {
-        gpo_log(GPO_LOG_INFO, "cannot reuse %zu cached tokens (%s); prefilling the whole prompt",
-                common, gpo_last_error());
-        gpo_kv_rewind(sl->kv, 0);
-        common = 0;
-    }
-    sl->cached.n = common;
-    r->next_prompt = common;
-    r->u->n_reused = (int64_t)common;
 }
 
 static uint64_t expected_step_bytes(const gpo_model *m, int64_t users) {
@@ -195,30 +206,110 @@ size_t gpo_stop_safe_len(const char *text, size_t len, const char *const *stops,
     return safe;
 }
 
-/* The user's turn is over: the whole final text may be shown. */
-static void finish_user(struct run_user *r, enum gpo_finish f) {
+/* The request's turn is over: the whole final text may be shown.  Its slot is
+ * let go by retire() once the step is done with it. */
+static void finish_user(struct gpo_req *r, enum gpo_finish f) {
     r->u->finish = f;
     r->u->final_stream_n = r->u->final_text.n;
-    r->done = 1;
+    r->state = GPO_REQ_DONE;
+    r->pending = -1;
 }
 
-/* A failure of this user alone (its sampling, parsing or texts): it ends with
- * GPO_FINISH_ERROR and the reason, while the other users go on. */
-static void fail_user(struct run_user *r, size_t idx, enum gpo_status s) {
+/* A failure of this request alone (its sampling, parsing or texts): it ends with
+ * GPO_FINISH_ERROR and the reason, while the others go on. */
+static void fail_user(struct gpo_req *r, enum gpo_status s) {
     struct gpo_gen_user *u = r->u;
     const char *why = gpo_last_error();
     snprintf(u->error_msg, sizeof u->error_msg, "%s", why && why[0] ? why : gpo_status_str(s));
     u->error = s;
     finish_user(r, GPO_FINISH_ERROR);
-    r->pending = -1;
-    gpo_log(GPO_LOG_WARN, "user %zu stopped after %zu tokens: %s", idx, u->generated.n, u->error_msg);
+    gpo_log(GPO_LOG_WARN, "user %zu stopped after %zu tokens: %s", r->tag, u->generated.n,
+            u->error_msg);
 }
 
-/* Record one sampled id: parser, texts, stop rules; marks the user done when a
- * stop rule, the token limit or the context ends its turn. */
-static enum gpo_status accept_token(gpo_engine *e, struct run_user *r, size_t idx, int32_t id,
-                                    double now, gpo_token_fn cb, void *ud) {
+/* Give back what a finished request held: its slot (the cache stays for prefix
+ * reuse) and its sampler and parser; the outputs stay until release. */
+static void retire(gpo_engine *e, struct gpo_req *r) {
+    if (r->slot >= 0 && e->slots[r->slot].req == r) {
+        e->slots[r->slot].req = NULL;
+        e->n_running--;
+    } else if (r->slot < 0 && r->sampler) {
+        e->n_queued--; /* it ended before it got a slot */
+    }
+    gpo_sampler_free(r->sampler);
+    gpo_hparser_free(r->parser);
+    r->sampler = NULL;
+    r->parser = NULL;
+}
+
+static void end_aborted(gpo_engine *e, struct gpo_req *r) {
+    finish_user(r, GPO_FINISH_ABORTED);
+    r->u->aborted = 1;
+    retire(e, r);
+}
+
+/* Every unfinished request ends as aborted (the abort flag). */
+static void abort_all(gpo_engine *e) {
+    for (struct gpo_req *r = e->head; r; r = r->next)
+        if (r->state != GPO_REQ_DONE) end_aborted(e, r);
+}
+
+/* Keep the longest common prefix of the slot's cached tokens and the prompt, and
+ * always leave at least the last prompt token to run (its logits are needed). */
+static size_t common_prefix(const struct slot *sl, const struct gpo_gen_user *u) {
+    size_t common = 0, lim = sl->cached.n < u->n_prompt ? sl->cached.n : u->n_prompt;
+    while (common < lim && sl->cached.ids[common] == u->prompt[common]) common++;
+    return common;
+}
+
+static void reuse_prefix(struct slot *sl, struct gpo_req *r) {
     struct gpo_gen_user *u = r->u;
+    size_t common = common_prefix(sl, u);
+    if (common >= u->n_prompt) common = u->n_prompt - 1;
+    if (gpo_kv_rewind(sl->kv, (int64_t)common) != GPO_OK) {
+        gpo_log(GPO_LOG_INFO, "cannot reuse %zu cached tokens (%s); prefilling the whole prompt",
+                common, gpo_last_error());
+        gpo_kv_rewind(sl->kv, 0);
+        common = 0;
+    }
+    sl->cached.n = common;
+    r->next_prompt = common;
+    u->n_reused = (int64_t)common;
+}
+
+/* Give the request the free slot whose cache shares the longest prefix with its
+ * prompt; among equals the least recently used, so that other conversations'
+ * caches live longest.  Returns 0 when no slot is free. */
+static int take_slot(gpo_engine *e, struct gpo_req *r) {
+    int64_t best = -1;
+    size_t best_common = 0;
+    for (size_t i = 0; i < e->n_slots; i++) {
+        const struct slot *sl = &e->slots[i];
+        if (sl->req) continue;
+        size_t c = common_prefix(sl, r->u);
+        if (best < 0 || c > best_common ||
+            (c == best_common && sl->last_used < e->slots[best].last_used)) {
+            best = (int64_t)i;
+            best_common = c;
+        }
+    }
+    if (best < 0) return 0;
+    struct slot *sl = &e->slots[best];
+    sl->req = r;
+    sl->last_used = ++e->clock;
+    r->slot = best;
+    r->state = GPO_REQ_PREFILL;
+    e->n_queued--;
+    e->n_running++;
+    reuse_prefix(sl, r);
+    return 1;
+}
+
+/* Record one sampled id: parser, texts, stop rules; finishes the request when a
+ * stop rule, the token limit or the context ends its turn. */
+static enum gpo_status accept_token(gpo_engine *e, struct gpo_req *r, int32_t id, double now) {
+    struct gpo_gen_user *u = r->u;
+    gpo_kv *kv = e->slots[r->slot].kv;
     struct gpo_hevent ev;
     GPO_TRY(gpo_ids_push(&u->generated, id));
     GPO_TRY(gpo_sampler_accept(r->sampler, id));
@@ -256,177 +347,339 @@ static enum gpo_status accept_token(gpo_engine *e, struct run_user *r, size_t id
         }
     } else if (u->max_tokens > 0 && (int64_t)u->generated.n >= u->max_tokens) {
         f = GPO_FINISH_LENGTH;
-    } else if (gpo_kv_len(r->slot->kv) + 1 > gpo_kv_capacity(r->slot->kv)) {
+    } else if (gpo_kv_len(kv) + 1 > gpo_kv_capacity(kv)) {
         f = GPO_FINISH_CONTEXT;
     }
     if (f == GPO_FINISH_NONE) {
         size_t safe = gpo_stop_safe_len(u->final_text.s, u->final_text.n, u->stops, u->n_stops);
         if (safe > u->final_stream_n) u->final_stream_n = safe;
-        if (cb) cb(ud, idx, id, &ev);
         r->pending = id;
+        r->state = GPO_REQ_DECODE;
+        if (r->cb) r->cb(r->ud, r->tag, id, &ev);
         return GPO_OK;
     }
     finish_user(r, f);
-    if (cb) cb(ud, idx, id, &ev);
+    if (r->cb) r->cb(r->ud, r->tag, id, &ev);
     struct gpo_hevent fev;
     GPO_TRY(gpo_hparser_finish(r->parser, &fev));
     if (fev.text_len > 0 && fev.channel == GPO_CH_FINAL && f != GPO_FINISH_STOP) {
         GPO_TRY(gpo_str_append(&u->final_text, fev.text, fev.text_len));
         u->final_stream_n = u->final_text.n;
-        if (cb) cb(ud, idx, -1, &fev);
+        if (r->cb) r->cb(r->ud, r->tag, -1, &fev);
     } else if (fev.text_len > 0 && fev.channel == GPO_CH_ANALYSIS) {
         GPO_TRY(gpo_str_append(&u->analysis_text, fev.text, fev.text_len));
-        if (cb) cb(ud, idx, -1, &fev);
+        if (r->cb) r->cb(r->ud, r->tag, -1, &fev);
     }
     if (gpo_hparser_recovered(r->parser)) u->recovered = 1;
     return GPO_OK;
 }
 
+/* ------------------------------------------------------------------------- */
+/* Requests                                                                  */
+
+/* `who` prefixes the messages ("user 3: " for gpo_engine_run). */
+static enum gpo_status check_prompt(const gpo_engine *e, const int32_t *prompt, size_t n,
+                                    const char *who) {
+    const struct gpo_config *c = gpo_model_config(e->m);
+    if (n == 0 || !prompt) return gpo_fail(GPO_ERR_ARG, "%sthe prompt is empty", who);
+    if ((int64_t)n >= e->opts.max_seq_len)
+        return gpo_fail(GPO_ERR_CONTEXT,
+                        "%sthe prompt has %zu tokens but the context holds %lld "
+                        "(raise --max-seq-len, up to %lld)", who, n,
+                        (long long)e->opts.max_seq_len, (long long)c->max_position);
+    for (size_t j = 0; j < n; j++)
+        if (prompt[j] < 0 || prompt[j] >= c->n_vocab)
+            return gpo_fail(GPO_ERR_TOKEN, "%sprompt token %d is outside the vocabulary", who,
+                            prompt[j]);
+    return GPO_OK;
+}
+
+static void req_free(gpo_engine *e, struct gpo_req *r) {
+    if (r->state != GPO_REQ_DONE) end_aborted(e, r);
+    if (r->prev) r->prev->next = r->next;
+    else e->head = r->next;
+    if (r->next) r->next->prev = r->prev;
+    else e->tail = r->prev;
+    if (!r->borrowed) {
+        gpo_gen_user_free(&r->own);
+        free((void *)r->own.prompt);
+        for (size_t i = 0; i < r->own.n_stops; i++) free((void *)r->own.stops[i]);
+        free((void *)r->own.stops);
+    }
+    free(r);
+}
+
+/* Queue r (its user's inputs set, outputs cleared) as a new request. */
+static enum gpo_status enqueue(gpo_engine *e, struct gpo_req *r, double t_submit) {
+    const struct gpo_config *c = gpo_model_config(e->m);
+    enum gpo_status s;
+    r->slot = -1;
+    r->pending = -1;
+    r->state = GPO_REQ_QUEUED;
+    r->t_submit = t_submit;
+    /* Made now so that bad sampling parameters are refused at submission. */
+    if ((s = gpo_sampler_create(&r->u->sampling, c->n_vocab, e->banned, &r->sampler)) != GPO_OK ||
+        (s = gpo_hparser_create(e->tok, &r->parser)) != GPO_OK) {
+        gpo_sampler_free(r->sampler);
+        gpo_hparser_free(r->parser);
+        r->sampler = NULL;
+        r->parser = NULL;
+        return s;
+    }
+    r->prev = e->tail;
+    if (e->tail) e->tail->next = r;
+    else e->head = r;
+    e->tail = r;
+    e->n_queued++;
+    return GPO_OK;
+}
+
+enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, gpo_req **out) {
+    enum gpo_status s;
+    *out = NULL;
+    GPO_TRY(check_prompt(e, req->prompt, req->n_prompt, ""));
+    if (req->n_stops > 0 && !req->stops)
+        return gpo_fail(GPO_ERR_ARG, "%zu stop strings but no array", req->n_stops);
+    size_t n_free = e->n_slots - e->n_running;
+    size_t may_wait = e->opts.max_queue < 0 ? 0 : (size_t)e->opts.max_queue;
+    if (e->opts.max_queue != 0 && e->n_queued + 1 > n_free + may_wait)
+        return gpo_fail(GPO_ERR_NOMEM,
+                        "the queue is full: %zu requests wait for %zu free slots (at most %zu may "
+                        "wait beyond them)", e->n_queued, n_free, may_wait);
+    struct gpo_req *r = calloc(1, sizeof *r);
+    if (!r) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    r->u = &r->own;
+    r->own.sampling = req->sampling;
+    r->own.max_tokens = req->max_tokens;
+    r->cb = req->on_token;
+    r->ud = req->ud;
+    r->tag = req->tag;
+    int32_t *prompt = malloc(req->n_prompt * sizeof *prompt);
+    const char **stops = req->n_stops ? calloc(req->n_stops, sizeof *stops) : NULL;
+    r->own.prompt = prompt;
+    r->own.stops = stops;
+    if (!prompt || (req->n_stops && !stops)) goto nomem;
+    memcpy(prompt, req->prompt, req->n_prompt * sizeof *prompt);
+    r->own.n_prompt = req->n_prompt;
+    for (size_t i = 0; i < req->n_stops; i++, r->own.n_stops++)
+        if (!(stops[i] = strdup(req->stops[i] ? req->stops[i] : ""))) goto nomem;
+    if ((s = enqueue(e, r, gpo_now())) != GPO_OK) {
+        r->state = GPO_REQ_DONE; /* not in the list: nothing to end */
+        goto fail;
+    }
+    *out = r;
+    return GPO_OK;
+nomem:
+    s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
+fail:
+    gpo_gen_user_free(&r->own);
+    free(prompt);
+    for (size_t i = 0; i < r->own.n_stops; i++) free((void *)stops[i]);
+    free(stops);
+    free(r);
+    return s;
+}
+
+void gpo_engine_cancel(gpo_engine *e, gpo_req *r) {
+    if (!r || r->state == GPO_REQ_DONE) return;
+    /* A queued request holds nothing the step uses: it ends now.  A running one
+     * ends at the start of the next step, so that a callback may cancel any
+     * request while the step walks the batch. */
+    if (r->state == GPO_REQ_QUEUED) end_aborted(e, r);
+    else r->cancelled = 1;
+}
+
+void gpo_engine_release(gpo_engine *e, gpo_req *r) {
+    if (r) req_free(e, r);
+}
+
+enum gpo_req_state gpo_req_state(const gpo_req *r) { return r->state; }
+const struct gpo_gen_user *gpo_req_output(const gpo_req *r) { return r->u; }
+int64_t gpo_req_slot(const gpo_req *r) { return r->slot; }
+size_t gpo_engine_n_running(const gpo_engine *e) { return e->n_running; }
+size_t gpo_engine_n_queued(const gpo_engine *e) { return e->n_queued; }
+void gpo_engine_totals(const gpo_engine *e, struct gpo_gen_stats *out) { *out = e->totals; }
+
+/* ------------------------------------------------------------------------- */
+/* One step                                                                  */
+
+/* The forward pass failed for the requests of the batch: their caches may hold
+ * part of the step, so their slots start again from nothing. */
+static void fail_batch(gpo_engine *e, int64_t nb, enum gpo_status s) {
+    for (int64_t b = 0; b < nb; b++) {
+        struct gpo_req *r = e->batch_req[b];
+        struct slot *sl = &e->slots[r->slot];
+        fail_user(r, s);
+        gpo_kv_rewind(sl->kv, 0);
+        sl->cached.n = 0;
+        retire(e, r);
+    }
+}
+
+enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
+    const int64_t V = gpo_model_config(e->m)->n_vocab;
+    struct gpo_gen_stats *st = &e->totals;
+    enum gpo_status s = GPO_OK;
+    if (e->abort_flag && *e->abort_flag) abort_all(e);
+    /* Cancelled requests end first so that their slots go to the queue. */
+    for (struct gpo_req *r = e->head; r; r = r->next)
+        if (r->state != GPO_REQ_DONE && r->cancelled) end_aborted(e, r);
+    for (struct gpo_req *r = e->head; r && e->n_running < e->n_slots; r = r->next)
+        if (r->state == GPO_REQ_QUEUED) take_slot(e, r);
+
+    /* One decode token per generating request first, then prefill chunks within
+     * the ubatch budget, oldest request first. */
+    int64_t budget = e->opts.ubatch, nb = 0;
+    int prefill_in_step = 0;
+    struct gpo_seq_batch *batch = e->batch;
+    for (struct gpo_req *r = e->head; r; r = r->next)
+        if (r->state == GPO_REQ_DECODE) {
+            gpo_kv *kv = e->slots[r->slot].kv;
+            batch[nb] = (struct gpo_seq_batch){kv, &r->pending, 1, GPO_LOGITS_LAST};
+            e->batch_req[nb++] = r;
+            budget--;
+        }
+    for (struct gpo_req *r = e->head; r && budget > 0; r = r->next) {
+        if (r->state != GPO_REQ_PREFILL) continue;
+        size_t left = r->u->n_prompt - r->next_prompt;
+        int64_t take = (int64_t)left < budget ? (int64_t)left : budget;
+        enum gpo_logits_mode lm = take == (int64_t)left ? GPO_LOGITS_LAST : GPO_LOGITS_NONE;
+        batch[nb] = (struct gpo_seq_batch){e->slots[r->slot].kv, r->u->prompt + r->next_prompt,
+                                           take, lm};
+        e->batch_req[nb++] = r;
+        budget -= take;
+        prefill_in_step = 1;
+    }
+    if (nb == 0) goto done;
+
+    double ts = gpo_now();
+    s = gpo_forward(e->ctx, batch, nb, e->logits);
+    if (s == GPO_ERR_ABORTED) {
+        /* The caches are as they were before the call. */
+        abort_all(e);
+        s = GPO_OK;
+        goto done;
+    }
+    if (s != GPO_OK) {
+        fail_batch(e, nb, s);
+        goto done;
+    }
+    double now = gpo_now();
+    st->n_steps++;
+    if (!prefill_in_step) {
+        st->decode_seconds += now - ts;
+        st->weight_bytes += expected_step_bytes(e->m, nb);
+    }
+    /* Record what went in the cache, then sample where logits came out. */
+    int64_t row = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        struct gpo_req *r = e->batch_req[b];
+        struct slot *sl = &e->slots[r->slot];
+        if (gpo_ids_append(&sl->cached, batch[b].tokens, (size_t)batch[b].n_tokens) != GPO_OK) {
+            /* The cache holds keys the record lacks: forget both. */
+            gpo_kv_rewind(sl->kv, 0);
+            sl->cached.n = 0;
+            fail_user(r, GPO_ERR_NOMEM);
+            if (batch[b].logits != GPO_LOGITS_NONE) row++;
+            retire(e, r);
+            continue;
+        }
+        if (r->state == GPO_REQ_DECODE) r->pending = -1;
+        else {
+            r->next_prompt += (size_t)batch[b].n_tokens;
+            st->n_prefill += batch[b].n_tokens;
+        }
+        if (batch[b].logits == GPO_LOGITS_NONE) continue;
+        int32_t id;
+        enum gpo_status us = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, NULL);
+        row++;
+        if (us == GPO_OK) {
+            st->n_generated++;
+            us = accept_token(e, r, id, now - r->t_submit);
+        }
+        if (us != GPO_OK) fail_user(r, us);
+        if (r->state == GPO_REQ_DONE) retire(e, r);
+    }
+    if (e->abort_flag && *e->abort_flag) abort_all(e);
+done:
+    if (n_left) *n_left = e->n_running + e->n_queued;
+    return s;
+}
+
+/* ------------------------------------------------------------------------- */
+/* A fixed set of users                                                      */
+
 enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t n,
                                gpo_token_fn on_token, void *ud, struct gpo_gen_stats *stats) {
-    const struct gpo_config *c = gpo_model_config(e->m);
-    const int64_t V = c->n_vocab;
     enum gpo_status s = GPO_OK;
-    struct run_user *ru = NULL;
-    struct gpo_seq_batch *batch = NULL;
-    size_t *batch_user = NULL;
     struct gpo_gen_stats st = {0};
-
+    struct gpo_req **reqs = NULL;
+    if (stats) *stats = st;
     if (n == 0 || n > e->n_slots)
         return gpo_fail(GPO_ERR_ARG, "%zu users for an engine with %zu slots", n, e->n_slots);
+    if (e->n_running + e->n_queued > 0)
+        return gpo_fail(GPO_ERR_ARG, "the engine is busy with %zu requests",
+                        e->n_running + e->n_queued);
     for (size_t i = 0; i < n; i++) {
-        if (users[i].n_prompt == 0 || !users[i].prompt)
-            return gpo_fail(GPO_ERR_ARG, "user %zu has an empty prompt", i);
-        if ((int64_t)users[i].n_prompt >= e->opts.max_seq_len)
-            return gpo_fail(GPO_ERR_CONTEXT,
-                            "user %zu: the prompt has %zu tokens but the context holds %lld "
-                            "(raise --max-seq-len, up to %lld)", i, users[i].n_prompt,
-                            (long long)e->opts.max_seq_len, (long long)c->max_position);
-        for (size_t j = 0; j < users[i].n_prompt; j++)
-            if (users[i].prompt[j] < 0 || users[i].prompt[j] >= V)
-                return gpo_fail(GPO_ERR_TOKEN, "user %zu: prompt token %d is outside the vocabulary", i,
-                                users[i].prompt[j]);
+        char who[40];
+        snprintf(who, sizeof who, "user %zu: ", i);
+        GPO_TRY(check_prompt(e, users[i].prompt, users[i].n_prompt, who));
     }
-    ru = calloc(n, sizeof *ru);
-    batch = calloc(n, sizeof *batch);
-    batch_user = calloc(n, sizeof *batch_user);
-    if (!ru || !batch || !batch_user) {
-        s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
-        goto cleanup;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct run_user *r = &ru[i];
-        r->u = &users[i];
-        r->slot = &e->slots[i];
-        r->pending = -1;
-        users[i].finish = GPO_FINISH_NONE;
-        users[i].generated.n = users[i].final_text.n = users[i].analysis_text.n = users[i].raw_text.n = 0;
-        users[i].final_stream_n = 0;
-        users[i].recovered = users[i].aborted = 0;
-        users[i].error = GPO_OK;
-        users[i].error_msg[0] = 0;
-        if ((s = gpo_sampler_create(&users[i].sampling, V, e->banned, &r->sampler)) != GPO_OK) goto cleanup;
-        if ((s = gpo_hparser_create(e->tok, &r->parser)) != GPO_OK) goto cleanup;
-        reuse_prefix(r);
-    }
-
+    if (!(reqs = calloc(n, sizeof *reqs))) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    struct gpo_gen_stats t_start = e->totals;
     double t0 = gpo_now();
-    for (;;) {
-        /* Schedule one step: one decode token per generating user first, then
-         * prefill chunks within the ubatch budget. */
-        int64_t budget = e->opts.ubatch, nb = 0;
-        int any_active = 0, prefill_in_step = 0;
-        for (size_t i = 0; i < n; i++) {
-            struct run_user *r = &ru[i];
-            if (r->done) continue;
-            any_active = 1;
-            if (r->pending >= 0) {
-                batch[nb] = (struct gpo_seq_batch){r->slot->kv, &r->pending, 1, GPO_LOGITS_LAST};
-                batch_user[nb++] = i;
-                budget--;
-            }
+    for (size_t i = 0; i < n; i++) {
+        struct gpo_gen_user *u = &users[i];
+        u->finish = GPO_FINISH_NONE;
+        u->generated.n = u->final_text.n = u->analysis_text.n = u->raw_text.n = 0;
+        u->final_stream_n = 0;
+        u->recovered = u->aborted = 0;
+        u->error = GPO_OK;
+        u->error_msg[0] = 0;
+        u->n_reused = 0;
+        u->t_first = u->t_done = 0;
+        struct gpo_req *r = calloc(1, sizeof *r);
+        if (!r) {
+            s = gpo_fail(GPO_ERR_NOMEM, "out of memory");
+            goto cleanup;
         }
-        if (!any_active) break;
-        for (size_t i = 0; i < n && budget > 0; i++) {
-            struct run_user *r = &ru[i];
-            if (r->done || r->pending >= 0) continue;
-            size_t left = r->u->n_prompt - r->next_prompt;
-            int64_t take = (int64_t)left < budget ? (int64_t)left : budget;
-            batch[nb] = (struct gpo_seq_batch){r->slot->kv, r->u->prompt + r->next_prompt, take,
-                                               take == (int64_t)left ? GPO_LOGITS_LAST : GPO_LOGITS_NONE};
-            batch_user[nb++] = i;
-            budget -= take;
-            prefill_in_step = 1;
-            st.n_prefill += take;
+        r->u = u;
+        r->borrowed = 1;
+        r->cb = on_token;
+        r->ud = ud;
+        r->tag = i;
+        if ((s = enqueue(e, r, t0)) != GPO_OK) {
+            free(r);
+            goto cleanup;
         }
-        double ts = gpo_now();
-        s = gpo_forward(e->ctx, batch, nb, e->logits);
-        if (s == GPO_ERR_ABORTED) {
-            for (size_t i = 0; i < n; i++)
-                if (!ru[i].done) {
-                    finish_user(&ru[i], GPO_FINISH_ABORTED);
-                    users[i].aborted = 1;
-                }
-            s = GPO_OK;
-            break;
-        }
-        if (s != GPO_OK) goto cleanup;
-        double now = gpo_now();
-        st.n_steps++;
-        if (!prefill_in_step) {
-            st.decode_seconds += now - ts;
-            st.weight_bytes += expected_step_bytes(e->m, nb);
-        }
-        /* Record what went in the cache, then sample where logits came out. */
-        int64_t row = 0;
-        for (int64_t b = 0; b < nb; b++) {
-            struct run_user *r = &ru[batch_user[b]];
-            if ((s = gpo_ids_append(&r->slot->cached, batch[b].tokens, (size_t)batch[b].n_tokens)) != GPO_OK)
-                goto cleanup;
-            if (r->pending >= 0) {
-                r->pending = -1;
-            } else {
-                r->next_prompt += (size_t)batch[b].n_tokens;
-            }
-            if (batch[b].logits == GPO_LOGITS_NONE) continue;
-            int32_t id;
-            enum gpo_status us = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, NULL);
-            row++;
-            if (us == GPO_OK) {
-                st.n_generated++;
-                us = accept_token(e, r, batch_user[b], id, now - t0, on_token, ud);
-            }
-            if (us != GPO_OK) fail_user(r, batch_user[b], us);
-        }
-        if (e->abort_flag && *e->abort_flag) {
-            for (size_t i = 0; i < n; i++)
-                if (!ru[i].done) {
-                    finish_user(&ru[i], GPO_FINISH_ABORTED);
-                    users[i].aborted = 1;
-                }
-        }
+        reqs[i] = r;
     }
+    size_t left = n;
+    while (left > 0 && s == GPO_OK) s = gpo_engine_step(e, &left);
+    if (s != GPO_OK) goto cleanup;
+
     st.t_total = gpo_now() - t0;
+    st.n_prefill = e->totals.n_prefill - t_start.n_prefill;
+    st.n_generated = e->totals.n_generated - t_start.n_generated;
+    st.n_steps = e->totals.n_steps - t_start.n_steps;
+    st.weight_bytes = e->totals.weight_bytes - t_start.weight_bytes;
+    st.decode_seconds = e->totals.decode_seconds - t_start.decode_seconds;
     double ttft = 0, dsum = 0;
     int64_t dn = 0;
     for (size_t i = 0; i < n; i++) {
         ttft += users[i].t_first;
-        dsum += ru[i].decode_sum;
-        dn += ru[i].decode_n;
+        dsum += reqs[i]->decode_sum;
+        dn += reqs[i]->decode_n;
     }
     st.avg_ttft = ttft / (double)n;
     st.avg_decode_ms = dn > 0 ? 1000.0 * dsum / (double)dn : 0.0;
     st.tok_s_user = st.avg_decode_ms > 0 ? 1000.0 / st.avg_decode_ms : 0.0;
     st.tok_s_total = st.tok_s_user * (double)n;
+    if (stats) *stats = st;
 
 cleanup:
-    for (size_t i = 0; ru && i < n; i++) {
-        gpo_sampler_free(ru[i].sampler);
-        gpo_hparser_free(ru[i].parser);
-    }
-    free(ru);
-    free(batch);
-    free(batch_user);
-    if (stats) *stats = st;
+    for (size_t i = 0; i < n; i++)
+        if (reqs[i]) req_free(e, reqs[i]);
+    free(reqs);
     return s;
 }

@@ -1,7 +1,10 @@
 /* test_engine.c - the generation engine on a tiny random-weight model: ids the
  * tokenizer does not define are never sampled, one user's failure ends that user
- * alone, streamed text holds back what could still become a stop string, and the
- * message when the KV caches do not fit counts every user. */
+ * alone, streamed text holds back what could still become a stop string, the
+ * message when the KV caches do not fit counts every user, and the scheduler
+ * (submit / step / cancel): answers independent of the load, chunked prefill that
+ * keeps decoders going, cancellation, the queue bound, prompts over the context
+ * and the choice of the slot with the longest cached prefix. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -441,6 +444,330 @@ static void test_kv_nomem_counts_every_user(void **state) {
 #endif
 }
 
+/* ------------------------------------------------------------------------- */
+/* The scheduler                                                             */
+
+static gpo_engine *new_engine_opts(size_t n_slots, int64_t ubatch, int64_t max_queue) {
+    struct gpo_engine_opts eo = {.max_seq_len = 512, .ubatch = ubatch, .n_threads = 1,
+                                 .path = GPO_PATH_FAST, .max_queue = max_queue};
+    gpo_engine *e = NULL;
+    assert_int_equal(gpo_engine_create(g_model, g_tok, &eo, n_slots, &e), GPO_OK);
+    return e;
+}
+
+static gpo_req *submit(gpo_engine *e, const struct gpo_ids *p, float temperature, uint64_t seed,
+                       int64_t max_tokens) {
+    struct gpo_request rq = {.prompt = p->ids, .n_prompt = p->n, .max_tokens = max_tokens};
+    gpo_sampler_params_default(&rq.sampling);
+    rq.sampling.temperature = temperature;
+    rq.sampling.seed = seed;
+    gpo_req *h = NULL;
+    assert_int_equal(gpo_engine_submit(e, &rq, &h), GPO_OK);
+    assert_non_null(h);
+    return h;
+}
+
+static void drain(gpo_engine *e) {
+    size_t left = 1;
+    while (left > 0) assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+}
+
+/* The request alone in a fresh engine: its generated ids. */
+static void tokens_alone(const struct gpo_ids *p, float temperature, uint64_t seed,
+                         int64_t max_tokens, int64_t ubatch, struct gpo_ids *out) {
+    gpo_engine *e = new_engine_opts(1, ubatch, 0);
+    gpo_req *h = submit(e, p, temperature, seed, max_tokens);
+    drain(e);
+    assert_int_equal(gpo_req_state(h), GPO_REQ_DONE);
+    const struct gpo_gen_user *o = gpo_req_output(h);
+    assert_int_equal(o->error, GPO_OK);
+    out->n = 0;
+    assert_int_equal(gpo_ids_append(out, o->generated.ids, o->generated.n), GPO_OK);
+    gpo_engine_release(e, h);
+    gpo_engine_free(e);
+}
+
+static uint64_t lcg(uint64_t *x) {
+    *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+    return *x >> 33;
+}
+
+/* A prompt whose text is `n` short sentences (a long prompt for small n). */
+static void long_prompt(size_t n, struct gpo_ids *out) {
+    char *text = calloc(n * 40 + 1, 1);
+    for (size_t i = 0; i < n; i++)
+        sprintf(text + strlen(text), "Sentence %zu is about the sea. ", i);
+    render_prompt(g_tok, text, out);
+    free(text);
+}
+
+/* (1) The same request alone and among 3-15 others that join and leave at random
+ * steps (some cancelled, some sharing its prompt so that the prefix cache is
+ * used), with a small step budget that chunks the prompts: the same tokens, greedy
+ * and sampled. */
+static void test_tokens_independent_of_load(void **state) {
+    (void)state;
+    enum { NP = 4 };
+    const char *texts[NP] = {"What is the capital of France?", "Tell me a story", "Hi",
+                             "Count from one to twenty, slowly, and explain each number."};
+    struct gpo_ids prompts[NP + 1] = {{0}};
+    for (int i = 0; i < NP; i++) render_prompt(g_tok, texts[i], &prompts[i]);
+    long_prompt(12, &prompts[NP]);
+    size_t total_cancelled = 0, total_chunked = 0;
+    for (int mode = 0; mode < 2; mode++) {
+        float temp = mode == 0 ? 0.0f : 1.0f;
+        for (uint64_t round = 0; round < 3; round++) {
+            const struct gpo_ids *target_p = &prompts[(round + (uint64_t)mode) % (NP + 1)];
+            uint64_t seed = 100 + round;
+            struct gpo_ids alone = {0};
+            tokens_alone(target_p, temp, seed, 24, 512, &alone);
+            assert_true(alone.n > 0);
+
+            uint64_t rng = 0x9e3779b97f4a7c15ull ^ (round * 7 + (uint64_t)mode);
+            gpo_engine *e = new_engine_opts(16, 8 + (int64_t)(lcg(&rng) % 24), 0);
+            size_t n_others = 3 + lcg(&rng) % 13, submitted = 0, target_at = lcg(&rng) % 6;
+            gpo_req *others[16] = {0}, *target = NULL;
+            size_t step = 0, left = 1, n_cancelled = 0;
+            while (left > 0 || submitted < n_others || !target) {
+                if (!target && step == target_at) target = submit(e, target_p, temp, seed, 24);
+                if (submitted < n_others && lcg(&rng) % 3 == 0) {
+                    const struct gpo_ids *p = &prompts[lcg(&rng) % (NP + 1)];
+                    float t = lcg(&rng) % 2 ? 1.0f : 0.0f;
+                    others[submitted++] = submit(e, p, t, lcg(&rng), 1 + (int64_t)(lcg(&rng) % 30));
+                }
+                if (submitted > 0 && lcg(&rng) % 7 == 0) {
+                    gpo_req *victim = others[lcg(&rng) % submitted];
+                    if (gpo_req_state(victim) != GPO_REQ_DONE) n_cancelled++;
+                    gpo_engine_cancel(e, victim);
+                }
+                assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+                step++;
+                assert_true(step < 2000);
+            }
+            const struct gpo_gen_user *o = gpo_req_output(target);
+            assert_int_equal(gpo_req_state(target), GPO_REQ_DONE);
+            assert_int_equal(o->error, GPO_OK);
+            assert_int_equal(o->generated.n, alone.n);
+            assert_memory_equal(o->generated.ids, alone.ids, alone.n * sizeof(int32_t));
+            for (size_t i = 0; i < submitted; i++) {
+                const struct gpo_gen_user *oo = gpo_req_output(others[i]);
+                assert_int_equal(gpo_req_state(others[i]), GPO_REQ_DONE);
+                assert_true(oo->finish != GPO_FINISH_NONE && oo->finish != GPO_FINISH_ERROR);
+                gpo_engine_release(e, others[i]);
+            }
+            total_cancelled += n_cancelled;
+            total_chunked += o->n_reused + 8 < (int64_t)target_p->n; /* prefilled over steps */
+            gpo_engine_release(e, target);
+            assert_int_equal(gpo_engine_n_running(e) + gpo_engine_n_queued(e), 0);
+            gpo_engine_free(e);
+            gpo_ids_free(&alone);
+        }
+    }
+    /* The schedules did cancel requests and did chunk the target's prompt. */
+    assert_true(total_cancelled > 0);
+    assert_true(total_chunked > 0);
+    for (int i = 0; i <= NP; i++) gpo_ids_free(&prompts[i]);
+}
+
+/* (2) Chunked prefill: with a budget of 8 tokens a long prompt submitted while
+ * another request decodes takes many steps, and the decoding request gets a token
+ * on every one of them; the chunked prompt gives the tokens of an unchunked run. */
+static void test_chunked_prefill_keeps_decoding(void **state) {
+    (void)state;
+    struct gpo_ids shortp = {0}, longp = {0}, alone = {0};
+    render_prompt(g_tok, "Tell me a story", &shortp);
+    long_prompt(20, &longp);
+    assert_true(longp.n > 120);
+    tokens_alone(&longp, 0.0f, 1, 6, 512, &alone);
+
+    gpo_engine *e = new_engine_opts(2, 8, 0);
+    gpo_req *a = submit(e, &shortp, 0.0f, 1, 0);
+    size_t left;
+    while (gpo_req_state(a) != GPO_REQ_DECODE) assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    gpo_req *b = submit(e, &longp, 0.0f, 1, 6);
+    int prefill_steps = 0;
+    while (gpo_req_state(b) != GPO_REQ_DONE) {
+        size_t before = gpo_req_output(a)->generated.n;
+        int prefilling = gpo_req_state(b) != GPO_REQ_DECODE;
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+        assert_int_equal(gpo_req_state(a), GPO_REQ_DECODE);
+        assert_int_equal(gpo_req_output(a)->generated.n, before + 1);
+        prefill_steps += prefilling && gpo_req_output(b)->generated.n == 0;
+    }
+    /* 7 prompt tokens a step next to the decoder's one. */
+    assert_true(prefill_steps >= (int)(longp.n / 7) - 1);
+    const struct gpo_gen_user *ob = gpo_req_output(b);
+    assert_int_equal(ob->generated.n, alone.n);
+    assert_memory_equal(ob->generated.ids, alone.ids, alone.n * sizeof(int32_t));
+    gpo_engine_cancel(e, a);
+    drain(e);
+    gpo_engine_release(e, a);
+    gpo_engine_release(e, b);
+    gpo_engine_free(e);
+    gpo_ids_free(&shortp);
+    gpo_ids_free(&longp);
+    gpo_ids_free(&alone);
+}
+
+/* (3) Cancelling a running request frees its slot for the queued one and reports
+ * aborted; a queued request cancelled ends at once; release of an unfinished
+ * request cancels it (and ASan sees nothing leak). */
+static void test_cancel_frees_slot(void **state) {
+    (void)state;
+    struct gpo_ids p = {0};
+    render_prompt(g_tok, "Hi", &p);
+    gpo_engine *e = new_engine_opts(1, 512, 0); /* the prompt in one step */
+    gpo_req *a = submit(e, &p, 0.0f, 1, 0);
+    gpo_req *b = submit(e, &p, 0.0f, 1, 4);
+    gpo_req *c = submit(e, &p, 0.0f, 1, 4);
+    size_t left;
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_int_equal(left, 3);
+    assert_int_equal(gpo_req_state(a), GPO_REQ_DECODE);
+    assert_int_equal(gpo_req_slot(a), 0);
+    assert_int_equal(gpo_req_state(b), GPO_REQ_QUEUED);
+    assert_int_equal(gpo_req_slot(b), -1);
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_int_equal(gpo_req_state(b), GPO_REQ_QUEUED);
+
+    gpo_engine_cancel(e, c); /* queued: ends now */
+    assert_int_equal(gpo_req_state(c), GPO_REQ_DONE);
+    assert_int_equal(gpo_req_output(c)->finish, GPO_FINISH_ABORTED);
+    assert_int_equal(gpo_req_output(c)->generated.n, 0);
+    assert_int_equal(gpo_engine_n_queued(e), 1);
+
+    size_t a_tokens = gpo_req_output(a)->generated.n;
+    gpo_engine_cancel(e, a); /* running: ends at the next step */
+    assert_int_equal(gpo_req_state(a), GPO_REQ_DECODE);
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_int_equal(gpo_req_state(a), GPO_REQ_DONE);
+    assert_int_equal(gpo_req_output(a)->finish, GPO_FINISH_ABORTED);
+    assert_string_equal(gpo_finish_name(gpo_req_output(a)->finish), "aborted");
+    assert_int_equal(gpo_req_output(a)->aborted, 1);
+    assert_int_equal(gpo_req_output(a)->generated.n, a_tokens);
+    assert_int_equal(gpo_req_slot(b), 0);
+    assert_true(gpo_req_state(b) == GPO_REQ_DECODE || gpo_req_state(b) == GPO_REQ_DONE);
+    assert_int_equal(gpo_req_output(b)->generated.n, 1);
+    /* The same prompt in the same slot: everything but its last token reused. */
+    assert_int_equal(gpo_req_output(b)->n_reused, (int64_t)p.n - 1);
+    drain(e);
+    assert_int_equal(gpo_req_output(b)->finish, GPO_FINISH_LENGTH);
+
+    /* Released while running: cancelled and freed. */
+    gpo_req *d = submit(e, &p, 0.0f, 1, 0);
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    gpo_engine_release(e, d);
+    assert_int_equal(gpo_engine_n_running(e), 0);
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_int_equal(left, 0);
+    /* Left unreleased: the engine frees it. */
+    submit(e, &p, 0.0f, 1, 0);
+    gpo_engine_release(e, a);
+    gpo_engine_release(e, b);
+    gpo_engine_release(e, c);
+    gpo_engine_free(e);
+    gpo_ids_free(&p);
+}
+
+/* (4) The queue bound counts requests waiting beyond the free slots. */
+static void test_queue_bound(void **state) {
+    (void)state;
+    struct gpo_ids p = {0};
+    render_prompt(g_tok, "Hi", &p);
+    gpo_engine *e = new_engine_opts(1, 64, 1);
+    gpo_req *a = submit(e, &p, 0.0f, 1, 0), *b = submit(e, &p, 0.0f, 1, 0), *c = NULL;
+    struct gpo_request rq = {.prompt = p.ids, .n_prompt = p.n};
+    gpo_sampler_params_default(&rq.sampling);
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_NOMEM);
+    assert_null(c);
+    assert_non_null(strstr(gpo_last_error(), "queue is full"));
+    size_t left;
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK); /* a runs, b waits */
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_NOMEM);
+    gpo_engine_cancel(e, b);
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_OK);
+    gpo_engine_release(e, a);
+    gpo_engine_release(e, b);
+    gpo_engine_release(e, c);
+    gpo_engine_free(e);
+
+    /* max_queue < 0: only as many as there are free slots. */
+    e = new_engine_opts(2, 64, -1);
+    a = submit(e, &p, 0.0f, 1, 0);
+    b = submit(e, &p, 0.0f, 1, 0);
+    c = NULL;
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_NOMEM);
+    gpo_engine_free(e); /* frees a and b */
+    gpo_ids_free(&p);
+}
+
+/* (5) A prompt over the context is refused at submission, with the numbers. */
+static void test_prompt_too_long(void **state) {
+    (void)state;
+    struct gpo_ids p = {0};
+    for (int i = 0; i < 600; i++) assert_int_equal(gpo_ids_push(&p, 1000 + i), GPO_OK);
+    gpo_engine *e = new_engine_opts(1, 64, 0);
+    struct gpo_request rq = {.prompt = p.ids, .n_prompt = p.n};
+    gpo_sampler_params_default(&rq.sampling);
+    gpo_req *h = (gpo_req *)&rq;
+    assert_int_equal(gpo_engine_submit(e, &rq, &h), GPO_ERR_CONTEXT);
+    assert_null(h);
+    assert_non_null(strstr(gpo_last_error(), "600 tokens"));
+    assert_non_null(strstr(gpo_last_error(), "512"));
+    assert_int_equal(gpo_engine_n_queued(e), 0);
+    rq.n_prompt = 0;
+    assert_int_equal(gpo_engine_submit(e, &rq, &h), GPO_ERR_ARG);
+    gpo_engine_free(e);
+    gpo_ids_free(&p);
+}
+
+/* (6) A continued conversation takes the slot holding its longest prefix, and the
+ * request with nothing in common takes the least recently used slot. */
+static void test_prefix_reuse_picks_longest(void **state) {
+    (void)state;
+    const char *texts[3] = {"What is the capital of France?", "Tell me a story", "Hi"};
+    struct gpo_ids p[3] = {{0}}, cont = {0}, other = {0};
+    for (int i = 0; i < 3; i++) render_prompt(g_tok, texts[i], &p[i]);
+    gpo_engine *e = new_engine_opts(3, 64, 0);
+    gpo_req *h[3];
+    for (int i = 0; i < 3; i++) h[i] = submit(e, &p[i], 0.0f, 1, 6);
+    drain(e);
+    for (int i = 0; i < 3; i++) assert_int_equal(gpo_req_slot(h[i]), i);
+
+    /* The second conversation continued: its prompt, its answer, more tokens. */
+    const struct gpo_gen_user *o1 = gpo_req_output(h[1]);
+    assert_int_equal(gpo_ids_append(&cont, p[1].ids, p[1].n), GPO_OK);
+    assert_int_equal(gpo_ids_append(&cont, o1->generated.ids, o1->generated.n), GPO_OK);
+    struct gpo_ids more = {0};
+    render_prompt(g_tok, "And then?", &more);
+    assert_int_equal(gpo_ids_append(&cont, more.ids, more.n), GPO_OK);
+    gpo_req *c = submit(e, &cont, 0.0f, 1, 4);
+    size_t left;
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_int_equal(gpo_req_slot(c), 1);
+    /* The cache holds the prompt and every answer token but the last (never fed). */
+    assert_int_equal(gpo_req_output(c)->n_reused, (int64_t)(p[1].n + o1->generated.n - 1));
+    drain(e);
+
+    /* Only the shared harmony header in common with every slot: slot 0 was used
+     * longest ago. */
+    long_prompt(3, &other);
+    gpo_req *d = submit(e, &other, 0.0f, 1, 2);
+    drain(e);
+    assert_int_equal(gpo_req_slot(d), 0);
+    assert_true(gpo_req_output(d)->n_reused > 0);
+    assert_true(gpo_req_output(d)->n_reused < (int64_t)other.n);
+
+    for (int i = 0; i < 3; i++) gpo_engine_release(e, h[i]);
+    gpo_engine_release(e, c);
+    gpo_engine_release(e, d);
+    gpo_engine_free(e);
+    for (int i = 0; i < 3; i++) gpo_ids_free(&p[i]);
+    gpo_ids_free(&cont);
+    gpo_ids_free(&more);
+    gpo_ids_free(&other);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_nomem_counts_every_user),
@@ -449,6 +776,12 @@ int main(void) {
         cmocka_unit_test(test_safe_len_holds_back_stop_starts),
         cmocka_unit_test(test_safe_len_across_pieces),
         cmocka_unit_test(test_final_stream_n_in_engine),
+        cmocka_unit_test(test_tokens_independent_of_load),
+        cmocka_unit_test(test_chunked_prefill_keeps_decoding),
+        cmocka_unit_test(test_cancel_frees_slot),
+        cmocka_unit_test(test_queue_bound),
+        cmocka_unit_test(test_prompt_too_long),
+        cmocka_unit_test(test_prefix_reuse_picks_longest),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
