@@ -44,7 +44,8 @@ extern "C" {
     X(ERR_TOKEN, "token id out of range")                                      \
     X(ERR_ABORTED, "aborted")                                                  \
     X(ERR_UNSUPPORTED, "unsupported operation")                                \
-    X(ERR_INTERNAL, "internal error")
+    X(ERR_INTERNAL, "internal error")                                          \
+    X(ERR_BUSY, "busy: the queue is full")
 
 enum gpo_status {
 #define GPO_STATUS_ENUM_(name, msg) GPO_##name,

@@ -141,7 +141,7 @@ enum gpo_req_state {
 /* Queue a request (FIFO).  The prompt must hold 1 .. max_seq_len - 1 ids of the
  * vocabulary, else GPO_ERR_ARG / GPO_ERR_TOKEN / GPO_ERR_CONTEXT (with the numbers)
  * at once.  When max_queue requests already wait beyond the free slots it is
- * GPO_ERR_NOMEM with a message saying the queue is full (nothing is queued).  At
+ * GPO_ERR_BUSY with a message saying the queue is full (nothing is queued).  At
  * the next step it takes the free slot whose cached tokens share the longest prefix
  * with its prompt (ties: the least recently used slot) and reuses that prefix's
  * keys and values.  *out stays valid, also after the request finishes, until

@@ -443,7 +443,7 @@ enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, 
     size_t n_free = e->n_slots - e->n_running;
     size_t may_wait = e->opts.max_queue < 0 ? 0 : (size_t)e->opts.max_queue;
     if (e->opts.max_queue != 0 && e->n_queued + 1 > n_free + may_wait)
-        return gpo_fail(GPO_ERR_NOMEM,
+        return gpo_fail(GPO_ERR_BUSY,
                         "the queue is full: %zu requests wait for %zu free slots (at most %zu may "
                         "wait beyond them)", e->n_queued, n_free, may_wait);
     struct gpo_req *r = calloc(1, sizeof *r);

@@ -678,12 +678,12 @@ static void test_queue_bound(void **state) {
     gpo_req *a = submit(e, &p, 0.0f, 1, 0), *b = submit(e, &p, 0.0f, 1, 0), *c = NULL;
     struct gpo_request rq = {.prompt = p.ids, .n_prompt = p.n};
     gpo_sampler_params_default(&rq.sampling);
-    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_NOMEM);
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_BUSY);
     assert_null(c);
     assert_non_null(strstr(gpo_last_error(), "queue is full"));
     size_t left;
     assert_int_equal(gpo_engine_step(e, &left), GPO_OK); /* a runs, b waits */
-    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_NOMEM);
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_BUSY);
     gpo_engine_cancel(e, b);
     assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_OK);
     gpo_engine_release(e, a);
@@ -696,7 +696,7 @@ static void test_queue_bound(void **state) {
     a = submit(e, &p, 0.0f, 1, 0);
     b = submit(e, &p, 0.0f, 1, 0);
     c = NULL;
-    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_NOMEM);
+    assert_int_equal(gpo_engine_submit(e, &rq, &c), GPO_ERR_BUSY);
     gpo_engine_free(e); /* frees a and b */
     gpo_ids_free(&p);
 }
