@@ -2,8 +2,845 @@
  * matmuls in both block layouts (f32, int8 and int16 activations), FP4 codes decoded
  * to int8 with byte permutes (vpermb) and integer dot products with vpdpbusd, written
  * with SIMDe's simde_ intrinsics (simd512.h) and compiled natively and against SIMDe. */
+#include <stdlib.h>
+
 #include "simd512.h"
 
 #include "kernels.h"
 
-void GPO_K512(fill_int8)(struct gpo_kernels *t) { (void)t; }
+/* ---- The integer paths (int8 and int16 activations): groups of 16 blocks ----
+ *
+ * A row is taken 16 blocks (512 columns) at a time, a "group".  The group's 256
+ * code bytes are loaded as four 64-byte quads (blocks 4k..4k+3 of the group, 16 code
+ * bytes each; GGML's 17-byte blocks are gathered into the same form with one
+ * two-source byte permute) and transposed as 4 x 4 dwords within each 128-bit lane,
+ * so that dword lane l = 4j + k of transposed vector q holds code bytes 4q..4q+3 of
+ * block 4k + j.  Every 32-bit lane then belongs to one block: the integer dot
+ * products (vpdpbusd for int8 activations, vpdpwssd for int16) accumulate a whole
+ * block in one lane, and the group ends as 16 exact block sums in one vector, with
+ * no horizontal step.  The activations are rearranged once per call to match
+ * (prepare_q8 / prepare_q16): which nibble of which code byte holds which element is
+ * the only thing the two layouts differ in, and it is folded into that
+ * rearrangement, so the block sums (exact integers) are the same in both layouts.
+ *
+ * The fixed reduction order (kernels.h): each output element owns a 16-lane f32
+ * accumulator; for group g = 0, 1, ... in increasing order, lane l (block 16g +
+ * 4(l%4) + l/4) does acc = fma(float(S), (0.5 * 2^(e-127)) * d, acc) with S the exact
+ * integer block sum (absent blocks of a last, partial group contribute +0), and the
+ * 16 lanes are summed by gpo_mm512_reduce_add_ps at the end.  The decode path
+ * (weights decoded in registers) and the batched one (decoded once into a panel)
+ * perform exactly these operations, so the bits of y[t][r] depend on neither n_tok,
+ * [r0, r1), the path, nor the layout. */
+
+/* Natively every helper is inlined and the tiles unrolled for their constant sizes.
+ * The SIMDe build (tests only) leaves inlining to the compiler and unrolls nothing:
+ * forcing SIMDe's lane-by-lane code inline everywhere makes it compile for minutes. */
+#if GPO_K512_NATIVE
+#define AI static inline __attribute__((always_inline))
+#define UNROLL(n) _Pragma(UNROLL_STR_(GCC unroll n))
+#define UNROLL_STR_(x) #x
+#else
+#define AI static inline
+#define UNROLL(n)
+#endif
+
+#if !GPO_K512_NATIVE && defined(__clang__)
+/* Without AVX-512, clang warns that out-of-line calls passing 64-byte vectors have an
+ * ABI of their own: these are calls between static functions of this file. */
+#pragma clang diagnostic ignored "-Wpsabi"
+#endif
+
+typedef simde__m512i vi;
+typedef simde__m512 vf;
+
+enum { MX_ST, MX_GG }; /* safetensors blocks + scales array; GGML 17-byte blocks */
+enum { K_Q8, K_Q16 };
+
+/* Weight (and activation) vectors per group: 8 of int8, 16 of int16. */
+AI int vpg(int kind) { return kind == K_Q8 ? 8 : 16; }
+/* Vectors of prepared activations per token and group: the VPG vectors, then for int8
+ * the block sums times -12 (the weights enter vpdpbusd as unsigned fp4 * 2 + 12), then
+ * the 16 activation scales d. */
+AI int xvecs(int kind) { return kind == K_Q8 ? 10 : 17; }
+AI int xdidx(int kind) { return kind == K_Q8 ? 9 : 16; }
+
+/* The lane of block b (0..15) of a group, and back (the map is its own inverse). */
+AI int lane_of(int b) { return 4 * (b & 3) + (b >> 2); }
+
+/* The element (0..31) of a block behind byte i (0..3) of dword q (0..3) of the
+ * block's code bytes, nibble h (0 low, 1 high). */
+AI int elem_of(int lay, int q, int h, int i) {
+    return lay == MX_GG ? 4 * q + i + 16 * h : 8 * q + 2 * i + h;
+}
+
+AI int64_t mx_bytes(int lay) { return lay == MX_GG ? 17 : 16; }
+
+/* The first `n` (0..64) bytes as a load mask. */
+AI uint64_t byte_mask(int n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+/* Prefetches base + off (never faults, so the address is formed as an integer). */
+AI void prefetch(const void *base, size_t off) {
+    __builtin_prefetch((const void *)((uintptr_t)base + off), 0, 3);
+}
+
+/* 0.5 * 2^(e-127) as float bits from 16 scale bytes in dword lanes, as the reference's
+ * 0.5f * gpo_e8m0_to_f32(e): 2^-128 and 2^-127 (denormal) for e = 0 and 1, +inf for
+ * e = 255. */
+AI vf half_scales(vi e) {
+    vi v = simde_mm512_slli_epi32(simde_mm512_sub_epi32(e, simde_mm512_set1_epi32(1)), 23);
+    v = simde_mm512_mask_mov_epi32(v, simde_mm512_cmpeq_epi32_mask(e, simde_mm512_setzero_si512()),
+                                   simde_mm512_set1_epi32(0x00200000));
+    v = simde_mm512_mask_mov_epi32(v, simde_mm512_cmpeq_epi32_mask(e, simde_mm512_set1_epi32(1)),
+                                   simde_mm512_set1_epi32(0x00400000));
+    v = simde_mm512_mask_mov_epi32(v, simde_mm512_cmpeq_epi32_mask(e, simde_mm512_set1_epi32(255)),
+                                   simde_mm512_set1_epi32(0x7f800000));
+    return simde_mm512_castsi512_ps(v);
+}
+
+/* The byte indices of decode_group's permutes.  GGML quads: code byte i of block j
+ * (0..3) of a quad is byte 17j + 1 + i of the 68 bytes, taken from the load at +0
+ * (indices < 64) or, past byte 63, from the load at +4 (64 + byte - 4). */
+static const uint8_t gg_codes_idx[64] __attribute__((aligned(64))) = {
+    1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 23,
+    24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46,
+    47, 48, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 124, 125, 126, 127};
+/* Scale bytes to byte 0 of their lane's dword.  Safetensors: the 16 bytes are in
+ * block order, lane l takes block lane_of(l).  GGML: the scale of block j of quad k is
+ * byte 17j of the quad's load at +0; a two-source permute of quads 0 and 1 fills
+ * lanes 4j and 4j + 1, one of quads 2 and 3 lanes 4j + 2 and 4j + 3. */
+AI vi st_scales_idx(void) {
+    return simde_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+}
+AI vi gg_sc01_idx(void) {
+    return simde_mm512_setr_epi32(0, 64, 0, 0, 17, 81, 0, 0, 34, 98, 0, 0, 51, 115, 0, 0);
+}
+AI vi gg_sc23_idx(void) {
+    return simde_mm512_setr_epi32(0, 0, 0, 64, 0, 0, 17, 81, 0, 0, 34, 98, 0, 0, 51, 115);
+}
+
+#define LANE0_OF_DWORDS 0x1111111111111111ull /* byte 0 of every dword */
+#define SC01_MASK 0x0011001100110011ull        /* byte 0 of dwords 4j and 4j+1 */
+#define SC23_MASK 0x1100110011001100ull        /* byte 0 of dwords 4j+2 and 4j+3 */
+
+/* Group g of row `row` (n_blocks blocks) decoded: w[0..vpg) as described above and
+ * the half scales of its blocks in lane order.  Blocks past the row's end read as
+ * code 0 with scale byte 0. */
+AI void decode_group(int lay, int kind, const uint8_t *blocks, const uint8_t *scales,
+                     int64_t row, int64_t n_blocks, int64_t g, vi *w, vf *hs) {
+    const int64_t b0 = 16 * g;
+    const int nvb = (int)(n_blocks - b0 < 16 ? n_blocks - b0 : 16);
+    const uint8_t *base = blocks + (row * n_blocks + b0) * mx_bytes(lay);
+    vi q[4], a[4];
+    if (lay == MX_ST) {
+        if (nvb == 16) {
+UNROLL(4)
+            for (int k = 0; k < 4; k++) q[k] = simde_mm512_loadu_si512(base + 64 * k);
+        } else {
+            for (int k = 0; k < 4; k++) {
+                const int nv = nvb - 4 * k;
+                q[k] = nv <= 0 ? simde_mm512_setzero_si512()
+                               : gpo_mm512_maskz_loadu_epi8(byte_mask(16 * nv), base + 64 * k);
+            }
+        }
+        const uint8_t *sp = scales + row * n_blocks + b0;
+        const vi s = nvb == 16 ? simde_mm512_castsi128_si512(simde_mm_loadu_si128(sp))
+                               : gpo_mm512_maskz_loadu_epi8(byte_mask(nvb), sp);
+        *hs = half_scales(simde_mm512_maskz_permutexvar_epi8(
+            LANE0_OF_DWORDS, st_scales_idx(), s));
+    } else {
+        const vi gi = simde_mm512_load_si512(gg_codes_idx);
+        if (nvb == 16) {
+UNROLL(4)
+            for (int k = 0; k < 4; k++) {
+                a[k] = simde_mm512_loadu_si512(base + 68 * k);
+                q[k] = simde_mm512_permutex2var_epi8(a[k], gi,
+                                                     simde_mm512_loadu_si512(base + 68 * k + 4));
+            }
+        } else {
+            for (int k = 0; k < 4; k++) {
+                const int nv = nvb - 4 * k > 4 ? 4 : nvb - 4 * k;
+                if (nv <= 0) {
+                    a[k] = q[k] = simde_mm512_setzero_si512();
+                    continue;
+                }
+                a[k] = gpo_mm512_maskz_loadu_epi8(byte_mask(17 * nv), base + 68 * k);
+                /* Only a whole quad reaches past byte 63. */
+                const vi b = nv == 4 ? simde_mm512_loadu_si512(base + 68 * k + 4)
+                                     : simde_mm512_setzero_si512();
+                q[k] = simde_mm512_permutex2var_epi8(a[k], gi, b);
+            }
+        }
+        const vi e01 = simde_mm512_maskz_permutex2var_epi8(
+            SC01_MASK, a[0], gg_sc01_idx(), a[1]);
+        const vi e23 = simde_mm512_maskz_permutex2var_epi8(
+            SC23_MASK, a[2], gg_sc23_idx(), a[3]);
+        *hs = half_scales(simde_mm512_or_si512(e01, e23));
+    }
+    /* 4 x 4 dword transpose within each 128-bit lane. */
+    const vi t0 = simde_mm512_unpacklo_epi32(q[0], q[1]);
+    const vi t1 = simde_mm512_unpackhi_epi32(q[0], q[1]);
+    const vi t2 = simde_mm512_unpacklo_epi32(q[2], q[3]);
+    const vi t3 = simde_mm512_unpackhi_epi32(q[2], q[3]);
+    vi tq[4];
+    tq[0] = simde_mm512_unpacklo_epi64(t0, t2);
+    tq[1] = simde_mm512_unpackhi_epi64(t0, t2);
+    tq[2] = simde_mm512_unpacklo_epi64(t1, t3);
+    tq[3] = simde_mm512_unpackhi_epi64(t1, t3);
+    /* Nibble lookups: vpermb reads the low six bits of each index byte, so the tables
+     * repeat every 16 entries and the high nibble needs only a shift.  int8: the
+     * doubled FP4 value + 12 (0..24, unsigned for vpdpbusd; the 12 * sum(x) this adds
+     * is taken back through the prepared block sums).  int16: the signed doubled value,
+     * sign-extended from bytes 0 and 2, then 1 and 3, of every dword (lane-preserving). */
+    const vi tbl = simde_mm512_broadcast_i32x4(
+        kind == K_Q8 ? simde_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0)
+                     : simde_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12));
+UNROLL(4)
+    for (int k = 0; k < 4; k++) {
+        const vi lo = simde_mm512_permutexvar_epi8(tq[k], tbl);
+        const vi hi = simde_mm512_permutexvar_epi8(simde_mm512_srli_epi16(tq[k], 4), tbl);
+        if (kind == K_Q8) {
+            w[2 * k] = lo;
+            w[2 * k + 1] = hi;
+        } else {
+            w[4 * k + 0] = simde_mm512_srai_epi16(simde_mm512_slli_epi16(lo, 8), 8);
+            w[4 * k + 1] = simde_mm512_srai_epi16(lo, 8);
+            w[4 * k + 2] = simde_mm512_srai_epi16(simde_mm512_slli_epi16(hi, 8), 8);
+            w[4 * k + 3] = simde_mm512_srai_epi16(hi, 8);
+        }
+    }
+}
+
+/* Activations of one token rearranged to match (see the top of this section):
+ * n_groups groups of xvecs(kind) vectors.  Int8: vector 2q + h, lane l = block b,
+ * byte i = element elem_of(q, h, i) of b.  Int16: vector 4q + 2h + p, lane l, word m =
+ * element elem_of(q, h, 2m + p).  Padding blocks are zero (d = 0 too).  A block's
+ * elements are put in that order with one permute (vpermb, vpermw), giving its dword
+ * of each vector in turn; those are stored one by one (memcpy: the vectors read back
+ * are well defined).  Int8 block sums come from vpsadbw on the bytes + 128. */
+static void prepare_q8(int lay, vi *out, const struct gpo_q8_block *xt, int64_t n_blocks) {
+    const int64_t ng = (n_blocks + 15) / 16;
+    uint8_t idx_b[32];
+    for (int q = 0; q < 4; q++)
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 4; i++) idx_b[4 * (2 * q + h) + i] = (uint8_t)elem_of(lay, q, h, i);
+    const simde__m256i idx = simde_mm256_loadu_si256(idx_b);
+    const simde__m256i bias = simde_mm256_set1_epi8((char)0x80);
+    for (int64_t g = 0; g < ng; g++) {
+        vi *o = out + g * 10;
+        memset(o, 0, 10 * sizeof *o);
+        char *xb = (char *)o, *nc = (char *)(o + 8), *d = (char *)(o + 9);
+        for (int b = 0; b < 16 && 16 * g + b < n_blocks; b++) {
+            const struct gpo_q8_block *blk = xt + 16 * g + b;
+            const int l = lane_of(b);
+            const simde__m256i x = simde_mm256_loadu_si256(blk->qs);
+            uint32_t dw[8];
+            simde_mm256_storeu_si256(dw, simde_mm256_permutexvar_epi8(idx, x));
+            for (int v = 0; v < 8; v++) memcpy(xb + 64 * v + 4 * l, &dw[v], 4);
+            uint64_t sad[4];
+            simde_mm256_storeu_si256(sad, simde_mm256_sad_epu8(simde_mm256_xor_si256(x, bias),
+                                                               simde_mm256_setzero_si256()));
+            const int32_t s = -12 * ((int32_t)(sad[0] + sad[1] + sad[2] + sad[3]) - 32 * 128);
+            memcpy(nc + 4 * l, &s, 4);
+            memcpy(d + 4 * l, &blk->d, 4);
+        }
+    }
+}
+
+static void prepare_q16(int lay, vi *out, const struct gpo_q16_block *xt, int64_t n_blocks) {
+    const int64_t ng = (n_blocks + 15) / 16;
+    uint16_t idx_w[32];
+    for (int q = 0; q < 4; q++)
+        for (int h = 0; h < 2; h++)
+            for (int p = 0; p < 2; p++)
+                for (int m = 0; m < 2; m++)
+                    idx_w[2 * (4 * q + 2 * h + p) + m] = (uint16_t)elem_of(lay, q, h, 2 * m + p);
+    const vi idx = simde_mm512_loadu_si512(idx_w);
+    for (int64_t g = 0; g < ng; g++) {
+        vi *o = out + g * 17;
+        memset(o, 0, 17 * sizeof *o);
+        char *xw = (char *)o, *d = (char *)(o + 16);
+        for (int b = 0; b < 16 && 16 * g + b < n_blocks; b++) {
+            const struct gpo_q16_block *blk = xt + 16 * g + b;
+            const int l = lane_of(b);
+            uint32_t dw[16];
+            simde_mm512_storeu_si512(
+                dw, simde_mm512_permutexvar_epi16(idx, simde_mm512_loadu_si512(blk->qs)));
+            for (int v = 0; v < 16; v++) memcpy(xw + 64 * v + 4 * l, &dw[v], 4);
+            memcpy(d + 4 * l, &blk->d, 4);
+        }
+    }
+}
+
+/* The exact block sums of one decoded group against one token's group, as 16 int32
+ * lanes (two dependency chains; integer, so their split does not matter). */
+AI vi group_dot(int kind, const vi *w, const vi *xg) {
+    if (kind == K_Q8) {
+        vi s0 = simde_mm512_dpbusd_epi32(xg[8], w[0], xg[0]);
+        vi s1 = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(), w[1], xg[1]);
+UNROLL(8)
+        for (int v = 2; v < 8; v += 2) {
+            s0 = simde_mm512_dpbusd_epi32(s0, w[v], xg[v]);
+            s1 = simde_mm512_dpbusd_epi32(s1, w[v + 1], xg[v + 1]);
+        }
+        return simde_mm512_add_epi32(s0, s1);
+    }
+    vi s0 = simde_mm512_setzero_si512(), s1 = simde_mm512_setzero_si512();
+UNROLL(16)
+    for (int v = 0; v < 16; v += 2) {
+        s0 = simde_mm512_dpwssd_epi32(s0, w[v], xg[v]);
+        s1 = simde_mm512_dpwssd_epi32(s1, w[v + 1], xg[v + 1]);
+    }
+    return simde_mm512_add_epi32(s0, s1);
+}
+
+/* The one per-group accumulation step of the reduction order. */
+AI vf group_fma(vi s, vf hs, vf d, vf acc) {
+    return simde_mm512_fmadd_ps(gpo_mm512_cvtepi32_ps(s), simde_mm512_mul_ps(hs, d), acc);
+}
+
+/* Software prefetch distance of the row streams (bytes ahead in each row): with the
+ * hardware prefetcher alone one-token decode falls short of the core's bandwidth;
+ * 8 KiB measured best (2-16 KiB, L1 or L2 hints, all within ~10%). */
+#define PF_BYTES 8192
+
+/* Decode and small batches: R rows x T tokens, each group of a row decoded in
+ * registers and used for the T tokens.  xp: token t0's prepared activations, xs the
+ * vectors per token. */
+#define DIRECT_R 4
+#define DIRECT_T 3
+
+AI void direct_tile(int lay, int kind, int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                    const uint8_t *scales, const vi *xp, int64_t xs, int64_t t0, int64_t r,
+                    int64_t n_blocks) {
+    const int64_t ng = (n_blocks + 15) / 16, rb = n_blocks * mx_bytes(lay);
+    vf acc[DIRECT_R][DIRECT_T];
+UNROLL(4)
+    for (int i = 0; i < R; i++)
+UNROLL(4)
+        for (int j = 0; j < T; j++) acc[i][j] = simde_mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+UNROLL(4)
+        for (int i = 0; i < R; i++) {
+            const size_t off = (size_t)((r + i) * rb + g * 16 * mx_bytes(lay)) + PF_BYTES;
+            for (int c = 0; c < (lay == MX_GG ? 5 : 4); c++) prefetch(blocks, off + 64 * (size_t)c);
+            if (lay == MX_ST)
+                prefetch(scales, (size_t)((r + i) * n_blocks + g * 16) + PF_BYTES / 16);
+            vi w[16];
+            vf hs;
+            decode_group(lay, kind, blocks, scales, r + i, n_blocks, g, w, &hs);
+UNROLL(4)
+            for (int j = 0; j < T; j++) {
+                const vi *xg = xp + j * xs + g * xvecs(kind);
+                acc[i][j] = group_fma(group_dot(kind, w, xg), hs,
+                                      simde_mm512_castsi512_ps(xg[xdidx(kind)]), acc[i][j]);
+            }
+        }
+    }
+UNROLL(4)
+    for (int i = 0; i < R; i++)
+UNROLL(4)
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = gpo_mm512_reduce_add_ps(acc[i][j]);
+}
+
+#define DT(LAY, KIND, a, b)                                                                 \
+    case a * 8 + b:                                                                         \
+        direct_tile(LAY, KIND, a, b, y, ldy, blocks, scales, xp, xs, t0, r, n_blocks);      \
+        break;
+#define DIRECT_FN(name, LAY, KIND)                                                          \
+    static void name(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,            \
+                     const uint8_t *scales, const vi *xp, int64_t xs, int64_t t0, int64_t r, \
+                     int64_t n_blocks) {                                                    \
+        switch (R * 8 + T) {                                                                \
+            DT(LAY, KIND, 1, 1) DT(LAY, KIND, 2, 1) DT(LAY, KIND, 3, 1) DT(LAY, KIND, 4, 1)  \
+            DT(LAY, KIND, 1, 2) DT(LAY, KIND, 2, 2) DT(LAY, KIND, 1, 3)                     \
+        default: direct_tile(LAY, KIND, 2, 3, y, ldy, blocks, scales, xp, xs, t0, r, n_blocks); \
+            break;                                                                          \
+        }                                                                                   \
+    }
+DIRECT_FN(direct_st_q8, MX_ST, K_Q8)
+DIRECT_FN(direct_gg_q8, MX_GG, K_Q8)
+DIRECT_FN(direct_st_q16, MX_ST, K_Q16)
+DIRECT_FN(direct_gg_q16, MX_GG, K_Q16)
+#undef DIRECT_FN
+#undef DT
+
+typedef void (*direct_fn)(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                          const uint8_t *scales, const vi *xp, int64_t xs, int64_t t0, int64_t r,
+                          int64_t n_blocks);
+
+/* Batches: the groups of a panel of RP rows x KG groups are decoded once per chunk of
+ * tokens, and register tiles of MR rows x NT tokens sweep them; the accumulators of
+ * the panel's (row, token) pairs wait in acc_buf between column chunks (a store and
+ * a reload keep their bits, so the order is the one above). */
+#define RP 8
+#define KG 4 /* at most; int16 panels take half as many groups (the same bytes) */
+/* Groups per column chunk: panel and activation tiles stay within L1. */
+AI int kg_of(int kind) { return kind == K_Q8 ? KG : KG / 2; }
+#define MR 4
+#define NT 4
+#define TCMAX 64
+/* Stack bytes for prepared activations (a chunk of tokens over all columns). */
+#define XBUF_BYTES (192 * 1024)
+/* From this many tokens on, the batched path. */
+#define PANEL_MIN_TOK 4
+
+AI void panel_tile(int kind, int R, int T, const vi *P, const vf *PH, const vi *xp, int64_t xs,
+                   int64_t g0, int kg, vf *ab) {
+    const int nv = vpg(kind), pstride = kg_of(kind) * 16;
+    for (int g = 0; g < kg; g++) {
+        vi s[MR][NT];
+        const vi *xg[NT];
+UNROLL(4)
+        for (int j = 0; j < T; j++) xg[j] = xp + j * xs + (g0 + g) * xvecs(kind);
+UNROLL(4)
+        for (int i = 0; i < R; i++)
+UNROLL(4)
+            for (int j = 0; j < T; j++)
+                s[i][j] = kind == K_Q8 ? xg[j][8] : simde_mm512_setzero_si512();
+UNROLL(16)
+        for (int v = 0; v < nv; v++) {
+            vi wv[MR];
+UNROLL(4)
+            for (int i = 0; i < R; i++) wv[i] = P[i * pstride + g * 16 + v];
+UNROLL(4)
+            for (int j = 0; j < T; j++) {
+                const vi x = xg[j][v];
+UNROLL(4)
+                for (int i = 0; i < R; i++)
+                    s[i][j] = kind == K_Q8 ? simde_mm512_dpbusd_epi32(s[i][j], wv[i], x)
+                                           : simde_mm512_dpwssd_epi32(s[i][j], wv[i], x);
+            }
+        }
+UNROLL(4)
+        for (int i = 0; i < R; i++)
+UNROLL(4)
+            for (int j = 0; j < T; j++)
+                ab[i * TCMAX + j] =
+                    group_fma(s[i][j], PH[i * kg_of(kind) + g],
+                              simde_mm512_castsi512_ps(xg[j][xdidx(kind)]), ab[i * TCMAX + j]);
+    }
+}
+
+#define PTC(KIND, a, b)                                                                     \
+    case a * 8 + b: panel_tile(KIND, a, b, P, PH, xp, xs, g0, kg, ab); break;
+#define PANEL_FN(name, KIND)                                                                \
+    static void name(int R, int T, const vi *P, const vf *PH, const vi *xp, int64_t xs,     \
+                     int64_t g0, int kg, vf *ab) {                                          \
+        switch (R * 8 + T) {                                                                \
+            PTC(KIND, 1, 1) PTC(KIND, 1, 2) PTC(KIND, 1, 3) PTC(KIND, 1, 4)                 \
+            PTC(KIND, 2, 1) PTC(KIND, 2, 2) PTC(KIND, 2, 3) PTC(KIND, 2, 4)                 \
+            PTC(KIND, 3, 1) PTC(KIND, 3, 2) PTC(KIND, 3, 3) PTC(KIND, 3, 4)                 \
+            PTC(KIND, 4, 1) PTC(KIND, 4, 2) PTC(KIND, 4, 3)                                 \
+        default: panel_tile(KIND, MR, NT, P, PH, xp, xs, g0, kg, ab); break;                \
+        }                                                                                   \
+    }
+PANEL_FN(panel_q8, K_Q8)
+PANEL_FN(panel_q16, K_Q16)
+#undef PANEL_FN
+#undef PTC
+
+/* The size of the next tile when n tokens remain for tiles of at most tmax (balanced). */
+AI int tile_tokens(int64_t n, int tmax) {
+    const int64_t tiles = (n + tmax - 1) / tmax;
+    return (int)((n + tiles - 1) / tiles);
+}
+
+AI void batched(int lay, int kind, float *y, int64_t ldy, const uint8_t *blocks,
+                const uint8_t *scales, const vi *xp, int64_t xs, int64_t tc0, int64_t tc1,
+                int64_t r0, int64_t r1, int64_t n_blocks) {
+    const int64_t ng = (n_blocks + 15) / 16, rb = n_blocks * mx_bytes(lay);
+    vi P[RP * KG * 16];
+    vf PH[RP * KG];
+    vf ab[RP * TCMAX];
+    for (int64_t rp0 = r0; rp0 < r1; rp0 += RP) {
+        const int64_t rp1 = rp0 + RP < r1 ? rp0 + RP : r1;
+        for (int64_t i = 0; i < rp1 - rp0; i++)
+            for (int64_t t = 0; t < tc1 - tc0; t++) ab[i * TCMAX + t] = simde_mm512_setzero_ps();
+        const int kgk = kg_of(kind);
+        for (int64_t g0 = 0; g0 < ng; g0 += kgk) {
+            const int kg = (int)(ng - g0 < kgk ? ng - g0 : kgk);
+            for (int64_t i = 0; i < rp1 - rp0; i++) {
+                for (int g = 0; g < kg; g++)
+                    decode_group(lay, kind, blocks, scales, rp0 + i, n_blocks, g0 + g,
+                                 P + (i * kgk + g) * 16, PH + i * kgk + g);
+                /* The next chunk of this row, or the same row of the next panel. */
+                const int last = g0 + kg == ng;
+                const size_t next = (size_t)((last ? rp0 + i + RP : rp0 + i) * rb +
+                                             (last ? 0 : (g0 + kg) * 16 * mx_bytes(lay)));
+                for (size_t off = 0; off < (size_t)(kgk * 16 * mx_bytes(lay)); off += 64)
+                    prefetch(blocks, next + off);
+            }
+            for (int64_t t = tc0, T; t < tc1; t += T) {
+                T = tile_tokens(tc1 - t, NT);
+                for (int64_t r = rp0; r < rp1; r += MR) {
+                    const int R = (int)(rp1 - r < MR ? rp1 - r : MR);
+                    (kind == K_Q8 ? panel_q8 : panel_q16)(
+                        R, (int)T, P + (r - rp0) * kgk * 16, PH + (r - rp0) * kgk,
+                        xp + (t - tc0) * xs, xs, g0, kg, ab + (r - rp0) * TCMAX + (t - tc0));
+                }
+            }
+        }
+        for (int64_t i = 0; i < rp1 - rp0; i++)
+            for (int64_t t = tc0; t < tc1; t++)
+                y[t * ldy + rp0 + i] = gpo_mm512_reduce_add_ps(ab[i * TCMAX + (t - tc0)]);
+    }
+}
+
+static void batched_st_q8(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                          const vi *xp, int64_t xs, int64_t tc0, int64_t tc1, int64_t r0,
+                          int64_t r1, int64_t n_blocks) {
+    batched(MX_ST, K_Q8, y, ldy, blocks, scales, xp, xs, tc0, tc1, r0, r1, n_blocks);
+}
+static void batched_gg_q8(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                          const vi *xp, int64_t xs, int64_t tc0, int64_t tc1, int64_t r0,
+                          int64_t r1, int64_t n_blocks) {
+    batched(MX_GG, K_Q8, y, ldy, blocks, scales, xp, xs, tc0, tc1, r0, r1, n_blocks);
+}
+static void batched_st_q16(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                           const vi *xp, int64_t xs, int64_t tc0, int64_t tc1, int64_t r0,
+                           int64_t r1, int64_t n_blocks) {
+    batched(MX_ST, K_Q16, y, ldy, blocks, scales, xp, xs, tc0, tc1, r0, r1, n_blocks);
+}
+static void batched_gg_q16(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                           const vi *xp, int64_t xs, int64_t tc0, int64_t tc1, int64_t r0,
+                           int64_t r1, int64_t n_blocks) {
+    batched(MX_GG, K_Q16, y, ldy, blocks, scales, xp, xs, tc0, tc1, r0, r1, n_blocks);
+}
+
+/* Both integer kinds, both layouts: token chunks whose prepared activations fit the
+ * stack buffer (or a heap one for very wide rows), then the direct or batched path.
+ * xq points at struct gpo_q8_block or gpo_q16_block rows of ldxq blocks. */
+static void matmul_int(int lay, int kind, float *y, int64_t ldy, const uint8_t *blocks,
+                       const uint8_t *scales, const void *xq, int64_t ldxq, int64_t n_tok,
+                       int64_t r0, int64_t r1, int64_t n_cols) {
+    const int64_t nb = n_cols / 32, ng = (nb + 15) / 16;
+    if (r1 <= r0 || n_tok <= 0) return;
+    if (nb == 0) { /* an empty sum is 0 */
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] = 0.0f;
+        return;
+    }
+    const int64_t xs = ng * xvecs(kind); /* vectors per token */
+    const int64_t per_tok = xs * (int64_t)sizeof(vi);
+    vi xbuf[XBUF_BYTES / sizeof(vi)];
+    vi *xp = xbuf, *heap = NULL;
+    int64_t tc = XBUF_BYTES / per_tok;
+    if (tc > TCMAX) tc = TCMAX;
+    if (tc < (n_tok < PANEL_MIN_TOK ? n_tok : NT)) { /* very wide rows */
+        tc = n_tok < PANEL_MIN_TOK ? n_tok : NT;
+        if (posix_memalign((void **)&heap, 64, (size_t)(tc * per_tok)) != 0) abort();
+        xp = heap;
+    }
+    const int direct = n_tok < PANEL_MIN_TOK;
+    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += tc) {
+        const int64_t tc1 = tc0 + tc < n_tok ? tc0 + tc : n_tok;
+        for (int64_t t = tc0; t < tc1; t++) {
+            if (kind == K_Q8)
+                prepare_q8(lay, xp + (t - tc0) * xs,
+                           (const struct gpo_q8_block *)xq + t * ldxq, nb);
+            else
+                prepare_q16(lay, xp + (t - tc0) * xs,
+                            (const struct gpo_q16_block *)xq + t * ldxq, nb);
+        }
+        if (direct) {
+            const direct_fn fn = lay == MX_GG ? (kind == K_Q8 ? direct_gg_q8 : direct_gg_q16)
+                                              : (kind == K_Q8 ? direct_st_q8 : direct_st_q16);
+            const int T = (int)(tc1 - tc0), rstep = T == 1 ? DIRECT_R : 2;
+            for (int64_t r = r0; r < r1; r += rstep) {
+                const int R = (int)(r1 - r < rstep ? r1 - r : rstep);
+                fn(R, T, y, ldy, blocks, scales, xp, xs, tc0, r, nb);
+            }
+        } else if (lay == MX_GG) {
+            (kind == K_Q8 ? batched_gg_q8 : batched_gg_q16)(y, ldy, blocks, NULL, xp, xs, tc0,
+                                                            tc1, r0, r1, nb);
+        } else {
+            (kind == K_Q8 ? batched_st_q8 : batched_st_q16)(y, ldy, blocks, scales, xp, xs, tc0,
+                                                            tc1, r0, r1, nb);
+        }
+    }
+    free(heap);
+}
+
+static void matmul_mxfp4_q8_512(float *y, int64_t ldy, const uint8_t *blocks,
+                                const uint8_t *scales, const struct gpo_q8_block *xq,
+                                int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                                int64_t n_cols) {
+    matmul_int(MX_ST, K_Q8, y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_ggml_q8_512(float *y, int64_t ldy, const void *W,
+                                     const struct gpo_q8_block *xq, int64_t ldxq, int64_t n_tok,
+                                     int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_int(MX_GG, K_Q8, y, ldy, W, NULL, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_q16_512(float *y, int64_t ldy, const uint8_t *blocks,
+                                 const uint8_t *scales, const struct gpo_q16_block *xq,
+                                 int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
+                                 int64_t n_cols) {
+    matmul_int(MX_ST, K_Q16, y, ldy, blocks, scales, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_ggml_q16_512(float *y, int64_t ldy, const void *W,
+                                      const struct gpo_q16_block *xq, int64_t ldxq,
+                                      int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    matmul_int(MX_GG, K_Q16, y, ldy, W, NULL, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+/* ---- The exact path (f32 activations) ----
+ *
+ * Each output element owns a 16-lane f32 accumulator; lane l takes the columns
+ * c = 16v + l for v = 0, 1, ... in increasing order, one FMA each with the weight
+ * fp4 * 2^(e-127) (exact in f32), and gpo_mm512_reduce_add_ps sums the lanes at the
+ * end.  A block is decoded to its 32 weights in column order (two vectors): a byte
+ * permute puts the code byte of each element in its dword, a variable shift brings
+ * the element's nibble down, and vpermps looks the value up (it reads only the low
+ * four bits of the index).  The two layouts differ only in those permute and shift
+ * constants.  The decode path (in registers) and the batched one (through an f32
+ * panel) do the same FMAs in the same order. */
+
+AI vf e8_scale(uint8_t e) {
+    return simde_mm512_castsi512_ps(
+        simde_mm512_set1_epi32(e == 0 ? 0x00400000 : (int32_t)((uint32_t)e << 23)));
+}
+
+struct f32_consts {
+    vi idx[2], sh[2]; /* per half of the block (elements 0-15, 16-31) */
+    vf vals;          /* the 16 FP4 values */
+};
+
+AI struct f32_consts f32_consts(int lay) {
+    struct f32_consts k;
+    if (lay == MX_ST) { /* element 2i + h: byte i, nibble h */
+        k.idx[0] = simde_mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+        k.idx[1] = simde_mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8,
+                                         8);
+        k.sh[0] = k.sh[1] = simde_mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+    } else { /* element j + 16h: byte j, nibble h */
+        k.idx[0] = k.idx[1] =
+            simde_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        k.sh[0] = simde_mm512_setzero_si512();
+        k.sh[1] = simde_mm512_set1_epi32(4);
+    }
+    k.vals = simde_mm512_loadu_ps(gpo_fp4_values);
+    return k;
+}
+
+/* Block rb of either layout as 32 f32 weights in column order. */
+AI void f32_decode(int lay, const struct f32_consts *k, const uint8_t *blocks,
+                   const uint8_t *scales, int64_t rb, vf out[2]) {
+    const uint8_t *c = blocks + rb * mx_bytes(lay) + (lay == MX_GG);
+    /* The 16 values times the scale: every product is exact, as per element. */
+    const uint8_t e = lay == MX_GG ? blocks[rb * 17] : scales[rb];
+    const vf vals = simde_mm512_mul_ps(k->vals, e8_scale(e));
+    const vi v = simde_mm512_castsi128_si512(simde_mm_loadu_si128(c));
+UNROLL(2)
+    for (int h = 0; h < 2; h++) {
+        /* idx[h] holds dword indices: byte 4l of the permute's index is what counts */
+        vi b = simde_mm512_maskz_permutexvar_epi8(LANE0_OF_DWORDS, k->idx[h], v);
+        if (lay == MX_ST || h == 1) b = simde_mm512_srlv_epi32(b, k->sh[h]);
+        out[h] = simde_mm512_permutexvar_ps(b, vals);
+    }
+}
+
+#define F_DIRECT_R 4
+#define F_DIRECT_T 2
+#define F_PF_BYTES 4096
+
+AI void f32_tile(int lay, int R, int T, float *y, int64_t ldy, const uint8_t *blocks,
+                 const uint8_t *scales, const float *x, int64_t ldx, int64_t t0, int64_t r,
+                 int64_t n_cols) {
+    const struct f32_consts k = f32_consts(lay);
+    const int64_t nb = n_cols / 32;
+    vf acc[F_DIRECT_R][F_DIRECT_T];
+UNROLL(4)
+    for (int i = 0; i < R; i++)
+UNROLL(4)
+        for (int j = 0; j < T; j++) acc[i][j] = simde_mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+UNROLL(4)
+        for (int i = 0; i < R; i++) {
+            const int64_t rb = (r + i) * nb + b;
+            if ((b & 3) == 0) /* one prefetch per cache line of the row stream */
+                prefetch(blocks, (size_t)(rb * mx_bytes(lay)) + F_PF_BYTES);
+            vf w[2];
+            f32_decode(lay, &k, blocks, scales, rb, w);
+UNROLL(4)
+            for (int j = 0; j < T; j++) {
+                const float *xb = x + (t0 + j) * ldx + b * 32;
+                acc[i][j] = simde_mm512_fmadd_ps(w[0], simde_mm512_loadu_ps(xb), acc[i][j]);
+                acc[i][j] = simde_mm512_fmadd_ps(w[1], simde_mm512_loadu_ps(xb + 16), acc[i][j]);
+            }
+        }
+    }
+UNROLL(4)
+    for (int i = 0; i < R; i++)
+UNROLL(4)
+        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = gpo_mm512_reduce_add_ps(acc[i][j]);
+}
+
+#define FT(LAY, a, b)                                                                       \
+    case a * 8 + b: f32_tile(LAY, a, b, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break;
+#define F32_TILE_FN(name, LAY)                                                              \
+    static void name(int R, int T, float *y, int64_t ldy, const uint8_t *blocks,            \
+                     const uint8_t *scales, const float *x, int64_t ldx, int64_t t0,        \
+                     int64_t r, int64_t n_cols) {                                           \
+        switch (R * 8 + T) {                                                                \
+            FT(LAY, 1, 1) FT(LAY, 2, 1) FT(LAY, 3, 1) FT(LAY, 4, 1) FT(LAY, 1, 2)           \
+            FT(LAY, 2, 2) FT(LAY, 3, 2)                                                     \
+        default: f32_tile(LAY, 4, 2, y, ldy, blocks, scales, x, ldx, t0, r, n_cols); break; \
+        }                                                                                   \
+    }
+F32_TILE_FN(f32_tile_st, MX_ST)
+F32_TILE_FN(f32_tile_gg, MX_GG)
+#undef F32_TILE_FN
+#undef FT
+
+/* Batches: a panel of F_RP rows x F_KC columns decoded to f32 once per chunk of
+ * tokens, F_MR x F_NT register tiles over it; accumulators wait in acc_buf between
+ * column chunks (bit-preserving). */
+#define F_KC 512
+#define F_RP 8
+#define F_MR 4
+#define F_NT 4
+#define F_TC 64
+#define F_PANEL_MIN_TOK 4
+
+AI void f32_panel_tile(int R, int T, const float *P, const float *x, int64_t ldx, int64_t kn,
+                       vf *ab, int first, int last, float *y, int64_t ldy) {
+    vf acc[F_MR][F_NT];
+UNROLL(4)
+    for (int i = 0; i < R; i++)
+UNROLL(4)
+        for (int j = 0; j < T; j++)
+            acc[i][j] = first ? simde_mm512_setzero_ps() : ab[i * F_TC + j];
+    for (int64_t c = 0; c < kn; c += 16) {
+        vf w[F_MR];
+UNROLL(4)
+        for (int i = 0; i < R; i++) w[i] = simde_mm512_loadu_ps(P + i * F_KC + c);
+UNROLL(4)
+        for (int j = 0; j < T; j++) {
+            const vf xv = simde_mm512_loadu_ps(x + j * ldx + c);
+UNROLL(4)
+            for (int i = 0; i < R; i++) acc[i][j] = simde_mm512_fmadd_ps(w[i], xv, acc[i][j]);
+        }
+    }
+UNROLL(4)
+    for (int i = 0; i < R; i++)
+UNROLL(4)
+        for (int j = 0; j < T; j++) {
+            if (last) y[j * ldy + i] = gpo_mm512_reduce_add_ps(acc[i][j]);
+            else ab[i * F_TC + j] = acc[i][j];
+        }
+}
+
+static void f32_panel_tile_any(int R, int T, const float *P, const float *x, int64_t ldx,
+                               int64_t kn, vf *ab, int first, int last, float *y, int64_t ldy) {
+#define FP(a, b)                                                                            \
+    case a * 8 + b: f32_panel_tile(a, b, P, x, ldx, kn, ab, first, last, y, ldy); break;
+    switch (R * 8 + T) {
+        FP(1, 1) FP(1, 2) FP(1, 3) FP(1, 4)
+        FP(2, 1) FP(2, 2) FP(2, 3) FP(2, 4)
+        FP(3, 1) FP(3, 2) FP(3, 3) FP(3, 4)
+        FP(4, 1) FP(4, 2) FP(4, 3)
+    default: f32_panel_tile(F_MR, F_NT, P, x, ldx, kn, ab, first, last, y, ldy); break;
+    }
+#undef FP
+}
+
+AI void f32_batched(int lay, float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                    const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                    int64_t n_cols) {
+    const struct f32_consts k = f32_consts(lay);
+    const int64_t nb = n_cols / 32;
+    float P[F_RP * F_KC] __attribute__((aligned(64)));
+    vf ab[F_RP * F_TC];
+    for (int64_t tc0 = 0; tc0 < n_tok; tc0 += F_TC) {
+        const int64_t tc1 = tc0 + F_TC < n_tok ? tc0 + F_TC : n_tok;
+        for (int64_t rp0 = r0; rp0 < r1; rp0 += F_RP) {
+            const int64_t rp1 = rp0 + F_RP < r1 ? rp0 + F_RP : r1;
+            for (int64_t k0 = 0; k0 < n_cols; k0 += F_KC) {
+                const int64_t kn = n_cols - k0 < F_KC ? n_cols - k0 : F_KC;
+                const int first = k0 == 0, last = k0 + kn == n_cols;
+                for (int64_t i = 0; i < rp1 - rp0; i++) {
+                    for (int64_t b = k0 / 32; b < (k0 + kn) / 32; b++) {
+                        vf w[2];
+                        f32_decode(lay, &k, blocks, scales, (rp0 + i) * nb + b, w);
+                        simde_mm512_store_ps(P + i * F_KC + b * 32 - k0, w[0]);
+                        simde_mm512_store_ps(P + i * F_KC + b * 32 - k0 + 16, w[1]);
+                    }
+                    const int64_t next =
+                        last ? (rp0 + i + F_RP) * nb : (rp0 + i) * nb + (k0 + kn) / 32;
+                    const size_t off = (size_t)(next * mx_bytes(lay));
+                    for (size_t o = 0; o < (size_t)(F_KC / 32 * mx_bytes(lay)); o += 64)
+                        prefetch(blocks, off + o);
+                    if (lay == MX_ST) prefetch(scales, (size_t)next);
+                }
+                for (int64_t t = tc0, T; t < tc1; t += T) {
+                    T = tile_tokens(tc1 - t, F_NT);
+                    for (int64_t r = rp0; r < rp1; r += F_MR) {
+                        const int R = (int)(rp1 - r < F_MR ? rp1 - r : F_MR);
+                        f32_panel_tile_any(R, (int)T, P + (r - rp0) * F_KC, x + t * ldx + k0, ldx,
+                                           kn, ab + (r - rp0) * F_TC + (t - tc0), first, last,
+                                           y + t * ldy + r, ldy);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void f32_batched_st(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                           const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                           int64_t n_cols) {
+    f32_batched(MX_ST, y, ldy, blocks, scales, x, ldx, n_tok, r0, r1, n_cols);
+}
+static void f32_batched_gg(float *y, int64_t ldy, const uint8_t *blocks, const float *x,
+                           int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    f32_batched(MX_GG, y, ldy, blocks, NULL, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_f32(int lay, float *y, int64_t ldy, const uint8_t *blocks,
+                       const uint8_t *scales, const float *x, int64_t ldx, int64_t n_tok,
+                       int64_t r0, int64_t r1, int64_t n_cols) {
+    if (r1 <= r0 || n_tok <= 0) return;
+    if (n_cols < 32) { /* an empty sum is 0 */
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = r0; r < r1; r++) y[t * ldy + r] = 0.0f;
+        return;
+    }
+    if (n_tok >= F_PANEL_MIN_TOK) {
+        if (lay == MX_GG) f32_batched_gg(y, ldy, blocks, x, ldx, n_tok, r0, r1, n_cols);
+        else f32_batched_st(y, ldy, blocks, scales, x, ldx, n_tok, r0, r1, n_cols);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r += F_DIRECT_R) {
+        const int R = (int)(r1 - r < F_DIRECT_R ? r1 - r : F_DIRECT_R);
+        for (int64_t t = 0, T; t < n_tok; t += T) {
+            T = tile_tokens(n_tok - t, F_DIRECT_T);
+            if (lay == MX_GG) f32_tile_gg(R, (int)T, y, ldy, blocks, NULL, x, ldx, t, r, n_cols);
+            else f32_tile_st(R, (int)T, y, ldy, blocks, scales, x, ldx, t, r, n_cols);
+        }
+    }
+}
+
+static void matmul_mxfp4_512(float *y, int64_t ldy, const uint8_t *blocks, const uint8_t *scales,
+                             const float *x, int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                             int64_t n_cols) {
+    matmul_f32(MX_ST, y, ldy, blocks, scales, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_mxfp4_ggml_512(float *y, int64_t ldy, const void *W, const float *x,
+                                  int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                  int64_t n_cols) {
+    matmul_f32(MX_GG, y, ldy, W, NULL, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+void GPO_K512(fill_int8)(struct gpo_kernels *t) {
+    t->matmul_mxfp4 = matmul_mxfp4_512;
+    t->matmul_mxfp4_ggml = matmul_mxfp4_ggml_512;
+    t->matmul_mxfp4_q8 = matmul_mxfp4_q8_512;
+    t->matmul_mxfp4_ggml_q8 = matmul_mxfp4_ggml_q8_512;
+    t->matmul_mxfp4_q16 = matmul_mxfp4_q16_512;
+    t->matmul_mxfp4_ggml_q16 = matmul_mxfp4_ggml_q16_512;
+}
