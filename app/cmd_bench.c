@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "forward.h"
 #include "gpo_bench.h"
 
 #define MAX_LIST 32
@@ -55,7 +56,10 @@ static void usage(void) {
            "what the model says.  tgN first prefills one token per sequence, untimed.\n"
            "weight_bytes_per_token: for tg with B = 1 the model's active weights per token;\n"
            "otherwise counted from the distinct experts each forward call actually routed to\n"
-           "(recorded during the warm-up run), so experts shared by the batch count once.\n");
+           "(recorded during the warm-up run), so experts shared by the batch count once.\n"
+           "idle (JSON idle_frac): the share of the threads' time spent waiting at the\n"
+           "forward pass's barriers; JSON barriers_per_step and barrier_ms_per_step: the\n"
+           "barriers one forward call crosses and the time a thread waits at them per call.\n");
 }
 
 struct list {
@@ -199,7 +203,22 @@ struct bench {
     /* totals of the counting run */
     double bytes, experts, experts_formula;
     int64_t calls;
+    /* the forward pass's barrier counters over the timed calls of the timed runs */
+    struct gpo_ctx_stats sched;
 };
+
+/* Add the context's counters since its last reset to b->sched (timed runs only). */
+static void sched_collect(struct bench *b) {
+    struct gpo_ctx_stats st;
+    gpo_ctx_stats(b->ctx, &st);
+    if (b->counting) return;
+    b->sched.calls += st.calls;
+    b->sched.tokens += st.tokens;
+    b->sched.barriers += st.barriers;
+    b->sched.n_threads = st.n_threads;
+    b->sched.wall_s += st.wall_s;
+    b->sched.barrier_s += st.barrier_s;
+}
 
 /* Weight bytes one forward call of n_tok tokens streams when `distinct` (layer,
  * expert) pairs were selected: every non-expert layer weight once, one embedding
@@ -233,6 +252,7 @@ static enum gpo_status run_pp(struct bench *b, gpo_kv *kv, const int32_t *toks, 
                               int64_t ub, double *secs) {
     enum gpo_status s = gpo_kv_rewind(kv, 0);
     if (s != GPO_OK) return s;
+    gpo_ctx_stats_reset(b->ctx);
     const double t0 = now_s();
     for (int64_t off = 0; off < P; off += ub) {
         const int64_t n = P - off < ub ? P - off : ub;
@@ -242,6 +262,7 @@ static enum gpo_status run_pp(struct bench *b, gpo_kv *kv, const int32_t *toks, 
         if ((s = forward(b, &sb, 1, n, last)) != GPO_OK) return s;
     }
     *secs = now_s() - t0;
+    sched_collect(b);
     return GPO_OK;
 }
 
@@ -257,6 +278,7 @@ static enum gpo_status run_tg(struct bench *b, gpo_kv **kvs, struct gpo_seq_batc
                                        .logits = GPO_LOGITS_NONE};
     /* The prefill is not part of the test: neither timed nor counted. */
     if ((s = gpo_forward(b->ctx, sb, B, b->logits)) != GPO_OK) return s;
+    gpo_ctx_stats_reset(b->ctx);
     const double t0 = now_s();
     for (int64_t step = 1; step <= N; step++) {
         for (int64_t i = 0; i < B; i++) {
@@ -266,6 +288,7 @@ static enum gpo_status run_tg(struct bench *b, gpo_kv **kvs, struct gpo_seq_batc
         if ((s = forward(b, sb, B, B, 1)) != GPO_OK) return s;
     }
     *secs = now_s() - t0;
+    sched_collect(b);
     return GPO_OK;
 }
 
@@ -277,6 +300,9 @@ struct result {
     double tok_s_med, tok_s_min, tok_s_max;
     double bytes_per_token, experts_per_layer, experts_formula;
     const char *bytes_source;
+    /* scheduling, per forward call of the timed runs (a step: one ubatch of a
+     * prefill, one decode step of the whole batch) */
+    double barriers_per_step, barrier_ms_per_step, idle_frac;
     double membw_gbs; /* < 0: not measured */
     uint64_t logits_hash, rss;
 };
@@ -325,6 +351,7 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
 
     const int64_t ub = o->ubatch < P ? o->ubatch : P;
     r->ubatch = is_pp ? ub : B;
+    b->sched = (struct gpo_ctx_stats){0};
     for (int rep = -1; rep < r->reps; rep++) {
         double secs = 0.0;
         b->counting = rep < 0;
@@ -368,6 +395,14 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
     }
     r->experts_per_layer = b->calls ? b->experts / (double)b->calls : 0.0;
     r->experts_formula = b->calls ? b->experts_formula / (double)b->calls : 0.0;
+    /* barrier_ms_per_step: the time one thread waits at barriers in a step, averaged
+     * over the threads; idle_frac: the share of the team's time spent so. */
+    const struct gpo_ctx_stats *sc = &b->sched;
+    if (sc->calls > 0 && sc->n_threads > 0) {
+        r->barriers_per_step = (double)sc->barriers / (double)sc->calls;
+        r->barrier_ms_per_step = 1e3 * sc->barrier_s / sc->n_threads / (double)sc->calls;
+        r->idle_frac = sc->wall_s > 0 ? sc->barrier_s / (sc->n_threads * sc->wall_s) : 0.0;
+    }
     r->logits_hash = fnv1a(b->logits, (size_t)n_seq * (size_t)V * sizeof(float));
     r->rss = peak_rss_bytes();
     rc = 0;
@@ -394,9 +429,9 @@ static double effective_gbs(const struct result *r) {
 
 static void print_table_header(void) {
     printf("| model | size | threads | batch | dense | path | test | t/s | t/s/user "
-           "| MB/token | GB/s | membw GB/s | %% bw |\n");
+           "| MB/token | GB/s | membw GB/s | %% bw | idle |\n");
     printf("| ----- | ---: | ------: | ----: | ----- | ---- | ---: | --: | -------: "
-           "| -------: | ---: | ---------: | ---: |\n");
+           "| -------: | ---: | ---------: | ---: | ---: |\n");
     fflush(stdout);
 }
 
@@ -412,10 +447,12 @@ static void print_table_row(const struct bench *b, const struct result *r) {
     char size[32];
     if (mib >= 1024.0) snprintf(size, sizeof size, "%.2f GiB", mib / 1024.0);
     else snprintf(size, sizeof size, "%.2f MiB", mib);
-    printf("| %s | %s | %lld | %lld | %s | %s | %s | %.2f ± %.2f | %.2f | %.1f | %.2f | %s | %s |\n",
+    printf("| %s | %s | %lld | %lld | %s | %s | %s | %.2f ± %.2f | %.2f | %.1f | %.2f | %s | %s "
+           "| %.1f%% |\n",
            b->name, size, (long long)r->threads,
            (long long)r->batch, b->o->dense, path_name(b->o->path), r->test, r->tok_s_med, spread,
-           r->tok_s_med / (double)r->batch, r->bytes_per_token / 1e6, eff, membw, frac);
+           r->tok_s_med / (double)r->batch, r->bytes_per_token / 1e6, eff, membw, frac,
+           100.0 * r->idle_frac);
     fflush(stdout);
 }
 
@@ -428,6 +465,8 @@ static void print_table_footer(const struct bench *b) {
            "weights, the other tests the distinct experts each forward call routed to (measured),\n"
            "shared by its tokens.  GB/s = MB/token x t/s; %% bw = GB/s / membw GB/s, the read\n"
            "bandwidth the probe measured with the same threads (%s).\n"
+           "idle: the share of the threads' time spent waiting at barriers (JSON: idle_frac,\n"
+           "barriers_per_step, barrier_ms_per_step).\n"
            "kernels: %s\n",
            (long long)b->o->reps, probe, gpo_ctx_kernels(b->ctx));
     fflush(stdout);
@@ -471,6 +510,9 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
          cJSON_AddNumberToObject(j, "experts_per_layer", r->experts_per_layer) &&
          cJSON_AddNumberToObject(j, "experts_per_layer_formula", r->experts_formula) &&
          cJSON_AddNumberToObject(j, "effective_gbs", eff) &&
+         cJSON_AddNumberToObject(j, "barriers_per_step", r->barriers_per_step) &&
+         cJSON_AddNumberToObject(j, "barrier_ms_per_step", r->barrier_ms_per_step) &&
+         cJSON_AddNumberToObject(j, "idle_frac", r->idle_frac) &&
          add_number_or_null(j, "membw_gbs", r->membw_gbs, r->membw_gbs > 0) &&
          add_number_or_null(j, "bw_fraction", eff / r->membw_gbs, r->membw_gbs > 0) &&
          add_number_or_null(j, "membw_buffer_bytes", (double)b->o->membw_mib * 1048576.0,

@@ -17,6 +17,16 @@
  * online-softmax rescaling points do not depend on how tokens were batched. */
 #define ATTN_CHUNK 64
 
+/* The MoE work items: blocks of MOE_UP_BLOCK units of one expert's first projection
+ * (its gate and linear rows, so the SwiGLU of those units follows at once; a whole
+ * int8 block of its output), blocks of MOE_DOWN_BLOCK rows of its down projection.
+ * A thread's up projection scratch holds all 2*n_ff rows for MOE_SCRATCH_TOKENS
+ * tokens: an expert with more tokens is computed in chunks of units.  Few large
+ * kernel calls matter: 128-unit chunks cost 10-25% of a 16-token prefill. */
+#define MOE_UP_BLOCK 32
+#define MOE_DOWN_BLOCK 32
+#define MOE_SCRATCH_TOKENS 64
+
 static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -151,6 +161,14 @@ void gpo_attention_head_ref(float *out, const float *q, const float *k, const fl
 /* ------------------------------------------------------------------------- */
 /* Context                                                                   */
 
+/* One thread's barrier counters, a cache line of its own. */
+struct thr_stat {
+    double wait; /* seconds waiting in barriers */
+    int64_t n;   /* barriers crossed */
+    double end;  /* when it reached the end of the parallel region */
+    char pad[64 - 3 * 8];
+};
+
 struct gpo_ctx {
     const struct gpo_model *m;
     const struct gpo_kernels *k;
@@ -180,22 +198,30 @@ struct gpo_ctx {
     float *selw;  /* [T][K] */
     float *y;     /* [T][H] MoE output */
     float *cs;    /* [T][D/2] cos, then [T][D/2] sin */
-    /* experts, grouped */
-    int64_t *ex_off;   /* [E+1] */
-    int32_t *ex_tok;   /* [T*K] token of each (expert, slot) */
-    float *ex_w;       /* [T*K] */
-    int32_t *ex_cur;   /* [E] */
-    float *xe;         /* [T][H] gathered inputs of one expert */
-    float *h1;         /* [T][2F] */
-    float *act;        /* [T][F] */
-    float *z;          /* [T][H] */
-    struct gpo_q8_block *xq; /* [T][F/32] quantised SwiGLU outputs (fast path) */
-    struct gpo_q16_block *tq;  /* [T][H/32] quantised expert inputs (fast path) */
-    struct gpo_q16_block *xeq; /* [T][H/32] the same, gathered for one expert */
+    /* Experts.  A slot is one (expert, token) pair of the batch; slots are ordered
+     * by expert, then token, so each expert's tokens are a contiguous run of them. */
+    struct gpo_q16_block *tq; /* [T][H/32] quantised expert inputs (fast path) */
+    float *act;               /* [T*K][F] SwiGLU outputs per slot (exact path) */
+    struct gpo_q8_block *xq;  /* [T*K][F/32] the same quantised (fast path) */
+    float *z;                 /* [T*K][H] down projection outputs per slot, bias added */
+    /* per thread: every thread groups the batch by expert itself (the same result
+     * for all), which saves the barrier a shared grouping would need */
+    int64_t *g_off;  /* [n_threads][2*(E+1)] first slot of each expert, then cursors */
+    int32_t *g_tok;  /* [n_threads][T*K] token of each slot */
+    int32_t *g_slot; /* [n_threads][T*K] slot of token i's j-th expert */
+    int64_t *g_run;  /* [n_threads][3*E] the thread's runs of a sweep (moe_runs) */
+    float *xg;       /* [n_threads][T*H] one expert's inputs gathered (f32 or q16 rows) */
+    float *hs;       /* [n_threads][hs_cap] up projection outputs of one chunk */
+    float *as;       /* [n_threads][F] one token's SwiGLU outputs (fast path) */
+    int64_t hs_cap;  /* floats: 2F units x MOE_SCRATCH_TOKENS, at least 2 x 32 x T */
     /* output selection */
     int64_t *out_tok;  /* [T] tokens whose logits are wanted */
+    int64_t *out_idx;  /* [T] each token's row of logits, or -1 */
     /* attention scratch per thread */
     float *ascratch;   /* [n_threads][ATTN_CHUNK + head_dim] */
+    /* scheduling counters */
+    struct thr_stat *tstat; /* [n_threads] */
+    struct gpo_ctx_stats stats;
 };
 
 static void *xalloc(size_t n, int *fail) {
@@ -222,6 +248,7 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->m = m;
     x->path = o.path;
     x->n_threads = o.n_threads;
+    x->stats.n_threads = o.n_threads;
     x->max_tokens = o.max_tokens;
     x->max_seqs = o.max_seqs;
     const struct gpo_kernels *sel =
@@ -253,19 +280,27 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->selw = xalloc(T * K * 4, &fail);
     x->y = xalloc(T * H * 4, &fail);
     x->cs = xalloc(T * D * 4, &fail);
-    x->ex_off = xalloc((E + 1) * 8, &fail);
-    x->ex_tok = xalloc(T * K * 4, &fail);
-    x->ex_w = xalloc(T * K * 4, &fail);
-    x->ex_cur = xalloc(E * 4, &fail);
-    x->xe = xalloc(T * H * 4, &fail);
-    x->h1 = xalloc(T * 2 * F * 4, &fail);
-    x->act = xalloc(T * F * 4, &fail);
-    x->z = xalloc(T * H * 4, &fail);
-    x->xq = xalloc(T * (F / 32) * sizeof(struct gpo_q8_block), &fail);
-    x->tq = xalloc(T * (H / 32) * sizeof(struct gpo_q16_block), &fail);
-    x->xeq = xalloc(T * (H / 32) * sizeof(struct gpo_q16_block), &fail);
+    const size_t NT = (size_t)o.n_threads;
+    if (o.path == GPO_PATH_FAST) {
+        x->tq = xalloc(T * (H / 32) * sizeof(struct gpo_q16_block), &fail);
+        x->xq = xalloc(T * K * (F / 32) * sizeof(struct gpo_q8_block), &fail);
+    } else {
+        x->act = xalloc(T * K * F * 4, &fail);
+    }
+    x->z = xalloc(T * K * H * 4, &fail);
+    x->g_off = xalloc(NT * 2 * (E + 1) * 8, &fail);
+    x->g_tok = xalloc(NT * T * K * 4, &fail);
+    x->g_slot = xalloc(NT * T * K * 4, &fail);
+    x->g_run = xalloc(NT * 3 * E * 8, &fail);
+    x->xg = xalloc(NT * T * H * 4, &fail); /* f32 rows; q16 rows take 68/128 of that */
+    x->hs_cap = (int64_t)(2 * F * (T < MOE_SCRATCH_TOKENS ? T : MOE_SCRATCH_TOKENS));
+    if (x->hs_cap < (int64_t)(2 * MOE_UP_BLOCK * T)) x->hs_cap = (int64_t)(2 * MOE_UP_BLOCK * T);
+    x->hs = xalloc(NT * (size_t)x->hs_cap * 4, &fail);
+    x->as = xalloc(NT * F * 4, &fail);
     x->out_tok = xalloc(T * 8, &fail);
+    x->out_idx = xalloc(T * 8, &fail);
     x->ascratch = xalloc((size_t)o.n_threads * (ATTN_CHUNK + D) * 4, &fail);
+    x->tstat = xalloc((size_t)o.n_threads * sizeof *x->tstat, &fail);
     if (fail) {
         gpo_ctx_free(x);
         return gpo_fail(GPO_ERR_NOMEM, "cannot allocate forward buffers for %zu tokens", T);
@@ -277,11 +312,12 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
 
 void gpo_ctx_free(gpo_ctx *x) {
     if (!x) return;
-    void *bufs[] = {x->inv_freq, x->tok_id, x->tok_pos, x->tok_seq, x->x,      x->t,
-                    x->q,        x->kb,     x->vb,      x->att,     x->o,      x->rl,
-                    x->sel,      x->selw,   x->y,       x->cs,      x->ex_off, x->ex_tok,
-                    x->ex_w,     x->ex_cur, x->xe,      x->h1,      x->act,    x->z,
-                    x->xq,       x->out_tok, x->ascratch, x->tq,   x->xeq};
+    void *bufs[] = {x->inv_freq, x->tok_id, x->tok_pos, x->tok_seq, x->x,     x->t,
+                    x->q,        x->kb,     x->vb,      x->att,     x->o,     x->rl,
+                    x->sel,      x->selw,   x->y,       x->cs,      x->tq,    x->act,
+                    x->xq,       x->z,      x->g_off,   x->g_tok,   x->g_slot, x->xg,
+                    x->hs,       x->as,     x->out_tok, x->out_idx, x->ascratch, x->tstat,
+                    x->g_run};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpo_aligned_free(bufs[i]);
     free(x);
 }
@@ -293,6 +329,11 @@ void gpo_ctx_set_trace(gpo_ctx *ctx, gpo_trace_fn fn, void *user) {
 }
 const char *gpo_ctx_kernels(const gpo_ctx *ctx) { return ctx->k->name; }
 int gpo_ctx_threads(const gpo_ctx *ctx) { return ctx->n_threads; }
+
+void gpo_ctx_stats(const gpo_ctx *ctx, struct gpo_ctx_stats *out) { *out = ctx->stats; }
+void gpo_ctx_stats_reset(gpo_ctx *ctx) {
+    ctx->stats = (struct gpo_ctx_stats){.n_threads = ctx->n_threads};
+}
 
 /* ------------------------------------------------------------------------- */
 /* Work splitting inside the parallel region                                 */
@@ -307,8 +348,24 @@ static void my_rows(int64_t n, int64_t *r0, int64_t *r1) {
     *r1 = min_i64(n, *r0 + chunk);
 }
 
+/* This thread's share [i0, i1) of n items (tokens, heads), contiguous. */
+static void my_share(int64_t n, int64_t *i0, int64_t *i1) {
+    int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t chunk = (n + nth - 1) / nth;
+    *i0 = min_i64(n, (int64_t)tid * chunk);
+    *i1 = min_i64(n, *i0 + chunk);
+}
+
+/* A team barrier that counts itself and the time this thread waits at it. */
+static void tbar(struct thr_stat *ts) {
+    double t0 = omp_get_wtime();
+#pragma omp barrier
+    ts->wait += omp_get_wtime() - t0;
+    ts->n++;
+}
+
 /* y[t][r] = W x[t] (+ bias) for all rows, split over the team; ends with a barrier. */
-static void par_matmul(const struct gpo_kernels *k, float *y, int64_t ldy,
+static void par_matmul(struct thr_stat *ts, const struct gpo_kernels *k, float *y, int64_t ldy,
                        const struct gpo_tview *W, const struct gpo_tview *bias, const float *x,
                        int64_t ldx, int64_t n_tok) {
     int64_t r0, r1;
@@ -319,7 +376,7 @@ static void par_matmul(const struct gpo_kernels *k, float *y, int64_t ldy,
             for (int64_t t = 0; t < n_tok; t++)
                 for (int64_t r = r0; r < r1; r++) y[t * ldy + r] += gpo_tview_get(bias, r);
     }
-#pragma omp barrier
+    tbar(ts);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -359,26 +416,70 @@ static void expert_matmul(const struct gpo_kernels *k, const struct gpo_xmat *w,
         k->matmul_mxfp4(y, ldy, b, s, in->f, in->ld, n_tok, r0, r1, w->cols);
 }
 
-/* The first projection of expert e for n_tok tokens: this thread's share [r0, r1)
- * of the 2F output rows h[t*2F + r], bias added.  The rows are in the order the
- * layer stores them (interleaved gate/linear pairs, or all gate rows then all
- * linear rows); a share that crosses from the gate matrix into the linear one is
- * computed as its two pieces. */
-static void expert_mlp1(const struct gpo_kernels *k, const struct gpo_layer *L, int64_t e,
-                        float *h, int64_t F, const struct xin *in, int64_t n_tok, int64_t r0,
-                        int64_t r1) {
-    const int n_mats = L->gate_up == GPO_GATE_UP_SEPARATE ? 2 : 1;
-    int64_t off = 0; /* first output row of this matrix */
-    for (int i = 0; i < n_mats; off += L->mlp1[i].rows, i++) {
-        const struct gpo_xmat *w = &L->mlp1[i];
-        const int64_t a = max_i64(r0, off) - off, b = min_i64(r1, off + w->rows) - off;
-        if (b <= a) continue;
-        float *y = h + off;
-        expert_matmul(k, w, e, y, 2 * F, in, n_tok, a, b);
-        for (int64_t j = 0; j < n_tok; j++)
-            for (int64_t r = a; r < b; r++)
-                y[j * 2 * F + r] += gpo_tview_get(&w->bias, e * w->bias_stride + r);
+/* Rows [r0, r1) of expert e of w, bias added, for n_tok tokens into
+ * y[t*ldy + (r - r0)]: the kernel sees the matrix from row r0 on, so y holds just
+ * these rows.  Each row's bits are those of the whole-matrix call (the kernels'
+ * contract: a row's value never depends on the rows computed with it). */
+static void expert_rows(const struct gpo_kernels *k, const struct gpo_xmat *w, int64_t e,
+                        int64_t r0, int64_t r1, float *y, int64_t ldy, const struct xin *in,
+                        int64_t n_tok) {
+    struct gpo_xmat v = *w;
+    const int64_t nb = w->cols / 32;
+    v.blocks += (size_t)r0 * (size_t)nb * (w->layout == GPO_MXFP4_GGML ? GPO_MXFP4_GGML_BLOCK_BYTES : 16);
+    if (w->layout != GPO_MXFP4_GGML) v.scales += (size_t)r0 * (size_t)nb;
+    expert_matmul(k, &v, e, y, ldy, in, n_tok, 0, r1 - r0);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++)
+            y[t * ldy + (r - r0)] += gpo_tview_get(&w->bias, e * w->bias_stride + r);
+}
+
+/* Group the batch by expert: off[e] is expert e's first slot (off[E] = n_tok*K),
+ * tok[s] the token of slot s, slot[i*K + j] the slot of token i's j-th expert.  A
+ * counting sort that keeps token order, so every expert sees its tokens ascending. */
+static void group_experts(const int32_t *sel, int64_t n_tok, int64_t K, int64_t E, int64_t *off,
+                          int32_t *tok, int32_t *slot) {
+    int64_t *cur = off + E + 1;
+    memset(off, 0, (size_t)(E + 1) * sizeof *off);
+    for (int64_t i = 0; i < n_tok * K; i++) off[sel[i] + 1]++;
+    for (int64_t e = 0; e < E; e++) off[e + 1] += off[e];
+    memcpy(cur, off, (size_t)E * sizeof *off);
+    for (int64_t i = 0; i < n_tok * K; i++) {
+        int64_t s = cur[sel[i]]++;
+        tok[s] = (int32_t)(i / K);
+        slot[i] = (int32_t)s;
     }
+}
+
+static int64_t ceil_div(int64_t a, int64_t d) { return a >= 0 ? (a + d - 1) / d : -(-a / d); }
+
+/* One thread's items of a MoE sweep.  The items, in their fixed order, are the
+ * blocks of `blk` of the n units (or rows) of every expert that has tokens, in
+ * ascending expert order; an item weighs its units x the expert's tokens.  Thread
+ * tid of nth takes the items whose starting weight p (the weight of the items before
+ * it) has p * nth / W == tid, W the total: a contiguous stretch of the list, so
+ * each thread gets one run [a, b) of units of at most every expert; *run_e[i],
+ * a[i], b[i] list them (at most E).  The result bits do not depend on who computes
+ * an item: each output element is one kernel call's on its own row. */
+static int64_t moe_runs(const int64_t *off, int64_t E, int64_t n, int64_t blk, int tid, int nth,
+                        int64_t *run_e, int64_t *run_a, int64_t *run_b) {
+    const int64_t W = off[E] * n, lo = (int64_t)tid * W, hi = (int64_t)(tid + 1) * W;
+    const int64_t nblk = (n + blk - 1) / blk;
+    int64_t cnt = 0;
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t ne = off[e + 1] - off[e], base = off[e] * n * nth;
+        if (ne == 0) continue;
+        /* block b starts at weight off[e]*n + ne*b*blk */
+        const int64_t step = ne * blk * nth;
+        int64_t b0 = ceil_div(lo - base, step), b1 = ceil_div(hi - base, step);
+        b0 = min_i64(max_i64(b0, 0), nblk);
+        b1 = min_i64(max_i64(b1, 0), nblk);
+        if (b1 <= b0) continue;
+        run_e[cnt] = e;
+        run_a[cnt] = b0 * blk;
+        run_b[cnt] = min_i64(n, b1 * blk);
+        cnt++;
+    }
+    return cnt;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -524,8 +625,11 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
             x->tok_id[ti] = b->tokens[i];
             x->tok_pos[ti] = si[s].p0 + i;
             x->tok_seq[ti] = (int32_t)s;
-            if (b->logits == GPO_LOGITS_ALL || (b->logits == GPO_LOGITS_LAST && i == b->n_tokens - 1))
+            x->out_idx[ti] = -1;
+            if (b->logits == GPO_LOGITS_ALL || (b->logits == GPO_LOGITS_LAST && i == b->n_tokens - 1)) {
+                x->out_idx[ti] = n_out;
                 x->out_tok[n_out++] = ti;
+            }
         }
     }
     if (n_out > 0 && !logits) {
@@ -541,14 +645,44 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
      * measured worse than OpenAI's bf16 run on the tiny-a fixture. */
     const int fast = x->path == GPO_PATH_FAST;
 
+    /* The schedule: one team for the whole pass, and per layer seven sweeps, each
+     * ended by one barrier (the only synchronisation):
+     *   1. q, k and v projections as one list of heads, RoPE by the thread that made
+     *      the head;
+     *   2. attention, per (token, head);
+     *   3. the output projection;
+     *   4. per token: residual, norm, router logits, top-k;
+     *   5. MoE up: items (expert, block of units) of every selected expert, the
+     *      SwiGLU of each block right after its gate and linear rows;
+     *   6. MoE down: items (expert, block of rows), per-slot outputs;
+     *   7. per token: the weighted sum over its experts in ascending expert order,
+     *      the residual, and the next layer's attention norm (after the last layer
+     *      the final norm of the rows whose logits are wanted).
+     * Before the layers one sweep embeds (and norms for layer 0); after them the
+     * unembedding ends with the region.  So a call crosses 7 * n_layer + 2 barriers
+     * whatever its batch.  Every output element is computed by one thread, by one
+     * kernel call on its own row, and sums run in a fixed order, so the bits do not
+     * depend on the thread count or on the batch (the kernels' contract). */
+    for (int i = 0; i < x->n_threads; i++) x->tstat[i] = (struct thr_stat){0};
+    int team = 1;
+    const double t_start = omp_get_wtime();
 #pragma omp parallel num_threads(x->n_threads)
     {
-        int64_t r0, r1;
-        float *ascr = x->ascratch + (size_t)omp_get_thread_num() * (ATTN_CHUNK + D);
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        int64_t r0, r1, i0, i1;
+        float *ascr = x->ascratch + (size_t)tid * (ATTN_CHUNK + D);
+        struct thr_stat *ts = &x->tstat[tid];
+        int64_t *g_off = x->g_off + (size_t)tid * 2 * (E + 1);
+        int32_t *g_tok = x->g_tok + (size_t)tid * T * K, *g_slot = x->g_slot + (size_t)tid * T * K;
+        int64_t *run_e = x->g_run + (size_t)tid * 3 * E, *run_a = run_e + E, *run_b = run_a + E;
+        float *xg = x->xg + (size_t)tid * T * H;
+        float *hs = x->hs + (size_t)tid * x->hs_cap;
+        float *as = x->as + (size_t)tid * F;
+        if (tid == 0) team = nth;
 
-        /* Embedding and RoPE tables. */
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n_tok; i++) {
+        /* Embedding, RoPE tables, layer 0's attention norm. */
+        my_share(n_tok, &i0, &i1);
+        for (int64_t i = i0; i < i1; i++) {
             gpo_to_f32(x->x + i * H, (const uint8_t *)m->embedding.data +
                                          (size_t)x->tok_id[i] * gpo_tview_row_bytes(&m->embedding),
                        m->embedding.dtype, H);
@@ -558,131 +692,206 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
                 cv[j] = cosf(th) * x->concentration;
                 sv[j] = sinf(th) * x->concentration;
             }
+            if (c->n_layer > 0)
+                gpo_rmsnorm(x->t + i * H, x->x + i * H, &m->layers[0].attn_norm, H, c->rms_eps);
+            else if (x->out_idx[i] >= 0)
+                gpo_rmsnorm(x->t + x->out_idx[i] * H, x->x + i * H, &m->final_norm, H, c->rms_eps);
         }
-#pragma omp single
-        for (int64_t i = 0; i < n_tok; i++) trace(x, GPO_TRACE_EMBED, -1, i, x->x + i * H, H);
+        tbar(ts);
+        /* Traces read what the sweeps after them no longer write. */
+        if (tid == 0 && x->trace)
+            for (int64_t i = 0; i < n_tok; i++) trace(x, GPO_TRACE_EMBED, -1, i, x->x + i * H, H);
 
         for (int64_t l = 0; l < c->n_layer && !aborted; l++) {
             const struct gpo_layer *L = &m->layers[l];
             float *kbl = x->kb + (size_t)l * T * KVD, *vbl = x->vb + (size_t)l * T * KVD;
 
-            /* Attention block. */
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n_tok; i++)
-                gpo_rmsnorm(x->t + i * H, x->x + i * H, &L->attn_norm, H, c->rms_eps);
-            par_matmul(k, x->q, QD, &L->wq, &L->bq, x->t, H, n_tok);
-            par_matmul(k, kbl, KVD, &L->wk, &L->bk, x->t, H, n_tok);
-            par_matmul(k, vbl, KVD, &L->wv, &L->bv, x->t, H, n_tok);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n_tok; i++) {
-                const float *cv = x->cs + i * D;
-                gpo_rope_apply(x->q + i * QD, c->n_head, D, cv, cv + half);
-                gpo_rope_apply(kbl + i * KVD, c->n_head_kv, D, cv, cv + half);
+            /* 1. q, k, v: the heads of the three projections as one list, a share of
+             * whole heads per thread, so the thread that made a head ropes it. */
+            {
+                const struct {
+                    const struct gpo_tview *w, *b;
+                    float *y;
+                    int64_t ld, n_heads;
+                    int rope;
+                } mats[3] = {{&L->wq, &L->bq, x->q, QD, c->n_head, 1},
+                             {&L->wk, &L->bk, kbl, KVD, c->n_head_kv, 1},
+                             {&L->wv, &L->bv, vbl, KVD, c->n_head_kv, 0}};
+                int64_t h0, h1, base = 0;
+                my_share(c->n_head + 2 * c->n_head_kv, &h0, &h1);
+                for (int mi = 0; mi < 3; base += mats[mi].n_heads, mi++) {
+                    const int64_t a = max_i64(h0, base) - base,
+                                  b = min_i64(h1, base + mats[mi].n_heads) - base;
+                    if (b <= a) continue;
+                    const struct gpo_tview *W = mats[mi].w;
+                    float *y = mats[mi].y;
+                    const int64_t ld = mats[mi].ld;
+                    k->matmul[W->dtype](y, ld, W->data, x->t, H, n_tok, a * D, b * D, W->cols);
+                    for (int64_t i = 0; i < n_tok; i++) {
+                        for (int64_t r = a * D; r < b * D; r++)
+                            y[i * ld + r] += gpo_tview_get(mats[mi].b, r);
+                        if (mats[mi].rope) {
+                            const float *cv = x->cs + i * D;
+                            gpo_rope_apply(y + i * ld + a * D, b - a, D, cv, cv + half);
+                        }
+                    }
+                }
             }
-#pragma omp for schedule(static) collapse(2)
+            tbar(ts);
+
+            /* 2. Attention. */
+#pragma omp for schedule(static) collapse(2) nowait
             for (int64_t i = 0; i < n_tok; i++)
                 for (int64_t h = 0; h < c->n_head; h++)
                     attend_one(x, &si[x->tok_seq[i]], l, x->tok_pos[i], x->q + i * QD + h * D, h / G,
                                gpo_tview_get(&L->sinks, h), x->att + i * QD + h * D, ascr);
-            par_matmul(k, x->o, H, &L->wo, &L->bo, x->att, QD, n_tok);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n_tok; i++) {
+            tbar(ts);
+
+            /* 3. Output projection. */
+            par_matmul(ts, k, x->o, H, &L->wo, &L->bo, x->att, QD, n_tok);
+
+            /* 4. Per token: residual, norm, router logits and top-k (softmax over the
+             * k selected).  The router runs on this thread's tokens at once. */
+            my_share(n_tok, &i0, &i1);
+            for (int64_t i = i0; i < i1; i++) {
                 for (int64_t d = 0; d < H; d++) x->x[i * H + d] += x->o[i * H + d];
                 gpo_rmsnorm(x->t + i * H, x->x + i * H, &L->mlp_norm, H, c->rms_eps);
                 if (fast) k->quantize_q16(x->tq + i * (H / 32), x->t + i * H, H);
             }
-
-            /* Router: top-k on the raw logits, softmax over the k selected. */
-            par_matmul(k, x->rl, E, &L->router_w, &L->router_b, x->t, H, n_tok);
-#pragma omp single
-            {
-                for (int64_t i = 0; i < n_tok; i++) {
+            if (i1 > i0) {
+                const struct gpo_tview *W = &L->router_w;
+                k->matmul[W->dtype](x->rl + i0 * E, E, W->data, x->t + i0 * H, H, i1 - i0, 0, E,
+                                    W->cols);
+                for (int64_t i = i0; i < i1; i++) {
+                    for (int64_t r = 0; r < E; r++) x->rl[i * E + r] += gpo_tview_get(&L->router_b, r);
                     gpo_topk_softmax(x->rl + i * E, E, K, x->sel + i * K, x->selw + i * K);
+                }
+            }
+            tbar(ts);
+            if (tid == 0 && x->trace)
+                for (int64_t i = 0; i < n_tok; i++) {
                     trace(x, GPO_TRACE_ATTN_RESIDUAL, l, i, x->x + i * H, H);
                     trace(x, GPO_TRACE_ROUTER_LOGITS, l, i, x->rl + i * E, E);
                     trace(x, GPO_TRACE_EXPERTS, l, i, x->sel + i * K, K);
                     trace(x, GPO_TRACE_EXPERT_WEIGHTS, l, i, x->selw + i * K, K);
                 }
-                /* Group the batch by expert (counting sort, token order kept). */
-                memset(x->ex_off, 0, (size_t)(E + 1) * sizeof *x->ex_off);
-                for (int64_t i = 0; i < n_tok * K; i++) x->ex_off[x->sel[i] + 1]++;
-                for (int64_t e = 0; e < E; e++) x->ex_off[e + 1] += x->ex_off[e];
-                for (int64_t e = 0; e < E; e++) x->ex_cur[e] = (int32_t)x->ex_off[e];
-                for (int64_t i = 0; i < n_tok; i++)
-                    for (int64_t j = 0; j < K; j++) {
-                        int32_t e = x->sel[i * K + j];
-                        x->ex_tok[x->ex_cur[e]] = (int32_t)i;
-                        x->ex_w[x->ex_cur[e]++] = x->selw[i * K + j];
-                    }
-                memset(x->y, 0, (size_t)n_tok * H * sizeof *x->y);
-            }
+            group_experts(x->sel, n_tok, K, E, g_off, g_tok, g_slot);
 
-            /* Experts in ascending order, each over all its tokens at once, so every
-             * selected expert's weights are read once per step and each token sums
-             * its experts in the same order whatever the batch.  Unit u's gate and
-             * linear outputs are h1[2u] and h1[2u + 1] when the layer interleaves
-             * them, else h1[u] and h1[F + u]. */
+            /* 5. MoE up: this thread's items, one run of units per expert.  Unit u's
+             * gate and linear rows are 2u and 2u + 1 of mlp1[0] when the layer
+             * interleaves them, else row u of mlp1[0] and of mlp1[1]; either way a
+             * chunk of units leaves gate and linear outputs side by side in hs. */
             const int sep = L->gate_up == GPO_GATE_UP_SEPARATE;
-            const int64_t lin_off = sep ? F : 1, gu_step = sep ? 1 : 2;
-            const struct xin in1 = fast ? (struct xin){.q16 = x->xeq, .ld = H / 32}
-                                        : (struct xin){.f = x->xe, .ld = H};
-            const struct xin in2 = fast ? (struct xin){.q8 = x->xq, .ld = F / 32}
-                                        : (struct xin){.f = x->act, .ld = F};
-            for (int64_t e = 0; e < E; e++) {
-                const int64_t e0 = x->ex_off[e], ne = x->ex_off[e + 1] - e0;
-                if (ne == 0) continue;
-#pragma omp for schedule(static)
-                for (int64_t j = 0; j < ne; j++) {
-                    if (fast)
-                        memcpy(x->xeq + j * (H / 32), x->tq + (size_t)x->ex_tok[e0 + j] * (H / 32),
-                               (size_t)(H / 32) * sizeof *x->xeq);
-                    else
-                        memcpy(x->xe + j * H, x->t + (size_t)x->ex_tok[e0 + j] * H, (size_t)H * 4);
-                }
-                my_rows(2 * F, &r0, &r1);
-                if (r1 > r0) expert_mlp1(k, L, e, x->h1, F, &in1, ne, r0, r1);
-#pragma omp barrier
-#pragma omp for schedule(static)
-                for (int64_t j = 0; j < ne; j++) {
-                    const float *hj = x->h1 + j * 2 * F;
-                    gpo_swiglu_pairs(x->act + j * F, hj, hj + lin_off, gu_step, F, c->swiglu_alpha,
-                                     c->swiglu_limit);
-                    if (fast) k->quantize_q8(x->xq + j * (F / 32), x->act + j * F, F);
-                }
-                my_rows(H, &r0, &r1);
-                if (r1 > r0) {
-                    const struct gpo_xmat *w2 = &L->mlp2;
-                    expert_matmul(k, w2, e, x->z, H, &in2, ne, r0, r1);
-                    /* Each thread owns rows r0..r1 of every token's output, so the
-                     * scatter-add needs no lock and keeps a fixed order. */
-                    for (int64_t j = 0; j < ne; j++) {
-                        float w = x->ex_w[e0 + j];
-                        float *yt = x->y + (size_t)x->ex_tok[e0 + j] * H;
-                        for (int64_t r = r0; r < r1; r++)
-                            yt[r] += w * (x->z[j * H + r] +
-                                          gpo_tview_get(&w2->bias, e * w2->bias_stride + r));
+            int64_t n_runs = moe_runs(g_off, E, F, MOE_UP_BLOCK, tid, nth, run_e, run_a, run_b);
+            for (int64_t ri = 0; ri < n_runs; ri++) {
+                const int64_t e = run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
+                /* The expert's inputs: in place when its tokens are consecutive (always
+                 * for one token), else gathered into this thread's buffer. */
+                int consecutive = 1;
+                for (int64_t j = 1; j < ne; j++) consecutive &= g_tok[e0 + j] == g_tok[e0] + j;
+                struct xin in;
+                if (fast) {
+                    struct gpo_q16_block *q = (struct gpo_q16_block *)xg;
+                    in = (struct xin){.q16 = x->tq + (size_t)g_tok[e0] * (H / 32), .ld = H / 32};
+                    if (!consecutive) {
+                        for (int64_t j = 0; j < ne; j++)
+                            memcpy(q + j * (H / 32), x->tq + (size_t)g_tok[e0 + j] * (H / 32),
+                                   (size_t)(H / 32) * sizeof *q);
+                        in.q16 = q;
+                    }
+                } else {
+                    in = (struct xin){.f = x->t + (size_t)g_tok[e0] * H, .ld = H};
+                    if (!consecutive) {
+                        for (int64_t j = 0; j < ne; j++)
+                            memcpy(xg + j * H, x->t + (size_t)g_tok[e0 + j] * H, (size_t)H * 4);
+                        in.f = xg;
                     }
                 }
-#pragma omp barrier
+                /* as many units per kernel call as the scratch holds for ne tokens */
+                const int64_t chunk = x->hs_cap / (2 * ne) / MOE_UP_BLOCK * MOE_UP_BLOCK;
+                for (int64_t u0 = run_a[ri]; u0 < run_b[ri]; u0 += chunk) {
+                    const int64_t u1 = min_i64(run_b[ri], u0 + chunk), nu = u1 - u0;
+                    if (sep) {
+                        expert_rows(k, &L->mlp1[0], e, u0, u1, hs, 2 * nu, &in, ne);
+                        expert_rows(k, &L->mlp1[1], e, u0, u1, hs + nu, 2 * nu, &in, ne);
+                    } else {
+                        expert_rows(k, &L->mlp1[0], e, 2 * u0, 2 * u1, hs, 2 * nu, &in, ne);
+                    }
+                    for (int64_t j = 0; j < ne; j++) {
+                        const float *g = hs + j * 2 * nu;
+                        float *out = fast ? as : x->act + (size_t)(e0 + j) * F + u0;
+                        gpo_swiglu_pairs(out, g, sep ? g + nu : g + 1, sep ? 1 : 2, nu,
+                                         c->swiglu_alpha, c->swiglu_limit);
+                        if (fast)
+                            k->quantize_q8(x->xq + (size_t)(e0 + j) * (F / 32) + u0 / 32, as, nu);
+                    }
+                }
             }
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n_tok; i++)
-                for (int64_t d = 0; d < H; d++) x->x[i * H + d] += x->y[i * H + d];
-#pragma omp single
-            {
+            tbar(ts);
+
+            /* 6. MoE down: this thread's items into the slots' rows of z. */
+            n_runs = moe_runs(g_off, E, H, MOE_DOWN_BLOCK, tid, nth, run_e, run_a, run_b);
+            for (int64_t ri = 0; ri < n_runs; ri++) {
+                const int64_t e = run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
+                const struct xin in = fast ? (struct xin){.q8 = x->xq + (size_t)e0 * (F / 32), .ld = F / 32}
+                                           : (struct xin){.f = x->act + (size_t)e0 * F, .ld = F};
+                const struct gpo_xmat *w2 = &L->mlp2;
+                float *z = x->z + (size_t)e0 * H;
+                expert_matmul(k, w2, e, z, H, &in, ne, run_a[ri], run_b[ri]);
+                for (int64_t j = 0; j < ne; j++)
+                    for (int64_t r = run_a[ri]; r < run_b[ri]; r++)
+                        z[j * H + r] += gpo_tview_get(&w2->bias, e * w2->bias_stride + r);
+            }
+            tbar(ts);
+
+            /* 7. Per token: its experts' outputs weighted, summed in ascending expert
+             * order, then the residual; and the next norm. */
+            const struct gpo_layer *next = l + 1 < c->n_layer ? &m->layers[l + 1] : NULL;
+            my_share(n_tok, &i0, &i1);
+            for (int64_t i = i0; i < i1; i++) {
+                const int32_t *se = x->sel + i * K;
+                float *y = x->y + i * H, *xi = x->x + i * H;
+                for (int64_t d = 0; d < H; d++) y[d] = 0.0f;
+                for (int64_t n = 0, prev = -1; n < K; n++) {
+                    int64_t jb = -1; /* the smallest expert above prev */
+                    for (int64_t j = 0; j < K; j++)
+                        if (se[j] > prev && (jb < 0 || se[j] < se[jb])) jb = j;
+                    prev = se[jb];
+                    const float w = x->selw[i * K + jb];
+                    const float *z = x->z + (size_t)g_slot[i * K + jb] * H;
+                    for (int64_t d = 0; d < H; d++) y[d] += w * z[d];
+                }
+                for (int64_t d = 0; d < H; d++) xi[d] += y[d];
+                if (next)
+                    gpo_rmsnorm(x->t + i * H, xi, &next->attn_norm, H, c->rms_eps);
+                else if (x->out_idx[i] >= 0)
+                    gpo_rmsnorm(x->t + x->out_idx[i] * H, xi, &m->final_norm, H, c->rms_eps);
+            }
+            /* Everybody reads `aborted` after the barrier, before tid 0 can write it again. */
+            if (tid == 0 && x->abort_flag && *x->abort_flag) aborted = 1;
+            tbar(ts);
+            if (tid == 0 && x->trace)
                 for (int64_t i = 0; i < n_tok; i++) trace(x, GPO_TRACE_BLOCK_RESIDUAL, l, i, x->x + i * H, H);
-                if (x->abort_flag && *x->abort_flag) aborted = 1;
-            }
         }
 
-        /* Final norm and unembedding of the rows whose logits are wanted. */
+        /* The unembedding of the rows whose logits are wanted (normed above); the end
+         * of the region is its barrier. */
         if (!aborted && n_out > 0) {
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < n_out; i++)
-                gpo_rmsnorm(x->t + i * H, x->x + x->out_tok[i] * H, &m->final_norm, H, c->rms_eps);
-            par_matmul(k, logits, V, &m->unembedding, NULL, x->t, H, n_out);
+            const struct gpo_tview *W = &m->unembedding;
+            my_rows(W->rows, &r0, &r1);
+            if (r1 > r0) k->matmul[W->dtype](logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
         }
+        ts->end = omp_get_wtime();
     }
+    /* The end of the region is a barrier too: each thread waited there from its
+     * own end until the last one's. */
+    const double t_join = omp_get_wtime();
+    x->stats.calls++;
+    x->stats.tokens += n_tok;
+    x->stats.n_threads = team;
+    x->stats.wall_s += t_join - t_start;
+    x->stats.barriers += x->tstat[0].n + 1;
+    for (int i = 0; i < team; i++) x->stats.barrier_s += x->tstat[i].wait + (t_join - x->tstat[i].end);
     if (aborted) {
         st = gpo_fail(GPO_ERR_ABORTED, "forward pass aborted");
         goto done;

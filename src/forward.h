@@ -32,4 +32,20 @@ void gpo_attention_head_ref(float *out, const float *q, const float *k, const fl
                             int64_t n_keys, int64_t ld, int64_t head_dim, float sink);
 int gpo_ctx_threads(const gpo_ctx *ctx);
 
+/* How the forward pass spent its threads, summed over the gpo_forward calls since
+ * the context was made or the counters reset.  A barrier is a point every thread of
+ * the team waits at (the end of the parallel region counts as one); the time a
+ * thread waits there is the idle time at the end of the sweep before it, so
+ * barrier_s / (n_threads * wall_s) is the fraction of the team's time spent idle. */
+struct gpo_ctx_stats {
+    int64_t calls;    /* forward calls that ran the pass (tokens > 0) */
+    int64_t tokens;   /* tokens of those calls */
+    int64_t barriers; /* barriers crossed, each counted once (not once per thread) */
+    int n_threads;    /* the team size the calls ran with */
+    double wall_s;    /* seconds inside the parallel region */
+    double barrier_s; /* thread-seconds spent waiting at barriers, summed over threads */
+};
+void gpo_ctx_stats(const gpo_ctx *ctx, struct gpo_ctx_stats *out);
+void gpo_ctx_stats_reset(gpo_ctx *ctx);
+
 #endif
