@@ -35,7 +35,7 @@ ifeq ($(WERROR),1)
 endif
 CFLAGS  := $(CFLAGS_BASE) $(OPT) $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := -fopenmp $(SANFLAGS)
-LDLIBS  := -lcjson -lpcre2-8 -lm -lpthread
+LDLIBS  := -lcjson -lpcre2-8 -lmicrohttpd -lm -lpthread
 
 ISA_avx2   := -mavx2 -mfma -mf16c
 # The AVX-512 parts (src/kernels/avx512*.c): each is compiled with exactly the
@@ -92,6 +92,9 @@ $(BUILD)/gptoss: $(APP_OBJ) $(BUILD)/libgpo.a
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libgpo.a $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libgpo.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+# test_openai compiles app/openai.c in (test binaries link only libgpo.a).
+$(BUILD)/tests/test_openai: app/openai.c app/openai.h
 
 # Kernel micro-benchmark: ./build/bench_kernels [seconds per case] [--simd-only]
 $(BUILD)/bench_kernels: bench/bench_kernels.c $(BUILD)/libgpo.a $(BUILD)/.config

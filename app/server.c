@@ -1,0 +1,803 @@
+/* server.c - `gptoss serve`'s HTTP side and engine thread (see server.h).
+ *
+ * Threads: libmicrohttpd runs one thread per connection.  A handler reads the
+ * body, validates it and renders the prompt (the tokenizer is read-only), then
+ * posts a job to the inbox under srv->mu and waits on the job's condition
+ * variable.  The engine thread alone calls engine functions: it submits what
+ * the inbox holds, cancels jobs whose client went away, steps while work exists
+ * and sleeps on srv->wake when idle.  Token callbacks (engine thread) copy the
+ * new text into the job under srv->mu, so handlers never read engine memory.
+ * A job has two references, the handler's and the engine's; the last one frees. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+
+#include "cli.h"
+#include "openai.h"
+#include "server.h"
+
+enum job_state { JOB_PENDING = 0, JOB_RUNNING, JOB_DONE, JOB_REJECTED };
+
+struct server;
+
+struct job {
+    struct server *srv;
+    /* inputs, set before posting */
+    struct gpo_ids prompt;
+    struct gpo_sampler_params sp;
+    int64_t max_tokens;
+    char *stops[OAI_MAX_STOPS];
+    size_t n_stops;
+    int want_calls;          /* the request offered tools: parse function calls */
+    /* engine thread only */
+    gpo_req *h;
+    struct job *next;        /* inbox or active list */
+    int cancelled;
+    /* shared, under srv->mu */
+    pthread_cond_t cv;
+    enum job_state state;
+    enum gpo_status status;  /* why it was rejected */
+    char msg[256];
+    struct gpo_str final, analysis; /* copies of what may be shown */
+    enum gpo_finish finish;
+    int64_t n_generated;
+    struct oai_call *calls;  /* function calls of the answer (set when done) */
+    size_t n_calls;
+    int gone;                /* the client went away */
+    int refs;
+};
+
+struct server {
+    const struct serve_cfg *cfg;
+    struct gen_env env;
+    gpo_engine *eng;
+    char model_name[256];
+    int64_t max_seq_len;      /* the engine's, for the context check */
+    const char *date;
+    char datebuf[11];
+    pthread_mutex_t mu;
+    pthread_cond_t wake;      /* the engine thread's */
+    struct job *inbox, *inbox_tail;
+    int stopping;
+    atomic_int ready;
+    volatile sig_atomic_t abort_flag;
+    atomic_uint_fast64_t next_id;
+};
+
+/* ------------------------------------------------------------------------- */
+/* Jobs                                                                      */
+
+static void job_unref_locked(struct job *j) {
+    if (--j->refs > 0) return;
+    gpo_ids_free(&j->prompt);
+    for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
+    gpo_str_free(&j->final);
+    gpo_str_free(&j->analysis);
+    for (size_t i = 0; i < j->n_calls; i++) {
+        free(j->calls[i].id);
+        free(j->calls[i].name);
+        free(j->calls[i].arguments);
+    }
+    free(j->calls);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+static void job_unref(struct job *j) {
+    struct server *srv = j->srv;
+    pthread_mutex_lock(&srv->mu);
+    job_unref_locked(j);
+    pthread_mutex_unlock(&srv->mu);
+}
+
+/* Copy the new showable text of the request into the job (srv->mu held). */
+static void job_copy_locked(struct job *j, const struct gpo_gen_user *u, int final) {
+    size_t fn = final ? u->final_text.n : u->final_stream_n;
+    if (fn > j->final.n && u->final_text.s)
+        gpo_str_append(&j->final, u->final_text.s + j->final.n, fn - j->final.n);
+    if (u->analysis_text.n > j->analysis.n && u->analysis_text.s)
+        gpo_str_append(&j->analysis, u->analysis_text.s + j->analysis.n,
+                       u->analysis_text.n - j->analysis.n);
+    j->n_generated = (int64_t)u->generated.n;
+}
+
+static void on_token(void *ud, size_t user, int32_t id, const struct gpo_hevent *ev) {
+    struct job *j = ud;
+    pthread_mutex_lock(&j->srv->mu);
+    job_copy_locked(j, gpo_req_output(j->h), 0);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->srv->mu);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The engine thread                                                         */
+
+static uint64_t random_u53(void);
+
+/* The function calls of a finished answer: its ids parsed again as harmony
+ * messages (the engine keeps only the final and analysis text). */
+static void find_calls(struct server *srv, struct job *j, const struct gpo_gen_user *u) {
+    gpo_hparser *p = NULL;
+    if (gpo_hparser_create(srv->env.tok, &p) != GPO_OK) return;
+    for (size_t i = 0; i < u->generated.n; i++)
+        if (gpo_hparser_push(p, u->generated.ids[i], NULL) != GPO_OK) break;
+    if (!gpo_hparser_done(p)) gpo_hparser_finish(p, NULL);
+    size_t n = gpo_hparser_n_messages(p), k = 0;
+    struct oai_call *calls = n ? calloc(n, sizeof *calls) : NULL;
+    for (size_t i = 0; calls && i < n; i++) {
+        const struct gpo_hparsed *m = gpo_hparser_message(p, i);
+        const char *name;
+        if (!oai_is_call(m, &name)) continue;
+        char id[40];
+        snprintf(id, sizeof id, "call_%013llx", (unsigned long long)random_u53());
+        struct oai_call *c = &calls[k++];
+        c->id = strdup(id);
+        c->name = strdup(name);
+        c->arguments = strndup(m->msg.content ? m->msg.content : "", m->content_len);
+        if (!c->id || !c->name || !c->arguments) { /* out of memory: drop this call */
+            free(c->id);
+            free(c->name);
+            free(c->arguments);
+            k--;
+        }
+    }
+    gpo_hparser_free(p);
+    j->calls = calls;
+    j->n_calls = k;
+}
+
+static void job_finish(struct server *srv, struct job *j, int aborted) {
+    const struct gpo_gen_user *u = gpo_req_output(j->h);
+    /* Written before the state says done, read by the handler only after. */
+    if (j->want_calls && u->finish == GPO_FINISH_STOP) find_calls(srv, j, u);
+    pthread_mutex_lock(&srv->mu);
+    job_copy_locked(j, u, 1);
+    j->finish = aborted && u->finish == GPO_FINISH_NONE ? GPO_FINISH_ABORTED : u->finish;
+    if (j->finish == GPO_FINISH_ERROR) snprintf(j->msg, sizeof j->msg, "%s", u->error_msg);
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&srv->mu);
+    gpo_engine_release(srv->eng, j->h);
+    j->h = NULL;
+    job_unref(j);
+}
+
+static void *engine_main(void *arg) {
+    struct server *srv = arg;
+    struct job *active = NULL;
+    pthread_mutex_lock(&srv->mu);
+    for (;;) {
+        while (!srv->stopping && !srv->inbox && !active)
+            pthread_cond_wait(&srv->wake, &srv->mu);
+        struct job *in = srv->inbox;
+        srv->inbox = srv->inbox_tail = NULL;
+        int stopping = srv->stopping;
+        pthread_mutex_unlock(&srv->mu);
+
+        while (in) {
+            struct job *j = in;
+            in = in->next;
+            j->next = NULL;
+            struct gpo_request rq = {.prompt = j->prompt.ids, .n_prompt = j->prompt.n,
+                                     .sampling = j->sp, .max_tokens = j->max_tokens,
+                                     .stops = (const char *const *)j->stops,
+                                     .n_stops = j->n_stops, .on_token = on_token, .ud = j};
+            enum gpo_status s = stopping ? GPO_ERR_BUSY
+                                         : gpo_engine_submit(srv->eng, &rq, &j->h);
+            pthread_mutex_lock(&srv->mu);
+            if (s != GPO_OK) {
+                j->state = JOB_REJECTED;
+                j->status = s;
+                snprintf(j->msg, sizeof j->msg, "%s",
+                         stopping ? "the server is shutting down" : gpo_last_error());
+                pthread_cond_broadcast(&j->cv);
+                job_unref_locked(j);
+            } else {
+                j->state = JOB_RUNNING;
+                pthread_cond_broadcast(&j->cv);
+                j->next = active;
+                active = j;
+            }
+            pthread_mutex_unlock(&srv->mu);
+        }
+
+        /* Clients that went away: their requests end at the next step. */
+        pthread_mutex_lock(&srv->mu);
+        for (struct job *j = active; j; j = j->next)
+            if (j->gone && !j->cancelled) {
+                gpo_engine_cancel(srv->eng, j->h);
+                j->cancelled = 1;
+            }
+        pthread_mutex_unlock(&srv->mu);
+        if (stopping) srv->abort_flag = 1;
+
+        enum gpo_status s = GPO_OK;
+        if (active) {
+            size_t left = 0;
+            s = gpo_engine_step(srv->eng, &left);
+            if (s != GPO_OK && !stopping)
+                fprintf(stderr, "gptoss serve: a forward step failed: %s\n", gpo_last_error());
+        }
+        /* Hand finished requests back; when stopping and the step failed (aborted),
+         * everything left ends now. */
+        struct job **pp = &active;
+        while (*pp) {
+            struct job *j = *pp;
+            int end = gpo_req_state(j->h) == GPO_REQ_DONE || (stopping && s != GPO_OK);
+            if (end) {
+                *pp = j->next;
+                job_finish(srv, j, stopping);
+            } else {
+                pp = &j->next;
+            }
+        }
+        pthread_mutex_lock(&srv->mu);
+        if (srv->stopping && !active && !srv->inbox) break;
+    }
+    pthread_mutex_unlock(&srv->mu);
+    return NULL;
+}
+
+/* Post a job and wait until it is submitted or rejected.  0 when running. */
+static int post_job(struct server *srv, struct job *j) {
+    pthread_mutex_lock(&srv->mu);
+    if (srv->stopping) {
+        j->state = JOB_REJECTED;
+        j->status = GPO_ERR_BUSY;
+        snprintf(j->msg, sizeof j->msg, "the server is shutting down");
+        j->refs--;
+        pthread_mutex_unlock(&srv->mu);
+        return -1;
+    }
+    if (srv->inbox_tail) srv->inbox_tail->next = j;
+    else srv->inbox = j;
+    srv->inbox_tail = j;
+    pthread_cond_signal(&srv->wake);
+    while (j->state == JOB_PENDING) pthread_cond_wait(&j->cv, &srv->mu);
+    int rc = j->state == JOB_REJECTED ? -1 : 0;
+    pthread_mutex_unlock(&srv->mu);
+    return rc;
+}
+
+static void job_mark_gone(struct job *j) {
+    struct server *srv = j->srv;
+    pthread_mutex_lock(&srv->mu);
+    j->gone = 1;
+    pthread_cond_signal(&srv->wake);
+    pthread_mutex_unlock(&srv->mu);
+}
+
+/* ------------------------------------------------------------------------- */
+/* HTTP                                                                      */
+
+struct conn {
+    struct server *srv;
+    char *body;
+    size_t n, cap;
+    int too_big;
+    struct job *job;   /* streaming: the handler's reference, dropped at completion */
+    /* streaming state */
+    char id[48];
+    int64_t created, n_prompt;
+    int include_usage;
+    int sent_role, finished;
+    size_t sent_final, sent_analysis;
+    char *out;
+    size_t out_n, out_pos, out_cap;
+};
+
+static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char *body,
+                                 const char *type) {
+    if (!body) return MHD_NO;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    enum MHD_Result ok = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cJSON *root) {
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return send_body(c, status, s, "application/json");
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, const struct oai_error *e,
+                                  const char *retry_after) {
+    char *s = oai_error_json(e);
+    if (!s) return MHD_NO;
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    if (e->http == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)e->http, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result fail(struct MHD_Connection *c, int http, const char *type,
+                            const char *param, const char *code, const char *msg) {
+    struct oai_error e;
+    oai_err(&e, http, type, param, code, "%s", msg);
+    return send_error(c, &e, http == 503 ? "1" : NULL);
+}
+
+static uint64_t random_u53(void) {
+    uint64_t x = 0;
+    if (getrandom(&x, sizeof x, GRND_NONBLOCK) != (ssize_t)sizeof x)
+        x = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+    return x >> 11;
+}
+
+/* Is the client still there?  A closed connection reads as end of file. */
+static int client_alive(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 1;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return 1;
+    if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return 0;
+    char b;
+    ssize_t got = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return got != 0;
+}
+
+static enum MHD_Result reject(struct MHD_Connection *c, struct job *j) {
+    /* Read under no lock: a rejected job is no longer touched by the engine. */
+    if (j->status == GPO_ERR_BUSY)
+        return fail(c, 503, "server_error", NULL, "server_busy", j->msg);
+    if (j->status == GPO_ERR_CONTEXT)
+        return fail(c, 400, "invalid_request_error", "messages", "context_length_exceeded", j->msg);
+    if (j->status == GPO_ERR_ARG || j->status == GPO_ERR_TOKEN)
+        return fail(c, 400, "invalid_request_error", NULL, NULL, j->msg);
+    return fail(c, 500, "server_error", NULL, NULL, j->msg);
+}
+
+/* Append bytes to the connection's SSE buffer. */
+static int out_put(struct conn *cn, const char *s) {
+    if (!s) return -1;
+    size_t n = strlen(s);
+    if (cn->out_n + n > cn->out_cap) {
+        size_t nc = (cn->out_n + n) * 2;
+        char *o = realloc(cn->out, nc);
+        if (!o) return -1;
+        cn->out = o;
+        cn->out_cap = nc;
+    }
+    memcpy(cn->out + cn->out_n, s, n);
+    cn->out_n += n;
+    return 0;
+}
+
+static int out_chunk(struct conn *cn, char *sse) {
+    int rc = out_put(cn, sse);
+    free(sse);
+    return rc;
+}
+
+/* Fill the SSE buffer with what is new: waits for tokens.  -1 on failure. */
+static int sse_fill(struct conn *cn) {
+    struct server *srv = cn->srv;
+    struct job *j = cn->job;
+    struct oai_result r = {.id = cn->id, .model = srv->model_name, .created = cn->created};
+    cn->out_n = cn->out_pos = 0;
+    if (!cn->sent_role) {
+        cn->sent_role = 1;
+        return out_chunk(cn, oai_chat_chunk_sse(&r, 1, "", 0, NULL, 0, 0, NULL, 0));
+    }
+    char *fin = NULL, *ana = NULL;
+    size_t fn = 0, an = 0;
+    int done;
+    pthread_mutex_lock(&srv->mu);
+    for (;;) {
+        done = j->state == JOB_DONE;
+        size_t fw = done ? j->final.n : oai_utf8_whole(j->final.s, j->final.n);
+        size_t aw = done ? j->analysis.n : oai_utf8_whole(j->analysis.s, j->analysis.n);
+        if (done || fw > cn->sent_final || aw > cn->sent_analysis) {
+            if (fw > cn->sent_final && (fin = malloc(fw - cn->sent_final))) {
+                fn = fw - cn->sent_final;
+                memcpy(fin, j->final.s + cn->sent_final, fn);
+            }
+            if (aw > cn->sent_analysis && (ana = malloc(aw - cn->sent_analysis))) {
+                an = aw - cn->sent_analysis;
+                memcpy(ana, j->analysis.s + cn->sent_analysis, an);
+            }
+            cn->sent_final = fw;
+            cn->sent_analysis = aw;
+            break;
+        }
+        pthread_cond_wait(&j->cv, &srv->mu);
+    }
+    enum gpo_finish finish = j->finish;
+    r.prompt_tokens = cn->n_prompt;
+    r.completion_tokens = j->n_generated;
+    char emsg[256];
+    snprintf(emsg, sizeof emsg, "%s", j->msg);
+    pthread_mutex_unlock(&srv->mu);
+    int rc = 0;
+    if (an) rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, ana, an, 0, NULL, 0));
+    if (fn) rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, fin, fn, NULL, 0, 0, NULL, 0));
+    free(fin);
+    free(ana);
+    if (done) {
+        if (finish == GPO_FINISH_ERROR) {
+            struct oai_error e;
+            oai_err(&e, 500, "server_error", NULL, NULL, "generation failed: %s", emsg);
+            char *js = oai_error_json(&e);
+            rc |= out_put(cn, "data: ");
+            rc |= out_put(cn, js);
+            rc |= out_put(cn, "\n\n");
+            free(js);
+        } else {
+            r.calls = j->calls;
+            r.n_calls = j->n_calls;
+            if (r.n_calls)
+                rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, NULL, 0, 1, NULL, 0));
+            rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, NULL, 0, 0,
+                                                   r.n_calls ? "tool_calls"
+                                                             : oai_finish_reason(finish), 0));
+            if (cn->include_usage)
+                rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, NULL, 0, 0, NULL, 1));
+        }
+        rc |= out_put(cn, "data: [DONE]\n\n");
+        cn->finished = 1;
+    }
+    return rc ? -1 : 0;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    struct conn *cn = cls;
+    while (cn->out_pos == cn->out_n) {
+        if (cn->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (sse_fill(cn) < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    size_t n = cn->out_n - cn->out_pos;
+    if (n > max) n = max;
+    memcpy(buf, cn->out + cn->out_pos, n);
+    cn->out_pos += n;
+    return (ssize_t)n;
+}
+
+static enum MHD_Result chat_completions(struct MHD_Connection *c, struct conn *cn) {
+    struct server *srv = cn->srv;
+    struct oai_error e;
+    struct oai_chat req;
+    if (oai_parse_chat(cn->body ? cn->body : "", cn->n, &srv->cfg->o->sp, srv->cfg->o->reasoning,
+                       &req, &e))
+        return send_error(c, &e, NULL);
+    if (!req.seed_given) req.sp.seed = random_u53();
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) {
+        oai_chat_free(&req);
+        return fail(c, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    j->srv = srv;
+    j->refs = 2;
+    pthread_cond_init(&j->cv, NULL);
+    struct gpo_conv conv;
+    gpo_conv_init(&conv);
+    enum gpo_status s = oai_build_conv(&req, srv->cfg->o->developer, srv->date, &conv);
+    j->want_calls = req.tools && req.tool_choice != OAI_TOOLS_NONE;
+    if (s == GPO_OK) s = gpo_harmony_render(srv->env.tok, &conv, &j->prompt);
+    gpo_conv_free(&conv);
+    j->sp = req.sp;
+    j->max_tokens = req.max_tokens;
+    for (size_t i = 0; i < req.n_stops; i++) {
+        j->stops[i] = req.stops[i];
+        req.stops[i] = NULL;
+    }
+    j->n_stops = req.n_stops;
+    req.n_stops = 0;
+    int stream = req.stream, include_usage = req.include_usage;
+    oai_chat_free(&req);
+    if (s != GPO_OK) {
+        j->refs = 1;
+        job_unref(j);
+        return fail(c, 400, "invalid_request_error", "messages", NULL, gpo_last_error());
+    }
+    int64_t n_prompt = (int64_t)j->prompt.n;
+    if (n_prompt >= srv->max_seq_len) {
+        oai_err(&e, 400, "invalid_request_error", "messages", "context_length_exceeded",
+                "This model's maximum context length is %lld tokens, but the messages "
+                "take %lld tokens (at most %lld leave room for one generated token)",
+                (long long)srv->max_seq_len, (long long)n_prompt,
+                (long long)srv->max_seq_len - 1);
+        j->refs = 1;
+        job_unref(j);
+        return send_error(c, &e, NULL);
+    }
+    if (post_job(srv, j) != 0) {
+        enum MHD_Result ok = reject(c, j);
+        job_unref(j);
+        return ok;
+    }
+    snprintf(cn->id, sizeof cn->id, "chatcmpl-%llx%06llx",
+             (unsigned long long)atomic_fetch_add(&srv->next_id, 1),
+             (unsigned long long)(random_u53() & 0xFFFFFF));
+    cn->created = (int64_t)time(NULL);
+    cn->n_prompt = n_prompt;
+    if (stream) {
+        cn->job = j;
+        cn->include_usage = include_usage;
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
+                                                                   sse_read, cn, NULL);
+        if (!r) return MHD_NO; /* the job is dropped at completion */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
+    /* Wait for the answer, looking now and then whether the client is still there. */
+    pthread_mutex_lock(&srv->mu);
+    while (j->state != JOB_DONE) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&j->cv, &srv->mu, &ts);
+        if (j->state != JOB_DONE && !j->gone && !client_alive(c)) {
+            j->gone = 1;
+            pthread_cond_signal(&srv->wake);
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    /* Done: the engine no longer writes the job. */
+    if (j->gone) {
+        job_unref(j);
+        return MHD_NO;
+    }
+    enum MHD_Result ok;
+    if (j->finish == GPO_FINISH_ERROR) {
+        ok = fail(c, 500, "server_error", NULL, NULL, j->msg);
+    } else {
+        struct oai_result r = {.id = cn->id, .model = srv->model_name, .created = cn->created,
+                               .content = j->final.s, .content_len = j->final.n,
+                               .reasoning = j->analysis.s, .reasoning_len = j->analysis.n,
+                               .finish = j->n_calls ? "tool_calls" : oai_finish_reason(j->finish),
+                               .prompt_tokens = n_prompt, .completion_tokens = j->n_generated,
+                               .calls = j->calls, .n_calls = j->n_calls};
+        ok = send_body(c, MHD_HTTP_OK, oai_chat_response_json(&r), "application/json");
+    }
+    job_unref(j);
+    return ok;
+}
+
+static enum MHD_Result models(struct MHD_Connection *c, struct server *srv) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddItemToArray(data, m);
+    cJSON_AddStringToObject(m, "id", srv->model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", 0);
+    cJSON_AddStringToObject(m, "owned_by", "gptoss");
+    return send_json(c, MHD_HTTP_OK, root);
+}
+
+/* Authorization: Bearer KEY, compared in constant time. */
+static int authorized(struct MHD_Connection *c, const char *key) {
+    if (!key) return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    return oai_key_equal(h, strlen(h), key, strlen(key));
+}
+
+static enum MHD_Result route(struct MHD_Connection *c, struct conn *cn, const char *url,
+                             const char *method) {
+    struct server *srv = cn->srv;
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
+    char msg[300];
+    if (!strcmp(url, "/health")) {
+        if (!get) goto wrong_method;
+        cJSON *root = cJSON_CreateObject();
+        int ready = atomic_load(&srv->ready);
+        cJSON_AddStringToObject(root, "status", ready ? "ok" : "loading");
+        return send_json(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, root);
+    }
+    int chat = !strcmp(url, "/v1/chat/completions"), mods = !strcmp(url, "/v1/models");
+    if (!chat && !mods) {
+        snprintf(msg, sizeof msg, "Unknown route %.10s %.200s", method, url);
+        return fail(c, 404, "invalid_request_error", NULL, "not_found", msg);
+    }
+    if ((chat && !post) || (mods && !get)) goto wrong_method;
+    if (!authorized(c, srv->cfg->api_key))
+        return fail(c, 401, "invalid_request_error", NULL, "invalid_api_key",
+                    "Incorrect or missing API key (send it as Authorization: Bearer KEY)");
+    if (cn->too_big) {
+        snprintf(msg, sizeof msg, "The request body is over the limit of %zu bytes",
+                 srv->cfg->body_limit);
+        return fail(c, 413, "invalid_request_error", NULL, "request_too_large", msg);
+    }
+    if (!atomic_load(&srv->ready))
+        return fail(c, 503, "server_error", NULL, "loading", "The model is still loading");
+    if (mods) return models(c, srv);
+    return chat_completions(c, cn);
+wrong_method:
+    snprintf(msg, sizeof msg, "Method %.10s is not allowed on %.200s", method, url);
+    return fail(c, 405, "invalid_request_error", NULL, "method_not_allowed", msg);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+    struct server *srv = cls;
+    struct conn *cn = *con_cls;
+    if (!cn) {
+        if (!(cn = calloc(1, sizeof *cn))) return MHD_NO;
+        cn->srv = srv;
+        *con_cls = cn;
+        /* A declared length over the limit is answered before the body is read. */
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > srv->cfg->body_limit) cn->too_big = 1;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        if (!cn->too_big && cn->n + n > srv->cfg->body_limit) {
+            cn->too_big = 1;
+        }
+        if (!cn->too_big) {
+            if (cn->n + n + 1 > cn->cap) {
+                size_t nc = (cn->n + n + 1) * 2;
+                char *b = realloc(cn->body, nc);
+                if (!b) return MHD_NO;
+                cn->body = b;
+                cn->cap = nc;
+            }
+            memcpy(cn->body + cn->n, upload_data, n);
+            cn->n += n;
+            cn->body[cn->n] = 0;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    return route(c, cn, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    struct conn *cn = *con_cls;
+    if (!cn) return;
+    if (cn->job) {
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) job_mark_gone(cn->job);
+        job_unref(cn->job);
+    }
+    free(cn->body);
+    free(cn->out);
+    free(cn);
+    *con_cls = NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+
+int serve_run(const struct serve_cfg *cfg) {
+    struct server *srv = calloc(1, sizeof *srv);
+    if (!srv) return cli_error("out of memory");
+    srv->cfg = cfg;
+    pthread_mutex_init(&srv->mu, NULL);
+    pthread_cond_init(&srv->wake, NULL);
+    atomic_init(&srv->ready, 0);
+    atomic_init(&srv->next_id, 1);
+    int rc = CLI_EXIT_FAIL;
+
+    /* Every thread started from here on leaves SIGINT and SIGTERM to sigwait. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, cfg->host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)cfg->port);
+    } else if (inet_pton(AF_INET6, cfg->host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)cfg->port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        free(srv);
+        return cli_error("--host must be an IPv4 or IPv6 address, not '%s'", cfg->host);
+    }
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)cfg->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &ss,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)512, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024, MHD_OPTION_END);
+    if (!d) {
+        free(srv);
+        return cli_error("cannot listen on %s port %d: %s", cfg->host, cfg->port, strerror(errno));
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    int port = di ? di->port : cfg->port;
+    fprintf(stderr, "gptoss serve: listening on http://%s%s%s:%d (loading the model)\n",
+            strchr(cfg->host, ':') ? "[" : "", cfg->host, strchr(cfg->host, ':') ? "]" : "",
+            port);
+
+    pthread_t engine_thread;
+    int engine_started = 0;
+    const struct gen_opts *o = cfg->o;
+    if (gen_env_open(&srv->env, o) != 0) goto out;
+    enum gpo_status s;
+    struct gpo_engine_opts eo = o->eo;
+    eo.max_queue = cfg->max_queue;
+    if ((s = gpo_engine_create(srv->env.m, srv->env.tok, &eo, cfg->parallel, &srv->eng)) !=
+        GPO_OK) {
+        rc = cli_status(s, "cannot set up the engine");
+        goto out;
+    }
+    if (!o->verbose) gpo_set_log_level(GPO_LOG_WARN);
+    gpo_engine_set_abort(srv->eng, &srv->abort_flag);
+    int64_t limit = gpo_model_config(srv->env.m)->max_position;
+    srv->max_seq_len = eo.max_seq_len < limit ? eo.max_seq_len : limit;
+    srv->date = gen_date(o, srv->datebuf);
+    if (cfg->model_name) {
+        snprintf(srv->model_name, sizeof srv->model_name, "%s", cfg->model_name);
+    } else {
+        const char *base = strrchr(srv->env.dir, '/');
+        base = base && base[1] ? base + 1 : srv->env.dir;
+        snprintf(srv->model_name, sizeof srv->model_name, "%s", base);
+    }
+    if (pthread_create(&engine_thread, NULL, engine_main, srv) != 0) {
+        rc = cli_error("cannot start the engine thread");
+        goto out;
+    }
+    engine_started = 1;
+    atomic_store(&srv->ready, 1);
+    fprintf(stderr, "gptoss serve: ready: model %s, %zu slots of %lld tokens, kernels %s\n",
+            srv->model_name, cfg->parallel, (long long)srv->max_seq_len,
+            gpo_engine_kernels(srv->eng));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "gptoss serve: %s, stopping\n", sig == SIGINT ? "interrupted" : "terminated");
+    rc = 0;
+out:
+    /* End the requests in flight (they finish as aborted), then the connections. */
+    pthread_mutex_lock(&srv->mu);
+    srv->stopping = 1;
+    pthread_cond_broadcast(&srv->wake);
+    pthread_mutex_unlock(&srv->mu);
+    if (engine_started) pthread_join(engine_thread, NULL);
+    MHD_stop_daemon(d);
+    gpo_engine_free(srv->eng);
+    gen_env_close(&srv->env);
+    pthread_cond_destroy(&srv->wake);
+    pthread_mutex_destroy(&srv->mu);
+    free(srv);
+    return rc;
+}
