@@ -211,10 +211,13 @@ if [ $dry -eq 0 ]; then
         printf 'cpu\t%s, %s cores, %s\n' "${cpu:-unknown}" "$(nproc)" \
             "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
         printf 'SIMD flags\t%s\n' "${flags:-none found}"
-        printf 'llama.cpp\t%s (commit %s), from npm node-llama-cpp@%s; CPU Release, GGML_NATIVE=ON, static\n' \
-            "$tag" "$(cut -c1-12 "$llama_dir/commit" 2>/dev/null || echo '?')" \
-            "$(cat "$llama_dir/.complete" 2>/dev/null || echo '?')"
-        printf 'gptoss\t%s, commit %s\n' "$("$G" --version 2>/dev/null | head -n 1)" "$rev"
+        stamp=$(cat "$llama_dir/.complete" 2>/dev/null || echo '?')
+        amx=""
+        case $stamp in *noamx*) amx=" without AMX (-mno-amx-*: ggml's AMX kernels crash on this CPU; see bench/llama_build.sh)" ;; esac
+        printf 'llama.cpp\t%s (commit %s), from npm node-llama-cpp@%s; CPU Release, GGML_NATIVE=ON%s, static\n' \
+            "$tag" "$(cut -c1-12 "$llama_dir/commit" 2>/dev/null || echo '?')" "${stamp%%+*}" "$amx"
+        printf 'gptoss\t%s, commit %s; %s\n' "$("$G" --version 2>/dev/null | head -n 1)" "$rev" \
+            "$("$G" --version 2>/dev/null | sed -n 's/^why: *//p')"
     } >"$raw/meta.txt"
 fi
 

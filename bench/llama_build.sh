@@ -21,6 +21,13 @@ set -euo pipefail
 # commit de3ff815ea7d).  Changing this builds a new folder.
 NLC_VERSION=3.22.1
 LLAMA_COMMIT=de3ff815ea7d559ee917f063901b8986f038abc6
+# The build configuration, part of the stamp: a change rebuilds.  "noamx": ggml's
+# AMX kernels (compiled in by -march=native on CPUs with AMX) are left out, because
+# on the Xeon these benchmarks run on, llama-bench dies with SIGSEGV in
+# ggml_backend_amx_mul_mat on the first prompt batch of a Q8_0 model (llama-simple,
+# which decodes one token at a time, runs).  Every other native flag stays.
+BUILD_TAG=$NLC_VERSION+noamx
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 tools=(llama-bench llama-batched-bench llama-simple)
 
 cache=${GPTOSS_CACHE:-$HOME/.cache/gptoss}
@@ -29,7 +36,7 @@ dir=$cache/llama.cpp-nlc$NLC_VERSION
 stamp=$dir/.complete
 bin=$dir/build/bin
 
-complete() { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$NLC_VERSION" ]; }
+complete() { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$BUILD_TAG" ]; }
 
 if [ "${1:-}" = "--print" ]; then
     complete || { echo "llama_build: no complete build in $dir" >&2; exit 1; }
@@ -70,6 +77,7 @@ start=$(date +%s)
     # CPU only, tuned for this machine; static so the binaries need no rpath;
     # no network code (HTTPS, downloads) and nothing but the tools below.
     cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
         -DBUILD_SHARED_LIBS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF \
         -DGGML_OPENMP=ON -DGGML_CCACHE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF \
@@ -86,6 +94,6 @@ for t in "${tools[@]}"; do
     [ -x "$bin/$t" ] || { echo "llama_build: $bin/$t missing after the build" >&2; exit 1; }
 done
 echo "$LLAMA_COMMIT" >"$dir/commit"
-echo "$NLC_VERSION" >"$stamp"
+echo "$BUILD_TAG" >"$stamp"
 echo "llama_build: done in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1) in $dir" >&2
 echo "$bin"
