@@ -117,7 +117,7 @@ function gptossRow(section, t) {
         ? `${fmt(t.tok_s_min)}-${fmt(t.tok_s_max)}` : '';
     return { section, test: t.test, threads: t.threads, batch: t.batch || 1, tok_s: t.tok_s, spread,
         model: `${gb(t.model_bytes)}, ${(t.n_params / 1e9).toFixed(2)} B parameters `
-            + `(${(t.n_params_active / 1e9).toFixed(2)} B active), dense ${t.dense}, kernels ${t.kernels}` };
+            + `(${(t.n_params_active / 1e9).toFixed(2)} B active), ${t.dense === 'q8' ? 'dense requantised to Q8_0 (--dense q8)' : 'dense as stored'}, kernels ${t.kernels}` };
 }
 
 function gb(bytes) {
