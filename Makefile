@@ -43,12 +43,13 @@ ISA_avx2   := -mavx2 -mfma -mf16c
 # portable AVX-512 (GPO_SIMDE_EMU, AVX2 only) so its kernels are tested on any machine.
 ISA_avx512      := $(ISA_avx2) -mavx512f -mavx512bw -mavx512vl -mavx512dq
 ISA_avx512_int8 := $(ISA_avx512) -mavx512vnni -mavx512vbmi
+ISA_avx512_bf16 := $(ISA_avx512) -mavx512bf16
 ISA_EMU         := $(ISA_avx2) -DGPO_SIMDE_EMU -Wno-psabi
 
 LIB_SRC  := $(wildcard src/*.c) $(wildcard src/kernels/*.c)
 APP_SRC  := $(wildcard app/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
-K512_SRC := src/kernels/avx512.c src/kernels/avx512_int8.c
+K512_SRC := src/kernels/avx512.c src/kernels/avx512_int8.c src/kernels/avx512_bf16.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(K512_SRC:%.c=$(BUILD)/%_emu.o)
 APP_OBJ  := $(APP_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -77,6 +78,10 @@ $(BUILD)/src/kernels/avx512.o: src/kernels/avx512.c $(BUILD)/.config
 $(BUILD)/src/kernels/avx512_int8.o: src/kernels/avx512_int8.c $(BUILD)/.config
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ISA_avx512_int8) -c $< -o $@
+
+$(BUILD)/src/kernels/avx512_bf16.o: src/kernels/avx512_bf16.c $(BUILD)/.config
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ISA_avx512_bf16) -c $< -o $@
 
 $(BUILD)/src/kernels/%_emu.o: src/kernels/%.c $(BUILD)/.config
 	@mkdir -p $(dir $@)

@@ -1,15 +1,27 @@
-/* bench_kernels.c - single-thread speed of the matmul kernels at GPT-OSS shapes,
- * reference against every SIMD table this CPU runs.  Decode (one token) is reported
- * as weight GB/s next to this core's plain read bandwidth; batches as GFLOP/s.
- * Usage: bench_kernels [seconds per measurement, default 0.4] [--simd-only] [op ...]
- * (ops: bf16 mxfp4 mxfp4_ggml mxfp4_q8 mxfp4_ggml_q8 q8_0 mxfp4_q16 mxfp4_ggml_q16;
- * default all; the _ggml ops are the MXFP4 kernels on GGML blocks, as GGUF stores them) */
+/* bench_kernels.c - speed of the matmul kernels at the gpt-oss-20b shapes, reference
+ * against every SIMD table this CPU runs, on one thread or several (rows split into
+ * equal contiguous ranges, as the forward pass splits them).
+ *
+ * Decode and small batches (n_tok up to 8) stream the weights from DRAM and are
+ * reported as GB/s of weight bytes read (each weight is read once per call, whatever
+ * n_tok), next to the plain read bandwidth of the same thread count; prefill-like
+ * batches (n_tok = 512) as GFLOP/s.
+ * Usage: bench_kernels [seconds per measurement, default 0.4] [--simd-only]
+ *                      [--threads N] [--tok LIST] [--max-rows N] [op ...]
+ * (ops: bf16 mxfp4 mxfp4_ggml mxfp4_q8 mxfp4_ggml_q8 q8_0 mxfp4_q16 mxfp4_ggml_q16
+ * bf16_dot; default all; the _ggml ops are the MXFP4 kernels on GGML blocks, as GGUF
+ * stores them; bf16_dot is the fast path's bf16-activation matmul; LIST is token
+ * counts separated by commas, default 1,2,4,8,512; --max-rows skips the larger
+ * matrices, such as the 201088-row unembedding) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
+#include "gpo_bench.h"
 #include "kernels/kernels.h"
 #include "util.h"
 
@@ -35,31 +47,6 @@ static void *alloc_or_die(size_t n) {
     return p;
 }
 
-/* One core's read bandwidth: sums a buffer far larger than the caches. */
-static double read_bandwidth(double seconds) {
-    const size_t n = STREAM_BYTES / 8;
-    uint64_t *buf = alloc_or_die(n * 8);
-    for (size_t i = 0; i < n; i++) buf[i] = i;
-    volatile uint64_t sink = 0;
-    double best = 0, t_end = gpo_now() + seconds;
-    do {
-        const double t0 = gpo_now();
-        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        for (size_t i = 0; i < n; i += 4) {
-            a0 += buf[i];
-            a1 += buf[i + 1];
-            a2 += buf[i + 2];
-            a3 += buf[i + 3];
-        }
-        sink += a0 + a1 + a2 + a3;
-        const double gbs = (double)(n * 8) / (gpo_now() - t0) / 1e9;
-        if (gbs > best) best = gbs;
-    } while (gpo_now() < t_end);
-    (void)sink;
-    gpo_aligned_free(buf);
-    return best;
-}
-
 /* What one measurement runs. */
 enum op {
     OP_BF16,
@@ -69,7 +56,9 @@ enum op {
     OP_MXFP4_Q16,
     OP_MXFP4_GGML,
     OP_MXFP4_GGML_Q8,
-    OP_MXFP4_GGML_Q16
+    OP_MXFP4_GGML_Q16,
+    OP_Q8_0_Q8,
+    OP_BF16_DOT
 };
 
 static int is_ggml(enum op op) {
@@ -87,40 +76,68 @@ struct problem {
     struct gpo_q16_block *xq16;
 };
 
-static void run_once(const struct gpo_kernels *k, struct problem *p, int copy) {
+/* Rows [r0, r1) of one call on weight copy `copy`. */
+static void run_rows(const struct gpo_kernels *k, struct problem *p, int copy, int64_t r0,
+                     int64_t r1) {
     switch (p->op) {
+    case OP_Q8_0_Q8:
+        k->matmul_q8_0_q8(p->y, p->rows, p->w[copy], p->xq, p->n_cols / 32, p->n_tok, r0, r1,
+                          p->n_cols);
+        break;
+    case OP_BF16_DOT:
+        k->matmul_bf16_dot(p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, r0, r1,
+                           p->n_cols);
+        break;
     case OP_BF16:
-        k->matmul[GPO_DT_BF16](p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, 0, p->rows,
+        k->matmul[GPO_DT_BF16](p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, r0, r1,
                                p->n_cols);
         break;
     case OP_MXFP4:
         k->matmul_mxfp4(p->y, p->rows, p->blocks[copy], p->scales[copy], p->x, p->n_cols, p->n_tok,
-                        0, p->rows, p->n_cols);
+                        r0, r1, p->n_cols);
         break;
     case OP_MXFP4_Q8:
         k->matmul_mxfp4_q8(p->y, p->rows, p->blocks[copy], p->scales[copy], p->xq,
-                           p->n_cols / 32, p->n_tok, 0, p->rows, p->n_cols);
+                           p->n_cols / 32, p->n_tok, r0, r1, p->n_cols);
         break;
     case OP_Q8_0:
-        k->matmul[GPO_DT_Q8_0](p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, 0, p->rows,
+        k->matmul[GPO_DT_Q8_0](p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, r0, r1,
                                p->n_cols);
         break;
     case OP_MXFP4_Q16:
         k->matmul_mxfp4_q16(p->y, p->rows, p->blocks[copy], p->scales[copy], p->xq16,
-                            p->n_cols / 32, p->n_tok, 0, p->rows, p->n_cols);
+                            p->n_cols / 32, p->n_tok, r0, r1, p->n_cols);
         break;
     case OP_MXFP4_GGML:
-        k->matmul_mxfp4_ggml(p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, 0, p->rows,
+        k->matmul_mxfp4_ggml(p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, r0, r1,
                              p->n_cols);
         break;
     case OP_MXFP4_GGML_Q8:
-        k->matmul_mxfp4_ggml_q8(p->y, p->rows, p->w[copy], p->xq, p->n_cols / 32, p->n_tok, 0,
-                                p->rows, p->n_cols);
+        k->matmul_mxfp4_ggml_q8(p->y, p->rows, p->w[copy], p->xq, p->n_cols / 32, p->n_tok, r0,
+                                r1, p->n_cols);
         break;
     case OP_MXFP4_GGML_Q16:
         k->matmul_mxfp4_ggml_q16(p->y, p->rows, p->w[copy], p->xq16, p->n_cols / 32, p->n_tok,
-                                 0, p->rows, p->n_cols);
+                                 r0, r1, p->n_cols);
         break;
+    }
+}
+
+/* One call split over n_threads threads: equal contiguous shares of the rows, in
+ * multiples of 16 so every share starts on whole tiles. */
+static int n_threads = 1;
+static void run_once(const struct gpo_kernels *k, struct problem *p, int copy) {
+    if (n_threads == 1) {
+        run_rows(k, p, copy, 0, p->rows);
+        return;
+    }
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t chunk = ((p->rows + nth - 1) / nth + 15) / 16 * 16;
+        const int64_t r0 = tid * chunk < p->rows ? tid * chunk : p->rows;
+        const int64_t r1 = r0 + chunk < p->rows ? r0 + chunk : p->rows;
+        if (r0 < r1) run_rows(k, p, copy, r0, r1);
     }
 }
 
@@ -146,8 +163,8 @@ static double time_calls(const struct gpo_kernels *k, struct problem *p, double 
 }
 
 static size_t weight_bytes(const struct problem *p) {
-    if (p->op == OP_BF16) return (size_t)(p->rows * p->n_cols) * 2;
-    if (p->op == OP_Q8_0)
+    if (p->op == OP_BF16 || p->op == OP_BF16_DOT) return (size_t)(p->rows * p->n_cols) * 2;
+    if (p->op == OP_Q8_0 || p->op == OP_Q8_0_Q8)
         return (size_t)(p->rows * p->n_cols / 32) * sizeof(struct gpo_q8_0_block);
     return (size_t)(p->rows * p->n_cols / 32) * 17;
 }
@@ -157,14 +174,14 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
     struct problem p = {.op = op, .rows = rows, .n_cols = n_cols, .n_tok = n_tok};
     const size_t wb = weight_bytes(&p);
     p.copies = decode ? (int)((STREAM_BYTES + wb - 1) / wb) : 1;
-    if (op == OP_BF16) {
+    if (op == OP_BF16 || op == OP_BF16_DOT) {
         p.w = calloc((size_t)p.copies, sizeof *p.w);
         for (int c = 0; c < p.copies; c++) {
             uint16_t *w = alloc_or_die(wb);
             for (size_t i = 0; i < wb / 2; i++) w[i] = f32_to_bf16(rndf() * 0.05f);
             p.w[c] = w;
         }
-    } else if (op == OP_Q8_0) {
+    } else if (op == OP_Q8_0 || op == OP_Q8_0_Q8) {
         /* Requantised like --dense q8 does at load, from f32 rows. */
         p.w = calloc((size_t)p.copies, sizeof *p.w);
         float *row = alloc_or_die((size_t)n_cols * 4);
@@ -229,7 +246,8 @@ static void free_problem(struct problem *p) {
 static const char *op_name(enum op op) {
     static const char *const names[] = {"bf16",          "mxfp4",         "mxfp4_q8",
                                         "q8_0",          "mxfp4_q16",     "mxfp4_ggml",
-                                        "mxfp4_ggml_q8", "mxfp4_ggml_q16"};
+                                        "mxfp4_ggml_q8", "mxfp4_ggml_q16", "q8_0_q8",
+                                        "bf16_dot"};
     return names[op];
 }
 
@@ -241,54 +259,109 @@ static int wanted(enum op op, int argc, char **argv, int first) {
     return 0;
 }
 
+/* Token counts from "1,2,8": at most 16 of them, each 1..4096. */
+static int parse_toks(const char *arg, int64_t *out) {
+    int n = 0;
+    for (const char *q = arg; *q && n < 16;) {
+        char *end;
+        const long v = strtol(q, &end, 10);
+        if (end == q || v < 1 || v > 4096) return -1;
+        out[n++] = v;
+        q = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return n;
+}
+
+/* The gpt-oss-20b matrices, rows x columns: the dense ones (attention q/k/v, output
+ * and the unembedding) and the two expert projections. */
+static const struct {
+    int64_t rows, cols;
+} dense_shapes[] = {{2880, 4096}, {4096, 2880}, {5120, 2880}, {201088, 2880}},
+  expert_shapes[] = {{5760, 2880}, {2880, 2880}};
+
+static int is_dense(enum op op) {
+    return op == OP_BF16 || op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_BF16_DOT;
+}
+
+/* Whether table k has a kernel for op (the fast path's optional slots may be empty). */
+static int has_op(const struct gpo_kernels *k, enum op op) {
+    if (op == OP_Q8_0_Q8) return k->matmul_q8_0_q8 != NULL;
+    if (op == OP_BF16_DOT) return k->matmul_bf16_dot != NULL;
+    return 1;
+}
+
 int main(int argc, char **argv) {
-    const double secs = argc > 1 ? atof(argv[1]) : 0.4;
-    const int simd_only = argc > 2 && strcmp(argv[2], "--simd-only") == 0;
-    const int first_op = 2 + simd_only;
+    double secs = 0.4;
+    int simd_only = 0, n_toks = 5, first_op = argc;
+    int64_t toks[16] = {1, 2, 4, 8, 512}, max_rows = INT64_MAX;
+    for (int i = 1; i < argc && first_op == argc; i++) {
+        if (strcmp(argv[i], "--simd-only") == 0) simd_only = 1;
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) n_threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--max-rows") == 0 && i + 1 < argc) max_rows = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--tok") == 0 && i + 1 < argc)
+            n_toks = parse_toks(argv[++i], toks);
+        else if (i == 1 && atof(argv[i]) > 0) secs = atof(argv[i]);
+        else first_op = i;
+    }
+    if (n_threads < 1 || n_threads > 256 || n_toks < 1) {
+        fprintf(stderr, "bench_kernels: bad --threads or --tok value\n");
+        return 2;
+    }
     const struct gpo_kernels *tabs[3];
     int nt = 0;
     if (!simd_only) tabs[nt++] = gpo_kernels_ref();
     if (gpo_cpu_has_avx2() && gpo_kernels_avx2()) tabs[nt++] = gpo_kernels_avx2();
     if (gpo_kernels_avx512()) tabs[nt++] = gpo_kernels_avx512();
 
-    printf("cpu: %s\n", gpo_cpu_features());
-    printf("single-core read bandwidth: %.1f GB/s\n\n", read_bandwidth(secs * 2));
+    double membw = 0;
+    if (gpo_membw_measure(n_threads, (uint64_t)256 << 20, secs * 2, &membw) != GPO_OK)
+        fprintf(stderr, "bench_kernels: %s\n", gpo_last_error());
+    printf("cpu: %s\nkernels: %s\n", gpo_cpu_features(), gpo_kernels_why());
+    printf("threads: %d, read bandwidth (gptoss bench --membw probe): %.2f GB/s\n", n_threads,
+           membw);
+    printf("n_tok <= 8: weights streamed from DRAM, GB/s of weight bytes (%% of the read "
+           "bandwidth); larger: GFLOP/s\n\n");
 
-    printf("decode (n_tok = 1), weights streamed from DRAM, single thread\n");
-    const struct {
-        enum op op;
-        int64_t rows, cols;
-    } dec[] = {{OP_BF16, 5120, 2880},          {OP_MXFP4, 5760, 2880},
-               {OP_MXFP4_GGML, 5760, 2880},     {OP_MXFP4_Q8, 5760, 2880},
-               {OP_MXFP4_GGML_Q8, 5760, 2880},  {OP_Q8_0, 5120, 2880},
-               {OP_MXFP4_Q16, 5760, 2880},      {OP_MXFP4_GGML_Q16, 5760, 2880}};
-    for (size_t i = 0; i < sizeof dec / sizeof *dec; i++) {
-        if (!wanted(dec[i].op, argc, argv, first_op)) continue;
-        struct problem p = make_problem(dec[i].op, dec[i].rows, dec[i].cols, 1, 1);
-        for (int k = 0; k < nt; k++) {
-            const double s = time_calls(tabs[k], &p, secs);
-            printf("  %-14s %5lldx%-5lld %-6s %8.3f ms  %6.2f GB/s  %6.2f GFLOP/s\n",
-                   op_name(p.op), (long long)p.rows, (long long)p.n_cols, tabs[k]->name, s * 1e3,
-                   (double)weight_bytes(&p) / s / 1e9,
-                   2.0 * (double)(p.rows * p.n_cols) / s / 1e9);
-        }
-        free_problem(&p);
-    }
-
-    printf("\nbatches (weights of one matrix, reused across tokens), single thread\n");
-    static const int64_t toks[] = {8, 64};
-    for (size_t i = 0; i < sizeof dec / sizeof *dec; i++)
-        for (size_t j = 0; j < sizeof toks / sizeof *toks; j++) {
-            if (!wanted(dec[i].op, argc, argv, first_op)) continue;
-            struct problem p = make_problem(dec[i].op, dec[i].rows, dec[i].cols, toks[j], 0);
-            for (int k = 0; k < nt; k++) {
-                const double s = time_calls(tabs[k], &p, secs);
-                printf("  %-14s %5lldx%-5lld n_tok=%-3lld %-6s %9.3f ms  %7.2f GFLOP/s\n",
-                       op_name(p.op), (long long)p.rows, (long long)p.n_cols, (long long)p.n_tok,
-                       tabs[k]->name, s * 1e3,
-                       2.0 * (double)(p.rows * p.n_cols * p.n_tok) / s / 1e9);
+    static const enum op ops[] = {OP_BF16,          OP_BF16_DOT,      OP_Q8_0,
+                                  OP_Q8_0_Q8,       OP_MXFP4,         OP_MXFP4_Q8,
+                                  OP_MXFP4_Q16,     OP_MXFP4_GGML,    OP_MXFP4_GGML_Q8,
+                                  OP_MXFP4_GGML_Q16};
+    for (size_t o = 0; o < sizeof ops / sizeof *ops; o++) {
+        if (!wanted(ops[o], argc, argv, first_op)) continue;
+        const int dense = is_dense(ops[o]);
+        const size_t n_shapes = dense ? sizeof dense_shapes / sizeof *dense_shapes
+                                      : sizeof expert_shapes / sizeof *expert_shapes;
+        for (size_t sh = 0; sh < n_shapes; sh++)
+            for (int ti = 0; ti < n_toks; ti++) {
+                const int64_t rows = dense ? dense_shapes[sh].rows : expert_shapes[sh].rows;
+                const int64_t cols = dense ? dense_shapes[sh].cols : expert_shapes[sh].cols;
+                const int64_t n_tok = toks[ti];
+                const int streamed = n_tok <= 8;
+                /* Prefill is not run on the unembedding (only last positions are). */
+                if ((!streamed && rows > 8192) || rows > max_rows) continue;
+                struct problem p = make_problem(ops[o], rows, cols, n_tok, streamed);
+                for (int k = 0; k < nt; k++) {
+                    /* The reference only where it takes well under a second a call. */
+                    if (tabs[k] == gpo_kernels_ref() && (!streamed || rows > 8192)) continue;
+                    if (!has_op(tabs[k], ops[o])) continue;
+                    const double s = time_calls(tabs[k], &p, secs);
+                    const double gbs = (double)weight_bytes(&p) / s / 1e9;
+                    const double gflops = 2.0 * (double)(rows * cols * n_tok) / s / 1e9;
+                    if (streamed)
+                        printf("  %-14s %6lldx%-5lld n_tok=%-3lld %-12s %9.3f ms %7.2f GB/s "
+                               "(%3.0f%%) %8.2f GFLOP/s\n",
+                               op_name(p.op), (long long)rows, (long long)cols,
+                               (long long)n_tok, tabs[k]->name, s * 1e3, gbs,
+                               membw > 0 ? 100.0 * gbs / membw : 0.0, gflops);
+                    else
+                        printf("  %-14s %6lldx%-5lld n_tok=%-3lld %-12s %9.3f ms %8.2f GFLOP/s\n",
+                               op_name(p.op), (long long)rows, (long long)cols,
+                               (long long)n_tok, tabs[k]->name, s * 1e3, gflops);
+                    fflush(stdout);
+                }
+                free_problem(&p);
             }
-            free_problem(&p);
-        }
+    }
     return 0;
 }

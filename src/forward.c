@@ -879,7 +879,14 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
         if (!aborted && n_out > 0) {
             const struct gpo_tview *W = &m->unembedding;
             my_rows(W->rows, &r0, &r1);
-            if (r1 > r0) k->matmul[W->dtype](logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
+            /* The fast path may round the normed rows to bf16 for BF16 weights
+             * (vdpbf16ps): within the bf16 reference's error on the golden logits,
+             * and faster per weight byte when decoding.  Only here: prefill unembeds
+             * its last rows alone, and the q/k/v and output projections at 512-token
+             * prefill run faster on the f32 kernels. */
+            gpo_matmul_fn mm = k->matmul[W->dtype];
+            if (fast && W->dtype == GPO_DT_BF16 && k->matmul_bf16_dot) mm = k->matmul_bf16_dot;
+            if (r1 > r0) mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
         }
         ts->end = omp_get_wtime();
     }

@@ -27,6 +27,13 @@ static void set_slot(struct gpo_kernels *t, size_t i, slot_fn f) {
     memcpy((char *)t + SLOT0 + i * sizeof f, &f, sizeof f);
 }
 
+/* The fast path's optional slots, empty in tables without a SIMD kernel for them. */
+static int optional_slot(size_t i) {
+    const size_t off = SLOT0 + i * sizeof(slot_fn);
+    return off == offsetof(struct gpo_kernels, matmul_q8_0_q8) ||
+           off == offsetof(struct gpo_kernels, matmul_bf16_dot);
+}
+
 /* Whether /proc/cpuinfo's first flags line lists flag (a whole word). */
 static int cpuinfo_has(const char *flag) {
     FILE *f = fopen("/proc/cpuinfo", "r");
@@ -154,7 +161,43 @@ static void test_select(void **state) {
     assert_null(gpo_kernels_select("avx1024"));
     assert_ptr_equal(gpo_kernels_select("ref"), gpo_kernels_ref());
     for (size_t i = 0; i < NSLOTS; i++)
-        if (slot(gpo_kernels_ref(), i)) assert_non_null(slot(best, i));
+        if (slot(gpo_kernels_ref(), i) && !optional_slot(i)) assert_non_null(slot(best, i));
+}
+
+/* The optional slots: the Q8_0 x int8 matmul comes with the int8 part (VNNI and VBMI),
+ * the bf16 dot matmul with the bf16 part (AVX512_BF16); a CPU without the feature gets
+ * an empty slot (the caller's f32 kernel), never the reference, and the reason line
+ * names the missing feature. */
+static void test_optional_parts(void **state) {
+    (void)state;
+    if (!gpo_kernels_avx2() || !gpo_cpu_has_avx2()) skip();
+    const unsigned base = GPO_CPU_AVX2 | GPO_CPU_AVX512F | GPO_CPU_AVX512BW | GPO_CPU_AVX512VL |
+                          GPO_CPU_AVX512DQ;
+    struct gpo_kernels t;
+    char why[512];
+    assert_int_equal(gpo_kernels_compose512(&t, base, 0, why, sizeof why), 1);
+    printf("  base only: %s\n", why);
+    assert_null(t.matmul_q8_0_q8);
+    assert_null(t.matmul_bf16_dot);
+    assert_non_null(strstr(why, "part bf16 needs avx512bf16"));
+    assert_non_null(strstr(why, "part int8 needs avx512vnni avx512vbmi"));
+    assert_int_equal(gpo_kernels_compose512(&t, base | GPO_CPU_AVX512BF16, 0, why, sizeof why), 2);
+    printf("  base + bf16: %s\n", why);
+    assert_non_null(t.matmul_bf16_dot);
+    assert_null(t.matmul_q8_0_q8);
+    assert_non_null(strstr(why, "parts: base, bf16"));
+    assert_null(strstr(why, "part bf16 needs"));
+    assert_int_equal(gpo_kernels_compose512(&t, base | GPO_CPU_AVX512VNNI | GPO_CPU_AVX512VBMI, 0,
+                                            why, sizeof why),
+                     2);
+    assert_non_null(t.matmul_q8_0_q8);
+    assert_null(t.matmul_bf16_dot);
+    assert_ptr_not_equal(t.matmul_q8_0_q8, gpo_kernels_ref()->matmul_q8_0_q8);
+    /* The AVX2 table has neither; the SIMDe build has both. */
+    assert_null(gpo_kernels_avx2()->matmul_q8_0_q8);
+    assert_null(gpo_kernels_avx2()->matmul_bf16_dot);
+    assert_non_null(gpo_kernels_avx512_simde()->matmul_q8_0_q8);
+    assert_non_null(gpo_kernels_avx512_simde()->matmul_bf16_dot);
 }
 
 int main(void) {
@@ -163,6 +206,7 @@ int main(void) {
         cmocka_unit_test(test_compose_every_feature_set),
         cmocka_unit_test(test_simde_table),
         cmocka_unit_test(test_select),
+        cmocka_unit_test(test_optional_parts),
     };
     return cmocka_run_group_tests_name("dispatch", tests, NULL, NULL);
 }

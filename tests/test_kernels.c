@@ -733,6 +733,140 @@ static void test_matmul_q8_0(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* ---- the fast path's optional dense kernels ---- */
+
+/* Q8_0 weights times int8 activations: every table that has the kernel (the
+ * reference twin included) against the exact block sums S_b * (f16(d_w) * d_x) added
+ * in double, at odd block counts (a pair's missing block), several row ranges and
+ * batch sizes. */
+static void test_matmul_q8_0_q8(void **state) {
+    (void)state;
+    struct table tabs[4];
+    const int nt = tables(tabs);
+    int bad = 0, runs = 0;
+    rng_seed(31);
+    for (int ci = 0; ci < COUNT(MX_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri], nb = n_cols / 32;
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1], ldxq = nb + 1, ldy = rows + 2;
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            struct gpo_q8_0_block *w = make_q8_0(wf, rows, n_cols);
+            float *x = xmalloc((size_t)(max_tok * n_cols) * 4);
+            fill_f(x, (size_t)(max_tok * n_cols));
+            struct gpo_q8_block *xq = xmalloc((size_t)(max_tok * ldxq) * sizeof *xq);
+            for (int64_t t = 0; t < max_tok; t++)
+                gpo_quantize_q8_ref(xq + t * ldxq, x + t * n_cols, n_cols);
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            for (int64_t t = 0; t < max_tok; t++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double s = 0, m = 0;
+                    for (int64_t b = 0; b < nb; b++) {
+                        const struct gpo_q8_0_block *wb = w + r * nb + b;
+                        const struct gpo_q8_block *xb = xq + t * ldxq + b;
+                        int64_t blk = 0, ablk = 0;
+                        for (int i = 0; i < 32; i++) {
+                            blk += wb->qs[i] * xb->qs[i];
+                            ablk += abs(wb->qs[i] * xb->qs[i]);
+                        }
+                        const double sc = (double)(f16_to_f32(wb->d) * xb->d);
+                        s += (double)blk * sc;
+                        m += (double)ablk * fabs(sc);
+                    }
+                    want[t * ldy + r] = (float)s;
+                    mag[t * ldy + r] = m;
+                }
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                for (int k = 0; k < nt; k++) {
+                    if (!tabs[k].k->matmul_q8_0_q8) continue;
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    const int64_t cuts[2][2] = {{0, rows}, {r0, r1}};
+                    for (int c = 0; c < 2; c++) {
+                        if (cuts[c][0] >= cuts[c][1]) continue;
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul_q8_0_q8(y, ldy, w, xq, ldxq, n_tok, cuts[c][0],
+                                                  cuts[c][1], n_cols);
+                        bad += compare_out("q8_0_q8", tabs[k].name, y, want, mag, ldy, n_tok,
+                                           rows, cuts[c][0], cuts[c][1], n_cols, REL_TOL);
+                        runs++;
+                    }
+                }
+            }
+            free(wf);
+            free(w);
+            free(x);
+            free(xq);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    printf("  q8_0_q8: %d runs over the tables that have it\n", runs);
+    assert_true(runs > 0);
+    assert_int_equal(bad, 0);
+}
+
+/* BF16 weights times activations rounded to bf16: every table that has the kernel
+ * (the reference twin included) against the exact products bf16(w) * bf16(x) summed
+ * in double, at column counts around the 32-column step and its tail. */
+static void test_matmul_bf16_dot(void **state) {
+    (void)state;
+    struct table tabs[4];
+    const int nt = tables(tabs);
+    int bad = 0, runs = 0;
+    rng_seed(32);
+    for (int ci = 0; ci < COUNT(DENSE_COLS); ci++)
+        for (int ri = 0; ri < COUNT(ROWS); ri++) {
+            const int64_t n_cols = DENSE_COLS[ci], rows = ROWS[ri];
+            const int64_t max_tok = NTOK[COUNT(NTOK) - 1], ldx = n_cols + 3, ldy = rows + 2;
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            void *w = make_dense(GPO_DT_BF16, wf, (size_t)(rows * n_cols));
+            float *x = xmalloc((size_t)(max_tok * ldx) * 4);
+            float *xr = xmalloc((size_t)(max_tok * ldx) * 4);
+            fill_f(x, (size_t)(max_tok * ldx));
+            for (int64_t i = 0; i < max_tok * ldx; i++) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+            float *want = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
+            dense_mag(mag, ldy, wf, xr, ldx, max_tok, rows, n_cols);
+            for (int64_t t = 0; t < max_tok; t++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double s = 0;
+                    for (int64_t c = 0; c < n_cols; c++)
+                        s += (double)wf[r * n_cols + c] * (double)xr[t * ldx + c];
+                    want[t * ldy + r] = (float)s;
+                }
+            for (int ti = 0; ti < COUNT(NTOK); ti++) {
+                const int64_t n_tok = NTOK[ti];
+                for (int k = 0; k < nt; k++) {
+                    if (!tabs[k].k->matmul_bf16_dot) continue;
+                    const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
+                    const int64_t cuts[2][2] = {{0, rows}, {r0, r1}};
+                    for (int c = 0; c < 2; c++) {
+                        if (cuts[c][0] >= cuts[c][1]) continue;
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        tabs[k].k->matmul_bf16_dot(y, ldy, w, x, ldx, n_tok, cuts[c][0],
+                                                   cuts[c][1], n_cols);
+                        bad += compare_out("bf16_dot", tabs[k].name, y, want, mag, ldy, n_tok,
+                                           rows, cuts[c][0], cuts[c][1], n_cols, REL_TOL);
+                        runs++;
+                    }
+                }
+            }
+            free(wf);
+            free(w);
+            free(x);
+            free(xr);
+            free(want);
+            free(y);
+            free(mag);
+        }
+    printf("  bf16_dot: %d runs over the tables that have it\n", runs);
+    assert_true(runs > 0);
+    assert_int_equal(bad, 0);
+}
+
 /* The requantisation of F32, BF16 and F16 rows: d = f16(amax/127), |q| <= 127, and
  * every weight comes back within d/2 (plus the rounding of 1/d and of w * (1/d), a
  * few 1e-5 of d); an all-zero block has d = 0. */
@@ -783,7 +917,7 @@ static void test_quantize_row_q8_0(void **state) {
 /* ---- determinism contract ---- */
 
 /* Which kernel a determinism run exercises. */
-enum kind { K_F32, K_F16, K_BF16, K_MXFP4, K_Q8, K_Q16, K_Q8_0 };
+enum kind { K_F32, K_F16, K_BF16, K_MXFP4, K_Q8, K_Q16, K_Q8_0, K_Q8_0_Q8, K_BF16_DOT };
 
 struct det_case {
     enum kind kind;
@@ -816,7 +950,21 @@ static void det_run(const struct gpo_kernels *k, const struct det_case *c, float
     case K_Q8_0:
         k->matmul[GPO_DT_Q8_0](y, ldy, c->w, x, c->ldx, n_tok, r0, r1, c->n_cols);
         break;
+    case K_Q8_0_Q8:
+        k->matmul_q8_0_q8(y, ldy, c->w, c->xq + t0 * (c->n_cols / 32), c->n_cols / 32, n_tok, r0,
+                          r1, c->n_cols);
+        break;
+    case K_BF16_DOT:
+        k->matmul_bf16_dot(y, ldy, c->w, x, c->ldx, n_tok, r0, r1, c->n_cols);
+        break;
     }
+}
+
+/* Whether table k has the kernel a determinism case runs (the optional slots). */
+static int det_has(const struct gpo_kernels *k, enum kind kind) {
+    if (kind == K_Q8_0_Q8) return k->matmul_q8_0_q8 != NULL;
+    if (kind == K_BF16_DOT) return k->matmul_bf16_dot != NULL;
+    return 1;
 }
 
 /* Every token of an n_tok-token batch (13, or more to cross the token chunks of the
@@ -877,19 +1025,25 @@ static void test_determinism(void **state) {
         float *x = xmalloc((size_t)(n_tok * ldx) * 4);
         fill_f(x, (size_t)(n_tok * ldx));
         float *wf = xmalloc((size_t)(rows * n_cols) * 4);
-        for (int kind = K_F32; kind <= K_Q8_0; kind++) {
-            if (kind >= K_MXFP4 && n_cols % 32) continue;
+        for (int kind = K_F32; kind <= K_BF16_DOT; kind++) {
+            if (kind >= K_MXFP4 && kind != K_BF16_DOT && n_cols % 32) continue;
             struct det_case c = {.kind = (enum kind)kind, .x = x, .ldx = ldx, .n_cols = n_cols,
                                  .rows = rows};
             struct gpo_q8_block *xq = NULL;
             struct gpo_q16_block *xq16 = NULL;
-            if (kind <= K_BF16) {
+            if (kind <= K_BF16 || kind == K_BF16_DOT) {
                 const enum gpo_dtype dt = kind == K_F32 ? GPO_DT_F32
                                           : kind == K_F16 ? GPO_DT_F16
                                                           : GPO_DT_BF16;
                 c.w = make_dense(dt, wf, (size_t)(rows * n_cols));
-            } else if (kind == K_Q8_0) {
+            } else if (kind == K_Q8_0 || kind == K_Q8_0_Q8) {
                 c.w = make_q8_0(wf, rows, n_cols);
+                if (kind == K_Q8_0_Q8) {
+                    xq = xmalloc((size_t)(n_tok * n_cols / 32) * sizeof *xq);
+                    for (int64_t t = 0; t < n_tok; t++)
+                        gpo_quantize_q8_ref(xq + t * (n_cols / 32), x + t * ldx, n_cols);
+                    c.xq = xq;
+                }
             } else {
                 c.blocks = xmalloc((size_t)(rows * n_cols / 2));
                 c.scales = xmalloc((size_t)(rows * n_cols / 32));
@@ -903,7 +1057,8 @@ static void test_determinism(void **state) {
                 c.xq = xq;
                 c.xq16 = xq16;
             }
-            for (int k = 0; k < nt; k++) det_check(tabs[k].name, tabs[k].k, &c, n_tok);
+            for (int k = 0; k < nt; k++)
+                if (det_has(tabs[k].k, c.kind)) det_check(tabs[k].name, tabs[k].k, &c, n_tok);
             free(c.w);
             free(c.blocks);
             free(c.scales);
@@ -939,12 +1094,20 @@ static void test_determinism_long_batch(void **state) {
     c.scales = xmalloc((size_t)(rows * nb));
     make_mxfp4(c.blocks, c.scales, wf, rows, n_cols, 120, 130);
     c.w = make_q8_0(wf, rows, n_cols);
-    static const enum kind kinds[] = {K_MXFP4, K_Q8, K_Q16, K_Q8_0};
+    static const enum kind kinds[] = {K_MXFP4, K_Q8, K_Q16, K_Q8_0, K_Q8_0_Q8};
     for (int ki = 0; ki < COUNT(kinds); ki++) {
         c.kind = kinds[ki];
         for (int k = 0; k < nt; k++)
-            if (strcmp(tabs[k].name, "ref") != 0) det_check(tabs[k].name, tabs[k].k, &c, n_tok);
+            if (strcmp(tabs[k].name, "ref") != 0 && det_has(tabs[k].k, c.kind))
+                det_check(tabs[k].name, tabs[k].k, &c, n_tok);
     }
+    /* BF16 rows, whose rounded activations come in chunks of 45 tokens at this width. */
+    free(c.w);
+    c.w = make_dense(GPO_DT_BF16, wf, (size_t)(rows * n_cols));
+    c.kind = K_BF16_DOT;
+    for (int k = 0; k < nt; k++)
+        if (strcmp(tabs[k].name, "ref") != 0 && det_has(tabs[k].k, c.kind))
+            det_check(tabs[k].name, tabs[k].k, &c, n_tok);
     free(x);
     free(wf);
     free(xq);
@@ -1640,6 +1803,8 @@ int main(void) {
         cmocka_unit_test(test_matmul_mxfp4_q16_integer_exact),
         cmocka_unit_test(test_quantize_q16),
         cmocka_unit_test(test_matmul_q8_0),
+        cmocka_unit_test(test_matmul_q8_0_q8),
+        cmocka_unit_test(test_matmul_bf16_dot),
         cmocka_unit_test(test_quantize_row_q8_0),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_determinism_long_batch),

@@ -17,6 +17,10 @@ const struct gpo_k512_part gpo_k512_parts[] = {
      GPO_CPU_AVX2 | GPO_CPU_AVX512F | GPO_CPU_AVX512BW | GPO_CPU_AVX512VL | GPO_CPU_AVX512DQ |
          GPO_CPU_AVX512VNNI | GPO_CPU_AVX512VBMI,
      gpo_k512_fill_int8, gpo_k512emu_fill_int8},
+    {"bf16",
+     GPO_CPU_AVX2 | GPO_CPU_AVX512F | GPO_CPU_AVX512BW | GPO_CPU_AVX512VL | GPO_CPU_AVX512DQ |
+         GPO_CPU_AVX512BF16,
+     gpo_k512_fill_bf16, gpo_k512emu_fill_bf16},
 };
 const int gpo_k512_n_parts = (int)(sizeof gpo_k512_parts / sizeof *gpo_k512_parts);
 

@@ -134,6 +134,18 @@ typedef void (*gpo_matmul_mxfp4_ggml_q16_fn)(float *y, int64_t ldy, const void *
                                              int64_t n_tok, int64_t r0, int64_t r1,
                                              int64_t n_cols);
 
+/* Fast path: Q8_0 weights (--dense q8; W = struct gpo_q8_0_block rows) times
+ * int8-quantised activations xq [n_tok][n_cols/32] (token t's blocks at xq + t*ldxq):
+ * y = sum_b S_b * (f16(d_w,b) * d_x,b) with S_b the exact integer sum of block b's
+ * 32 products.  n_cols is a multiple of 32. */
+typedef void (*gpo_matmul_q8_0_q8_fn)(float *y, int64_t ldy, const void *W,
+                                      const struct gpo_q8_block *xq, int64_t ldxq,
+                                      int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+/* Fast path: BF16 weights times activations rounded to bf16 (round to nearest even)
+ * with f32 products and sums, vdpbf16ps's arithmetic: y = sum_c W[r][c] * bf16(x[t][c]).
+ * x, ldx as in gpo_matmul_fn. */
+typedef gpo_matmul_fn gpo_matmul_bf16_dot_fn;
+
 /* Scaled dot products of one query against n_keys keys: s[j] = scale * q . k_j,
  * key j at k + j*ldk. */
 typedef void (*gpo_attn_scores_fn)(float *s, const float *q, const float *k, int64_t ldk,
@@ -155,6 +167,11 @@ struct gpo_kernels {
     gpo_matmul_mxfp4_ggml_q16_fn matmul_mxfp4_ggml_q16;
     gpo_attn_scores_fn attn_scores;
     gpo_attn_accum_fn attn_accum;
+    /* The fast path's lower-precision dense matmuls.  NULL in a table without a SIMD
+     * kernel for them (gpo_kernels_complete leaves them NULL): the caller then uses
+     * matmul[] with f32 activations, which is always at least as fast there. */
+    gpo_matmul_q8_0_q8_fn matmul_q8_0_q8;
+    gpo_matmul_bf16_dot_fn matmul_bf16_dot;
 };
 
 /* The reference table, and the best table this CPU supports (or the named one:
@@ -163,7 +180,8 @@ struct gpo_kernels {
 const struct gpo_kernels *gpo_kernels_ref(void);
 const struct gpo_kernels *gpo_kernels_select(const char *name);
 /* Fills every empty slot of a copy of a table with the reference kernel (a SIMD table
- * may leave operations to the reference). */
+ * may leave operations to the reference), except the optional fast-path slots
+ * (matmul_q8_0_q8, matmul_bf16_dot), which stay empty. */
 void gpo_kernels_complete(struct gpo_kernels *t);
 /* The AVX2 table (NULL when not built); callers check gpo_cpu_has_avx2(). */
 const struct gpo_kernels *gpo_kernels_avx2(void);
@@ -203,7 +221,7 @@ unsigned gpo_cpu_feature_bits(void);
  * SIMDe for AVX2 (gpo_k512emu_*, see simd512.h).  A part's fill function stores its
  * kernels in the slots it implements and leaves the others alone. */
 struct gpo_k512_part {
-    const char *name;  /* "base", "int8" */
+    const char *name;  /* "base", "int8", "bf16" */
     unsigned needs;    /* GPO_CPU_* bits, all required */
     void (*fill)(struct gpo_kernels *t);
     void (*fill_emu)(struct gpo_kernels *t);
@@ -220,6 +238,8 @@ void gpo_k512_fill_base(struct gpo_kernels *t);    /* avx512.c: F BW VL DQ */
 void gpo_k512emu_fill_base(struct gpo_kernels *t);
 void gpo_k512_fill_int8(struct gpo_kernels *t);    /* avx512_int8.c: + VNNI VBMI */
 void gpo_k512emu_fill_int8(struct gpo_kernels *t);
+void gpo_k512_fill_bf16(struct gpo_kernels *t);    /* avx512_bf16.c: + BF16 */
+void gpo_k512emu_fill_bf16(struct gpo_kernels *t);
 
 /* Reference kernels, exported so tests can compare SIMD variants against them. */
 void gpo_matmul_f32_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
@@ -244,6 +264,10 @@ void gpo_matmul_mxfp4_q16_ref(float *y, int64_t ldy, const uint8_t *blocks,
                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
                               int64_t n_cols);
 void gpo_quantize_q16_ref(struct gpo_q16_block *out, const float *x, int64_t n);
+void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
+                            int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_bf16_dot_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                             int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_matmul_mxfp4_ggml_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
                                int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_matmul_mxfp4_ggml_q8_ref(float *y, int64_t ldy, const void *W,

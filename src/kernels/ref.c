@@ -124,6 +124,41 @@ void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, i
         }
 }
 
+void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
+                            int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const struct gpo_q8_0_block *w = W;
+    const int64_t nb = n_cols / GPO_QK;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const struct gpo_q8_0_block *wr = w + r * nb;
+            const struct gpo_q8_block *xt = xq + t * ldxq;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t blk = 0;
+                for (int i = 0; i < GPO_QK; i++) blk += wr[b].qs[i] * xt[b].qs[i];
+                acc += (float)blk * (f16_to_f32(wr[b].d) * xt[b].d);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+/* The activations rounded to bf16 as vcvtneps2bf16 rounds them; the products of two
+ * bf16 values are exact in f32, so only the order of the sums differs from the SIMD
+ * kernels. */
+void gpo_matmul_bf16_dot_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                             int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const uint16_t *w = W;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const uint16_t *wr = w + r * n_cols;
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < n_cols; c++)
+                acc += bf16_to_f32(wr[c]) * bf16_to_f32(f32_to_bf16(xt[c]));
+            y[t * ldy + r] = acc;
+        }
+}
+
 void gpo_matmul_mxfp4_q16_ref(float *y, int64_t ldy, const uint8_t *blocks,
                               const uint8_t *scales, const struct gpo_q16_block *xq,
                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
@@ -355,6 +390,8 @@ static const struct gpo_kernels ref_table = {
     .matmul_mxfp4_ggml_q16 = gpo_matmul_mxfp4_ggml_q16_ref,
     .attn_scores = gpo_attn_scores_ref,
     .attn_accum = gpo_attn_accum_ref,
+    .matmul_q8_0_q8 = gpo_matmul_q8_0_q8_ref,
+    .matmul_bf16_dot = gpo_matmul_bf16_dot_ref,
 };
 
 const struct gpo_kernels *gpo_kernels_ref(void) { return &ref_table; }

@@ -359,4 +359,17 @@ GPO_AI512 simde__m512bh gpo_mm512_cvtne2ps_pbh(simde__m512 a, simde__m512 b) {
 #endif
 }
 
+/* 32 bf16 values loaded as integers, seen as a bf16 vector (no instruction). */
+GPO_AI512 simde__m512bh gpo_mm512_castsi512_pbh(simde__m512i a) {
+    simde__m512bh r;
+    memcpy(&r, &a, sizeof r);
+    return r;
+}
+
+GPO_AI512 simde__m512i gpo_mm512_castpbh_si512(simde__m512bh a) {
+    simde__m512i r;
+    memcpy(&r, &a, sizeof r);
+    return r;
+}
+
 #endif /* GPO_SIMD512_H */
