@@ -20,16 +20,39 @@ extern "C" {
 typedef struct gpo_engine gpo_engine;
 
 struct gpo_engine_opts {
-    int64_t max_seq_len; /* KV cache per user (default 4096) */
+    int64_t max_seq_len; /* positions one request may reach (default 4096) */
     int64_t ubatch;      /* tokens per forward step (default 512) */
     int n_threads;       /* 0 = all cores */
     enum gpo_path path;  /* GPO_PATH_FAST by default for generation */
     int64_t max_queue;   /* submitted requests that may wait for a free slot beyond
                             the free slots: 0 = no limit, < 0 = none may wait */
+    uint64_t kv_memory;  /* bytes of the KV block pool all requests share; 0 = what
+                            memory is available after the weights, less a margin,
+                            at least one max_seq_len request and at most what
+                            n_slots of them can use (gpo_engine_kv_plan) */
 };
 
-/* n_slots requests can run at once; each slot keeps its KV cache between requests
- * so a continued conversation only prefills what changed. */
+/* How an engine lays out its KV memory.  The full-attention layers of every
+ * request live in one pool of blocks of block_tokens positions (each block holds
+ * those positions of all full layers); requests take blocks as they grow and give
+ * them back when they end.  The sliding-window layers keep a ring per slot. */
+struct gpo_kv_plan {
+    int64_t block_tokens;
+    uint64_t block_bytes; /* one block */
+    int64_t blocks;       /* in the pool */
+    uint64_t pool_bytes;  /* blocks x block_bytes */
+    uint64_t ring_bytes;  /* the sliding-window rings of one slot */
+    int64_t max_tokens;   /* blocks x block_tokens: positions all requests hold at once */
+    int64_t max_seq_len;  /* positions one request may reach */
+};
+/* The plan of gpo_engine_create with these options (NULL: defaults) and slots;
+ * GPO_ERR_ARG when kv_memory is less than one block. */
+enum gpo_status gpo_engine_kv_plan(const gpo_model *m, const struct gpo_engine_opts *opts,
+                                   size_t n_slots, struct gpo_kv_plan *out);
+
+/* n_slots requests can run at once; each slot keeps the KV blocks of its last
+ * request between requests so a continued conversation only prefills what
+ * changed (blocks that other requests may take back, least recently used first). */
 enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
                                   const struct gpo_engine_opts *opts, size_t n_slots,
                                   gpo_engine **out);
@@ -39,8 +62,18 @@ void gpo_engine_free(gpo_engine *e);
  * ("aborted") and aborted set. */
 void gpo_engine_set_abort(gpo_engine *e, volatile sig_atomic_t *flag);
 const char *gpo_engine_kernels(const gpo_engine *e);
-/* Bytes of all the slots' KV caches. */
+/* Bytes of the KV pool and all the slots' rings. */
 uint64_t gpo_engine_kv_bytes(const gpo_engine *e);
+/* The KV memory of the full-attention layers, in blocks of block_tokens
+ * positions. */
+struct gpo_kv_pool_stats {
+    int64_t block_tokens;  /* positions per block */
+    int64_t blocks_total;
+    int64_t blocks_used;   /* held by running or queued requests */
+    int64_t blocks_cached; /* held only by idle slots' cached prefixes (reclaimable) */
+    uint64_t bytes_total;  /* the pool's bytes plus the sliding-window rings */
+};
+void gpo_engine_kv_pool(const gpo_engine *e, struct gpo_kv_pool_stats *out);
 /* Forget slot i's cached tokens (its next request prefills from scratch); a slot
  * a request is running in is left alone. */
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot);
@@ -80,6 +113,11 @@ struct gpo_gen_user {
     double t_first;               /* seconds from the submission (the start of the run)
                                      to the first token */
     double t_done;                /* seconds from the submission to the last token */
+    /* log-probabilities (a submitted request's `logprobs`): input, then outputs */
+    int want_logprobs;            /* record one entry per generated token */
+    struct gpo_logprobs *logprobs; /* [n_logprobs]: the sampler's values for generated.ids[i]
+                                     (top entries: sampling.n_logprobs) */
+    size_t n_logprobs, cap_logprobs;
 };
 void gpo_gen_user_free(struct gpo_gen_user *u);
 
@@ -104,8 +142,9 @@ struct gpo_gen_stats {
 
 /* Run users[0..n) until each finishes: every user is submitted (outputs written in
  * place), then the engine steps until idle.  The engine must be idle and n at most
- * its slots, so every user runs from the first step.  Prompts longer than the
- * KV cache are GPO_ERR_CONTEXT before anything runs.  A failure that belongs to one
+ * its slots, so every user runs from the first step when the KV pool holds them
+ * all (else some wait for blocks, as submitted requests do).  Prompts longer than
+ * max_seq_len or the pool are GPO_ERR_CONTEXT before anything runs.  A failure that belongs to one
  * user (sampling, parsing or recording its token) ends that user alone with finish
  * GPO_FINISH_ERROR and its error fields set, and the run goes on for the others;
  * only failures of the shared forward pass end the run with an error status.  Ids
@@ -129,6 +168,14 @@ struct gpo_request {
     gpo_token_fn on_token; /* may be NULL; may cancel requests, never submit, step or release */
     void *ud;
     size_t tag;            /* passed to on_token as `user` */
+    int logprobs;          /* record log-probabilities (gpo_gen_user.logprobs); they are
+                              there before on_token sees the token */
+    /* Ids the harmony parser reads before the generated ones, when the prompt ends
+     * inside an assistant header it opened (a forced tool call:
+     * "<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>");
+     * read at submit.  The model's output then parses as that message. */
+    const int32_t *parser_prefix;
+    size_t n_parser_prefix;
 };
 
 enum gpo_req_state {
@@ -139,13 +186,20 @@ enum gpo_req_state {
 };
 
 /* Queue a request (FIFO).  The prompt must hold 1 .. max_seq_len - 1 ids of the
- * vocabulary, else GPO_ERR_ARG / GPO_ERR_TOKEN / GPO_ERR_CONTEXT (with the numbers)
- * at once.  When max_queue requests already wait beyond the free slots it is
- * GPO_ERR_BUSY with a message saying the queue is full (nothing is queued).  At
- * the next step it takes the free slot whose cached tokens share the longest prefix
- * with its prompt (ties: the least recently used slot) and reuses that prefix's
- * keys and values.  *out stays valid, also after the request finishes, until
- * gpo_engine_release or gpo_engine_free. */
+ * vocabulary and, with one generated token, fit in the whole KV pool, else
+ * GPO_ERR_ARG / GPO_ERR_TOKEN / GPO_ERR_CONTEXT (with the numbers) at once.  When
+ * max_queue requests already wait beyond the free slots it is GPO_ERR_BUSY with a
+ * message saying the queue is full (nothing is queued).  At a step where the
+ * requests ahead of it have started and the pool has blocks for its whole prompt
+ * (free, or taken back from idle slots' cached prefixes, least recently used
+ * first) it takes the free slot whose cached tokens share the longest prefix with
+ * its prompt (ties: the least recently used slot) and reuses that prefix's keys
+ * and values.  A running request that needs a block when none is left preempts
+ * the youngest running request (possibly itself): its blocks are freed and it
+ * waits at the head of the queue, then prefills its prompt and the tokens it
+ * generated again and goes on with the same sampler, so its tokens do not change.
+ * *out stays valid, also after the request finishes, until gpo_engine_release or
+ * gpo_engine_free. */
 enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, gpo_req **out);
 
 /* One forward pass over every running request: one token per generating request,
@@ -161,7 +215,9 @@ enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, 
 enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left);
 
 /* End the request at the next step (at once when it is still queued) with finish
- * GPO_FINISH_ABORTED and aborted set, freeing its slot; nothing for a finished one.
+ * GPO_FINISH_ABORTED and aborted set, freeing its slot (its KV blocks stay as the
+ * slot's cached prefix, which the pool takes back when it needs them); nothing
+ * for a finished one.
  * The handle stays valid until released. */
 void gpo_engine_cancel(gpo_engine *e, gpo_req *r);
 /* Free the handle and its outputs; a request still running or queued is cancelled

@@ -14,16 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvcache.h"
+#include "kvpool.h"
 #include "model.h"
 #include "util.h"
 
-/* Extra ring slots so a continued conversation can rewind past the last answer
- * without prefilling everything again (costs margin x 4 KiB per sliding layer). */
-#define GPO_ENGINE_RING_MARGIN 1024
-
 struct slot {
-    gpo_kv *kv;
+    gpo_kv *kv;            /* paged: its blocks are in the engine's pool */
     struct gpo_ids cached; /* the tokens whose keys are in kv, in order */
     struct gpo_req *req;   /* the request running here, or NULL when free */
     uint64_t last_used;    /* when a request last took the slot (the engine's clock) */
@@ -41,7 +37,9 @@ struct gpo_req {
     int64_t slot;             /* index of its slot, -1 when it has none */
     gpo_sampler *sampler;
     gpo_hparser *parser;
-    size_t next_prompt;       /* prompt tokens already in the cache */
+    size_t next_prompt;       /* prompt tokens (of feed_ids) already in the cache */
+    struct gpo_ids resume;    /* after a preemption: the prompt and every generated id,
+                                 prefilled again in place of the prompt */
     int32_t pending;          /* sampled id to feed next, or -1 */
     double t_submit;
     double t_prev;            /* time of the previous token */
@@ -55,6 +53,7 @@ struct gpo_engine {
     const gpo_tokenizer *tok;
     struct gpo_engine_opts opts;
     gpo_ctx *ctx;
+    struct gpo_kv_pool *pool;
     struct slot *slots;
     size_t n_slots;
     uint8_t *banned;
@@ -108,22 +107,28 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
         s = gpo_fail(GPO_ERR_NOMEM, "out of memory for %zu users", n_slots);
         goto fail;
     }
+    struct gpo_kv_plan plan;
+    if ((s = gpo_engine_kv_plan(m, &e->opts, n_slots, &plan)) != GPO_OK) goto fail;
+    if ((s = gpo_kv_pool_create(c, plan.blocks, plan.block_tokens, &e->pool)) != GPO_OK)
+        goto kv_nomem;
     for (size_t i = 0; i < n_slots; i++)
-        if ((s = gpo_kv_create_ex(m, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN, &e->slots[i].kv)) != GPO_OK) {
-            /* One cache's size says little when many users need one each. */
-            if (s == GPO_ERR_NOMEM) {
-                double each = (double)gpo_kv_bytes_for_ex(c, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN);
-                s = gpo_fail(GPO_ERR_NOMEM,
-                             "cannot allocate the KV caches: %zu users x %.1f MiB (%lld positions "
-                             "each) = %.1f MiB in all; lower the users or the context length",
-                             n_slots, each / 1048576.0, (long long)e->opts.max_seq_len,
-                             each * (double)n_slots / 1048576.0);
-            }
-            goto fail;
-        }
+        if ((s = gpo_kv_create_paged(m, e->pool, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN,
+                                     &e->slots[i].kv)) != GPO_OK)
+            goto kv_nomem;
     ban_undefined_ids(e->banned, c->n_vocab, t);
     *out = e;
     return GPO_OK;
+kv_nomem:
+    /* One part's size says little when many users need rings and blocks. */
+    if (s == GPO_ERR_NOMEM)
+        s = gpo_fail(GPO_ERR_NOMEM,
+                     "cannot allocate the KV memory: a pool of %lld blocks x %.2f MiB (%lld "
+                     "positions each) + %zu users x %.1f MiB of sliding-window rings = %.1f MiB "
+                     "in all; lower the KV memory, the users or the context length",
+                     (long long)plan.blocks, (double)plan.block_bytes / 1048576.0,
+                     (long long)plan.block_tokens, n_slots, (double)plan.ring_bytes / 1048576.0,
+                     ((double)plan.pool_bytes + (double)plan.ring_bytes * (double)n_slots) /
+                         1048576.0);
 fail:
     gpo_engine_free(e);
     return s;
@@ -139,6 +144,7 @@ void gpo_engine_free(gpo_engine *e) {
         gpo_kv_free(e->slots[i].kv);
         gpo_ids_free(&e->slots[i].cached);
     }
+    gpo_kv_pool_free(e->pool); /* after the caches, which give their blocks back */
     free(e->slots);
     free(e->banned);
     free(e->logits);
@@ -156,9 +162,20 @@ void gpo_engine_set_abort(gpo_engine *e, volatile sig_atomic_t *flag) {
 const char *gpo_engine_kernels(const gpo_engine *e) { return gpo_ctx_kernels(e->ctx); }
 
 uint64_t gpo_engine_kv_bytes(const gpo_engine *e) {
-    uint64_t b = 0;
+    uint64_t b = e->pool->bytes;
     for (size_t i = 0; i < e->n_slots; i++) b += gpo_kv_bytes(e->slots[i].kv);
     return b;
+}
+
+void gpo_engine_kv_pool(const gpo_engine *e, struct gpo_kv_pool_stats *out) {
+    *out = (struct gpo_kv_pool_stats){.block_tokens = e->pool->block_tokens,
+                                      .blocks_total = e->pool->n_blocks,
+                                      .bytes_total = gpo_engine_kv_bytes(e)};
+    /* Queued requests hold no blocks: only slots do. */
+    for (size_t i = 0; i < e->n_slots; i++) {
+        if (e->slots[i].req) out->blocks_used += e->slots[i].kv->n_blocks;
+        else out->blocks_cached += e->slots[i].kv->n_blocks;
+    }
 }
 
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot) {
@@ -173,6 +190,22 @@ void gpo_gen_user_free(struct gpo_gen_user *u) {
     gpo_str_free(&u->final_text);
     gpo_str_free(&u->analysis_text);
     gpo_str_free(&u->raw_text);
+    free(u->logprobs);
+    u->logprobs = NULL;
+    u->n_logprobs = u->cap_logprobs = 0;
+}
+
+/* Keep the sampler's log-probabilities of one generated token. */
+static enum gpo_status push_logprobs(struct gpo_gen_user *u, const struct gpo_logprobs *lp) {
+    if (u->n_logprobs == u->cap_logprobs) {
+        size_t cap = u->cap_logprobs ? 2 * u->cap_logprobs : 64;
+        struct gpo_logprobs *a = realloc(u->logprobs, cap * sizeof *a);
+        if (!a) return gpo_fail(GPO_ERR_NOMEM, "out of memory for log-probabilities");
+        u->logprobs = a;
+        u->cap_logprobs = cap;
+    }
+    u->logprobs[u->n_logprobs++] = *lp;
+    return GPO_OK;
 }
 
 static uint64_t expected_step_bytes(const gpo_model *m, int64_t users) {
@@ -254,18 +287,25 @@ static void abort_all(gpo_engine *e) {
         if (r->state != GPO_REQ_DONE) end_aborted(e, r);
 }
 
+/* The ids a request prefills: its prompt, or after a preemption the prompt and
+ * the ids it generated, whose keys it lost. */
+static const int32_t *feed_ids(const struct gpo_req *r) {
+    return r->resume.n ? r->resume.ids : r->u->prompt;
+}
+static size_t feed_n(const struct gpo_req *r) { return r->resume.n ? r->resume.n : r->u->n_prompt; }
+
 /* Keep the longest common prefix of the slot's cached tokens and the prompt, and
  * always leave at least the last prompt token to run (its logits are needed). */
-static size_t common_prefix(const struct slot *sl, const struct gpo_gen_user *u) {
-    size_t common = 0, lim = sl->cached.n < u->n_prompt ? sl->cached.n : u->n_prompt;
-    while (common < lim && sl->cached.ids[common] == u->prompt[common]) common++;
+static size_t common_prefix(const struct slot *sl, const struct gpo_req *r) {
+    const int32_t *ids = feed_ids(r);
+    size_t common = 0, n = feed_n(r), lim = sl->cached.n < n ? sl->cached.n : n;
+    while (common < lim && sl->cached.ids[common] == ids[common]) common++;
     return common;
 }
 
 static void reuse_prefix(struct slot *sl, struct gpo_req *r) {
-    struct gpo_gen_user *u = r->u;
-    size_t common = common_prefix(sl, u);
-    if (common >= u->n_prompt) common = u->n_prompt - 1;
+    size_t common = common_prefix(sl, r);
+    if (common >= feed_n(r)) common = feed_n(r) - 1;
     if (gpo_kv_rewind(sl->kv, (int64_t)common) != GPO_OK) {
         gpo_log(GPO_LOG_INFO, "cannot reuse %zu cached tokens (%s); prefilling the whole prompt",
                 common, gpo_last_error());
@@ -274,19 +314,58 @@ static void reuse_prefix(struct slot *sl, struct gpo_req *r) {
     }
     sl->cached.n = common;
     r->next_prompt = common;
-    u->n_reused = (int64_t)common;
+    /* A recomputation after a preemption is not a reuse of the prompt. */
+    if (!r->resume.n) r->u->n_reused = (int64_t)common;
+}
+
+/* Forget an idle slot's cached tokens and give its blocks back. */
+static void clear_slot(struct slot *sl) {
+    gpo_kv_rewind(sl->kv, 0);
+    sl->cached.n = 0;
+}
+
+/* Blocks held by idle slots' cached prefixes: the pool may take them back. */
+static int64_t idle_blocks(const gpo_engine *e) {
+    int64_t n = 0;
+    for (size_t i = 0; i < e->n_slots; i++)
+        if (!e->slots[i].req) n += e->slots[i].kv->n_blocks;
+    return n;
+}
+
+/* Take back the blocks of the least recently used idle slot that has any;
+ * returns 0 when no idle slot holds blocks. */
+static int evict_idle(gpo_engine *e) {
+    struct slot *lru = NULL;
+    for (size_t i = 0; i < e->n_slots; i++) {
+        struct slot *sl = &e->slots[i];
+        if (!sl->req && sl->kv->n_blocks > 0 && (!lru || sl->last_used < lru->last_used)) lru = sl;
+    }
+    if (lru) clear_slot(lru);
+    return lru != NULL;
+}
+
+/* Blocks for n_pos positions of kv, taking back idle slots' blocks as needed;
+ * the caller has checked that the free and idle blocks are enough. */
+static enum gpo_status reserve_evicting(gpo_engine *e, gpo_kv *kv, int64_t n_pos) {
+    while (gpo_kv_blocks_short(kv, n_pos) > e->pool->n_free && evict_idle(e)) {}
+    return gpo_kv_reserve(kv, n_pos);
 }
 
 /* Give the request the free slot whose cache shares the longest prefix with its
  * prompt; among equals the least recently used, so that other conversations'
- * caches live longest.  Returns 0 when no slot is free. */
+ * caches live longest.  The blocks of its whole prompt are taken now.  Returns 0
+ * when no slot is free or the free and idle slots' blocks are too few. */
 static int take_slot(gpo_engine *e, struct gpo_req *r) {
     int64_t best = -1;
     size_t best_common = 0;
+    const int64_t B = e->pool->block_tokens, need = ((int64_t)feed_n(r) + B - 1) / B;
+    /* The chosen slot keeps part of its blocks and frees the rest, so the prompt
+     * fits exactly when it fits in the free blocks and all idle slots' blocks. */
+    if (need > e->pool->n_free + idle_blocks(e)) return 0;
     for (size_t i = 0; i < e->n_slots; i++) {
         const struct slot *sl = &e->slots[i];
         if (sl->req) continue;
-        size_t c = common_prefix(sl, r->u);
+        size_t c = common_prefix(sl, r);
         if (best < 0 || c > best_common ||
             (c == best_common && sl->last_used < e->slots[best].last_used)) {
             best = (int64_t)i;
@@ -302,7 +381,73 @@ static int take_slot(gpo_engine *e, struct gpo_req *r) {
     e->n_queued--;
     e->n_running++;
     reuse_prefix(sl, r);
+    enum gpo_status s = reserve_evicting(e, sl->kv, (int64_t)feed_n(r));
+    if (s != GPO_OK) {
+        fail_user(r, s);
+        retire(e, r);
+    }
     return 1;
+}
+
+/* Free what a running request holds and queue it again ahead of the requests
+ * submitted after it (the queue is taken in submission order): it prefills its
+ * prompt and generated ids again, which gives the same keys as the forward pass
+ * does not depend on the batch, then samples on with the state it kept. */
+static void preempt(gpo_engine *e, struct gpo_req *r) {
+    struct slot *sl = &e->slots[r->slot];
+    struct gpo_gen_user *u = r->u;
+    r->resume.n = 0;
+    if (u->generated.n > 0 &&
+        (gpo_ids_append(&r->resume, u->prompt, u->n_prompt) != GPO_OK ||
+         gpo_ids_append(&r->resume, u->generated.ids, u->generated.n) != GPO_OK)) {
+        fail_user(r, GPO_ERR_NOMEM);
+        retire(e, r);
+        clear_slot(sl);
+        return;
+    }
+    gpo_log(GPO_LOG_INFO, "user %zu preempted after %zu tokens: the KV pool is full", r->tag,
+            u->generated.n);
+    sl->req = NULL;
+    clear_slot(sl);
+    r->slot = -1;
+    r->state = GPO_REQ_QUEUED;
+    r->pending = -1;
+    r->next_prompt = 0;
+    e->n_running--;
+    e->n_queued++;
+}
+
+/* The youngest running request that holds blocks. */
+static struct gpo_req *youngest_holder(gpo_engine *e) {
+    for (struct gpo_req *r = e->tail; r; r = r->prev)
+        if ((r->state == GPO_REQ_PREFILL || r->state == GPO_REQ_DECODE) &&
+            e->slots[r->slot].kv->n_blocks > 0)
+            return r;
+    return NULL;
+}
+
+/* A block for the next token of every generating request, oldest first: from the
+ * free blocks, else from idle slots' cached prefixes, else by preempting the
+ * youngest running request (possibly the one that needs the block).  A request
+ * always fits alone (accept_token ends it before it outgrows the pool), so the
+ * preemptions end once it is the youngest holder. */
+static void grow_running(gpo_engine *e) {
+    for (struct gpo_req *r = e->head; r; r = r->next) {
+        if (r->state != GPO_REQ_DECODE) continue;
+        gpo_kv *kv = e->slots[r->slot].kv;
+        while (r->state == GPO_REQ_DECODE &&
+               gpo_kv_blocks_short(kv, kv->len + 1) > e->pool->n_free && !evict_idle(e)) {
+            struct gpo_req *v = youngest_holder(e);
+            if (!v) break;
+            preempt(e, v);
+        }
+        if (r->state != GPO_REQ_DECODE) continue;
+        enum gpo_status s = gpo_kv_reserve(kv, kv->len + 1);
+        if (s != GPO_OK) {
+            fail_user(r, s);
+            retire(e, r);
+        }
+    }
 }
 
 /* Record one sampled id: parser, texts, stop rules; finishes the request when a
@@ -347,7 +492,8 @@ static enum gpo_status accept_token(gpo_engine *e, struct gpo_req *r, int32_t id
         }
     } else if (u->max_tokens > 0 && (int64_t)u->generated.n >= u->max_tokens) {
         f = GPO_FINISH_LENGTH;
-    } else if (gpo_kv_len(kv) + 1 > gpo_kv_capacity(kv)) {
+    } else if (gpo_kv_len(kv) + 1 > gpo_kv_capacity(kv) ||
+               gpo_kv_len(kv) + 1 > e->pool->n_blocks * e->pool->block_tokens) {
         f = GPO_FINISH_CONTEXT;
     }
     if (f == GPO_FINISH_NONE) {
@@ -387,6 +533,13 @@ static enum gpo_status check_prompt(const gpo_engine *e, const int32_t *prompt, 
                         "%sthe prompt has %zu tokens but the context holds %lld "
                         "(raise --max-seq-len, up to %lld)", who, n,
                         (long long)e->opts.max_seq_len, (long long)c->max_position);
+    const int64_t B = e->pool->block_tokens, pool_tokens = e->pool->n_blocks * B;
+    if ((int64_t)n + 1 > pool_tokens)
+        return gpo_fail(GPO_ERR_CONTEXT,
+                        "%sthe prompt has %zu tokens; with one generated token it needs %lld KV "
+                        "blocks of %lld positions but the whole pool holds %lld blocks (%lld "
+                        "positions; raise --kv-memory)", who, n, (long long)((int64_t)n / B + 1),
+                        (long long)B, (long long)e->pool->n_blocks, (long long)pool_tokens);
     for (size_t j = 0; j < n; j++)
         if (prompt[j] < 0 || prompt[j] >= c->n_vocab)
             return gpo_fail(GPO_ERR_TOKEN, "%sprompt token %d is outside the vocabulary", who,
@@ -396,6 +549,7 @@ static enum gpo_status check_prompt(const gpo_engine *e, const int32_t *prompt, 
 
 static void req_free(gpo_engine *e, struct gpo_req *r) {
     if (r->state != GPO_REQ_DONE) end_aborted(e, r);
+    gpo_ids_free(&r->resume);
     if (r->prev) r->prev->next = r->next;
     else e->head = r->next;
     if (r->next) r->next->prev = r->prev;
@@ -451,6 +605,7 @@ enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, 
     r->u = &r->own;
     r->own.sampling = req->sampling;
     r->own.max_tokens = req->max_tokens;
+    r->own.want_logprobs = req->logprobs;
     r->cb = req->on_token;
     r->ud = req->ud;
     r->tag = req->tag;
@@ -467,6 +622,13 @@ enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, 
         r->state = GPO_REQ_DONE; /* not in the list: nothing to end */
         goto fail;
     }
+    /* The header the prompt opened goes to the parser as if the model wrote it. */
+    for (size_t i = 0; i < req->n_parser_prefix; i++)
+        if ((s = gpo_hparser_push(r->parser, req->parser_prefix[i], NULL)) != GPO_OK) {
+            fail_user(r, s);
+            retire(e, r);
+            break;
+        }
     *out = r;
     return GPO_OK;
 nomem:
@@ -521,11 +683,15 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     struct gpo_gen_stats *st = &e->totals;
     enum gpo_status s = GPO_OK;
     if (e->abort_flag && *e->abort_flag) abort_all(e);
-    /* Cancelled requests end first so that their slots go to the queue. */
+    /* Cancelled requests end first so that their slots go to the queue (their
+     * blocks stay as a cached prefix, which the pool may take back). */
     for (struct gpo_req *r = e->head; r; r = r->next)
         if (r->state != GPO_REQ_DONE && r->cancelled) end_aborted(e, r);
+    /* Running requests grow before queued ones start; the queue is FIFO, so a
+     * request whose prompt does not fit yet holds back those behind it. */
+    grow_running(e);
     for (struct gpo_req *r = e->head; r && e->n_running < e->n_slots; r = r->next)
-        if (r->state == GPO_REQ_QUEUED) take_slot(e, r);
+        if (r->state == GPO_REQ_QUEUED && !take_slot(e, r)) break;
 
     /* One decode token per generating request first, then prefill chunks within
      * the ubatch budget, oldest request first. */
@@ -541,10 +707,10 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
         }
     for (struct gpo_req *r = e->head; r && budget > 0; r = r->next) {
         if (r->state != GPO_REQ_PREFILL) continue;
-        size_t left = r->u->n_prompt - r->next_prompt;
+        size_t left = feed_n(r) - r->next_prompt;
         int64_t take = (int64_t)left < budget ? (int64_t)left : budget;
         enum gpo_logits_mode lm = take == (int64_t)left ? GPO_LOGITS_LAST : GPO_LOGITS_NONE;
-        batch[nb] = (struct gpo_seq_batch){e->slots[r->slot].kv, r->u->prompt + r->next_prompt,
+        batch[nb] = (struct gpo_seq_batch){e->slots[r->slot].kv, feed_ids(r) + r->next_prompt,
                                            take, lm};
         e->batch_req[nb++] = r;
         budget -= take;
@@ -591,8 +757,11 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
         }
         if (batch[b].logits == GPO_LOGITS_NONE) continue;
         int32_t id;
-        enum gpo_status us = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, NULL);
+        struct gpo_logprobs lp;
+        struct gpo_logprobs *lpp = r->u->want_logprobs ? &lp : NULL;
+        enum gpo_status us = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, lpp);
         row++;
+        if (us == GPO_OK && lpp) us = push_logprobs(r->u, lpp);
         if (us == GPO_OK) {
             st->n_generated++;
             us = accept_token(e, r, id, now - r->t_submit);
@@ -633,6 +802,7 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
         u->finish = GPO_FINISH_NONE;
         u->generated.n = u->final_text.n = u->analysis_text.n = u->raw_text.n = 0;
         u->final_stream_n = 0;
+        u->n_logprobs = 0;
         u->recovered = u->aborted = 0;
         u->error = GPO_OK;
         u->error_msg[0] = 0;

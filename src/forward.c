@@ -502,10 +502,10 @@ static void kv_at(const struct gpo_ctx *x, const struct seq_info *si, int64_t l,
         *vp = x->vb + ((size_t)l * T + row) * kvd;
         *run = INT64_MAX;
     } else {
-        int64_t slot = gpo_kv_slot(si->kv, l, j);
-        *kp = si->kv->k[l] + slot * kvd;
-        *vp = si->kv->v[l] + slot * kvd;
-        *run = si->kv->sliding[l] ? min_i64(si->kv->ring - slot, si->p0 - j) : si->p0 - j;
+        float *k, *v;
+        *run = min_i64(gpo_kv_row(si->kv, l, j, &k, &v), si->p0 - j);
+        *kp = k;
+        *vp = v;
     }
 }
 
@@ -605,6 +605,14 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
             st = gpo_fail(GPO_ERR_CONTEXT,
                           "sequence %lld would reach %lld tokens but its KV cache holds %lld (max_seq_len)",
                           (long long)s, (long long)(b->kv->len + b->n_tokens), (long long)b->kv->max_seq);
+            goto done;
+        }
+        if (b->kv->len + b->n_tokens > gpo_kv_room(b->kv)) {
+            st = gpo_fail(GPO_ERR_ARG,
+                          "sequence %lld would reach %lld tokens but its KV blocks hold %lld "
+                          "(reserve them first)",
+                          (long long)s, (long long)(b->kv->len + b->n_tokens),
+                          (long long)gpo_kv_room(b->kv));
             goto done;
         }
         for (int64_t i = 0; i < b->n_tokens; i++)
@@ -911,10 +919,11 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
         for (int64_t l = 0; l < c->n_layer; l++) {
             int64_t first = kv->sliding[l] ? max_i64(0, n - kv->ring) : 0;
             for (int64_t i = first; i < n; i++) {
-                int64_t slot = gpo_kv_slot(kv, l, p0 + i);
+                float *kd, *vd;
+                gpo_kv_row(kv, l, p0 + i, &kd, &vd);
                 size_t src = ((size_t)l * T + si[s].base + i) * KVD;
-                memcpy(kv->k[l] + slot * KVD, x->kb + src, (size_t)KVD * 4);
-                memcpy(kv->v[l] + slot * KVD, x->vb + src, (size_t)KVD * 4);
+                memcpy(kd, x->kb + src, (size_t)KVD * 4);
+                memcpy(vd, x->vb + src, (size_t)KVD * 4);
             }
         }
         kv->len += n;

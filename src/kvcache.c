@@ -1,11 +1,13 @@
 /* kvcache.c - allocation, sizing and rewinding of the per-sequence KV cache.
- * Everything is allocated once at creation; forward passes only write slots. */
+ * A contiguous cache is allocated once at creation; a paged one allocates its
+ * rings then and takes pool blocks as it grows (gpo_kv_reserve), giving them back
+ * when rewound or freed.  Forward passes only write slots. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "kvcache.h"
+#include "kvpool.h"
 #include "model.h"
 #include "util.h"
 
@@ -14,20 +16,32 @@ static int64_t ring_of(const struct gpo_config *c, int64_t max_seq, int64_t marg
     return w < max_seq ? w : max_seq;
 }
 
-static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq, int64_t margin) {
-    return (uint64_t)(c->layer_sliding[l] ? ring_of(c, max_seq, margin) : max_seq);
+/* Slots a layer keeps in the cache's own memory: none for a paged full layer. */
+static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq, int64_t margin,
+                         int paged) {
+    if (c->layer_sliding[l]) return (uint64_t)ring_of(c, max_seq, margin);
+    return paged ? 0 : (uint64_t)max_seq;
 }
 
-uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
+static uint64_t own_bytes(const struct gpo_config *c, int64_t max_seq_len, int64_t margin,
+                          int paged) {
     uint64_t total = 0, kvd = (uint64_t)(c->n_head_kv * c->head_dim);
     /* Overflow-checked: a size that does not fit saturates at UINT64_MAX. */
     for (int64_t l = 0; l < c->n_layer; l++) {
         uint64_t layer;
-        if (!mul_u64(slots_of(c, l, max_seq_len, margin), kvd * 2 * 4, &layer) ||
+        if (!mul_u64(slots_of(c, l, max_seq_len, margin, paged), kvd * 2 * 4, &layer) ||
             !add_u64(total, layer, &total))
             return UINT64_MAX;
     }
     return total;
+}
+
+uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
+    return own_bytes(c, max_seq_len, margin, 0);
+}
+
+uint64_t gpo_kv_ring_bytes(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
+    return own_bytes(c, max_seq_len, margin, 1);
 }
 
 /* Physical memory in bytes; 0 when unknown. */
@@ -42,12 +56,10 @@ uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len) {
     return gpo_kv_bytes_for_ex(c, max_seq_len, 0);
 }
 
-enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **out) {
-    return gpo_kv_create_ex(m, max_seq_len, 0, out);
-}
-
-enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_t margin,
-                                 gpo_kv **out) {
+/* The cache's own memory (every layer, or only the rings when paged) with the
+ * layers laid out in it. */
+static enum gpo_status kv_alloc(const gpo_model *m, int64_t max_seq_len, int64_t margin, int paged,
+                                gpo_kv **out) {
     const struct gpo_config *c = gpo_model_config(m);
     *out = NULL;
     if (margin < 0 || margin > ((int64_t)1 << 30))
@@ -58,7 +70,7 @@ enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_
         return gpo_fail(GPO_ERR_CONTEXT, "max_seq_len %lld exceeds the model's context of %lld tokens",
                         (long long)max_seq_len, (long long)c->max_position);
     /* One cache larger than the machine's memory can never be filled. */
-    uint64_t bytes = gpo_kv_bytes_for_ex(c, max_seq_len, margin), phys = phys_bytes();
+    uint64_t bytes = own_bytes(c, max_seq_len, margin, paged), phys = phys_bytes();
     if (bytes == UINT64_MAX || bytes > SIZE_MAX || (phys && bytes > phys)) {
         char need[64];
         if (bytes == UINT64_MAX)
@@ -94,8 +106,9 @@ enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_
     }
     float *p = kv->mem;
     for (int64_t l = 0; l < c->n_layer; l++) {
-        uint64_t n = slots_of(c, l, max_seq_len, margin) * (uint64_t)kv->kv_dim;
+        uint64_t n = slots_of(c, l, max_seq_len, margin, paged) * (uint64_t)kv->kv_dim;
         kv->sliding[l] = c->layer_sliding[l];
+        if (n == 0) continue; /* in the pool */
         kv->k[l] = p;
         p += n;
         kv->v[l] = p;
@@ -105,8 +118,67 @@ enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_
     return GPO_OK;
 }
 
+enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **out) {
+    return kv_alloc(m, max_seq_len, 0, 0, out);
+}
+
+enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_t margin,
+                                 gpo_kv **out) {
+    return kv_alloc(m, max_seq_len, margin, 0, out);
+}
+
+enum gpo_status gpo_kv_create_paged(const gpo_model *m, struct gpo_kv_pool *p, int64_t max_seq_len,
+                                    int64_t margin, gpo_kv **out) {
+    const struct gpo_config *c = gpo_model_config(m);
+    if (p->kv_dim != c->n_head_kv * c->head_dim)
+        return gpo_fail(GPO_ERR_ARG, "the KV pool was made for another model");
+    GPO_TRY(kv_alloc(m, max_seq_len, margin, 1, out));
+    struct gpo_kv *kv = *out;
+    kv->pool = p;
+    kv->pool_mem = p->mem;
+    kv->block_tokens = p->block_tokens;
+    kv->block_floats = p->block_floats;
+    for (int64_t l = 0; l < c->n_layer; l++) kv->layer_off[l] = p->layer_off[l];
+    int64_t table = (max_seq_len + p->block_tokens - 1) / p->block_tokens;
+    if (!(kv->blocks = malloc((size_t)table * sizeof *kv->blocks))) {
+        gpo_kv_free(kv);
+        *out = NULL;
+        return gpo_fail(GPO_ERR_NOMEM, "out of memory for a block table of %lld entries",
+                        (long long)table);
+    }
+    return GPO_OK;
+}
+
+int64_t gpo_kv_blocks_short(const gpo_kv *kv, int64_t n_pos) {
+    if (!kv->pool) return 0;
+    int64_t need = (n_pos + kv->block_tokens - 1) / kv->block_tokens;
+    return need > kv->n_blocks ? need - kv->n_blocks : 0;
+}
+
+enum gpo_status gpo_kv_reserve(gpo_kv *kv, int64_t n_pos) {
+    if (n_pos > kv->max_seq)
+        return gpo_fail(GPO_ERR_CONTEXT, "%lld positions exceed the cache's %lld (max_seq_len)",
+                        (long long)n_pos, (long long)kv->max_seq);
+    int64_t short_by = gpo_kv_blocks_short(kv, n_pos);
+    struct gpo_kv_pool *p = kv->pool;
+    if (short_by == 0) return GPO_OK;
+    if (short_by > p->n_free)
+        return gpo_fail(GPO_ERR_NOMEM, "%lld positions need %lld more KV blocks but the pool has "
+                        "%lld of %lld free", (long long)n_pos, (long long)short_by,
+                        (long long)p->n_free, (long long)p->n_blocks);
+    while (short_by-- > 0) kv->blocks[kv->n_blocks++] = p->free_ids[--p->n_free];
+    return GPO_OK;
+}
+
+/* Give back the blocks past the first `keep`. */
+static void release_blocks(gpo_kv *kv, int64_t keep) {
+    while (kv->n_blocks > keep) kv->pool->free_ids[kv->pool->n_free++] = kv->blocks[--kv->n_blocks];
+}
+
 void gpo_kv_free(gpo_kv *kv) {
     if (!kv) return;
+    if (kv->pool) release_blocks(kv, 0);
+    free(kv->blocks);
     gpo_aligned_free(kv->mem);
     free(kv);
 }
@@ -132,5 +204,6 @@ enum gpo_status gpo_kv_rewind(gpo_kv *kv, int64_t n_keep) {
                         (long long)kv->len, (long long)n_keep, (long long)kv->ring,
                         (long long)n_keep);
     kv->len = n_keep;
+    if (kv->pool) release_blocks(kv, (n_keep + kv->block_tokens - 1) / kv->block_tokens);
     return GPO_OK;
 }

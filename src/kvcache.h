@@ -1,11 +1,15 @@
 /* kvcache.h - per-sequence key/value cache: full layers keep every position up to
  * max_seq_len, sliding layers a ring of sliding_window slots (plus an optional
  * margin that lets a conversation rewind a little).  Keys are stored after RoPE,
- * in fp32.  Internal to the library. */
+ * in fp32.  A paged cache (kvpool.h) keeps its full layers in blocks of a pool
+ * shared with other sequences instead, taken as it grows; its rings stay its own.
+ * Internal to the library. */
 #ifndef GPO_KVCACHE_H
 #define GPO_KVCACHE_H
 
 #include "gpo.h"
+
+struct gpo_kv_pool;
 
 struct gpo_kv {
     int64_t n_layer;
@@ -15,14 +19,48 @@ struct gpo_kv {
     int64_t ring;        /* slots of a sliding layer: window + margin, at most max_seq */
     int64_t len;         /* tokens in the cache */
     uint8_t sliding[GPO_MAX_LAYERS];
-    float *k[GPO_MAX_LAYERS], *v[GPO_MAX_LAYERS];
+    float *k[GPO_MAX_LAYERS], *v[GPO_MAX_LAYERS]; /* NULL for a paged cache's full layers */
     void *mem;
-    uint64_t bytes;
+    uint64_t bytes;      /* of mem */
+    /* Paged: the full layers of positions [i*block_tokens, (i+1)*block_tokens) are
+     * in pool block blocks[i], for i < n_blocks. */
+    struct gpo_kv_pool *pool;
+    float *pool_mem;     /* the pool's memory */
+    int64_t block_tokens;
+    int64_t block_floats;                /* floats per block */
+    int64_t layer_off[GPO_MAX_LAYERS];   /* a full layer's keys within a block; its
+                                            values follow block_tokens rows later */
+    int32_t *blocks;     /* [ceil(max_seq / block_tokens)] */
+    int64_t n_blocks;    /* blocks held */
 };
 
-/* Slot of absolute position pos in layer l. */
+/* Slot of absolute position pos in layer l of a contiguous layer. */
 static inline int64_t gpo_kv_slot(const struct gpo_kv *kv, int64_t l, int64_t pos) {
     return kv->sliding[l] ? pos % kv->ring : pos;
+}
+
+/* The key and value rows of position pos in layer l; returns how many positions
+ * from pos on follow in memory with stride kv_dim (a ring's end, a block's end or
+ * the end of the cache).  A paged position must be below n_blocks * block_tokens. */
+static inline int64_t gpo_kv_row(const struct gpo_kv *kv, int64_t l, int64_t pos, float **k,
+                                 float **v) {
+    const int64_t kvd = kv->kv_dim;
+    if (kv->sliding[l] || !kv->pool) {
+        int64_t slot = gpo_kv_slot(kv, l, pos);
+        *k = kv->k[l] + slot * kvd;
+        *v = kv->v[l] + slot * kvd;
+        return (kv->sliding[l] ? kv->ring : kv->max_seq) - slot;
+    }
+    const int64_t B = kv->block_tokens, off = pos % B;
+    float *base = kv->pool_mem + kv->blocks[pos / B] * kv->block_floats + kv->layer_off[l];
+    *k = base + off * kvd;
+    *v = base + (B + off) * kvd;
+    return B - off;
+}
+
+/* Positions the cache can take without more blocks. */
+static inline int64_t gpo_kv_room(const struct gpo_kv *kv) {
+    return kv->pool ? kv->n_blocks * kv->block_tokens : kv->max_seq;
 }
 
 #endif

@@ -4,7 +4,10 @@
  * message when the KV caches do not fit counts every user, and the scheduler
  * (submit / step / cancel): answers independent of the load, chunked prefill that
  * keeps decoders going, cancellation, the queue bound, prompts over the context
- * and the choice of the slot with the longest cached prefix. */
+ * and the choice of the slot with the longest cached prefix; and the paged KV
+ * pool: preemption and recomputation giving the same tokens, queueing while the
+ * pool is full, eviction of the least recently used cached prefix, refusal of a
+ * prompt that can never fit, and the block accounting under a random load. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -768,6 +771,305 @@ static void test_prefix_reuse_picks_longest(void **state) {
     gpo_ids_free(&other);
 }
 
+/* ------------------------------------------------------------------------- */
+/* The KV pool                                                               */
+
+/* An engine whose pool holds `blocks` blocks. */
+static gpo_engine *new_engine_pool(size_t n_slots, int64_t ubatch, int64_t blocks) {
+    struct gpo_engine_opts eo = {.max_seq_len = 512, .ubatch = ubatch, .n_threads = 1,
+                                 .path = GPO_PATH_FAST};
+    struct gpo_kv_plan pl;
+    assert_int_equal(gpo_engine_kv_plan(g_model, &eo, n_slots, &pl), GPO_OK);
+    eo.kv_memory = (uint64_t)blocks * pl.block_bytes;
+    gpo_engine *e = NULL;
+    assert_int_equal(gpo_engine_create(g_model, g_tok, &eo, n_slots, &e), GPO_OK);
+    struct gpo_kv_pool_stats st;
+    gpo_engine_kv_pool(e, &st);
+    assert_int_equal(st.blocks_total, blocks);
+    return e;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* n ids that no harmony prompt shares a prefix with. */
+static void raw_prompt(int32_t first, size_t n, struct gpo_ids *out) {
+    out->n = 0;
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(gpo_ids_push(out, first + (int32_t)(i * 7)), GPO_OK);
+}
+
+/* The pool between steps: a prefilling request holds the blocks of everything it
+ * prefills (taken when it starts), a generating one those of its cache (every
+ * token but the last sampled), queued and finished ones none; used and cached
+ * never exceed the total. */
+static void check_accounting(gpo_engine *e, gpo_req *const *reqs, size_t n) {
+    struct gpo_kv_pool_stats st;
+    gpo_engine_kv_pool(e, &st);
+    const int64_t B = st.block_tokens;
+    int64_t want = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!reqs[i]) continue;
+        const struct gpo_gen_user *o = gpo_req_output(reqs[i]);
+        int64_t fed = (int64_t)(o->n_prompt + o->generated.n);
+        if (gpo_req_state(reqs[i]) == GPO_REQ_PREFILL) want += ceil_div(fed, B);
+        else if (gpo_req_state(reqs[i]) == GPO_REQ_DECODE) want += ceil_div(fed - 1, B);
+    }
+    assert_int_equal(st.blocks_used, want);
+    assert_true(st.blocks_cached >= 0);
+    assert_true(st.blocks_used + st.blocks_cached <= st.blocks_total);
+}
+
+/* Every slot's cached prefix dropped: the whole pool is free again. */
+static void check_all_free(gpo_engine *e, size_t n_slots) {
+    struct gpo_kv_pool_stats st;
+    gpo_engine_kv_pool(e, &st);
+    assert_int_equal(st.blocks_used, 0);
+    for (size_t i = 0; i < n_slots; i++) gpo_engine_reset_slot(e, i);
+    gpo_engine_kv_pool(e, &st);
+    assert_int_equal(st.blocks_used + st.blocks_cached, 0);
+}
+
+/* (7) A pool too small for the requests together: a running request that needs
+ * a block preempts the youngest (back to the queue, later recomputed from its
+ * prompt and tokens), and every request still gives the tokens it gives alone,
+ * greedy and sampled. */
+static void test_pool_preemption_same_tokens(void **state) {
+    (void)state;
+    struct gpo_ids p[2] = {{0}}, alone[2] = {{0}};
+    raw_prompt(1000, 30, &p[0]);
+    raw_prompt(5000, 30, &p[1]);
+    for (int mode = 0; mode < 2; mode++) {
+        float temp = mode ? 1.0f : 0.0f;
+        for (int i = 0; i < 2; i++) tokens_alone(&p[i], temp, 7 + (uint64_t)i, 40, 512, &alone[i]);
+        /* 30 + 40 positions need 5 blocks each; the pool has 6. */
+        gpo_engine *e = new_engine_pool(2, 64, 6);
+        gpo_req *h[2];
+        for (int i = 0; i < 2; i++) h[i] = submit(e, &p[i], temp, 7 + (uint64_t)i, 40);
+        size_t left = 1;
+        int preempted = 0;
+        while (left > 0) {
+            enum gpo_req_state before = gpo_req_state(h[1]);
+            assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+            check_accounting(e, h, 2);
+            if (before == GPO_REQ_DECODE && gpo_req_state(h[1]) == GPO_REQ_QUEUED) {
+                preempted++;
+                assert_int_equal(gpo_req_slot(h[1]), -1);
+                assert_int_equal(gpo_req_state(h[0]), GPO_REQ_DECODE); /* the older goes on */
+            }
+        }
+        assert_true(preempted > 0);
+        for (int i = 0; i < 2; i++) {
+            const struct gpo_gen_user *o = gpo_req_output(h[i]);
+            assert_int_equal(o->error, GPO_OK);
+            assert_int_equal(o->generated.n, alone[i].n);
+            assert_memory_equal(o->generated.ids, alone[i].ids, alone[i].n * sizeof(int32_t));
+            gpo_engine_release(e, h[i]);
+        }
+        check_all_free(e, 2);
+        gpo_engine_free(e);
+    }
+    for (int i = 0; i < 2; i++) {
+        gpo_ids_free(&p[i]);
+        gpo_ids_free(&alone[i]);
+    }
+}
+
+/* (8) A queued request whose prompt does not fit waits although a slot is free,
+ * starts when the running one ends (taking back its cached blocks) and gives the
+ * tokens it gives alone. */
+static void test_pool_queue_when_full(void **state) {
+    (void)state;
+    struct gpo_ids pa = {0}, pb = {0}, alone = {0};
+    raw_prompt(1000, 40, &pa);
+    raw_prompt(9000, 40, &pb);
+    tokens_alone(&pb, 0.0f, 3, 8, 512, &alone);
+    gpo_engine *e = new_engine_pool(2, 64, 4); /* 64 positions: one request at a time */
+    gpo_req *h[2] = {submit(e, &pa, 0.0f, 2, 8), submit(e, &pb, 0.0f, 3, 8)};
+    size_t left = 1;
+    int waited = 0;
+    while (gpo_req_state(h[0]) != GPO_REQ_DONE) {
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+        check_accounting(e, h, 2);
+        if (gpo_req_state(h[0]) != GPO_REQ_DONE) {
+            assert_int_equal(gpo_req_state(h[1]), GPO_REQ_QUEUED);
+            assert_int_equal(gpo_engine_n_running(e), 1); /* a slot stays free */
+            waited++;
+        }
+    }
+    assert_true(waited >= 7);
+    struct gpo_kv_pool_stats st;
+    gpo_engine_kv_pool(e, &st);
+    assert_int_equal(st.blocks_cached, ceil_div(40 + 8 - 1, 16)); /* the finished one's */
+    assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_true(gpo_req_state(h[1]) != GPO_REQ_QUEUED);
+    gpo_engine_kv_pool(e, &st);
+    assert_int_equal(st.blocks_cached, 0); /* taken back for the prompt */
+    drain(e);
+    const struct gpo_gen_user *o = gpo_req_output(h[1]);
+    assert_int_equal(o->generated.n, alone.n);
+    assert_memory_equal(o->generated.ids, alone.ids, alone.n * sizeof(int32_t));
+    for (int i = 0; i < 2; i++) gpo_engine_release(e, h[i]);
+    check_all_free(e, 2);
+    gpo_engine_free(e);
+    gpo_ids_free(&pa);
+    gpo_ids_free(&pb);
+    gpo_ids_free(&alone);
+}
+
+/* (9) Cached prefixes under pressure: the least recently used idle slot gives
+ * its blocks back first, so its conversation is prefilled again while the other
+ * one is still reused; with room for everything both are reused. */
+static void test_pool_evicts_lru_prefix(void **state) {
+    (void)state;
+    struct gpo_ids pa = {0}, pb = {0}, pc = {0}, more = {0}, cont[2] = {{0}};
+    render_prompt(g_tok, "What is the capital of France?", &pa);
+    render_prompt(g_tok, "Tell me a story", &pb);
+    render_prompt(g_tok, "And then?", &more);
+    raw_prompt(3000, 100, &pc);
+    const int64_t ca = ceil_div((int64_t)pa.n + 3, 16), cb = ceil_div((int64_t)pb.n + 3, 16);
+    for (int small = 0; small < 2; small++) {
+        /* small: after A and B, one block short of C's prompt. */
+        int64_t blocks = small ? ca + cb + ceil_div(100, 16) - 1 : 3 * 32;
+        gpo_engine *e = new_engine_pool(3, 64, blocks);
+        /* Together, so that each gets a slot of its own; A takes its slot first. */
+        gpo_req *a = submit(e, &pa, 0.0f, 1, 4), *b = submit(e, &pb, 0.0f, 1, 4);
+        drain(e);
+        assert_int_equal(gpo_req_output(a)->generated.n, 4);
+        assert_int_equal(gpo_req_output(b)->generated.n, 4);
+        struct gpo_kv_pool_stats st;
+        gpo_engine_kv_pool(e, &st);
+        assert_int_equal(st.blocks_cached, ca + cb);
+        gpo_req *c = submit(e, &pc, 0.0f, 1, 2);
+        drain(e);
+        gpo_engine_kv_pool(e, &st);
+        assert_int_equal(st.blocks_used, 0);
+        /* A, used longest ago, lost its blocks in the small pool. */
+        assert_int_equal(st.blocks_cached, (small ? 0 : ca) + cb + ceil_div(101, 16));
+        const struct gpo_gen_user *o[2] = {gpo_req_output(a), gpo_req_output(b)};
+        const struct gpo_ids *pp[2] = {&pa, &pb};
+        /* B first: A's continuation would take B's slot, which shares the most. */
+        for (int i = 1; i >= 0; i--) {
+            cont[i].n = 0;
+            assert_int_equal(gpo_ids_append(&cont[i], pp[i]->ids, pp[i]->n), GPO_OK);
+            assert_int_equal(gpo_ids_append(&cont[i], o[i]->generated.ids, o[i]->generated.n),
+                             GPO_OK);
+            assert_int_equal(gpo_ids_append(&cont[i], more.ids, more.n), GPO_OK);
+            gpo_req *h = submit(e, &cont[i], 0.0f, 1, 1);
+            drain(e);
+            int64_t full = (int64_t)(pp[i]->n + o[i]->generated.n - 1);
+            if (small && i == 0) assert_true(gpo_req_output(h)->n_reused < (int64_t)pp[i]->n);
+            else assert_int_equal(gpo_req_output(h)->n_reused, full);
+            gpo_engine_release(e, h);
+        }
+        gpo_engine_release(e, a);
+        gpo_engine_release(e, b);
+        gpo_engine_release(e, c);
+        check_all_free(e, 3);
+        gpo_engine_free(e);
+    }
+    gpo_ids_free(&pa);
+    gpo_ids_free(&pb);
+    gpo_ids_free(&pc);
+    gpo_ids_free(&more);
+    for (int i = 0; i < 2; i++) gpo_ids_free(&cont[i]);
+}
+
+/* (10) A prompt that with one generated token exceeds the whole pool is refused
+ * at once with the numbers; one that fits runs until the pool is full and ends
+ * with finish "context", its tokens those of a large pool. */
+static void test_pool_refuses_never_fits(void **state) {
+    (void)state;
+    struct gpo_ids p = {0}, alone = {0};
+    gpo_engine *e = new_engine_pool(2, 64, 4); /* 64 positions */
+    raw_prompt(100, 64, &p);
+    struct gpo_request rq = {.prompt = p.ids, .n_prompt = p.n, .max_tokens = 0};
+    gpo_sampler_params_default(&rq.sampling);
+    gpo_req *h = NULL;
+    assert_int_equal(gpo_engine_submit(e, &rq, &h), GPO_ERR_CONTEXT);
+    assert_null(h);
+    assert_non_null(strstr(gpo_last_error(), "64 tokens"));
+    assert_non_null(strstr(gpo_last_error(), "5 KV blocks of 16 positions"));
+    assert_non_null(strstr(gpo_last_error(), "holds 4 blocks (64 positions"));
+    assert_int_equal(gpo_engine_n_queued(e), 0);
+
+    raw_prompt(100, 60, &p);
+    tokens_alone(&p, 0.0f, 1, 5, 512, &alone);
+    h = submit(e, &p, 0.0f, 1, 0);
+    drain(e);
+    const struct gpo_gen_user *o = gpo_req_output(h);
+    assert_int_equal(o->finish, GPO_FINISH_CONTEXT);
+    /* 60 prompt and 4 generated tokens in the cache, and the last one sampled. */
+    assert_int_equal(o->generated.n, 5);
+    assert_memory_equal(o->generated.ids, alone.ids, 5 * sizeof(int32_t));
+    gpo_engine_release(e, h);
+    check_all_free(e, 2);
+    gpo_engine_free(e);
+    gpo_ids_free(&p);
+    gpo_ids_free(&alone);
+}
+
+/* (11) Requests joining, growing, cancelled and preempted at random steps in a
+ * pool that holds about two of them: the accounting holds after every step, the
+ * blocks are all back at the end, and every request that was not cancelled gives
+ * the tokens it gives alone (a cancelled one a prefix of them). */
+static void test_pool_random_load(void **state) {
+    (void)state;
+    enum { NR = 8 };
+    const char *texts[4] = {"What is the capital of France?", "Tell me a story", "Hi",
+                            "Count from one to twenty."};
+    struct gpo_ids p[4] = {{0}}, alone[NR] = {{0}};
+    for (int i = 0; i < 4; i++) render_prompt(g_tok, texts[i], &p[i]);
+    uint64_t rng = 42;
+    const struct gpo_ids *rp[NR];
+    float temp[NR];
+    int64_t max_tok[NR];
+    int64_t most = 0;
+    for (int i = 0; i < NR; i++) {
+        rp[i] = &p[lcg(&rng) % 4];
+        temp[i] = lcg(&rng) % 2 ? 1.0f : 0.0f;
+        max_tok[i] = 8 + (int64_t)(lcg(&rng) % 30);
+        tokens_alone(rp[i], temp[i], 50 + (uint64_t)i, max_tok[i], 512, &alone[i]);
+        if ((int64_t)rp[i]->n + max_tok[i] > most) most = (int64_t)rp[i]->n + max_tok[i];
+    }
+    gpo_engine *e = new_engine_pool(4, 24, ceil_div(most, 16) + 3);
+    gpo_req *h[NR] = {0};
+    int submitted = 0, cancelled[NR] = {0}, preempted = 0;
+    size_t left = 1, step = 0;
+    while (left > 0 || submitted < NR) {
+        if (submitted < NR && lcg(&rng) % 2 == 0) {
+            h[submitted] = submit(e, rp[submitted], temp[submitted], 50 + (uint64_t)submitted,
+                                  max_tok[submitted]);
+            submitted++;
+        }
+        if (submitted > 0 && lcg(&rng) % 25 == 0) {
+            int v = (int)(lcg(&rng) % (uint64_t)submitted);
+            if (gpo_req_state(h[v]) != GPO_REQ_DONE) cancelled[v] = 1;
+            gpo_engine_cancel(e, h[v]);
+        }
+        enum gpo_req_state before[NR];
+        for (int i = 0; i < submitted; i++) before[i] = gpo_req_state(h[i]);
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+        check_accounting(e, h, (size_t)submitted);
+        for (int i = 0; i < submitted; i++)
+            preempted += before[i] != GPO_REQ_QUEUED && gpo_req_state(h[i]) == GPO_REQ_QUEUED;
+        assert_true(++step < 3000);
+    }
+    assert_true(preempted > 0);
+    for (int i = 0; i < NR; i++) {
+        const struct gpo_gen_user *o = gpo_req_output(h[i]);
+        assert_int_equal(gpo_req_state(h[i]), GPO_REQ_DONE);
+        assert_int_equal(o->error, GPO_OK);
+        if (cancelled[i]) assert_true(o->generated.n <= alone[i].n);
+        else assert_int_equal(o->generated.n, alone[i].n);
+        assert_memory_equal(o->generated.ids, alone[i].ids, o->generated.n * sizeof(int32_t));
+        gpo_engine_release(e, h[i]);
+        gpo_ids_free(&alone[i]);
+    }
+    check_all_free(e, 4);
+    gpo_engine_free(e);
+    for (int i = 0; i < 4; i++) gpo_ids_free(&p[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_nomem_counts_every_user),
@@ -782,6 +1084,11 @@ int main(void) {
         cmocka_unit_test(test_queue_bound),
         cmocka_unit_test(test_prompt_too_long),
         cmocka_unit_test(test_prefix_reuse_picks_longest),
+        cmocka_unit_test(test_pool_preemption_same_tokens),
+        cmocka_unit_test(test_pool_queue_when_full),
+        cmocka_unit_test(test_pool_evicts_lru_prefix),
+        cmocka_unit_test(test_pool_refuses_never_fits),
+        cmocka_unit_test(test_pool_random_load),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
