@@ -7,6 +7,7 @@
 #   make fuzz-run SECONDS=N   run each fuzz target N seconds (default 60) on a copy of its
 #                   seed corpus (tests/fuzz/corpus/<target>/); findings go to build-fuzz/artifacts/
 #   make bench      the benchmark suite on a generated 20b-shape checkpoint
+#   make bench-serve [MODEL=PATH]  the serving benchmark (bench/bench_serve.mjs)
 #   make bench-compare [FILES="A.gguf B.gguf"]  llama.cpp (built once from npm) and gptoss
 #                   side by side on the same GGUF files; the table goes to bench/compare.md
 # Switches: SAN=address,undefined  DEBUG=1  WERROR=1  CC=clang
@@ -124,9 +125,11 @@ demo: deps
 # coverage and the sanitizers into an archive, so each target links only what it
 # uses.  Any sanitizer report or failed check stops the run and saves the input.
 FUZZ_DIR     := build-fuzz
-FUZZ_TARGETS := safetensors config prompts tokenizer_load tokenizer harmony_json hparser sampler gguf
+FUZZ_TARGETS := safetensors config prompts tokenizer_load tokenizer harmony_json hparser sampler gguf \
+                openai
 FUZZ_SRC     := src/status.c src/log.c src/util.c src/config.c src/safetensors.c \
-                src/tokenizer.c src/harmony.c src/sampler.c app/prompts.c src/gguf.c src/gguf_write.c src/gguf_meta.c
+                src/tokenizer.c src/harmony.c src/sampler.c app/prompts.c src/gguf.c src/gguf_write.c src/gguf_meta.c \
+                app/openai.c
 FUZZ_CFLAGS  := -std=gnu11 -g -O1 -Wall -Wextra -Wno-unused-parameter -fno-omit-frame-pointer \
                 -Iinclude -Isrc -Iapp -D_GNU_SOURCE \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -143,6 +146,7 @@ FUZZ_MAXLEN_harmony_json   := 4096
 FUZZ_MAXLEN_hparser        := 2048
 FUZZ_MAXLEN_sampler        := 8192
 FUZZ_MAXLEN_gguf           := 4096
+FUZZ_MAXLEN_openai         := 8192
 SECONDS ?= 60
 
 fuzz: $(FUZZ_BIN)
@@ -169,7 +173,8 @@ fuzz-run: fuzz
 	    t=$${tm%%:*}; maxlen=$${tm#*:}; \
 	    mkdir -p $(FUZZ_DIR)/corpus/$$t; \
 	    if [ -d tests/fuzz/corpus/$$t ]; then cp -n tests/fuzz/corpus/$$t/* $(FUZZ_DIR)/corpus/$$t/ 2>/dev/null; fi; \
-	    dict=""; case $$t in safetensors|hparser|sampler|gguf) ;; *) dict="-dict=tests/fuzz/json.dict";; esac; \
+	    dict=""; case $$t in safetensors|hparser|sampler|gguf) ;; openai) dict="-dict=tests/fuzz/openai.dict";; \
+	        *) dict="-dict=tests/fuzz/json.dict";; esac; \
 	    echo "=== fuzz_$$t: $(SECONDS) s, max_len $$maxlen"; \
 	    if $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(SECONDS) -max_len=$$maxlen -timeout=25 \
 	        -print_final_stats=1 $$dict -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
@@ -188,6 +193,14 @@ fuzz-run: fuzz
 
 bench: all
 	@bash tools/bench.sh
+
+# Not part of `make test`: the serving benchmark (bench/bench_serve.mjs -h): streamed requests
+# at concurrency 1/4/16/64 and the chunked-prefill check, against `gptoss serve -m $(MODEL)`
+# (a tiny random model without MODEL); BENCH_SERVE_ARGS adds options, e.g. "--output-len 128".
+.PHONY: bench-serve
+bench-serve: all
+	@node bench/bench_serve.mjs --gptoss $(BUILD)/gptoss $(if $(MODEL),-m $(MODEL)) \
+	    --prefill-check --json bench/serve_results.json $(BENCH_SERVE_ARGS)
 
 # Not part of `make test`: builds llama.cpp once into ~/.cache/gptoss (see bench/compare.sh -h).
 .PHONY: bench-compare

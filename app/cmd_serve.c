@@ -11,14 +11,18 @@
 static void usage(void) {
     printf("usage: gptoss serve [-m DIR] [--host ADDR] [--port N] [--parallel N] [options]\n"
            "\n"
-           "Serves the OpenAI API over HTTP: POST /v1/chat/completions (streaming too),\n"
-           "GET /v1/models and GET /health (503 while the model loads).  Ctrl-C or SIGTERM\n"
-           "stops it: requests in flight end and the exit status is 0.\n"
+           "Serves the OpenAI API over HTTP: POST /v1/chat/completions and POST\n"
+           "/v1/completions (streaming too), GET /v1/models, GET /health (503 while the\n"
+           "model loads) and GET /metrics (Prometheus text).  Ctrl-C or SIGTERM stops it:\n"
+           "requests in flight end and the exit status is 0.\n"
            "\n"
            "  --host ADDR             address to listen on (default 127.0.0.1: this machine\n"
            "                          only; 0.0.0.0 listens on every interface)\n"
            "  --port N                port (default 8080; 0 = any free port, printed)\n"
            "  --parallel N            requests generated at once (default 4)\n"
+           "  --kv-memory GiB         KV memory all requests share, in blocks they take as\n"
+           "                          they grow (default: what is free after the weights,\n"
+           "                          less a margin; `gptoss info` shows the plan)\n"
            "  --max-queue Q           requests that may wait for a free slot; more are\n"
            "                          answered 503 with Retry-After (default 64)\n"
            "  --api-key KEY           require Authorization: Bearer KEY on /v1/ routes\n"
@@ -29,7 +33,7 @@ static void usage(void) {
            "  -h, --help              this help\n"
            "\n"
            "The sampling options below are the defaults of requests that do not set them;\n"
-           "--max-seq-len is the context of each slot.\n"
+           "--max-seq-len is the most positions one request may reach.\n"
            "\n"
            "%s",
            gen_opts_help);
@@ -77,6 +81,14 @@ int cmd_serve(int argc, char **argv) {
                 goto usage_err;
             }
             cfg.parallel = (size_t)n;
+        } else if (cli_is(a, "--kv-memory")) {
+            double g;
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            if (!cli_parse_f64(v, 1e-6, 1 << 20, &g)) {
+                cli_usage_error("serve", "--kv-memory needs GiB in (0, 2^20], not '%s'", v);
+                goto usage_err;
+            }
+            o.eo.kv_memory = (uint64_t)(g * 1073741824.0);
         } else if (cli_is(a, "--max-queue")) {
             if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
             if (!cli_parse_i64(v, 0, 1 << 20, &n)) {

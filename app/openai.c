@@ -44,6 +44,9 @@ void oai_chat_free(struct oai_chat *c) {
     free(c->tools);
     free(c->model);
     for (size_t i = 0; i < c->n_stops; i++) free(c->stops[i]);
+    free(c->tool_name);
+    for (size_t i = 0; i < c->n_tool_names; i++) free(c->tool_names[i]);
+    free(c->tool_names);
     memset(c, 0, sizeof *c);
 }
 
@@ -230,12 +233,12 @@ static int parse_messages(const cJSON *msgs, struct oai_chat *out, struct oai_er
     return 0;
 }
 
-static int parse_stop(const cJSON *v, struct oai_chat *out, struct oai_error *err) {
+static int parse_stop(const cJSON *v, char **stops, size_t *n_stops, struct oai_error *err) {
     if (!v || cJSON_IsNull(v)) return 0;
     if (cJSON_IsString(v)) {
-        if (!(out->stops[0] = strdup(v->valuestring)))
+        if (!(stops[0] = strdup(v->valuestring)))
             return oai_err(err, 500, "server_error", NULL, NULL, "out of memory");
-        out->n_stops = 1;
+        *n_stops = 1;
         return 0;
     }
     if (!cJSON_IsArray(v)) return BAD("stop", "'stop' must be a string or an array of strings");
@@ -244,9 +247,9 @@ static int parse_stop(const cJSON *v, struct oai_chat *out, struct oai_error *er
     const cJSON *s;
     cJSON_ArrayForEach(s, v) {
         if (!cJSON_IsString(s)) return BAD("stop", "'stop' must be a string or an array of strings");
-        if (!(out->stops[out->n_stops] = strdup(s->valuestring)))
+        if (!(stops[*n_stops] = strdup(s->valuestring)))
             return oai_err(err, 500, "server_error", NULL, NULL, "out of memory");
-        out->n_stops++;
+        (*n_stops)++;
     }
     return 0;
 }
@@ -321,6 +324,8 @@ static int render_tools(const cJSON *tools, struct oai_chat *out, struct oai_err
     if (!cJSON_GetArraySize(tools)) return 0;
     struct gpo_str b = {0};
     int oom = put(&b, "# Tools\n\n## functions\n\nnamespace functions {\n\n");
+    if (!(out->tool_names = calloc((size_t)cJSON_GetArraySize(tools), sizeof *out->tool_names)))
+        oom = 1;
     const cJSON *t;
     size_t i = 0;
     cJSON_ArrayForEach(t, tools) {
@@ -337,6 +342,7 @@ static int render_tools(const cJSON *tools, struct oai_chat *out, struct oai_err
                        "{\"name\": letters, digits, _ or -, \"description\": string, "
                        "\"parameters\": JSON schema object}}", i);
         }
+        if (!oom && !(out->tool_names[out->n_tool_names++] = strdup(name->valuestring))) oom = 1;
         if (desc) oom |= put(&b, "// ") || put(&b, desc->valuestring) || put(&b, "\n");
         oom |= put(&b, "type ") || put(&b, name->valuestring);
         const cJSON *props = params ? cJSON_GetObjectItemCaseSensitive(params, "properties") : NULL;
@@ -355,6 +361,77 @@ static int render_tools(const cJSON *tools, struct oai_chat *out, struct oai_err
     return 0;
 }
 
+/* temperature, top_p, presence/frequency_penalty and seed over the defaults in *sp. */
+static int parse_sampling(const cJSON *root, struct gpo_sampler_params *sp, int *seed_given,
+                          struct oai_error *err) {
+    double d = sp->temperature;
+    if (get_num(root, "temperature", 0, 2, &d, err) < 0) return -1;
+    sp->temperature = (float)d;
+    d = sp->top_p;
+    if (get_num(root, "top_p", 0, 1, &d, err) < 0) return -1;
+    sp->top_p = (float)d;
+    if (d <= 0) return BAD("top_p", "'top_p' must be above 0");
+    d = sp->presence_penalty;
+    if (get_num(root, "presence_penalty", -2, 2, &d, err) < 0) return -1;
+    sp->presence_penalty = (float)d;
+    d = sp->frequency_penalty;
+    if (get_num(root, "frequency_penalty", -2, 2, &d, err) < 0) return -1;
+    sp->frequency_penalty = (float)d;
+    int64_t n = 0;
+    /* Seeds are kept below 2^53 so a JSON number holds them exactly. */
+    if (get_int(root, "seed", -9007199254740991.0, 9007199254740991.0, &n, seed_given, err) < 0)
+        return -1;
+    if (*seed_given) sp->seed = (uint64_t)n;
+    return 0;
+}
+
+static int parse_n(const cJSON *root, struct oai_error *err) {
+    int64_t n = 1;
+    if (get_int(root, "n", 1, 128, &n, NULL, err) < 0) return -1;
+    return n != 1 ? BAD("n", "only 'n' = 1 is supported") : 0;
+}
+
+static int parse_stream(const cJSON *root, int *stream, int *include_usage,
+                        struct oai_error *err) {
+    if (get_bool(root, "stream", stream, err) < 0) return -1;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (!so || cJSON_IsNull(so)) return 0;
+    if (!cJSON_IsObject(so)) return BAD("stream_options", "'stream_options' must be an object");
+    return get_bool(so, "include_usage", include_usage, err) < 0 ? -1 : 0;
+}
+
+int oai_tool_known(char *const *names, size_t n, const char *name) {
+    for (size_t i = 0; name && i < n; i++)
+        if (!strcmp(names[i], name)) return 1;
+    return 0;
+}
+
+/* "none", "auto", "required" or {"type": "function", "function": {"name": N}}
+ * with N among `tools` (parsed before). */
+static int parse_tool_choice(const cJSON *choice, struct oai_chat *out, struct oai_error *err) {
+    if (!choice || cJSON_IsNull(choice)) return 0;
+    const char *v = cJSON_IsString(choice) ? choice->valuestring : NULL;
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(choice, "function");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(f, "name");
+    if (v && !strcmp(v, "none")) out->tool_choice = OAI_TOOLS_NONE;
+    else if (v && !strcmp(v, "auto")) out->tool_choice = OAI_TOOLS_AUTO;
+    else if (v && !strcmp(v, "required")) out->tool_choice = OAI_TOOLS_REQUIRED;
+    else if (cJSON_IsObject(choice) && cJSON_IsObject(f) && cJSON_IsString(name))
+        out->tool_choice = OAI_TOOLS_NAMED;
+    else
+        return BAD("tool_choice", "'tool_choice' must be none, auto, required or "
+                   "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    if ((out->tool_choice == OAI_TOOLS_REQUIRED || out->tool_choice == OAI_TOOLS_NAMED) &&
+        !out->n_tool_names)
+        return BAD("tool_choice", "'tool_choice' %s needs at least one function in 'tools'",
+                   out->tool_choice == OAI_TOOLS_NAMED ? "naming a function" : "required");
+    if (out->tool_choice != OAI_TOOLS_NAMED) return 0;
+    if (!oai_tool_known(out->tool_names, out->n_tool_names, name->valuestring))
+        return BAD("tool_choice", "'tool_choice' names the function '%.64s', which is not "
+                   "among 'tools'", name->valuestring);
+    return (out->tool_name = dup_or_fail(name->valuestring, err)) ? 0 : -1;
+}
+
 static int parse_chat_obj(const cJSON *root, struct oai_chat *out, struct oai_error *err) {
     if (!cJSON_IsObject(root)) return BAD(NULL, "the request body must be a JSON object");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -364,65 +441,35 @@ static int parse_chat_obj(const cJSON *root, struct oai_chat *out, struct oai_er
             return oai_err(err, 500, "server_error", NULL, NULL, "out of memory");
     }
     if (parse_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), out, err)) return -1;
-    double d;
-    d = out->sp.temperature;
-    if (get_num(root, "temperature", 0, 2, &d, err) < 0) return -1;
-    out->sp.temperature = (float)d;
-    d = out->sp.top_p;
-    if (get_num(root, "top_p", 0, 1, &d, err) < 0) return -1;
-    out->sp.top_p = (float)d;
-    if (d <= 0) return BAD("top_p", "'top_p' must be above 0");
-    d = out->sp.presence_penalty;
-    if (get_num(root, "presence_penalty", -2, 2, &d, err) < 0) return -1;
-    out->sp.presence_penalty = (float)d;
-    d = out->sp.frequency_penalty;
-    if (get_num(root, "frequency_penalty", -2, 2, &d, err) < 0) return -1;
-    out->sp.frequency_penalty = (float)d;
-    int64_t n = 0;
-    /* Seeds are kept below 2^53 so a JSON number holds them exactly. */
-    if (get_int(root, "seed", -9007199254740991.0, 9007199254740991.0, &n, &out->seed_given,
-                err) < 0)
-        return -1;
-    if (out->seed_given) out->sp.seed = (uint64_t)n;
+    if (parse_sampling(root, &out->sp, &out->seed_given, err)) return -1;
     int given = 0;
     if (get_int(root, "max_tokens", 1, (double)(1 << 30), &out->max_tokens, &given, err) < 0)
         return -1;
     if (get_int(root, "max_completion_tokens", 1, (double)(1 << 30), &out->max_tokens, &given,
                 err) < 0)
         return -1;
-    n = 1;
-    if (get_int(root, "n", 1, 128, &n, NULL, err) < 0) return -1;
-    if (n != 1) return BAD("n", "only 'n' = 1 is supported");
-    if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), out, err)) return -1;
+    if (parse_n(root, err) || parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"),
+                                         out->stops, &out->n_stops, err))
+        return -1;
     const cJSON *re = cJSON_GetObjectItemCaseSensitive(root, "reasoning_effort");
     if (re && !cJSON_IsNull(re)) {
         int r = cJSON_IsString(re) ? gpo_reasoning_parse(re->valuestring) : -1;
         if (r < 0) return BAD("reasoning_effort", "'reasoning_effort' must be low, medium or high");
         out->reasoning = (enum gpo_reasoning)r;
     }
-    if (get_bool(root, "stream", &out->stream, err) < 0) return -1;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (so && !cJSON_IsNull(so)) {
-        if (!cJSON_IsObject(so)) return BAD("stream_options", "'stream_options' must be an object");
-        if (get_bool(so, "include_usage", &out->include_usage, err) < 0) return -1;
-    }
-    int lp = 0;
-    if (get_bool(root, "logprobs", &lp, err) < 0) return -1;
-    if (lp) return BAD("logprobs", "'logprobs' is not supported yet");
-    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    if (choice && !cJSON_IsNull(choice)) {
-        const char *v = cJSON_IsString(choice) ? choice->valuestring : NULL;
-        if (v && !strcmp(v, "none")) out->tool_choice = OAI_TOOLS_NONE;
-        else if (v && !strcmp(v, "auto")) out->tool_choice = OAI_TOOLS_AUTO;
-        else if ((v && !strcmp(v, "required")) || cJSON_IsObject(choice))
-            out->tool_choice = OAI_TOOLS_REQUIRED;
-        else
-            return BAD("tool_choice", "'tool_choice' must be none, auto, required or "
-                       "{\"type\": \"function\", \"function\": {\"name\": ...}}");
-    }
+    if (parse_stream(root, &out->stream, &out->include_usage, err)) return -1;
+    if (get_bool(root, "logprobs", &out->logprobs, err) < 0) return -1;
+    int64_t top = 0;
+    int top_given = 0;
+    if (get_int(root, "top_logprobs", 0, OAI_MAX_TOP_LOGPROBS, &top, &top_given, err) < 0)
+        return -1;
+    if (top_given && !out->logprobs)
+        return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    out->top_logprobs = (int)top;
+    out->sp.n_logprobs = (int32_t)top;
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
     if (tools && !cJSON_IsNull(tools) && render_tools(tools, out, err)) return -1;
-    return 0;
+    return parse_tool_choice(cJSON_GetObjectItemCaseSensitive(root, "tool_choice"), out, err);
 }
 
 int oai_parse_chat(const char *body, size_t len, const struct gpo_sampler_params *sp,
@@ -508,6 +555,58 @@ fail:
     return st;
 }
 
+enum gpo_status oai_call_header(const gpo_tokenizer *t, const char *name, struct gpo_ids *out) {
+    /* The recipient after the channel, as the models write their calls.  An
+     * assistant turn may start on commentary (spec 6): the analysis message the
+     * model would have written first is simply skipped, not made up. */
+    char text[96];
+    snprintf(text, sizeof text, "commentary to=functions.%s%s", name ? name : "", name ? " " : "");
+    enum gpo_status s = gpo_ids_push(out, GPO_TOK_CHANNEL);
+    if (s == GPO_OK) s = gpo_tokenizer_encode(t, text, strlen(text), 0, out);
+    if (s != GPO_OK || !name) return s;
+    if ((s = gpo_ids_push(out, GPO_TOK_CONSTRAIN)) == GPO_OK &&
+        (s = gpo_tokenizer_encode(t, "json", 4, 0, out)) == GPO_OK)
+        s = gpo_ids_push(out, GPO_TOK_MESSAGE);
+    return s;
+}
+
+static int idx_push(struct oai_content_tokens *t, size_t i) {
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 64;
+        size_t *a = realloc(t->idx, cap * sizeof *a);
+        if (!a) return -1;
+        t->idx = a;
+        t->cap = cap;
+    }
+    t->idx[t->n++] = i;
+    return 0;
+}
+
+int oai_content_track(struct oai_content_tokens *t, size_t index, int32_t id, int special,
+                      const struct gpo_hevent *ev) {
+    if (id >= 0 && ev->msg < 0) { /* a header token: wait and see */
+        if (!t->n_pend) t->pend_from = index;
+        t->n_pend = index - t->pend_from + 1;
+        return 0;
+    }
+    if (ev->channel != GPO_CH_FINAL || (ev->msg_started && !ev->text_len)) {
+        t->n_pend = 0; /* the header was one: its tokens are no content */
+        return 0;
+    }
+    /* Final-channel text: header tokens still waiting were recovered into it. */
+    for (size_t k = 0; k < t->n_pend; k++)
+        if (idx_push(t, t->pend_from + k)) return -1;
+    t->n_pend = 0;
+    /* A token that both completes a header and brings text (recovery) counts. */
+    if (id >= 0 && !special && (!ev->msg_started || ev->text_len)) return idx_push(t, index);
+    return 0;
+}
+
+void oai_content_free(struct oai_content_tokens *t) {
+    free(t->idx);
+    memset(t, 0, sizeof *t);
+}
+
 int oai_is_call(const struct gpo_hparsed *m, const char **name) {
     const char *r = m->msg.recipient;
     if (!m->complete || !r || strncmp(r, "functions.", 10) || !r[10]) return 0;
@@ -578,6 +677,97 @@ static void add_calls(cJSON *o, const struct oai_result *r, int indexed) {
     }
 }
 
+/* A token's bytes as a JSON string: bytes that are not whole UTF-8 characters
+ * (a character split over tokens) become U+FFFD, as OpenAI shows them. */
+static cJSON *token_string(const char *b, size_t n) {
+    struct gpo_str s = {0};
+    int oom = gpo_str_append(&s, "", 0) != GPO_OK;
+    for (size_t i = 0; i < n && !oom;) {
+        unsigned char c = (unsigned char)b[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+        if (len && i + len <= n && gpo_utf8_valid(b + i, len)) {
+            oom = gpo_str_append(&s, b + i, len) != GPO_OK;
+            i += len;
+        } else {
+            oom = gpo_str_append(&s, "\xEF\xBF\xBD", 3) != GPO_OK;
+            i++;
+        }
+    }
+    cJSON *j = oom ? NULL : cJSON_CreateString(s.s);
+    gpo_str_free(&s);
+    return j;
+}
+
+static void token_bytes(const struct oai_logprobs *l, int32_t id, const char **b, size_t *n) {
+    if (gpo_tokenizer_token_bytes(l->tok, id, b, n) != GPO_OK) {
+        *b = "";
+        *n = 0;
+    }
+}
+
+/* {token, logprob, bytes} of one id (top: without its own top_logprobs). */
+static cJSON *logprob_entry(const struct oai_logprobs *l, int32_t id, float lp) {
+    const char *b;
+    size_t n;
+    token_bytes(l, id, &b, &n);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddItemToObject(e, "token", token_string(b, n));
+    cJSON_AddNumberToObject(e, "logprob", (double)lp);
+    cJSON *bytes = cJSON_AddArrayToObject(e, "bytes");
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((double)(unsigned char)b[i]));
+    return e;
+}
+
+/* The chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}. */
+static void add_chat_logprobs(cJSON *choice, const struct oai_logprobs *l) {
+    if (!l) {
+        cJSON_AddNullToObject(choice, "logprobs");
+        return;
+    }
+    cJSON *content = cJSON_AddArrayToObject(cJSON_AddObjectToObject(choice, "logprobs"), "content");
+    for (size_t i = 0; i < l->n; i++) {
+        cJSON *e = logprob_entry(l, l->ids[i], l->lps[i].chosen);
+        cJSON *top = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int k = 0; k < l->top && k < l->lps[i].n; k++)
+            cJSON_AddItemToArray(top, logprob_entry(l, l->lps[i].ids[k], l->lps[i].lps[k]));
+        cJSON_AddItemToArray(content, e);
+    }
+}
+
+/* The legacy shape: {tokens, token_logprobs, top_logprobs: [{token: logprob}],
+ * text_offset}. */
+static void add_legacy_logprobs(cJSON *choice, const struct oai_logprobs *l) {
+    if (!l) {
+        cJSON_AddNullToObject(choice, "logprobs");
+        return;
+    }
+    cJSON *o = cJSON_AddObjectToObject(choice, "logprobs");
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
+    size_t off = l->text_offset;
+    for (size_t i = 0; i < l->n; i++) {
+        const char *b;
+        size_t n;
+        token_bytes(l, l->ids[i], &b, &n);
+        cJSON_AddItemToArray(tokens, token_string(b, n));
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber((double)l->lps[i].chosen));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+        off += oai_utf8_chars(b, n);
+        cJSON *top = cJSON_CreateObject();
+        for (int k = 0; k < l->top && k < l->lps[i].n; k++) {
+            token_bytes(l, l->lps[i].ids[k], &b, &n);
+            cJSON *key = token_string(b, n);
+            if (key && !cJSON_GetObjectItemCaseSensitive(top, key->valuestring))
+                cJSON_AddNumberToObject(top, key->valuestring, (double)l->lps[i].lps[k]);
+            cJSON_Delete(key);
+        }
+        cJSON_AddItemToArray(tops, top);
+    }
+}
+
 char *oai_chat_response_json(const struct oai_result *r) {
     cJSON *root = head(r, "chat.completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
@@ -590,11 +780,27 @@ char *oai_chat_response_json(const struct oai_result *r) {
     else add_str_n(m, "content", r->content ? r->content : "", r->content ? r->content_len : 0);
     if (r->reasoning && r->reasoning_len) add_str_n(m, "reasoning_content", r->reasoning, r->reasoning_len);
     if (r->n_calls) add_calls(m, r, 0);
-    cJSON_AddNullToObject(c, "logprobs");
+    add_chat_logprobs(c, r->logprobs);
     cJSON_AddStringToObject(c, "finish_reason", r->finish);
     add_usage(root, r);
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
+    return s;
+}
+
+/* root as "data: {...}\n\n" (root is freed). */
+static char *sse_event(cJSON *root) {
+    char *js = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!js) return NULL;
+    size_t n = strlen(js);
+    char *s = malloc(n + 9);
+    if (s) {
+        memcpy(s, "data: ", 6);
+        memcpy(s + 6, js, n);
+        memcpy(s + 6 + n, "\n\n", 3);
+    }
+    free(js);
     return s;
 }
 
@@ -614,22 +820,11 @@ char *oai_chat_chunk_sse(const struct oai_result *r, int role, const char *conte
         if (content) add_str_n(d, "content", content, content_len);
         if (reasoning) add_str_n(d, "reasoning_content", reasoning, reasoning_len);
         if (calls && r->n_calls) add_calls(d, r, 1);
-        cJSON_AddNullToObject(c, "logprobs");
+        add_chat_logprobs(c, r->logprobs);
         if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
         else cJSON_AddNullToObject(c, "finish_reason");
     }
-    char *js = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!js) return NULL;
-    size_t n = strlen(js);
-    char *s = malloc(n + 9);
-    if (s) {
-        memcpy(s, "data: ", 6);
-        memcpy(s + 6, js, n);
-        memcpy(s + 6 + n, "\n\n", 3);
-    }
-    free(js);
-    return s;
+    return sse_event(root);
 }
 
 size_t oai_utf8_whole(const char *s, size_t n) {
@@ -645,6 +840,12 @@ size_t oai_utf8_whole(const char *s, size_t n) {
     return back + 1 >= need ? n : i - 1;
 }
 
+size_t oai_utf8_chars(const char *s, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
 int oai_key_equal(const char *given, size_t given_len, const char *key, size_t key_len) {
     /* Every byte of the key is compared whatever the input, so the time says
      * nothing about how much of a guess was right. */
@@ -654,4 +855,172 @@ int oai_key_equal(const char *given, size_t given_len, const char *key, size_t k
         diff |= (unsigned char)(g ^ (unsigned char)key[i]);
     }
     return diff == 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* POST /v1/completions                                                      */
+
+void oai_completion_free(struct oai_completion *c) {
+    free(c->model);
+    free(c->prompt);
+    free(c->prompt_ids);
+    for (size_t i = 0; i < c->n_stops; i++) free(c->stops[i]);
+    memset(c, 0, sizeof *c);
+}
+
+/* `prompt`: a string, or an array of token ids (one prompt: n = 1). */
+static int parse_prompt(const cJSON *p, struct oai_completion *out, struct oai_error *err) {
+    if (!p || cJSON_IsNull(p)) return BAD("prompt", "'prompt' is required");
+    if (cJSON_IsString(p)) {
+        if (!gpo_utf8_valid(p->valuestring, strlen(p->valuestring)))
+            return BAD("prompt", "'prompt' is not valid UTF-8");
+        return (out->prompt = dup_or_fail(p->valuestring, err)) ? 0 : -1;
+    }
+    size_t n = cJSON_IsArray(p) ? (size_t)cJSON_GetArraySize(p) : 0;
+    if (!n)
+        return BAD("prompt", "'prompt' must be a string or a non-empty array of token ids "
+                   "(one prompt only)");
+    if (!(out->prompt_ids = malloc(n * sizeof *out->prompt_ids)))
+        return oai_err(err, 500, "server_error", NULL, NULL, "out of memory");
+    const cJSON *v;
+    cJSON_ArrayForEach(v, p) {
+        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+            v->valuedouble > INT32_MAX)
+            return BAD("prompt", "'prompt'[%zu] must be a token id (an integer >= 0); one "
+                       "prompt only", out->n_prompt_ids);
+        out->prompt_ids[out->n_prompt_ids++] = (int32_t)v->valuedouble;
+    }
+    return 0;
+}
+
+/* A field this server does not implement may be given only as its default. */
+static int only_default(const cJSON *root, const char *name, const char *why,
+                        struct oai_error *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return 0;
+    return BAD(name, "'%s' is not supported: %s", name, why);
+}
+
+static int parse_completion_obj(const cJSON *root, struct oai_completion *out,
+                                struct oai_error *err) {
+    if (!cJSON_IsObject(root)) return BAD(NULL, "the request body must be a JSON object");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model)) {
+        if (!cJSON_IsString(model)) return BAD("model", "'model' must be a string");
+        if (!(out->model = dup_or_fail(model->valuestring, err))) return -1;
+    }
+    if (parse_prompt(cJSON_GetObjectItemCaseSensitive(root, "prompt"), out, err)) return -1;
+    if (only_default(root, "echo", "only false (the prompt is not repeated)", err) ||
+        only_default(root, "suffix", "only null", err))
+        return -1;
+    if (parse_sampling(root, &out->sp, &out->seed_given, err)) return -1;
+    out->max_tokens = OAI_DEFAULT_LEGACY_MAX_TOKENS;
+    if (get_int(root, "max_tokens", 1, (double)(1 << 30), &out->max_tokens, NULL, err) < 0)
+        return -1;
+    int64_t best_of = 1;
+    if (get_int(root, "best_of", 1, 128, &best_of, NULL, err) < 0) return -1;
+    if (best_of != 1) return BAD("best_of", "only 'best_of' = 1 is supported");
+    if (parse_n(root, err) || parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"),
+                                         out->stops, &out->n_stops, err))
+        return -1;
+    if (parse_stream(root, &out->stream, &out->include_usage, err)) return -1;
+    int64_t lp = -1;
+    if (get_int(root, "logprobs", 0, OAI_MAX_LEGACY_LOGPROBS, &lp, NULL, err) < 0) return -1;
+    out->logprobs = (int)lp;
+    out->sp.n_logprobs = lp > 0 ? (int32_t)lp : 0;
+    return 0;
+}
+
+int oai_parse_completion(const char *body, size_t len, const struct gpo_sampler_params *sp,
+                         struct oai_completion *out, struct oai_error *err) {
+    memset(out, 0, sizeof *out);
+    out->sp = *sp;
+    out->logprobs = -1;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        return BAD(NULL, "the request body is not valid JSON (near byte %zu)", at);
+    }
+    int rc = parse_completion_obj(root, out, err);
+    cJSON_Delete(root);
+    if (rc) oai_completion_free(out);
+    return rc;
+}
+
+/* choices[0] of a text completion (or of one chunk). */
+static void add_text_choice(cJSON *root, const struct oai_result *r, const char *text, size_t n,
+                            const char *finish) {
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "choices"), c);
+    add_str_n(c, "text", text ? text : "", text ? n : 0);
+    cJSON_AddNumberToObject(c, "index", 0);
+    add_legacy_logprobs(c, r->logprobs);
+    if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
+    else cJSON_AddNullToObject(c, "finish_reason");
+}
+
+char *oai_completion_response_json(const struct oai_result *r) {
+    cJSON *root = head(r, "text_completion");
+    add_text_choice(root, r, r->content, r->content_len, r->finish);
+    add_usage(root, r);
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+char *oai_completion_chunk_sse(const struct oai_result *r, const char *text, size_t len,
+                               const char *finish, int usage) {
+    cJSON *root = head(r, "text_completion");
+    if (usage) {
+        cJSON_AddArrayToObject(root, "choices");
+        add_usage(root, r);
+    } else {
+        add_text_choice(root, r, text, len, finish);
+    }
+    return sse_event(root);
+}
+
+/* ------------------------------------------------------------------------- */
+/* GET /metrics                                                              */
+
+void oai_hist_observe(struct oai_histogram *h, double v) {
+    size_t i = 0;
+    while (i < h->n_le && v > h->le[i]) i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+int oai_metric_head(struct gpo_str *b, const char *name, const char *type, const char *help) {
+    int rc = put(b, "# HELP ") || put(b, name) || put(b, " ") || put(b, help);
+    rc = rc || put(b, "\n# TYPE ") || put(b, name) || put(b, " ") || put(b, type) || put(b, "\n");
+    return rc ? -1 : 0;
+}
+
+int oai_metric_sample(struct gpo_str *b, const char *name, const char *labels, double v) {
+    char num[64];
+    /* %.17g keeps integers exact and round-trips every double. */
+    snprintf(num, sizeof num, " %.17g\n", v);
+    int rc = put(b, name);
+    if (!rc && labels && *labels) rc = put(b, "{") || put(b, labels) || put(b, "}");
+    return rc || put(b, num) ? -1 : 0;
+}
+
+int oai_metric_histogram(struct gpo_str *b, const char *name, const char *help,
+                         const struct oai_histogram *h) {
+    char metric[128], le[48];
+    if (oai_metric_head(b, name, "histogram", help)) return -1;
+    snprintf(metric, sizeof metric, "%s_bucket", name);
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= h->n_le; i++) {
+        cum += h->counts[i];
+        if (i < h->n_le) snprintf(le, sizeof le, "le=\"%g\"", h->le[i]);
+        else snprintf(le, sizeof le, "le=\"+Inf\"");
+        if (oai_metric_sample(b, metric, le, (double)cum)) return -1;
+    }
+    snprintf(metric, sizeof metric, "%s_sum", name);
+    if (oai_metric_sample(b, metric, NULL, h->sum)) return -1;
+    snprintf(metric, sizeof metric, "%s_count", name);
+    return oai_metric_sample(b, metric, NULL, (double)h->count);
 }

@@ -10,6 +10,7 @@
  * A job has two references, the handler's and the engine's; the last one frees. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -30,12 +31,27 @@
 
 enum job_state { JOB_PENDING = 0, JOB_RUNNING, JOB_DONE, JOB_REJECTED };
 
+/* Seconds a connection may stay silent while its request arrives (or between
+ * requests): slow senders are cut off.  Lifted while the request is answered, so
+ * a long generation is never cut. */
+#define SERVE_IDLE_TIMEOUT 10u
+
 struct server;
+
+/* What a job answers: a chat completion, or a legacy text completion (the raw
+ * decoded continuation, its stop strings checked here). */
+enum job_kind { JOB_CHAT = 0, JOB_TEXT };
 
 struct job {
     struct server *srv;
     /* inputs, set before posting */
+    enum job_kind kind;
     struct gpo_ids prompt;
+    struct gpo_ids prefix;   /* a forced call's opened header (also the prompt's end) */
+    char **tool_names;       /* tool_choice required: the functions the model may name */
+    size_t n_tool_names;
+    int want_logprobs;
+    double t_post;           /* when the handler posted it (time to first token) */
     struct gpo_sampler_params sp;
     int64_t max_tokens;
     char *stops[OAI_MAX_STOPS];
@@ -45,6 +61,10 @@ struct job {
     gpo_req *h;
     struct job *next;        /* inbox or active list */
     int cancelled;
+    struct oai_content_tokens content; /* chat: which generated tokens are content */
+    struct gpo_str raw;      /* text: the decoded continuation (cut at a stop string) */
+    int stop_hit;            /* text: a stop string ended it */
+    double t_last;           /* time of the previous token (inter-token latency) */
     /* shared, under srv->mu */
     pthread_cond_t cv;
     enum job_state state;
@@ -55,12 +75,41 @@ struct job {
     int64_t n_generated;
     struct oai_call *calls;  /* function calls of the answer (set when done) */
     size_t n_calls;
+    int32_t *lp_ids;         /* logprobs: the answer's tokens so far and their values */
+    struct gpo_logprobs *lps;
+    size_t n_lp, cap_lp;
     int gone;                /* the client went away */
     int refs;
 };
 
+/* Routes as /metrics labels them (unknown paths are one label). */
+enum route_id { R_CHAT = 0, R_TEXT, R_MODELS, R_HEALTH, R_METRICS, R_OTHER, R_COUNT };
+static const char *const route_names[R_COUNT] = {"/v1/chat/completions", "/v1/completions",
+                                                 "/v1/models", "/health", "/metrics", "other"};
+#define METRIC_CODES 24 /* distinct (route, status) pairs kept */
+
+static const double ttft_le[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double itl_le[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+
+/* What /metrics shows, under srv->mu: counters and histograms grow from the
+ * threads that see the events; the gauges are the engine thread's snapshot after
+ * each step (handler threads never call the engine). */
+struct metrics {
+    struct req_count {
+        int route;
+        unsigned code;
+        uint64_t n;
+    } req[METRIC_CODES];
+    size_t n_req;
+    uint64_t prompt_tokens, generated_tokens;
+    struct oai_histogram ttft, itl;
+    size_t queued, running;
+    struct gpo_kv_pool_stats kv;
+};
+
 struct server {
     const struct serve_cfg *cfg;
+    struct metrics met;
     struct gen_env env;
     gpo_engine *eng;
     char model_name[256];
@@ -82,6 +131,13 @@ struct server {
 static void job_unref_locked(struct job *j) {
     if (--j->refs > 0) return;
     gpo_ids_free(&j->prompt);
+    gpo_ids_free(&j->prefix);
+    for (size_t i = 0; i < j->n_tool_names; i++) free(j->tool_names[i]);
+    free(j->tool_names);
+    oai_content_free(&j->content);
+    gpo_str_free(&j->raw);
+    free(j->lp_ids);
+    free(j->lps);
     for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
     gpo_str_free(&j->final);
     gpo_str_free(&j->analysis);
@@ -113,12 +169,79 @@ static void job_copy_locked(struct job *j, const struct gpo_gen_user *u, int fin
     j->n_generated = (int64_t)u->generated.n;
 }
 
+/* Add generated token i to the answer's logprobs (srv->mu held). */
+static void lp_push_locked(struct job *j, const struct gpo_gen_user *u, size_t i) {
+    if (i >= u->n_logprobs) return;
+    if (j->n_lp == j->cap_lp) {
+        size_t cap = j->cap_lp ? 2 * j->cap_lp : 64;
+        int32_t *ids = realloc(j->lp_ids, cap * sizeof *ids);
+        if (ids) j->lp_ids = ids;
+        struct gpo_logprobs *lps = ids ? realloc(j->lps, cap * sizeof *lps) : NULL;
+        if (!lps) return; /* out of memory: the entry is left out */
+        j->lps = lps;
+        j->cap_lp = cap;
+    }
+    j->lp_ids[j->n_lp] = u->generated.ids[i];
+    j->lps[j->n_lp++] = u->logprobs[i];
+}
+
+/* A chat token: its logprobs when it is part of the content (srv->mu held). */
+static void chat_token_locked(struct job *j, const struct gpo_gen_user *u, int32_t id,
+                              const struct gpo_hevent *ev) {
+    if (j->want_logprobs) {
+        size_t i = u->generated.n - 1;
+        int special = id >= 0 && gpo_tokenizer_is_special(j->srv->env.tok, id);
+        oai_content_track(&j->content, i, id, special, ev);
+        while (j->n_lp < j->content.n) {
+            size_t before = j->n_lp;
+            lp_push_locked(j, u, j->content.idx[j->n_lp]);
+            if (j->n_lp == before) break;
+        }
+    }
+    job_copy_locked(j, u, 0);
+}
+
+/* A text-completion token: appended to the raw text, whose stop strings end the
+ * request (cancelled: it ends before its next token); what can no longer become
+ * a stop string is shown (srv->mu held). */
+static void text_token_locked(struct job *j, const struct gpo_gen_user *u, int32_t id) {
+    const char *b;
+    size_t n;
+    if (id < 0 || j->stop_hit || gpo_is_stop_token(id) ||
+        gpo_tokenizer_token_bytes(j->srv->env.tok, id, &b, &n) != GPO_OK)
+        return;
+    size_t prev = j->raw.n, at = 0;
+    if (gpo_str_append(&j->raw, b, n) != GPO_OK) return;
+    if (j->want_logprobs) lp_push_locked(j, u, u->generated.n - 1);
+    if (gpo_stop_check(0, j->raw.s, j->raw.n, prev, (const char *const *)j->stops, j->n_stops,
+                       &at) == GPO_FINISH_STOP) {
+        j->raw.n = at;
+        j->raw.s[at] = 0;
+        j->stop_hit = 1;
+        gpo_engine_cancel(j->srv->eng, j->h);
+    }
+    size_t safe = j->stop_hit ? j->raw.n
+                              : gpo_stop_safe_len(j->raw.s, j->raw.n,
+                                                  (const char *const *)j->stops, j->n_stops);
+    if (safe > j->final.n) gpo_str_append(&j->final, j->raw.s + j->final.n, safe - j->final.n);
+    j->n_generated = (int64_t)u->generated.n;
+}
+
 static void on_token(void *ud, size_t user, int32_t id, const struct gpo_hevent *ev) {
     struct job *j = ud;
-    pthread_mutex_lock(&j->srv->mu);
-    job_copy_locked(j, gpo_req_output(j->h), 0);
+    struct server *srv = j->srv;
+    const struct gpo_gen_user *u = gpo_req_output(j->h);
+    double now = gpo_now();
+    pthread_mutex_lock(&srv->mu);
+    if (id >= 0) {
+        if (u->generated.n == 1) oai_hist_observe(&srv->met.ttft, now - j->t_post);
+        else oai_hist_observe(&srv->met.itl, now - j->t_last);
+        j->t_last = now;
+    }
+    if (j->kind == JOB_TEXT) text_token_locked(j, u, id);
+    else chat_token_locked(j, u, id, ev);
     pthread_cond_broadcast(&j->cv);
-    pthread_mutex_unlock(&j->srv->mu);
+    pthread_mutex_unlock(&srv->mu);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -128,9 +251,13 @@ static uint64_t random_u53(void);
 
 /* The function calls of a finished answer: its ids parsed again as harmony
  * messages (the engine keeps only the final and analysis text). */
-static void find_calls(struct server *srv, struct job *j, const struct gpo_gen_user *u) {
+static void find_calls(struct server *srv, struct job *j, const struct gpo_gen_user *u,
+                       struct gpo_str *text) {
     gpo_hparser *p = NULL;
     if (gpo_hparser_create(srv->env.tok, &p) != GPO_OK) return;
+    /* A forced call's header was part of the prompt: read as the model's own. */
+    for (size_t i = 0; i < j->prefix.n; i++)
+        if (gpo_hparser_push(p, j->prefix.ids[i], NULL) != GPO_OK) break;
     for (size_t i = 0; i < u->generated.n; i++)
         if (gpo_hparser_push(p, u->generated.ids[i], NULL) != GPO_OK) break;
     if (!gpo_hparser_done(p)) gpo_hparser_finish(p, NULL);
@@ -140,6 +267,12 @@ static void find_calls(struct server *srv, struct job *j, const struct gpo_gen_u
         const struct gpo_hparsed *m = gpo_hparser_message(p, i);
         const char *name;
         if (!oai_is_call(m, &name)) continue;
+        if (j->n_tool_names && !oai_tool_known(j->tool_names, j->n_tool_names, name)) {
+            /* tool_choice required, and the model named no function of the
+             * request: its arguments are shown as text. */
+            gpo_str_append(text, m->msg.content ? m->msg.content : "", m->content_len);
+            continue;
+        }
         char id[40];
         snprintf(id, sizeof id, "call_%013llx", (unsigned long long)random_u53());
         struct oai_call *c = &calls[k++];
@@ -158,19 +291,43 @@ static void find_calls(struct server *srv, struct job *j, const struct gpo_gen_u
     j->n_calls = k;
 }
 
+/* The engine's gauges for /metrics (engine thread, srv->mu held). */
+static void metrics_snapshot_locked(struct server *srv) {
+    srv->met.queued = gpo_engine_n_queued(srv->eng);
+    srv->met.running = gpo_engine_n_running(srv->eng);
+    gpo_engine_kv_pool(srv->eng, &srv->met.kv);
+}
+
 static void job_finish(struct server *srv, struct job *j, int aborted) {
     const struct gpo_gen_user *u = gpo_req_output(j->h);
-    /* Written before the state says done, read by the handler only after. */
-    if (j->want_calls && u->finish == GPO_FINISH_STOP) find_calls(srv, j, u);
+    struct gpo_str text = {0};
+    /* The calls are written before the state says done, read by the handler only
+     * after.  A forced call cut off by the token limit is shown as far as it got,
+     * with finish_reason length, as OpenAI does. */
+    int cut = u->finish == GPO_FINISH_LENGTH || u->finish == GPO_FINISH_CONTEXT;
+    if (j->want_calls && (u->finish == GPO_FINISH_STOP || (j->prefix.n && cut)))
+        find_calls(srv, j, u, &text);
     pthread_mutex_lock(&srv->mu);
-    job_copy_locked(j, u, 1);
+    if (j->kind == JOB_CHAT) job_copy_locked(j, u, 1);
+    else if (j->raw.n > j->final.n)
+        gpo_str_append(&j->final, j->raw.s + j->final.n, j->raw.n - j->final.n);
+    if (text.n) gpo_str_append(&j->final, text.s, text.n);
+    gpo_str_free(&text);
+    j->n_generated = (int64_t)u->generated.n;
+    srv->met.prompt_tokens += j->prompt.n;
+    srv->met.generated_tokens += u->generated.n;
     j->finish = aborted && u->finish == GPO_FINISH_NONE ? GPO_FINISH_ABORTED : u->finish;
+    if (j->stop_hit) j->finish = GPO_FINISH_STOP;
     if (j->finish == GPO_FINISH_ERROR) snprintf(j->msg, sizeof j->msg, "%s", u->error_msg);
-    j->state = JOB_DONE;
-    pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&srv->mu);
     gpo_engine_release(srv->eng, j->h);
     j->h = NULL;
+    pthread_mutex_lock(&srv->mu);
+    /* The gauges no longer count the request when its client hears it ended. */
+    metrics_snapshot_locked(srv);
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&srv->mu);
     job_unref(j);
 }
 
@@ -178,9 +335,22 @@ static void *engine_main(void *arg) {
     struct server *srv = arg;
     struct job *active = NULL;
     pthread_mutex_lock(&srv->mu);
+    int worked = 0;
     for (;;) {
+        if (worked && !srv->stopping && !srv->inbox && !active) {
+            /* Going idle: hand back what the allocator keeps of the requests'
+             * memory.  With a thread per connection glibc spreads allocations over
+             * many arenas whose freed pages otherwise stay resident, so the RSS of
+             * a server that has served a burst would not come back down. */
+            pthread_mutex_unlock(&srv->mu);
+            malloc_trim(0);
+            pthread_mutex_lock(&srv->mu);
+            worked = 0;
+            continue;
+        }
         while (!srv->stopping && !srv->inbox && !active)
             pthread_cond_wait(&srv->wake, &srv->mu);
+        worked = 1;
         struct job *in = srv->inbox;
         srv->inbox = srv->inbox_tail = NULL;
         int stopping = srv->stopping;
@@ -193,7 +363,12 @@ static void *engine_main(void *arg) {
             struct gpo_request rq = {.prompt = j->prompt.ids, .n_prompt = j->prompt.n,
                                      .sampling = j->sp, .max_tokens = j->max_tokens,
                                      .stops = (const char *const *)j->stops,
-                                     .n_stops = j->n_stops, .on_token = on_token, .ud = j};
+                                     /* text completions check theirs on the raw text */
+                                     .n_stops = j->kind == JOB_CHAT ? j->n_stops : 0,
+                                     .on_token = on_token, .ud = j,
+                                     .logprobs = j->want_logprobs,
+                                     .parser_prefix = j->prefix.ids,
+                                     .n_parser_prefix = j->prefix.n};
             enum gpo_status s = stopping ? GPO_ERR_BUSY
                                          : gpo_engine_submit(srv->eng, &rq, &j->h);
             pthread_mutex_lock(&srv->mu);
@@ -244,6 +419,7 @@ static void *engine_main(void *arg) {
             }
         }
         pthread_mutex_lock(&srv->mu);
+        metrics_snapshot_locked(srv);
         if (srv->stopping && !active && !srv->inbox) break;
     }
     pthread_mutex_unlock(&srv->mu);
@@ -264,6 +440,7 @@ static int post_job(struct server *srv, struct job *j) {
     if (srv->inbox_tail) srv->inbox_tail->next = j;
     else srv->inbox = j;
     srv->inbox_tail = j;
+    j->t_post = gpo_now();
     pthread_cond_signal(&srv->wake);
     while (j->state == JOB_PENDING) pthread_cond_wait(&j->cv, &srv->mu);
     int rc = j->state == JOB_REJECTED ? -1 : 0;
@@ -288,15 +465,31 @@ struct conn {
     size_t n, cap;
     int too_big;
     struct job *job;   /* streaming: the handler's reference, dropped at completion */
+    struct MHD_Connection *mhd; /* to see whether a waiting stream's client is still there */
     /* streaming state */
     char id[48];
     int64_t created, n_prompt;
     int include_usage;
     int sent_role, finished;
     size_t sent_final, sent_analysis;
+    size_t sent_lp, lp_offset; /* logprob entries sent; text offset of the next one */
+    size_t lp_bytes;           /* bytes of the entries sent */
+    int want_logprobs, top_logprobs;
+    enum route_id route;
+    unsigned status;           /* the HTTP status queued, 0 before */
     char *out;
     size_t out_n, out_pos, out_cap;
 };
+
+/* The connection whose request this thread is answering: with one thread per
+ * connection, the handler that queues a response runs on its connection's own
+ * thread, so the status can be kept for /metrics without passing it around. */
+static _Thread_local struct conn *current;
+
+static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, struct MHD_Response *r) {
+    if (current) current->status = status;
+    return MHD_queue_response(c, status, r);
+}
 
 static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char *body,
                                  const char *type) {
@@ -308,7 +501,7 @@ static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    enum MHD_Result ok = MHD_queue_response(c, status, r);
+    enum MHD_Result ok = queue(c, status, r);
     MHD_destroy_response(r);
     return ok;
 }
@@ -331,7 +524,7 @@ static enum MHD_Result send_error(struct MHD_Connection *c, const struct oai_err
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     if (retry_after) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
     if (e->http == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    enum MHD_Result ok = MHD_queue_response(c, (unsigned)e->http, r);
+    enum MHD_Result ok = queue(c, (unsigned)e->http, r);
     MHD_destroy_response(r);
     return ok;
 }
@@ -363,13 +556,34 @@ static int client_alive(struct MHD_Connection *c) {
     return got != 0;
 }
 
+/* Wait up to 200 ms for news of the job (srv->mu held).  A client found gone
+ * meanwhile is marked so, and the engine cancels its request at the next step,
+ * even while it is still queued or being prefilled. */
+static void job_wait_alive(struct MHD_Connection *c, struct job *j) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 200 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&j->cv, &j->srv->mu, &ts);
+    if (j->state != JOB_DONE && !j->gone && !client_alive(c)) {
+        j->gone = 1;
+        pthread_cond_signal(&j->srv->wake);
+    }
+}
+
 static enum MHD_Result reject(struct MHD_Connection *c, struct job *j) {
     /* Read under no lock: a rejected job is no longer touched by the engine. */
+    const char *param = j->kind == JOB_TEXT ? "prompt" : "messages";
     if (j->status == GPO_ERR_BUSY)
         return fail(c, 503, "server_error", NULL, "server_busy", j->msg);
     if (j->status == GPO_ERR_CONTEXT)
-        return fail(c, 400, "invalid_request_error", "messages", "context_length_exceeded", j->msg);
-    if (j->status == GPO_ERR_ARG || j->status == GPO_ERR_TOKEN)
+        return fail(c, 400, "invalid_request_error", param, "context_length_exceeded", j->msg);
+    if (j->status == GPO_ERR_TOKEN)
+        return fail(c, 400, "invalid_request_error", param, NULL, j->msg);
+    if (j->status == GPO_ERR_ARG)
         return fail(c, 400, "invalid_request_error", NULL, NULL, j->msg);
     return fail(c, 500, "server_error", NULL, NULL, j->msg);
 }
@@ -396,18 +610,112 @@ static int out_chunk(struct conn *cn, char *sse) {
     return rc;
 }
 
+/* The log-probabilities of the answer's tokens [from, from + n), copied. */
+struct lp_copy {
+    int32_t *ids;
+    struct gpo_logprobs *lps;
+    size_t n;
+};
+
+/* How many of the logprob entries from `from` on (whose text starts at byte
+ * from_bytes of the answer) start before byte `limit`: the text shown so far, or
+ * the whole answer, which a stop string may have cut inside the last tokens. */
+static size_t lp_shown(const struct job *j, size_t from, size_t from_bytes, size_t limit) {
+    size_t k = from, at = from_bytes;
+    for (; k < j->n_lp && at < limit; k++) {
+        const char *b;
+        size_t bn = 0;
+        if (gpo_tokenizer_token_bytes(j->srv->env.tok, j->lp_ids[k], &b, &bn) != GPO_OK) bn = 0;
+        at += bn;
+    }
+    return k - from;
+}
+
+static void lp_copy_locked(const struct job *j, size_t from, size_t n, struct lp_copy *out) {
+    out->ids = n ? malloc(n * sizeof *out->ids) : NULL;
+    out->lps = n ? malloc(n * sizeof *out->lps) : NULL;
+    out->n = out->ids && out->lps ? n : 0;
+    if (!out->n) { /* nothing, or out of memory: the entries wait for the next chunk */
+        free(out->ids);
+        free(out->lps);
+        out->ids = NULL;
+        out->lps = NULL;
+        return;
+    }
+    memcpy(out->ids, j->lp_ids + from, n * sizeof *out->ids);
+    memcpy(out->lps, j->lps + from, n * sizeof *out->lps);
+}
+
+/* The new text of the answer as one chunk of its kind, with its logprobs. */
+static int text_chunk(struct conn *cn, struct oai_result *r, const char *text, size_t n,
+                      const struct lp_copy *lc) {
+    const gpo_tokenizer *tok = cn->srv->env.tok;
+    struct oai_logprobs lp = {.tok = tok, .ids = lc->ids, .lps = lc->lps, .n = lc->n,
+                              .top = cn->top_logprobs, .text_offset = cn->lp_offset};
+    r->logprobs = cn->want_logprobs ? &lp : NULL;
+    char *sse = cn->job->kind == JOB_CHAT
+                    ? oai_chat_chunk_sse(r, 0, text ? text : "", n, NULL, 0, 0, NULL, 0)
+                    : oai_completion_chunk_sse(r, text, n, NULL, 0);
+    r->logprobs = NULL;
+    for (size_t i = 0; i < lc->n; i++) {
+        const char *b;
+        size_t bn;
+        if (gpo_tokenizer_token_bytes(tok, lc->ids[i], &b, &bn) != GPO_OK) continue;
+        cn->lp_offset += oai_utf8_chars(b, bn);
+        cn->lp_bytes += bn;
+    }
+    cn->sent_lp += lc->n;
+    return out_chunk(cn, sse);
+}
+
+/* "tool_calls" when the answer ended in function calls (read once done). */
+static const char *finish_reason(const struct job *j) {
+    return j->n_calls && j->finish == GPO_FINISH_STOP ? "tool_calls" : oai_finish_reason(j->finish);
+}
+
+/* The closing chunks: the failure, or the calls, the finish reason and usage. */
+static int last_chunks(struct conn *cn, struct oai_result *r, enum gpo_finish finish,
+                       const char *emsg) {
+    struct job *j = cn->job;
+    int rc = 0;
+    if (finish == GPO_FINISH_ERROR) {
+        struct oai_error e;
+        oai_err(&e, 500, "server_error", NULL, NULL, "generation failed: %s", emsg);
+        char *js = oai_error_json(&e);
+        rc |= out_put(cn, "data: ");
+        rc |= out_put(cn, js);
+        rc |= out_put(cn, "\n\n");
+        free(js);
+    } else if (j->kind == JOB_TEXT) {
+        rc |= out_chunk(cn, oai_completion_chunk_sse(r, "", 0, oai_finish_reason(finish), 0));
+        if (cn->include_usage) rc |= out_chunk(cn, oai_completion_chunk_sse(r, NULL, 0, NULL, 1));
+    } else {
+        r->calls = j->calls;
+        r->n_calls = j->n_calls;
+        if (r->n_calls)
+            rc |= out_chunk(cn, oai_chat_chunk_sse(r, 0, NULL, 0, NULL, 0, 1, NULL, 0));
+        rc |= out_chunk(cn, oai_chat_chunk_sse(r, 0, NULL, 0, NULL, 0, 0, finish_reason(j), 0));
+        if (cn->include_usage)
+            rc |= out_chunk(cn, oai_chat_chunk_sse(r, 0, NULL, 0, NULL, 0, 0, NULL, 1));
+    }
+    rc |= out_put(cn, "data: [DONE]\n\n");
+    cn->finished = 1;
+    return rc;
+}
+
 /* Fill the SSE buffer with what is new: waits for tokens.  -1 on failure. */
 static int sse_fill(struct conn *cn) {
     struct server *srv = cn->srv;
     struct job *j = cn->job;
     struct oai_result r = {.id = cn->id, .model = srv->model_name, .created = cn->created};
     cn->out_n = cn->out_pos = 0;
-    if (!cn->sent_role) {
+    if (!cn->sent_role && j->kind == JOB_CHAT) {
         cn->sent_role = 1;
         return out_chunk(cn, oai_chat_chunk_sse(&r, 1, "", 0, NULL, 0, 0, NULL, 0));
     }
     char *fin = NULL, *ana = NULL;
     size_t fn = 0, an = 0;
+    struct lp_copy lc = {0};
     int done;
     pthread_mutex_lock(&srv->mu);
     for (;;) {
@@ -425,9 +733,10 @@ static int sse_fill(struct conn *cn) {
             }
             cn->sent_final = fw;
             cn->sent_analysis = aw;
+            lp_copy_locked(j, cn->sent_lp, lp_shown(j, cn->sent_lp, cn->lp_bytes, fw), &lc);
             break;
         }
-        pthread_cond_wait(&j->cv, &srv->mu);
+        job_wait_alive(cn->mhd, j);
     }
     enum gpo_finish finish = j->finish;
     r.prompt_tokens = cn->n_prompt;
@@ -437,32 +746,12 @@ static int sse_fill(struct conn *cn) {
     pthread_mutex_unlock(&srv->mu);
     int rc = 0;
     if (an) rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, ana, an, 0, NULL, 0));
-    if (fn) rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, fin, fn, NULL, 0, 0, NULL, 0));
+    if (fn || lc.n) rc |= text_chunk(cn, &r, fin, fn, &lc);
     free(fin);
     free(ana);
-    if (done) {
-        if (finish == GPO_FINISH_ERROR) {
-            struct oai_error e;
-            oai_err(&e, 500, "server_error", NULL, NULL, "generation failed: %s", emsg);
-            char *js = oai_error_json(&e);
-            rc |= out_put(cn, "data: ");
-            rc |= out_put(cn, js);
-            rc |= out_put(cn, "\n\n");
-            free(js);
-        } else {
-            r.calls = j->calls;
-            r.n_calls = j->n_calls;
-            if (r.n_calls)
-                rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, NULL, 0, 1, NULL, 0));
-            rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, NULL, 0, 0,
-                                                   r.n_calls ? "tool_calls"
-                                                             : oai_finish_reason(finish), 0));
-            if (cn->include_usage)
-                rc |= out_chunk(cn, oai_chat_chunk_sse(&r, 0, NULL, 0, NULL, 0, 0, NULL, 1));
-        }
-        rc |= out_put(cn, "data: [DONE]\n\n");
-        cn->finished = 1;
-    }
+    free(lc.ids);
+    free(lc.lps);
+    if (done) rc |= last_chunks(cn, &r, finish, emsg);
     return rc ? -1 : 0;
 }
 
@@ -479,6 +768,105 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
+/* A job with the handler's and the engine's references. */
+static struct job *job_new(struct server *srv, enum job_kind kind) {
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->srv = srv;
+    j->kind = kind;
+    j->refs = 2;
+    pthread_cond_init(&j->cv, NULL);
+    return j;
+}
+
+/* A job that was never posted. */
+static void job_drop(struct job *j) {
+    j->refs = 1;
+    job_unref(j);
+}
+
+/* The finished answer of a job, as one JSON object. */
+static enum MHD_Result answer(struct MHD_Connection *c, struct conn *cn, struct job *j) {
+    struct server *srv = cn->srv;
+    if (j->finish == GPO_FINISH_ERROR) return fail(c, 500, "server_error", NULL, NULL, j->msg);
+    struct oai_logprobs lp = {.tok = srv->env.tok, .ids = j->lp_ids, .lps = j->lps,
+                              .n = lp_shown(j, 0, 0, j->final.n), .top = cn->top_logprobs};
+    struct oai_result r = {.id = cn->id, .model = srv->model_name, .created = cn->created,
+                           .content = j->final.s, .content_len = j->final.n,
+                           .reasoning = j->analysis.s, .reasoning_len = j->analysis.n,
+                           .finish = finish_reason(j),
+                           .prompt_tokens = cn->n_prompt, .completion_tokens = j->n_generated,
+                           .calls = j->calls, .n_calls = j->n_calls,
+                           .logprobs = cn->want_logprobs ? &lp : NULL};
+    char *body = j->kind == JOB_CHAT ? oai_chat_response_json(&r)
+                                     : oai_completion_response_json(&r);
+    return send_body(c, MHD_HTTP_OK, body, "application/json");
+}
+
+/* Check that the prompt leaves room, post the job and answer: streamed as it
+ * comes, or whole when done.  param names the prompt's field in errors. */
+static enum MHD_Result run_job(struct MHD_Connection *c, struct conn *cn, struct job *j,
+                               int stream, const char *param) {
+    struct server *srv = cn->srv;
+    struct oai_error e;
+    int64_t n_prompt = (int64_t)j->prompt.n;
+    if (n_prompt >= srv->max_seq_len) {
+        oai_err(&e, 400, "invalid_request_error", param, "context_length_exceeded",
+                "This model's maximum context length is %lld tokens, but the %s takes %lld "
+                "tokens (at most %lld leave room for one generated token)",
+                (long long)srv->max_seq_len, param, (long long)n_prompt,
+                (long long)srv->max_seq_len - 1);
+        job_drop(j);
+        return send_error(c, &e, NULL);
+    }
+    if (post_job(srv, j) != 0) {
+        enum MHD_Result ok = reject(c, j);
+        job_unref(j);
+        return ok;
+    }
+    snprintf(cn->id, sizeof cn->id, "%s-%llx%06llx", j->kind == JOB_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)atomic_fetch_add(&srv->next_id, 1),
+             (unsigned long long)(random_u53() & 0xFFFFFF));
+    cn->created = (int64_t)time(NULL);
+    cn->n_prompt = n_prompt;
+    if (stream) {
+        cn->job = j;
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
+                                                                   sse_read, cn, NULL);
+        if (!r) return MHD_NO; /* the job is dropped at completion */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        enum MHD_Result ok = queue(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
+    /* Wait for the answer, looking now and then whether the client is still there. */
+    pthread_mutex_lock(&srv->mu);
+    while (j->state != JOB_DONE) job_wait_alive(c, j);
+    pthread_mutex_unlock(&srv->mu);
+    /* Done: the engine no longer writes the job. */
+    enum MHD_Result ok = j->gone ? MHD_NO : answer(c, cn, j);
+    job_unref(j);
+    return ok;
+}
+
+/* tool_choice required or named: the prompt ends inside the call's header, and
+ * only the functions of the request count as calls (required). */
+static enum gpo_status force_call(struct server *srv, struct oai_chat *req, struct job *j) {
+    if (req->tool_choice != OAI_TOOLS_REQUIRED && req->tool_choice != OAI_TOOLS_NAMED)
+        return GPO_OK;
+    int named = req->tool_choice == OAI_TOOLS_NAMED;
+    enum gpo_status s = oai_call_header(srv->env.tok, named ? req->tool_name : NULL, &j->prefix);
+    if (s == GPO_OK) s = gpo_ids_append(&j->prompt, j->prefix.ids, j->prefix.n);
+    if (s == GPO_OK && !named) {
+        j->tool_names = req->tool_names;
+        j->n_tool_names = req->n_tool_names;
+        req->tool_names = NULL;
+        req->n_tool_names = 0;
+    }
+    return s;
+}
+
 static enum MHD_Result chat_completions(struct MHD_Connection *c, struct conn *cn) {
     struct server *srv = cn->srv;
     struct oai_error e;
@@ -487,104 +875,76 @@ static enum MHD_Result chat_completions(struct MHD_Connection *c, struct conn *c
                        &req, &e))
         return send_error(c, &e, NULL);
     if (!req.seed_given) req.sp.seed = random_u53();
-    struct job *j = calloc(1, sizeof *j);
+    struct job *j = job_new(srv, JOB_CHAT);
     if (!j) {
         oai_chat_free(&req);
         return fail(c, 500, "server_error", NULL, NULL, "out of memory");
     }
-    j->srv = srv;
-    j->refs = 2;
-    pthread_cond_init(&j->cv, NULL);
     struct gpo_conv conv;
     gpo_conv_init(&conv);
     enum gpo_status s = oai_build_conv(&req, srv->cfg->o->developer, srv->date, &conv);
     j->want_calls = req.tools && req.tool_choice != OAI_TOOLS_NONE;
     if (s == GPO_OK) s = gpo_harmony_render(srv->env.tok, &conv, &j->prompt);
     gpo_conv_free(&conv);
+    if (s == GPO_OK) s = force_call(srv, &req, j);
     j->sp = req.sp;
     j->max_tokens = req.max_tokens;
+    j->want_logprobs = cn->want_logprobs = req.logprobs;
+    cn->top_logprobs = req.top_logprobs;
     for (size_t i = 0; i < req.n_stops; i++) {
         j->stops[i] = req.stops[i];
         req.stops[i] = NULL;
     }
     j->n_stops = req.n_stops;
     req.n_stops = 0;
-    int stream = req.stream, include_usage = req.include_usage;
+    int stream = req.stream;
+    cn->include_usage = req.include_usage;
     oai_chat_free(&req);
     if (s != GPO_OK) {
-        j->refs = 1;
-        job_unref(j);
+        job_drop(j);
         return fail(c, 400, "invalid_request_error", "messages", NULL, gpo_last_error());
     }
-    int64_t n_prompt = (int64_t)j->prompt.n;
-    if (n_prompt >= srv->max_seq_len) {
-        oai_err(&e, 400, "invalid_request_error", "messages", "context_length_exceeded",
-                "This model's maximum context length is %lld tokens, but the messages "
-                "take %lld tokens (at most %lld leave room for one generated token)",
-                (long long)srv->max_seq_len, (long long)n_prompt,
-                (long long)srv->max_seq_len - 1);
-        j->refs = 1;
-        job_unref(j);
+    return run_job(c, cn, j, stream, "messages");
+}
+
+static enum MHD_Result text_completions(struct MHD_Connection *c, struct conn *cn) {
+    struct server *srv = cn->srv;
+    struct oai_error e;
+    struct oai_completion req;
+    if (oai_parse_completion(cn->body ? cn->body : "", cn->n, &srv->cfg->o->sp, &req, &e))
         return send_error(c, &e, NULL);
+    if (!req.seed_given) req.sp.seed = random_u53();
+    struct job *j = job_new(srv, JOB_TEXT);
+    if (!j) {
+        oai_completion_free(&req);
+        return fail(c, 500, "server_error", NULL, NULL, "out of memory");
     }
-    if (post_job(srv, j) != 0) {
-        enum MHD_Result ok = reject(c, j);
-        job_unref(j);
-        return ok;
+    /* The text as it is: no chat template, special-token text stays text. */
+    enum gpo_status s = req.prompt ? gpo_tokenizer_encode(srv->env.tok, req.prompt,
+                                                          strlen(req.prompt), 0, &j->prompt)
+                                   : gpo_ids_append(&j->prompt, req.prompt_ids, req.n_prompt_ids);
+    j->sp = req.sp;
+    j->max_tokens = req.max_tokens;
+    j->want_logprobs = cn->want_logprobs = req.logprobs >= 0;
+    cn->top_logprobs = req.logprobs > 0 ? req.logprobs : 0;
+    for (size_t i = 0; i < req.n_stops; i++) {
+        j->stops[i] = req.stops[i];
+        req.stops[i] = NULL;
     }
-    snprintf(cn->id, sizeof cn->id, "chatcmpl-%llx%06llx",
-             (unsigned long long)atomic_fetch_add(&srv->next_id, 1),
-             (unsigned long long)(random_u53() & 0xFFFFFF));
-    cn->created = (int64_t)time(NULL);
-    cn->n_prompt = n_prompt;
-    if (stream) {
-        cn->job = j;
-        cn->include_usage = include_usage;
-        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
-                                                                   sse_read, cn, NULL);
-        if (!r) return MHD_NO; /* the job is dropped at completion */
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
-        MHD_destroy_response(r);
-        return ok;
+    j->n_stops = req.n_stops;
+    req.n_stops = 0;
+    int stream = req.stream;
+    cn->include_usage = req.include_usage;
+    oai_completion_free(&req);
+    if (s == GPO_OK && !j->prompt.n) {
+        job_drop(j);
+        return fail(c, 400, "invalid_request_error", "prompt", NULL, "'prompt' is empty");
     }
-    /* Wait for the answer, looking now and then whether the client is still there. */
-    pthread_mutex_lock(&srv->mu);
-    while (j->state != JOB_DONE) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&j->cv, &srv->mu, &ts);
-        if (j->state != JOB_DONE && !j->gone && !client_alive(c)) {
-            j->gone = 1;
-            pthread_cond_signal(&srv->wake);
-        }
+    if (s != GPO_OK) {
+        job_drop(j);
+        return fail(c, 400, "invalid_request_error", "prompt", NULL, gpo_last_error());
     }
-    pthread_mutex_unlock(&srv->mu);
-    /* Done: the engine no longer writes the job. */
-    if (j->gone) {
-        job_unref(j);
-        return MHD_NO;
-    }
-    enum MHD_Result ok;
-    if (j->finish == GPO_FINISH_ERROR) {
-        ok = fail(c, 500, "server_error", NULL, NULL, j->msg);
-    } else {
-        struct oai_result r = {.id = cn->id, .model = srv->model_name, .created = cn->created,
-                               .content = j->final.s, .content_len = j->final.n,
-                               .reasoning = j->analysis.s, .reasoning_len = j->analysis.n,
-                               .finish = j->n_calls ? "tool_calls" : oai_finish_reason(j->finish),
-                               .prompt_tokens = n_prompt, .completion_tokens = j->n_generated,
-                               .calls = j->calls, .n_calls = j->n_calls};
-        ok = send_body(c, MHD_HTTP_OK, oai_chat_response_json(&r), "application/json");
-    }
-    job_unref(j);
-    return ok;
+    return run_job(c, cn, j, stream, "prompt");
 }
 
 static enum MHD_Result models(struct MHD_Connection *c, struct server *srv) {
@@ -598,6 +958,81 @@ static enum MHD_Result models(struct MHD_Connection *c, struct server *srv) {
     cJSON_AddNumberToObject(m, "created", 0);
     cJSON_AddStringToObject(m, "owned_by", "gptoss");
     return send_json(c, MHD_HTTP_OK, root);
+}
+
+static enum MHD_Result fail_method(struct MHD_Connection *c, const char *method,
+                                   const char *url) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "Method %.10s is not allowed on %.200s", method, url);
+    return fail(c, 405, "invalid_request_error", NULL, "method_not_allowed", msg);
+}
+
+/* One more answer with this status on this route (srv->mu held). */
+static void count_request_locked(struct metrics *m, enum route_id route, unsigned code) {
+    size_t i = 0;
+    while (i < m->n_req && (m->req[i].route != (int)route || m->req[i].code != code)) i++;
+    if (i == m->n_req) {
+        if (m->n_req == METRIC_CODES) return; /* a full table: the rarest pairs are left out */
+        m->req[m->n_req++] = (struct req_count){.route = (int)route, .code = code};
+    }
+    m->req[i].n++;
+}
+
+/* The /metrics page from a copy of the numbers taken under the lock. */
+static char *metrics_text(const struct metrics *m, const char *model) {
+    struct gpo_str b = {0};
+    char labels[160];
+    int rc = oai_metric_head(&b, "gptoss_requests_total", "counter",
+                             "HTTP requests answered, by route and status code");
+    for (size_t i = 0; i < m->n_req; i++) {
+        snprintf(labels, sizeof labels, "route=\"%s\",code=\"%u\"", route_names[m->req[i].route],
+                 m->req[i].code);
+        rc |= oai_metric_sample(&b, "gptoss_requests_total", labels, (double)m->req[i].n);
+    }
+    snprintf(labels, sizeof labels, "model=\"%.100s\"", model);
+    rc |= oai_metric_head(&b, "gptoss_prompt_tokens_total", "counter",
+                          "Prompt tokens of finished requests");
+    rc |= oai_metric_sample(&b, "gptoss_prompt_tokens_total", labels, (double)m->prompt_tokens);
+    rc |= oai_metric_head(&b, "gptoss_generation_tokens_total", "counter",
+                          "Tokens generated by finished requests");
+    rc |= oai_metric_sample(&b, "gptoss_generation_tokens_total", labels,
+                            (double)m->generated_tokens);
+    rc |= oai_metric_histogram(&b, "gptoss_time_to_first_token_seconds",
+                               "Seconds from a request's arrival to its first token", &m->ttft);
+    rc |= oai_metric_histogram(&b, "gptoss_inter_token_latency_seconds",
+                               "Seconds between consecutive tokens of a request", &m->itl);
+    static const struct {
+        const char *name, *help;
+    } gauges[] = {
+        {"gptoss_requests_queued", "Requests waiting for a free slot"},
+        {"gptoss_requests_running", "Requests in the running batch"},
+        {"gptoss_kv_blocks_total", "KV cache blocks of the pool"},
+        {"gptoss_kv_blocks_used", "KV blocks held by running or queued requests"},
+        {"gptoss_kv_blocks_cached", "KV blocks held only by cached prefixes (reclaimable)"},
+        {"gptoss_kv_block_tokens", "Positions per KV block"},
+        {"gptoss_kv_bytes", "Bytes of the KV pool and the sliding-window rings"},
+    };
+    double values[] = {(double)m->queued, (double)m->running, (double)m->kv.blocks_total,
+                       (double)m->kv.blocks_used, (double)m->kv.blocks_cached,
+                       (double)m->kv.block_tokens, (double)m->kv.bytes_total};
+    for (size_t i = 0; i < sizeof gauges / sizeof *gauges; i++) {
+        rc |= oai_metric_head(&b, gauges[i].name, "gauge", gauges[i].help);
+        rc |= oai_metric_sample(&b, gauges[i].name, NULL, values[i]);
+    }
+    if (rc) {
+        gpo_str_free(&b);
+        return NULL;
+    }
+    return b.s;
+}
+
+static enum MHD_Result metrics_page(struct MHD_Connection *c, struct server *srv) {
+    pthread_mutex_lock(&srv->mu);
+    struct metrics m = srv->met;
+    pthread_mutex_unlock(&srv->mu);
+    char *s = metrics_text(&m, srv->model_name);
+    if (!s) return fail(c, 500, "server_error", NULL, NULL, "out of memory");
+    return send_body(c, MHD_HTTP_OK, s, "text/plain; version=0.0.4; charset=utf-8");
 }
 
 /* Authorization: Bearer KEY, compared in constant time. */
@@ -615,6 +1050,11 @@ static enum MHD_Result route(struct MHD_Connection *c, struct conn *cn, const ch
     struct server *srv = cn->srv;
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
     char msg[300];
+    current = cn;
+    cn->route = R_OTHER;
+    for (int i = 0; i < R_OTHER; i++)
+        if (!strcmp(url, route_names[i])) cn->route = (enum route_id)i;
+    if (cn->route == R_METRICS) return get ? metrics_page(c, srv) : fail_method(c, method, url);
     if (!strcmp(url, "/health")) {
         if (!get) goto wrong_method;
         cJSON *root = cJSON_CreateObject();
@@ -622,12 +1062,12 @@ static enum MHD_Result route(struct MHD_Connection *c, struct conn *cn, const ch
         cJSON_AddStringToObject(root, "status", ready ? "ok" : "loading");
         return send_json(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, root);
     }
-    int chat = !strcmp(url, "/v1/chat/completions"), mods = !strcmp(url, "/v1/models");
-    if (!chat && !mods) {
+    int mods = cn->route == R_MODELS;
+    if (cn->route == R_OTHER) {
         snprintf(msg, sizeof msg, "Unknown route %.10s %.200s", method, url);
         return fail(c, 404, "invalid_request_error", NULL, "not_found", msg);
     }
-    if ((chat && !post) || (mods && !get)) goto wrong_method;
+    if (mods ? !get : !post) goto wrong_method;
     if (!authorized(c, srv->cfg->api_key))
         return fail(c, 401, "invalid_request_error", NULL, "invalid_api_key",
                     "Incorrect or missing API key (send it as Authorization: Bearer KEY)");
@@ -639,10 +1079,10 @@ static enum MHD_Result route(struct MHD_Connection *c, struct conn *cn, const ch
     if (!atomic_load(&srv->ready))
         return fail(c, 503, "server_error", NULL, "loading", "The model is still loading");
     if (mods) return models(c, srv);
+    if (cn->route == R_TEXT) return text_completions(c, cn);
     return chat_completions(c, cn);
 wrong_method:
-    snprintf(msg, sizeof msg, "Method %.10s is not allowed on %.200s", method, url);
-    return fail(c, 405, "invalid_request_error", NULL, "method_not_allowed", msg);
+    return fail_method(c, method, url);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -653,6 +1093,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!cn) {
         if (!(cn = calloc(1, sizeof *cn))) return MHD_NO;
         cn->srv = srv;
+        cn->mhd = c;
         *con_cls = cn;
         /* A declared length over the limit is answered before the body is read. */
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -680,13 +1121,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
     return route(c, cn, url, method);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
     struct conn *cn = *con_cls;
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, SERVE_IDLE_TIMEOUT);
     if (!cn) return;
+    if (cn->status) {
+        struct server *srv = cn->srv;
+        pthread_mutex_lock(&srv->mu);
+        count_request_locked(&srv->met, cn->route, cn->status);
+        pthread_mutex_unlock(&srv->mu);
+    }
+    if (current == cn) current = NULL;
     if (cn->job) {
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) job_mark_gone(cn->job);
         job_unref(cn->job);
@@ -707,6 +1157,8 @@ int serve_run(const struct serve_cfg *cfg) {
     pthread_cond_init(&srv->wake, NULL);
     atomic_init(&srv->ready, 0);
     atomic_init(&srv->next_id, 1);
+    srv->met.ttft = (struct oai_histogram){.le = ttft_le, .n_le = sizeof ttft_le / sizeof *ttft_le};
+    srv->met.itl = (struct oai_histogram){.le = itl_le, .n_le = sizeof itl_le / sizeof *itl_le};
     int rc = CLI_EXIT_FAIL;
 
     /* Every thread started from here on leaves SIGINT and SIGTERM to sigwait. */
@@ -737,7 +1189,8 @@ int serve_run(const struct serve_cfg *cfg) {
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)512, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024, MHD_OPTION_END);
+        (unsigned)512, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_CONNECTION_TIMEOUT, SERVE_IDLE_TIMEOUT, MHD_OPTION_END);
     if (!d) {
         free(srv);
         return cli_error("cannot listen on %s port %d: %s", cfg->host, cfg->port, strerror(errno));
