@@ -11,14 +11,20 @@
 #   make bench-compare [FILES="A.gguf B.gguf"]  llama.cpp (built once from npm) and gptoss
 #                   side by side on the same GGUF files; the table goes to bench/compare.md
 # Switches: SAN=address,undefined  DEBUG=1  WERROR=1  CC=clang
+#   MPI=1: build with mpicc and Open MPI (src/dist_mpi.c instead of the single-rank
+#   src/dist_stub.c) in build-mpi/; `make test` builds that too when mpicc is installed.
 
 CC      ?= gcc
 SAN     ?=
 DEBUG   ?=
+MPI     ?=
 # CI (CI=true in the environment) builds with -Werror.
 WERROR  ?= $(if $(filter true,$(CI)),1,)
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
-BUILD   ?= build$(if $(SAN),-san)$(if $(DEBUG),-debug)
+BUILD   ?= build$(if $(filter 1,$(MPI)),-mpi)$(if $(SAN),-san)$(if $(DEBUG),-debug)
+ifeq ($(MPI),1)
+  CC := mpicc
+endif
 
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Wpointer-arith -Wshadow -Wno-unused-parameter \
                -fopenmp -Iinclude -Isrc -MMD -MP -g -D_GNU_SOURCE
@@ -47,7 +53,8 @@ ISA_avx512_int8 := $(ISA_avx512) -mavx512vnni -mavx512vbmi
 ISA_avx512_bf16 := $(ISA_avx512) -mavx512bf16
 ISA_EMU         := $(ISA_avx2) -DGPO_SIMDE_EMU -Wno-psabi
 
-LIB_SRC  := $(wildcard src/*.c) $(wildcard src/kernels/*.c)
+LIB_SRC  := $(filter-out src/dist_$(if $(filter 1,$(MPI)),stub,mpi).c,$(wildcard src/*.c)) \
+            $(wildcard src/kernels/*.c)
 APP_SRC  := $(wildcard app/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 K512_SRC := src/kernels/avx512.c src/kernels/avx512_int8.c src/kernels/avx512_bf16.c
@@ -111,8 +118,15 @@ $(BUILD)/bench_kernels: bench/bench_kernels.c $(BUILD)/libgpo.a $(BUILD)/.config
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) test-run
 
-test-run: $(BUILD)/gptoss $(TEST_BIN)
+# tests/e2e_mpi.sh runs the MPI builds of gptoss and tests/mpi_dist_check.c:
+# made here with MPI=1, else in $(BUILD)-mpi when mpicc is installed.
+MPI_CHECK := $(if $(filter 1,$(MPI)),$(BUILD)/tests/mpi_dist_check,$(if $(shell command -v mpicc),mpi-check))
+test-run: $(BUILD)/gptoss $(TEST_BIN) $(MPI_CHECK)
 	@BUILD=$(BUILD) bash tests/run_tests.sh
+
+.PHONY: mpi-check
+mpi-check:
+	@$(MAKE) --no-print-directory MPI=1 BUILD=$(BUILD)-mpi $(BUILD)-mpi/gptoss $(BUILD)-mpi/tests/mpi_dist_check
 
 deps:
 	@bash tools/deps.sh
@@ -212,6 +226,6 @@ format:
 	clang-format -i include/*.h src/*.c src/*.h src/kernels/*.c src/kernels/*.h app/*.c app/*.h tests/*.c
 
 clean:
-	rm -rf build build-san build-debug build-san-debug build-fuzz
+	rm -rf build build-san build-debug build-san-debug build-fuzz build-mpi build-mpi-san build-san-mpi
 
 -include $(LIB_OBJ:.o=.d) $(APP_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)

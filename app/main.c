@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "dist.h"
 #include "kernels/kernels.h"
 #include "server.h"
 
@@ -31,6 +32,9 @@ static void usage(FILE *f) {
         fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n  -V, --version  the version and the kernels of this build\n"
                "  -h, --help     this help\n"
+               "  --dist-timeout S  (before COMMAND) under mpirun, abort the job when a rank\n"
+               "                 answers no collective within S seconds (default 60,\n"
+               "                 or $GPTOSS_DIST_TIMEOUT)\n"
                "\nThe model folder comes from -m DIR, else $GPT_DIR, else $HF_MODEL.\n");
 }
 
@@ -45,7 +49,19 @@ static void version(void) {
     printf("why:     %s\n", gpo_kernels_why());
 }
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv) {
+    if (argc > 1 && cli_is(argv[1], "--dist-timeout")) {
+        const char *eq = strchr(argv[1], '=');
+        const int i = eq ? 1 : 2;
+        const char *v = eq ? eq + 1 : argc > 2 ? argv[2] : "";
+        double t;
+        if (!cli_parse_f64(v, 1e-3, 1e9, &t) || gpo_dist_set_timeout(t) != GPO_OK) {
+            fprintf(stderr, "gptoss: --dist-timeout needs seconds in [0.001, 1e9], not '%s'\n", v);
+            return CLI_EXIT_USAGE;
+        }
+        argv[i] = argv[0];
+        return run(argc - i, argv + i);
+    }
     if (argc < 2) {
         usage(stderr);
         return CLI_EXIT_USAGE;
@@ -58,9 +74,34 @@ int main(int argc, char **argv) {
         version();
         return 0;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        if (strcmp(argv[1], commands[i].name)) continue;
+        /* `info` prints the mesh plan (arithmetic) on any number of ranks; the
+         * other commands need the sharded forward pass, which does not exist
+         * yet: refuse rather than run N independent copies. */
+        if (gpo_dist_size() > 1 && commands[i].fn != cmd_info) {
+            if (gpo_dist_rank() == 0)
+                fprintf(stderr,
+                        "gptoss %s: multi-rank runs of this command are not built yet (this job has %d "
+                        "ranks); run it as one process (`gptoss info --mesh TPxEP` prints the plan)\n",
+                        argv[1], gpo_dist_size());
+            return CLI_EXIT_FAIL;
+        }
+        return commands[i].fn(argc - 1, argv + 1);
+    }
     fprintf(stderr, "gptoss: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return CLI_EXIT_USAGE;
+}
+
+/* Every rank of an MPI job (and the single process of a plain run) starts the
+ * distributed layer first: MPI may take its own arguments out of argv. */
+int main(int argc, char **argv) {
+    if (gpo_dist_init(&argc, &argv) != GPO_OK) {
+        fprintf(stderr, "gptoss: error: %s\n", gpo_last_error());
+        return CLI_EXIT_FAIL;
+    }
+    int rc = run(argc, argv);
+    gpo_dist_finalize();
+    return rc;
 }

@@ -4,7 +4,7 @@
 # openai client the server tests use) with npm ci.
 set -eu
 cd "$(dirname "$0")/.."
-pkgs="build-essential clang libcjson-dev libsimde-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time tmux cmake git"
+pkgs="build-essential clang libcjson-dev libsimde-dev libpcre2-dev libcmocka-dev libmicrohttpd-dev time tmux cmake git libopenmpi-dev openmpi-bin"
 missing=""
 for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
