@@ -23,6 +23,9 @@ static void usage(void) {
            "  --kv-memory GiB         KV memory all requests share, in blocks they take as\n"
            "                          they grow (default: what is free after the weights,\n"
            "                          less a margin; `gptoss info` shows the plan)\n"
+           "  --prefill-itl R         while requests generate, size prompt chunks so a step\n"
+           "                          takes at most R times a decode-only step (default 2.5;\n"
+           "                          0 = prompts take the whole --ubatch)\n"
            "  --max-queue Q           requests that may wait for a free slot; more are\n"
            "                          answered 503 with Retry-After (default 64)\n"
            "  --api-key KEY           require Authorization: Bearer KEY on /v1/ routes\n"
@@ -53,6 +56,9 @@ int cmd_serve(int argc, char **argv) {
     gen_opts_default(&o);
     /* A server's requests bring their own limits; 0 = until the context is full. */
     o.max_tokens = 0;
+    /* Requests that are generating keep a token every few decode steps while a
+     * long prompt is prefilled (chunked prefill). */
+    o.eo.prefill_itl = 2.5;
     struct serve_cfg cfg = {.host = "127.0.0.1", .port = 8080, .parallel = 4, .max_queue = 64,
                             .body_limit = 8u << 20, .o = &o};
     char *key_buf = NULL;
@@ -89,6 +95,13 @@ int cmd_serve(int argc, char **argv) {
                 goto usage_err;
             }
             o.eo.kv_memory = (uint64_t)(g * 1073741824.0);
+        } else if (cli_is(a, "--prefill-itl")) {
+            if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
+            if (!cli_parse_f64(v, 0, 1000, &o.eo.prefill_itl) ||
+                (o.eo.prefill_itl > 0 && o.eo.prefill_itl <= 1)) {
+                cli_usage_error("serve", "--prefill-itl needs 0 or a ratio in (1, 1000], not '%s'", v);
+                goto usage_err;
+            }
         } else if (cli_is(a, "--max-queue")) {
             if (!(v = cli_value("serve", argc, argv, &i))) goto usage_err;
             if (!cli_parse_i64(v, 0, 1 << 20, &n)) {

@@ -229,7 +229,8 @@ async function prefillCheck(o, rand) {
     return { long_prompt_tokens: o.longLen, decoders: o.decoders, decoding_throughout: decodingAtStart,
              prefill_ms: r2(t1 - t0), gaps: gaps.length, itl_p50_ms: r2(p50), itl_p99_ms: r2(p99),
              itl_max_ms: r2(gaps.length ? Math.max(...gaps) : NaN), p99_over_p50: r2(p99 / p50),
-             itl_p50_before_ms: r2(quantile(before, 0.5)), within_3x: p99 <= 3 * p50 };
+             itl_p50_before_ms: r2(quantile(before, 0.5)), within_3x: p99 <= 3 * p50,
+             p99_over_p50_before: r2(p99 / quantile(before, 0.5)) };
 }
 
 // ---------------------------------------------------------------------------
@@ -261,7 +262,8 @@ if (prefill)
                 `(${prefill.prefill_ms} ms), ${prefill.decoding_throughout} of ${prefill.decoders} decoding ` +
                 `requests got ${prefill.gaps} tokens: ITL p50 ${prefill.itl_p50_ms} ms, p99 ` +
                 `${prefill.itl_p99_ms} ms (max ${prefill.itl_max_ms}), p99/p50 ${prefill.p99_over_p50} ` +
-                `(${prefill.within_3x ? 'within' : 'NOT within'} 3x; ITL p50 before: ${prefill.itl_p50_before_ms} ms)`);
+                `(${prefill.within_3x ? 'within' : 'NOT within'} 3x; ITL p50 before: ${prefill.itl_p50_before_ms} ms, ` +
+                `p99 during / p50 before ${prefill.p99_over_p50_before})`);
 const report = { when: new Date().toISOString(), server: info, input_len: o.inputLen,
                  output_len: o.outputLen, temperature: o.temperature, levels, prefill };
 console.log(`\n${JSON.stringify(report)}`);

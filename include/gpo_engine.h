@@ -26,6 +26,11 @@ struct gpo_engine_opts {
     enum gpo_path path;  /* GPO_PATH_FAST by default for generation */
     int64_t max_queue;   /* submitted requests that may wait for a free slot beyond
                             the free slots: 0 = no limit, < 0 = none may wait */
+    double prefill_itl;  /* > 1: while requests are generating, prompt chunks are sized
+                            so a step takes at most this many times a decode-only
+                            step (from running estimates of both), keeping their
+                            inter-token latency bounded during a long prefill; 0 =
+                            prompts take the whole ubatch budget */
     uint64_t kv_memory;  /* bytes of the KV block pool all requests share; 0 = what
                             memory is available after the weights, less a margin,
                             at least one max_seq_len request and at most what

@@ -65,6 +65,9 @@ struct gpo_engine {
     struct gpo_seq_batch *batch; /* [n_slots] */
     struct gpo_req **batch_req;  /* [n_slots] */
     struct gpo_gen_stats totals;
+    /* Running estimates for sizing prompt chunks (opts.prefill_itl): seconds of a
+     * decode-only step and seconds per prompt token on top of one. */
+    double est_decode_s, est_tok_s;
 };
 
 /* The harmony mask plus every id the tokenizer does not define: the vocabulary
@@ -678,6 +681,42 @@ static void fail_batch(gpo_engine *e, int64_t nb, enum gpo_status s) {
     }
 }
 
+static int64_t n_tok_of(const struct gpo_seq_batch *batch, int64_t nb) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < nb; b++) n += batch[b].n_tokens;
+    return n;
+}
+
+/* Prompt tokens this step may take when n_decode requests are generating: with
+ * opts.prefill_itl, as many as keep the step within prefill_itl times a
+ * decode-only step, from the running estimates (at least PREFILL_MIN_CHUNK so a
+ * prompt always advances); else the whole budget.  Which tokens share a step never
+ * changes an answer (the pass is batch-invariant), only when it comes. */
+#define PREFILL_MIN_CHUNK 16
+static int64_t prefill_budget(const gpo_engine *e, int64_t n_decode, int64_t budget) {
+    if (n_decode == 0 || e->opts.prefill_itl <= 1.0 || e->est_decode_s <= 0 || e->est_tok_s <= 0)
+        return budget;
+    double room = (e->opts.prefill_itl - 1.0) * e->est_decode_s / e->est_tok_s;
+    int64_t cap = room > (double)budget ? budget : (int64_t)room;
+    if (cap < PREFILL_MIN_CHUNK) cap = PREFILL_MIN_CHUNK;
+    return cap < budget ? cap : budget;
+}
+
+/* Update the estimates with a step of `seconds` that ran n_decode generating
+ * requests and n_prompt prompt tokens (moving averages, weight 1/4). */
+static void learn_step_cost(gpo_engine *e, double seconds, int64_t n_decode, int64_t n_prompt) {
+    const double w = 0.25;
+    if (n_prompt == 0) {
+        if (n_decode > 0)
+            e->est_decode_s = e->est_decode_s > 0 ? e->est_decode_s + w * (seconds - e->est_decode_s)
+                                                  : seconds;
+        return;
+    }
+    double tok = (seconds - (n_decode > 0 ? e->est_decode_s : 0.0)) / (double)n_prompt;
+    if (tok <= 0) return;
+    e->est_tok_s = e->est_tok_s > 0 ? e->est_tok_s + w * (tok - e->est_tok_s) : tok;
+}
+
 enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     const int64_t V = gpo_model_config(e->m)->n_vocab;
     struct gpo_gen_stats *st = &e->totals;
@@ -705,6 +744,8 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
             e->batch_req[nb++] = r;
             budget--;
         }
+    const int64_t n_decode = nb;
+    budget = prefill_budget(e, n_decode, budget);
     for (struct gpo_req *r = e->head; r && budget > 0; r = r->next) {
         if (r->state != GPO_REQ_PREFILL) continue;
         size_t left = feed_n(r) - r->next_prompt;
@@ -732,6 +773,7 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     }
     double now = gpo_now();
     st->n_steps++;
+    learn_step_cost(e, now - ts, n_decode, prefill_in_step ? n_tok_of(batch, nb) - n_decode : 0);
     if (!prefill_in_step) {
         st->decode_seconds += now - ts;
         st->weight_bytes += expected_step_bytes(e->m, nb);

@@ -612,6 +612,50 @@ static void test_chunked_prefill_keeps_decoding(void **state) {
     gpo_ids_free(&alone);
 }
 
+/* (2b) Time-sized chunks (prefill_itl): the long prompt is split by the engine's
+ * own cost estimates, which vary from run to run; the decoding request still gets
+ * a token every step and both answers equal their unchunked runs. */
+static void test_prefill_itl_same_tokens(void **state) {
+    (void)state;
+    struct gpo_ids shortp = {0}, longp = {0}, alone_a = {0}, alone_b = {0};
+    render_prompt(g_tok, "Tell me a story", &shortp);
+    long_prompt(40, &longp);
+    tokens_alone(&shortp, 0.0f, 1, 40, 512, &alone_a);
+    tokens_alone(&longp, 0.0f, 1, 6, 512, &alone_b);
+
+    struct gpo_engine_opts eo = {.max_seq_len = 512, .ubatch = 512, .n_threads = 1,
+                                 .path = GPO_PATH_FAST, .prefill_itl = 3.0};
+    gpo_engine *e = NULL;
+    assert_int_equal(gpo_engine_create(g_model, g_tok, &eo, 2, &e), GPO_OK);
+    gpo_req *a = submit(e, &shortp, 0.0f, 1, 40);
+    size_t left;
+    /* a few decode-only steps give the engine its estimate of one */
+    for (int i = 0; i < 4 || gpo_req_state(a) != GPO_REQ_DECODE; i++)
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    gpo_req *b = submit(e, &longp, 0.0f, 1, 6);
+    int prompt_steps = 0;
+    while (gpo_req_state(b) != GPO_REQ_DONE && gpo_req_state(a) != GPO_REQ_DONE) {
+        size_t before = gpo_req_output(a)->generated.n;
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+        assert_int_equal(gpo_req_output(a)->generated.n, before + 1);
+        prompt_steps += gpo_req_output(b)->generated.n == 0;
+    }
+    drain(e);
+    printf("  a %zu-token prompt next to a decoding request: %d steps\n", longp.n, prompt_steps);
+    const struct gpo_gen_user *oa = gpo_req_output(a), *ob = gpo_req_output(b);
+    assert_int_equal(oa->generated.n, alone_a.n);
+    assert_memory_equal(oa->generated.ids, alone_a.ids, alone_a.n * sizeof(int32_t));
+    assert_int_equal(ob->generated.n, alone_b.n);
+    assert_memory_equal(ob->generated.ids, alone_b.ids, alone_b.n * sizeof(int32_t));
+    gpo_engine_release(e, a);
+    gpo_engine_release(e, b);
+    gpo_engine_free(e);
+    gpo_ids_free(&shortp);
+    gpo_ids_free(&longp);
+    gpo_ids_free(&alone_a);
+    gpo_ids_free(&alone_b);
+}
+
 /* (3) Cancelling a running request frees its slot for the queued one and reports
  * aborted; a queued request cancelled ends at once; release of an unfinished
  * request cancels it (and ASan sees nothing leak). */
@@ -1080,6 +1124,7 @@ int main(void) {
         cmocka_unit_test(test_final_stream_n_in_engine),
         cmocka_unit_test(test_tokens_independent_of_load),
         cmocka_unit_test(test_chunked_prefill_keeps_decoding),
+        cmocka_unit_test(test_prefill_itl_same_tokens),
         cmocka_unit_test(test_cancel_frees_slot),
         cmocka_unit_test(test_queue_bound),
         cmocka_unit_test(test_prompt_too_long),
