@@ -118,15 +118,17 @@ $(BUILD)/bench_kernels: bench/bench_kernels.c $(BUILD)/libgpo.a $(BUILD)/.config
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) test-run
 
-# tests/e2e_mpi.sh runs the MPI builds of gptoss and tests/mpi_dist_check.c:
+# tests/e2e_mpi.sh and e2e_mpi_forward.sh run the MPI builds of gptoss and
+# tests/mpi_dist_check.c, mpi_forward_check.c:
 # made here with MPI=1, else in $(BUILD)-mpi when mpicc is installed.
-MPI_CHECK := $(if $(filter 1,$(MPI)),$(BUILD)/tests/mpi_dist_check,$(if $(shell command -v mpicc),mpi-check))
+MPI_CHECK := $(if $(filter 1,$(MPI)),$(BUILD)/tests/mpi_dist_check $(BUILD)/tests/mpi_forward_check,$(if $(shell command -v mpicc),mpi-check))
 test-run: $(BUILD)/gptoss $(TEST_BIN) $(MPI_CHECK)
 	@BUILD=$(BUILD) bash tests/run_tests.sh
 
 .PHONY: mpi-check
 mpi-check:
-	@$(MAKE) --no-print-directory MPI=1 BUILD=$(BUILD)-mpi $(BUILD)-mpi/gptoss $(BUILD)-mpi/tests/mpi_dist_check
+	@$(MAKE) --no-print-directory MPI=1 BUILD=$(BUILD)-mpi $(BUILD)-mpi/gptoss $(BUILD)-mpi/tests/mpi_dist_check \
+	    $(BUILD)-mpi/tests/mpi_forward_check
 
 deps:
 	@bash tools/deps.sh

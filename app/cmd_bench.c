@@ -16,8 +16,11 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "dist.h"
 #include "forward.h"
 #include "gpo_bench.h"
+#include "kvcache.h"
+#include "shard_plan.h"
 
 #define MAX_LIST 32
 #define MAX_BATCH 1024
@@ -50,6 +53,10 @@ static void usage(void) {
            "  --membw-mib N          probe buffer in MiB (default 1024; keep it well above the caches)\n"
            "  --membw-seconds S      time spent on probe passes per thread count (default 1)\n"
            "  --seed N               seed of the pseudo-random token ids (default 42)\n"
+           "  --mesh TPxEP, --dp D   under mpirun: the mesh of the ranks (as `gptoss info`);\n"
+           "                         every rank runs its shard, rank 0 reports, and JSON adds\n"
+           "                         comm_s_per_step and comm_bytes_per_token (rank 0's\n"
+           "                         collectives: seconds per forward call, bytes sent per token)\n"
            "  -h, --help             show this help\n"
            "\n"
            "Token ids are pseudo-random (no sampler), so the speed measured does not depend on\n"
@@ -76,6 +83,7 @@ struct opts {
     enum gpo_path path;
     uint64_t seed;
     const char *dense; /* "bf16" or "q8" */
+    struct gen_opts go; /* only its --mesh and --dp */
 };
 
 /* Parse "1,4,8" into a list of numbers in [lo, hi]; 0 on a malformed list. */
@@ -154,6 +162,35 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Bytes of the files under `path` (the model's file or folder) this process has
+ * resident: the Rss of their mappings in /proc/self/smaps, the pages its forward
+ * passes touched (page cache shared with other processes is not counted).  0 when
+ * unknown. */
+static uint64_t weights_resident(const char *path) {
+    char real[4096], line[8192];
+    if (!realpath(path, real)) return 0;
+    const size_t n = strlen(real);
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 0;
+    uint64_t total = 0;
+    int ours = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b, off, inode;
+        char perms[8], dev[16];
+        int at = 0;
+        unsigned long long kib;
+        if (sscanf(line, "%lx-%lx %7s %lx %15s %lu %n", &a, &b, perms, &off, dev, &inode, &at) >= 6 &&
+            at > 0) {
+            const char *name = line + at;
+            ours = !strncmp(name, real, n) && (name[n] == '\n' || name[n] == '/');
+        } else if (ours && sscanf(line, "Rss: %llu kB", &kib) == 1) {
+            total += (uint64_t)kib * 1024;
+        }
+    }
+    fclose(f);
+    return total;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Counting the experts a forward call reads                                 */
 
@@ -205,6 +242,7 @@ struct bench {
     int64_t calls;
     /* the forward pass's barrier counters over the timed calls of the timed runs */
     struct gpo_ctx_stats sched;
+    struct gen_dist d; /* under mpirun: this rank's shard */
 };
 
 /* Add the context's counters since its last reset to b->sched (timed runs only). */
@@ -305,6 +343,9 @@ struct result {
     double barriers_per_step, barrier_ms_per_step, idle_frac;
     double membw_gbs; /* < 0: not measured */
     uint64_t logits_hash, rss;
+    /* this rank's collectives over the timed runs (0 for one process) */
+    double comm_s_per_step, comm_bytes_per_token;
+    uint64_t resident; /* weight bytes resident in this process after the test */
 };
 
 /* Run one test (P > 0: ppP; else tgN with B sequences): a counting warm-up, then
@@ -340,7 +381,7 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
         goto cleanup;
     }
     for (int64_t i = 0; i < n_seq; i++)
-        if ((s = gpo_kv_create(b->m, len, &kvs[i])) != GPO_OK) {
+        if ((s = gpo_kv_create_shard(b->m, b->d.open ? &b->d.shard : NULL, len, 0, &kvs[i])) != GPO_OK) {
             rc = cli_status(s, "cannot create the KV cache of sequence %lld", (long long)i);
             goto cleanup;
         }
@@ -369,6 +410,7 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
             rc = cli_status(s, "%s forward pass failed", r->test);
             goto cleanup;
         }
+        if (rep < 0) gpo_dist_reset_stats(); /* count the timed runs only */
         if (rep >= 0) {
             r->secs[rep] = secs;
             r->tok_s[rep] = secs > 0 ? (double)(is_pp ? P : N * B) / secs : 0.0;
@@ -403,8 +445,15 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
         r->barrier_ms_per_step = 1e3 * sc->barrier_s / sc->n_threads / (double)sc->calls;
         r->idle_frac = sc->wall_s > 0 ? sc->barrier_s / (sc->n_threads * sc->wall_s) : 0.0;
     }
+    struct gpo_dist_stats ds;
+    gpo_dist_get_stats(&ds);
+    if (sc->calls > 0) {
+        r->comm_s_per_step = ds.seconds / (double)sc->calls;
+        r->comm_bytes_per_token = (double)ds.bytes_sent / ((double)r->reps * (double)counted_tokens);
+    }
     r->logits_hash = fnv1a(b->logits, (size_t)n_seq * (size_t)V * sizeof(float));
     r->rss = peak_rss_bytes();
+    r->resident = weights_resident(b->dir);
     rc = 0;
 
 cleanup:
@@ -472,6 +521,31 @@ static void print_table_footer(const struct bench *b) {
     fflush(stdout);
 }
 
+/* The weight bytes rank `rank` should hold resident: its shard's, or every weight. */
+static uint64_t plan_bytes(const struct bench *b, int rank) {
+    struct gpo_mesh_weights w;
+    gpo_mesh_weights_of_model(b->m, &w);
+    if (!b->d.open) return gpo_mesh_weights_total(b->c, &w);
+    struct gpo_mesh_shard s;
+    gpo_mesh_shard_of(b->c, &b->d.mesh, &w, rank, &s);
+    return s.bytes_total;
+}
+
+/* Every rank's resident weight bytes against its plan, on rank 0's stderr. */
+static int report_resident(const struct bench *b) {
+    for (int r = 0; r < gpo_dist_size(); r++) {
+        uint64_t have = weights_resident(b->dir);
+        enum gpo_status s = gpo_dist_bcast(NULL, &have, sizeof have, r);
+        if (s != GPO_OK) return cli_status(s, "cannot collect the resident bytes of rank %d", r);
+        const uint64_t plan = plan_bytes(b, r);
+        if (gpo_dist_rank() == 0)
+            fprintf(stderr, "bench: rank %d: %.3f GiB of weights resident, plan %.3f GiB (%+.1f%%)\n",
+                    r, (double)have / 1073741824.0, (double)plan / 1073741824.0,
+                    plan ? 100.0 * ((double)have - (double)plan) / (double)plan : 0.0);
+    }
+    return 0;
+}
+
 /* `name`: value, or null where the value was not measured. */
 static int add_number_or_null(cJSON *j, const char *name, double value, int present) {
     return present ? cJSON_AddNumberToObject(j, name, value) != NULL
@@ -518,6 +592,14 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
          add_number_or_null(j, "membw_buffer_bytes", (double)b->o->membw_mib * 1048576.0,
                             !b->o->no_membw) &&
          cJSON_AddNumberToObject(j, "peak_rss_bytes", (double)r->rss) &&
+         cJSON_AddNumberToObject(j, "ranks", gpo_dist_size()) &&
+         cJSON_AddNumberToObject(j, "mesh_tp", b->d.open ? b->d.mesh.tp : 1) &&
+         cJSON_AddNumberToObject(j, "mesh_ep", b->d.open ? b->d.mesh.ep : 1) &&
+         cJSON_AddNumberToObject(j, "mesh_dp", b->d.open ? b->d.mesh.dp : 1) &&
+         cJSON_AddNumberToObject(j, "comm_s_per_step", r->comm_s_per_step) &&
+         cJSON_AddNumberToObject(j, "comm_bytes_per_token", r->comm_bytes_per_token) &&
+         cJSON_AddNumberToObject(j, "weights_resident_bytes", (double)r->resident) &&
+         cJSON_AddNumberToObject(j, "weights_plan_bytes", (double)plan_bytes(b, gpo_dist_rank())) &&
          cJSON_AddStringToObject(j, "logits_hash", hash);
     /* The per-run samples, for spreads other than min/max. */
     const char *names[2] = {"samples_s", "samples_tok_s"};
@@ -654,6 +736,9 @@ static int parse_args(int argc, char **argv, struct opts *o, int *done) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int64_t x;
+        int took = shard_plan_arg(cmd, &o->go, argc, argv, &i);
+        if (took < 0) return CLI_EXIT_USAGE;
+        if (took) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             *done = 1;
@@ -749,7 +834,12 @@ int cmd_bench(int argc, char **argv) {
     if (rc != 0 || done) return rc;
     /* Opened first, so an output that cannot be written fails before any work. */
     FILE *json_out = NULL;
-    if (o.json_path && !(json_out = cli_open_out(o.json_path, "--json", 0))) return CLI_EXIT_FAIL;
+    /* Under mpirun rank 0 reports; the others only run their shards. */
+    const int reporter = gpo_dist_rank() == 0;
+    if (!reporter && !freopen("/dev/null", "w", stdout))
+        return cli_error("cannot silence rank %d's output", gpo_dist_rank());
+    if (reporter && o.json_path && !(json_out = cli_open_out(o.json_path, "--json", 0)))
+        return CLI_EXIT_FAIL;
     if (o.membw_only) {
         rc = membw_only(&o, json_out);
         int crc = cli_close_out(json_out, o.json_path);
@@ -769,7 +859,10 @@ int cmd_bench(int argc, char **argv) {
     /* The probe runs first, in a child process that must fork before any OpenMP
      * thread exists (see membw_probe_all). */
     for (int i = 0; i < o.threads.n; i++) membw[i] = -1.0;
-    if (!o.no_membw) {
+    if (!o.no_membw && gpo_dist_size() > 1) {
+        /* The probe forks, which MPI does not allow, and ranks would share the bus. */
+        fprintf(stderr, "bench: no memory bandwidth probe under mpirun\n");
+    } else if (!o.no_membw) {
         fprintf(stderr, "bench: memory bandwidth probe (%lld MiB)\n", (long long)o.membw_mib);
         membw_probe_all(&o, membw);
         for (int i = 0; i < o.threads.n; i++)
@@ -787,6 +880,9 @@ int cmd_bench(int argc, char **argv) {
     }
     b.c = gpo_model_config(b.m);
     gpo_model_get_info(b.m, &b.info);
+    if ((rc = gen_dist_open(&b.d, &o.go, b.m)) != 0) goto cleanup;
+    rc = CLI_EXIT_FAIL;
+    shard_plan_print(&b.d, b.m);
     const int64_t max_p = list_max(&o.prompts), max_n = list_max(&o.gens),
                   max_b = max_n > 0 ? list_max(&o.batches) : 1;
     if (max_p > b.c->max_position || max_n + 1 > b.c->max_position) {
@@ -808,7 +904,9 @@ int cmd_bench(int argc, char **argv) {
     for (int ti = 0; ti < o.threads.n; ti++) {
         const int64_t threads = o.threads.v[ti];
         struct gpo_ctx_opts co = {.max_tokens = max_ub > max_b ? max_ub : max_b,
-                                  .max_seqs = max_b, .n_threads = (int)threads, .path = o.path};
+                                  .max_seqs = max_b, .n_threads = (int)threads, .path = o.path,
+                                  .shard = b.d.open ? &b.d.shard : NULL,
+                                  .groups = b.d.open ? &b.d.groups : NULL};
         gpo_ctx_free(b.ctx);
         b.ctx = NULL;
         if ((s = gpo_ctx_create(b.m, &co, &b.ctx)) != GPO_OK) {
@@ -835,13 +933,14 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     if (!o.json) print_table_footer(&b);
-    rc = 0;
+    if ((rc = report_resident(&b)) != 0) goto cleanup;
 
 cleanup:
     if (json_out && cli_close_out(json_out, o.json_path) != 0 && rc == 0) rc = CLI_EXIT_FAIL;
     free(b.ec.seen);
     free(b.logits);
     gpo_ctx_free(b.ctx);
+    gen_dist_close(&b.d);
     gpo_model_free(b.m);
     return rc;
 }

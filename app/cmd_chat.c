@@ -455,6 +455,7 @@ int cmd_chat(int argc, char **argv) {
     int rc = CLI_EXIT_FAIL;
     struct gen_env env;
     gpo_engine *eng = NULL;
+    struct gen_dist dist = {0};
     struct history hist = {0};
     struct msg_buf msg = {0};
     char datebuf[11];
@@ -466,8 +467,16 @@ int cmd_chat(int argc, char **argv) {
     FILE *echo = tty ? stdout : stderr;
 
     if (gen_env_open(&env, &o) != 0) return CLI_EXIT_FAIL;
+    /* Under mpirun rank 0 talks; the other ranks of its model follow. */
+    if (gen_dist_open(&dist, &o, env.m) != 0) goto cleanup;
+    if ((rc = gen_dist_one_replica("chat", &dist)) != 0) goto cleanup;
+    rc = CLI_EXIT_FAIL;
     if ((s = gpo_engine_create(env.m, env.tok, &o.eo, 1, &eng)) != GPO_OK) {
         rc = cli_status(s, "cannot set up the chat");
+        goto cleanup;
+    }
+    if (!dist.leader) {
+        rc = gen_follow(eng);
         goto cleanup;
     }
     /* The engine's notes (a cache that cannot be reused ...) would interleave
@@ -565,6 +574,7 @@ cleanup:
     free(msg.s);
     read_lines(NULL);
     gpo_engine_free(eng);
+    gen_dist_close(&dist);
     gen_env_close(&env);
     return rc;
 }

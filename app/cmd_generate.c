@@ -13,6 +13,7 @@
 #include "gen_common.h"
 #include "gpo_bench.h"
 #include "prompts.h"
+#include "util.h"
 
 static void usage(void) {
     printf("usage: gptoss generate [-m DIR] [-p TEXT]... [-f FILE] [--prompts FILE.json] [options]\n"
@@ -166,6 +167,140 @@ static void finish_totals(struct run_totals *t, size_t together) {
     st->tok_s_total = st->tok_s_user * (double)together;
 }
 
+/* Merge another replica's counts: users and tokens add up, the replicas ran
+ * side by side, so the run took as long as the slowest. */
+static void merge_totals(struct run_totals *t, const struct run_totals *o) {
+    t->ttft_sum += o->ttft_sum;
+    t->decode_ms_sum += o->decode_ms_sum;
+    t->decode_n += o->decode_n;
+    t->n_users += o->n_users;
+    if (o->st.t_total > t->st.t_total) t->st.t_total = o->st.t_total;
+    if (o->st.decode_seconds > t->st.decode_seconds) t->st.decode_seconds = o->st.decode_seconds;
+    t->st.n_prefill += o->st.n_prefill;
+    t->st.n_generated += o->st.n_generated;
+    t->st.n_steps += o->st.n_steps;
+    t->st.weight_bytes += o->st.weight_bytes;
+}
+
+/* Data parallel: replica d of dp runs users [lo, hi) of n, decoding at most
+ * its share of the batch together. */
+static void replica_share(size_t n, size_t batch, int dp, int d, size_t *lo, size_t *hi,
+                          size_t *slots) {
+    *lo = n * (size_t)d / (size_t)dp;
+    *hi = n * (size_t)(d + 1) / (size_t)dp;
+    size_t per = (batch + (size_t)dp - 1) / (size_t)dp;
+    *slots = *hi - *lo < per ? *hi - *lo : per;
+}
+
+/* A replica's users and counts as bytes for rank 0 (the ranks of one job share
+ * one architecture, so values travel as they are in memory). */
+static enum gpo_status put(struct gpo_str *b, const void *p, size_t n) {
+    return gpo_str_append(b, p, n);
+}
+static enum gpo_status put_str(struct gpo_str *b, const struct gpo_str *v) {
+    uint64_t n = v->n;
+    GPO_TRY(put(b, &n, sizeof n));
+    return n ? put(b, v->s, v->n) : GPO_OK;
+}
+static enum gpo_status pack_users(struct gpo_str *b, const struct run_totals *t,
+                                  const struct gpo_gen_user *u, size_t n) {
+    GPO_TRY(put(b, t, sizeof *t));
+    for (size_t i = 0; i < n; i++) {
+        const int32_t flags[4] = {(int32_t)u[i].finish, (int32_t)u[i].error, u[i].recovered,
+                                  u[i].aborted};
+        const double times[2] = {u[i].t_first, u[i].t_done};
+        const uint64_t n_gen = u[i].generated.n;
+        GPO_TRY(put(b, flags, sizeof flags));
+        GPO_TRY(put(b, times, sizeof times));
+        GPO_TRY(put(b, u[i].error_msg, sizeof u[i].error_msg));
+        GPO_TRY(put(b, &n_gen, sizeof n_gen));
+        if (n_gen) GPO_TRY(put(b, u[i].generated.ids, n_gen * sizeof(int32_t)));
+        GPO_TRY(put_str(b, &u[i].final_text));
+        GPO_TRY(put_str(b, &u[i].analysis_text));
+        GPO_TRY(put_str(b, &u[i].raw_text));
+    }
+    return GPO_OK;
+}
+
+struct reader {
+    const char *p, *end;
+};
+static enum gpo_status take(struct reader *r, void *out, size_t n) {
+    if ((size_t)(r->end - r->p) < n)
+        return gpo_fail(GPO_ERR_TRUNCATED, "a replica's results end %zu bytes early",
+                        n - (size_t)(r->end - r->p));
+    memcpy(out, r->p, n);
+    r->p += n;
+    return GPO_OK;
+}
+static enum gpo_status take_str(struct reader *r, struct gpo_str *v) {
+    uint64_t n = 0;
+    GPO_TRY(take(r, &n, sizeof n));
+    if (n > (uint64_t)(r->end - r->p)) return take(r, &n, (size_t)n); /* names the shortfall */
+    GPO_TRY(gpo_str_append(v, r->p, (size_t)n));
+    r->p += n;
+    return GPO_OK;
+}
+static enum gpo_status unpack_users(struct reader *r, struct run_totals *t, struct gpo_gen_user *u,
+                                    size_t n) {
+    GPO_TRY(take(r, t, sizeof *t));
+    for (size_t i = 0; i < n; i++) {
+        int32_t flags[4] = {0};
+        double times[2] = {0};
+        uint64_t n_gen = 0;
+        GPO_TRY(take(r, flags, sizeof flags));
+        GPO_TRY(take(r, times, sizeof times));
+        GPO_TRY(take(r, u[i].error_msg, sizeof u[i].error_msg));
+        GPO_TRY(take(r, &n_gen, sizeof n_gen));
+        if (n_gen > (uint64_t)(r->end - r->p) / sizeof(int32_t))
+            return gpo_fail(GPO_ERR_TRUNCATED, "a replica's user %zu claims %llu tokens", i,
+                            (unsigned long long)n_gen);
+        for (uint64_t j = 0; j < n_gen; j++) {
+            int32_t id = 0;
+            GPO_TRY(take(r, &id, sizeof id));
+            GPO_TRY(gpo_ids_push(&u[i].generated, id));
+        }
+        GPO_TRY(take_str(r, &u[i].final_text));
+        GPO_TRY(take_str(r, &u[i].analysis_text));
+        GPO_TRY(take_str(r, &u[i].raw_text));
+        u[i].finish = (enum gpo_finish)flags[0];
+        u[i].error = (enum gpo_status)flags[1];
+        u[i].recovered = flags[2];
+        u[i].aborted = flags[3];
+        u[i].t_first = times[0];
+        u[i].t_done = times[1];
+        u[i].final_stream_n = u[i].final_text.n;
+    }
+    return GPO_OK;
+}
+
+/* Every replica's users and counts to rank 0, over the replica leaders' group:
+ * each in turn broadcasts its bytes' length, then the bytes. */
+static enum gpo_status gather_replicas(const struct gen_dist *d, struct run_totals *tot,
+                                       struct gpo_gen_user *users, size_t n_users, size_t batch) {
+    enum gpo_status s = GPO_OK;
+    for (int r = 1; r < d->mesh.dp && s == GPO_OK; r++) {
+        size_t lo, hi, slots;
+        replica_share(n_users, batch, d->mesh.dp, r, &lo, &hi, &slots);
+        struct gpo_str b = {0};
+        if (d->shard.dp_rank == r) s = pack_users(&b, tot, users + lo, hi - lo);
+        uint64_t n = b.n;
+        if (s == GPO_OK) s = gpo_dist_bcast(d->groups.dp, &n, sizeof n, r);
+        if (s == GPO_OK && d->shard.dp_rank != r && !(b.s = malloc(n ? n : 1)))
+            s = gpo_fail(GPO_ERR_NOMEM, "out of memory for %llu bytes of results",
+                         (unsigned long long)n);
+        if (s == GPO_OK) s = gpo_dist_bcast(d->groups.dp, b.s, n, r);
+        if (s == GPO_OK && d->shard.dp_rank == 0) {
+            struct reader rd = {b.s, b.s + n};
+            struct run_totals t;
+            s = unpack_users(&rd, &t, users + lo, hi - lo);
+            if (s == GPO_OK) merge_totals(tot, &t);
+        }
+        free(b.s);
+    }
+    return s;
+}
+
 /* The seed as an exact integer (a double would round seeds above 2^53). */
 static void add_seed(cJSON *obj, uint64_t seed) {
     char buf[32];
@@ -186,6 +321,20 @@ static void print_user(FILE *out, const struct gen_opts *o, const struct gpo_gen
         fputs("\n[final] ", out);
     }
     if (u->final_text.n) fwrite(u->final_text.s, 1, u->final_text.n, out);
+}
+
+/* A user's answer once it is done (a single user's was streamed already) and
+ * its line on standard error; 1 when it failed. */
+static int report_user(FILE *out, const struct gen_opts *o, struct stream_state *ss,
+                       const struct gpo_gen_user *u, size_t i, size_t n_users, const char *prompt) {
+    if (n_users > 1) print_user(out, o, u, i, prompt);
+    else if (o->raw) fwrite(u->raw_text.s, 1, u->raw_text.n, out);
+    else stream_final(ss, u->final_text.n); /* what a failure left unshown */
+    fputc('\n', out);
+    fprintf(stderr, "gptoss: user %zu: %zu tokens, finish %s%s%s%s\n", i, u->generated.n,
+            gpo_finish_name(u->finish), u->recovered ? " (output was not well-formed harmony)" : "",
+            u->finish == GPO_FINISH_ERROR ? ": " : "", u->finish == GPO_FINISH_ERROR ? u->error_msg : "");
+    return u->finish == GPO_FINISH_ERROR;
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -241,6 +390,7 @@ int cmd_generate(int argc, char **argv) {
     enum gpo_status s;
     struct gen_env env = {0};
     gpo_engine *eng = NULL;
+    struct gen_dist dist = {0};
     struct gpo_gen_user *users = NULL;
     struct gpo_ids *prompt_ids = NULL;
     const char **user_prompt = NULL;
@@ -266,7 +416,7 @@ int cmd_generate(int argc, char **argv) {
     }
     /* The JSON output is opened before the model loads, so a bad path fails at
      * once; on standard output it leaves the human-readable text to stderr. */
-    if (json_path) {
+    if (json_path && gpo_dist_rank() == 0) {
         if (!(json = cli_open_out(json_path, "--json", 0))) goto cleanup;
         if (json == stdout) out = stderr;
     }
@@ -275,9 +425,36 @@ int cmd_generate(int argc, char **argv) {
     n_users = (size_t)batch > n_prompts ? (size_t)batch : n_prompts;
     size_t n_slots = batch > 0 && (size_t)batch < n_users ? (size_t)batch : n_users;
     if (gen_env_open(&env, &o) != 0) goto cleanup;
-    fprintf(stderr, "gptoss: loaded %s (%s layout) in %.2f s\n", env.dir, gpo_model_layout(env.m),
-            env.load_seconds);
-    if (o.verbose)
+    if (gen_dist_open(&dist, &o, env.m) != 0) goto cleanup;
+    /* Data parallel: each replica runs its share of the users; rank 0 prints. */
+    const int dp = dist.open ? dist.mesh.dp : 1, rank0 = gpo_dist_rank() == 0;
+    if (n_users < (size_t)dp) {
+        rc = cli_usage_error("generate", "%d replicas need at least %d users, not %zu (--batch "
+                             "repeats the prompts)", dp, dp, n_users);
+        goto cleanup;
+    }
+    size_t lo, hi, rep_slots, global_batch = 0;
+    for (int r = 0; r < dp; r++) {
+        replica_share(n_users, n_slots, dp, r, &lo, &hi, &rep_slots);
+        global_batch += rep_slots;
+    }
+    replica_share(n_users, n_slots, dp, dist.open ? dist.shard.dp_rank : 0, &lo, &hi, &rep_slots);
+    if (!dist.leader) {
+        if ((s = gpo_engine_create(env.m, env.tok, &o.eo, rep_slots, &eng)) != GPO_OK)
+            rc = cli_status(s, "rank %d cannot set up %zu users", gpo_dist_rank(), rep_slots);
+        else
+            rc = gen_follow(eng);
+        goto cleanup;
+    }
+    if (!rank0) out = fopen("/dev/null", "w");
+    if (!out) {
+        rc = cli_error("cannot open /dev/null");
+        goto cleanup;
+    }
+    if (rank0)
+        fprintf(stderr, "gptoss: loaded %s (%s layout) in %.2f s\n", env.dir,
+                gpo_model_layout(env.m), env.load_seconds);
+    if (o.verbose && rank0)
         fprintf(stderr, "gptoss: seed %llu%s\n", (unsigned long long)o.sp.seed,
                 n_users > 1 ? " (user i uses seed + i)" : "");
 
@@ -318,8 +495,8 @@ int cmd_generate(int argc, char **argv) {
             goto cleanup;
         }
     }
-    if ((s = gpo_engine_create(env.m, env.tok, &o.eo, n_slots, &eng)) != GPO_OK) {
-        rc = cli_status(s, "cannot set up %zu users", n_slots);
+    if ((s = gpo_engine_create(env.m, env.tok, &o.eo, rep_slots, &eng)) != GPO_OK) {
+        rc = cli_status(s, "cannot set up %zu users", rep_slots);
         goto cleanup;
     }
     signal(SIGINT, on_sigint);
@@ -344,19 +521,23 @@ int cmd_generate(int argc, char **argv) {
         }
         fprintf(stderr, "gptoss: load %.2f s, warm-up %.2f s\n", env.load_seconds, gpo_now() - tw);
     }
-    size_t n_waves = (n_users + n_slots - 1) / n_slots;
-    fprintf(stderr, "gptoss: %zu user%s", n_users, n_users == 1 ? "" : "s");
-    if (n_waves > 1) fprintf(stderr, " in %zu waves of %zu", n_waves, n_slots);
-    fprintf(stderr, ", kernels %s, %d token%s per step at most\n", gpo_engine_kernels(eng),
-            (int)o.eo.ubatch, o.eo.ubatch == 1 ? "" : "s");
+    size_t n_waves = (hi - lo + rep_slots - 1) / rep_slots;
+    if (rank0) {
+        fprintf(stderr, "gptoss: %zu user%s", n_users, n_users == 1 ? "" : "s");
+        if (dp > 1) fprintf(stderr, " over %d replicas", dp);
+        if (n_waves > 1) fprintf(stderr, " in %zu waves of %zu", n_waves, rep_slots);
+        fprintf(stderr, ", kernels %s, %d token%s per step at most\n", gpo_engine_kernels(eng),
+                (int)o.eo.ubatch, o.eo.ubatch == 1 ? "" : "s");
+    }
 
     struct stream_state ss = {.out = out, .u = &users[0], .show_reasoning = o.show_reasoning,
                               .raw = o.raw, .last = GPO_CH_NONE};
     struct run_totals tot = {0};
-    size_t n_ran = 0, n_failed = 0;
+    gpo_dist_reset_stats(); /* the run's communication, not the set-up's */
+    size_t n_ran = lo, n_failed = 0;
     fflush(stdout);
-    for (size_t w0 = 0; w0 < n_users && !g_abort; w0 += n_slots) {
-        size_t k = n_users - w0 < n_slots ? n_users - w0 : n_slots;
+    for (size_t w0 = lo; w0 < hi && !g_abort; w0 += rep_slots) {
+        size_t k = hi - w0 < rep_slots ? hi - w0 : rep_slots;
         struct gpo_gen_stats st;
         if (n_users == 1) fprintf(out, "==USER 0 - PROMPT\n%s\n==USER 0 - OUTPUT\n", user_prompt[0]);
         fflush(out);
@@ -366,27 +547,28 @@ int cmd_generate(int argc, char **argv) {
             goto cleanup;
         }
         add_wave(&tot, &st, users + w0, k);
-        for (size_t i = w0; i < w0 + k; i++) {
-            struct gpo_gen_user *u = &users[i];
-            if (n_users > 1) print_user(out, &o, u, i, user_prompt[i]);
-            else if (o.raw) fwrite(u->raw_text.s, 1, u->raw_text.n, out);
-            else stream_final(&ss, u->final_text.n); /* what a failure left unshown */
-            fputc('\n', out);
-            fprintf(stderr, "gptoss: user %zu: %zu tokens, finish %s%s%s%s\n", i, u->generated.n,
-                    gpo_finish_name(u->finish), u->recovered ? " (output was not well-formed harmony)" : "",
-                    u->finish == GPO_FINISH_ERROR ? ": " : "", u->finish == GPO_FINISH_ERROR ? u->error_msg : "");
-            n_failed += u->finish == GPO_FINISH_ERROR;
-        }
+        for (size_t i = w0; i < w0 + k && dp == 1; i++)
+            n_failed += report_user(out, &o, &ss, &users[i], i, n_users, user_prompt[i]);
         n_ran = w0 + k;
     }
     /* Users an interrupt kept from running at all. */
-    for (size_t i = n_ran; i < n_users; i++) {
+    for (size_t i = n_ran; i < hi; i++) {
         users[i].finish = GPO_FINISH_ABORTED;
         users[i].aborted = 1;
     }
-    if (n_ran < n_users)
-        fprintf(stderr, "gptoss: users %zu to %zu did not run (interrupted)\n", n_ran, n_users - 1);
-    finish_totals(&tot, n_slots);
+    if (n_ran < hi)
+        fprintf(stderr, "gptoss: users %zu to %zu did not run (interrupted)\n", n_ran, hi - 1);
+    if (dp > 1) {
+        /* The leaders are done with their followers before they meet. */
+        if ((s = gpo_engine_stop_followers(eng)) != GPO_OK ||
+            (s = gather_replicas(&dist, &tot, users, n_users, n_slots)) != GPO_OK) {
+            rc = cli_status(s, "cannot gather the replicas' results");
+            goto cleanup;
+        }
+        for (size_t i = 0; i < n_users && rank0; i++)
+            n_failed += report_user(out, &o, &ss, &users[i], i, n_users, user_prompt[i]);
+    }
+    finish_totals(&tot, global_batch);
     struct gpo_gen_stats st = tot.st;
     struct gpo_model_info inf;
     gpo_model_get_info(env.m, &inf);
@@ -395,14 +577,14 @@ int cmd_generate(int argc, char **argv) {
     /* Peak RSS is read before the bandwidth probe allocates its buffer. */
     uint64_t peak_rss = gen_peak_rss();
     double membw_gbs = -1.0;
-    if (membw && gbs > 0 && !g_abort &&
+    if (membw && rank0 && gbs > 0 && !g_abort &&
         gpo_membw_measure(o.eo.n_threads, (uint64_t)512 << 20, 0.5, &membw_gbs) != GPO_OK)
         membw_gbs = -1.0;
     fprintf(out, "=== Performance Metrics ===\n");
     fprintf(out, "Average Time to First Token (TTFT): %.1fms\n", st.avg_ttft * 1000.0);
     fprintf(out, "Average decode speed: %.1fms @ %.1f tok/s/user (%.1f tok/s throughput)\n",
             st.avg_decode_ms, st.tok_s_user, st.tok_s_total);
-    fprintf(out, "Data parallel: 1, Global batch size: %zu\n", n_slots);
+    fprintf(out, "Data parallel: %d, Global batch size: %zu\n", dp, global_batch);
     /* Two decimals below 10 GiB, so small models and caches do not show as 0.0. */
     double wg = (double)inf.bytes_mapped / 1073741824.0,
            rg = (double)peak_rss / 1073741824.0;
@@ -413,6 +595,15 @@ int cmd_generate(int argc, char **argv) {
                 gbs, 100.0 * gbs / membw_gbs, membw_gbs);
     else
         fprintf(out, "Utilisation: %.1f GB/s effective weight reads\n", gbs);
+    /* Rank 0's share of the collectives: plans, partial sums, the results. */
+    struct gpo_dist_stats ds;
+    gpo_dist_get_stats(&ds);
+    const double per_token =
+        st.n_generated > 0 ? (double)ds.bytes_sent / (double)st.n_generated : 0;
+    if (dist.open)
+        fprintf(out, "Communication (rank 0): %.3f s in %llu collectives, %.1f KiB sent per "
+                "generated token\n",
+                ds.seconds, (unsigned long long)ds.n_calls, per_token / 1024.0);
     fflush(out);
 
     if (json) {
@@ -443,7 +634,8 @@ int cmd_generate(int argc, char **argv) {
         cJSON_AddNumberToObject(mo, "tok_s_user", st.tok_s_user);
         cJSON_AddNumberToObject(mo, "tok_s_total", st.tok_s_total);
         cJSON_AddNumberToObject(mo, "users", (double)n_users);
-        cJSON_AddNumberToObject(mo, "batch", (double)n_slots);
+        cJSON_AddNumberToObject(mo, "batch", (double)global_batch);
+        cJSON_AddNumberToObject(mo, "data_parallel", dp);
         cJSON_AddNumberToObject(mo, "prefill_tokens", (double)st.n_prefill);
         cJSON_AddNumberToObject(mo, "generated_tokens", (double)st.n_generated);
         cJSON_AddNumberToObject(mo, "effective_gbs", gbs);
@@ -455,6 +647,10 @@ int cmd_generate(int argc, char **argv) {
         }
         cJSON_AddNumberToObject(mo, "load_seconds", env.load_seconds);
         cJSON_AddStringToObject(mo, "kernels", gpo_engine_kernels(eng));
+        if (dist.open) {
+            cJSON_AddNumberToObject(mo, "comm_seconds", ds.seconds);
+            cJSON_AddNumberToObject(mo, "comm_bytes_sent_per_token", per_token);
+        }
         char *txt = cJSON_Print(root);
         cJSON_Delete(root);
         int ok = txt && fputs(txt, json) >= 0 && fputc('\n', json) != EOF;
@@ -472,12 +668,14 @@ int cmd_generate(int argc, char **argv) {
 
 cleanup:
     if (json && json != stdout) fclose(json);
+    if (out && out != stdout && out != stderr) fclose(out);
     for (size_t i = 0; users && i < n_users; i++) gpo_gen_user_free(&users[i]);
     for (size_t i = 0; prompt_ids && i < n_prompts; i++) gpo_ids_free(&prompt_ids[i]);
     free(users);
     free(prompt_ids);
     free(user_prompt);
     gpo_engine_free(eng);
+    gen_dist_close(&dist);
     gen_env_close(&env);
     prompts_free(&prompts);
     return rc;

@@ -1,11 +1,15 @@
 /* cmd_logits.c - `gptoss logits`: the logits of every position of a token list,
  * as raw little-endian float32 [n_tokens, n_vocab], computed either as one
- * prefill batch or token by token through the KV cache. */
+ * prefill batch or token by token through the KV cache.  Under mpirun every rank
+ * runs its shard of the pass; rank 0 reads the ids, shares them and writes. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "dist.h"
+#include "kvcache.h"
+#include "shard_plan.h"
 
 static void usage(void) {
     printf("usage: gptoss logits [-m DIR] --tokens IDS -o OUT.f32 [options]\n"
@@ -25,7 +29,38 @@ static void usage(void) {
            "  --ref                the plain scalar reference kernels\n"
            "  --dense bf16|q8      dense weights as stored (default) or requantised to 8 bits\n"
            "  -t, --threads N      threads (default: all cores)\n"
-           "  -h, --help           show this help\n");
+           "%s"
+           "  -h, --help           show this help\n",
+           shard_plan_help);
+}
+
+/* Rank 0's token ids from --tokens or --tokens-file; 0 after printing the error. */
+static int read_ids(const char *tokens, const char *tokens_file, int64_t n_vocab, char **text,
+                    struct gpo_ids *ids) {
+    if (tokens_file && !(*text = cli_read_file(tokens_file, NULL))) return 0;
+    if (!cli_parse_ids(tokens ? tokens : *text, n_vocab, ids)) return 0;
+    if (ids->n == 0) {
+        cli_error("no token ids given");
+        return 0;
+    }
+    return 1;
+}
+
+/* Rank 0's ids to every rank (a count, then the ids; -1 when rank 0 has none). */
+static int share_ids(struct gpo_ids *ids, int have) {
+    int64_t n = have ? (int64_t)ids->n : -1;
+    enum gpo_status s = gpo_dist_bcast(NULL, &n, sizeof n, 0);
+    if (s != GPO_OK) return cli_status(s, "cannot share the token ids");
+    if (n < 0) return CLI_EXIT_FAIL; /* rank 0 said why */
+    if (gpo_dist_rank() != 0) {
+        gpo_ids_free(ids);
+        if (!(ids->ids = malloc((size_t)(n ? n : 1) * sizeof *ids->ids)))
+            return cli_error("out of memory for %lld token ids", (long long)n);
+        ids->n = ids->cap = (size_t)n;
+    }
+    if (n > 0 && (s = gpo_dist_bcast(NULL, ids->ids, (size_t)n * sizeof *ids->ids, 0)) != GPO_OK)
+        return cli_status(s, "cannot share the token ids");
+    return 0;
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -34,8 +69,12 @@ int cmd_logits(int argc, char **argv) {
     int64_t threads = 0, ubatch = 0;
     enum gpo_path path = GPO_PATH_EXACT;
     struct gpo_load_opts lo = {0};
+    struct gen_opts go = {0}; /* only its mesh and replicas */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        int took = shard_plan_arg("logits", &go, argc, argv, &i);
+        if (took < 0) return CLI_EXIT_USAGE;
+        if (took) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
@@ -87,9 +126,11 @@ int cmd_logits(int argc, char **argv) {
     float *logits = NULL;
     FILE *f = NULL;
     struct gpo_ids ids = {0};
+    struct gen_dist d = {0};
+    const int writer = gpo_dist_rank() == 0;
 
     /* Opened first, so an output that cannot be written fails before any work. */
-    if (!(f = cli_open_out(out_path, "-o", 1))) goto cleanup;
+    if (writer && !(f = cli_open_out(out_path, "-o", 1))) goto cleanup;
     if ((s = gpo_model_resolve_dir(model_arg, dir, sizeof dir)) != GPO_OK) {
         rc = cli_status(s, "cannot find the model");
         goto cleanup;
@@ -99,12 +140,13 @@ int cmd_logits(int argc, char **argv) {
         goto cleanup;
     }
     const struct gpo_config *c = gpo_model_config(m);
-    if (tokens_file && !(tok_text = cli_read_file(tokens_file, NULL))) goto cleanup;
-    if (!cli_parse_ids(tokens ? tokens : tok_text, c->n_vocab, &ids)) goto cleanup;
-    if (ids.n == 0) {
-        rc = cli_error("no token ids given");
-        goto cleanup;
-    }
+    if ((rc = gen_dist_open(&d, &go, m)) != 0) goto cleanup;
+    rc = CLI_EXIT_FAIL;
+    shard_plan_print(&d, m);
+    const int have = writer && read_ids(tokens, tokens_file, c->n_vocab, &tok_text, &ids);
+    if (gpo_dist_size() > 1 && (rc = share_ids(&ids, have)) != 0) goto cleanup;
+    rc = CLI_EXIT_FAIL;
+    if (!have && writer) goto cleanup;
     const int64_t n = (int64_t)ids.n, V = c->n_vocab;
     if (n > c->max_position) {
         rc = cli_error("%lld tokens exceed the model's context of %lld", (long long)n,
@@ -114,27 +156,34 @@ int cmd_logits(int argc, char **argv) {
     int incremental = !strcmp(mode, "incremental");
     int64_t chunk = incremental ? 1 : (ubatch > 0 ? ubatch : n);
     if (chunk > n) chunk = n;
-    struct gpo_ctx_opts o = {.max_tokens = chunk, .max_seqs = 1, .n_threads = (int)threads, .path = path};
+    const struct gpo_mesh_shard *shard = d.open ? &d.shard : NULL;
+    struct gpo_ctx_opts o = {.max_tokens = chunk, .max_seqs = 1, .n_threads = (int)threads,
+                             .path = path, .shard = shard, .groups = d.open ? &d.groups : NULL};
     if ((s = gpo_ctx_create(m, &o, &ctx)) != GPO_OK) {
         rc = cli_status(s, "cannot create a context");
         goto cleanup;
     }
-    if ((s = gpo_kv_create(m, n, &kv)) != GPO_OK) {
+    if ((s = gpo_kv_create_shard(m, shard, n, 0, &kv)) != GPO_OK) {
         rc = cli_status(s, "cannot create the KV cache");
         goto cleanup;
     }
-    logits = malloc((size_t)n * (size_t)V * sizeof *logits);
-    if (!logits) {
+    /* The other ranks' shards keep the gathered rows in their contexts. */
+    if (writer) logits = malloc((size_t)n * (size_t)V * sizeof *logits);
+    if (writer && !logits) {
         rc = cli_error("out of memory for %lld x %lld logits", (long long)n, (long long)V);
         goto cleanup;
     }
     for (int64_t i = 0; i < n; i += chunk) {
         int64_t cnt = n - i < chunk ? n - i : chunk;
         struct gpo_seq_batch b = {.kv = kv, .tokens = ids.ids + i, .n_tokens = cnt, .logits = GPO_LOGITS_ALL};
-        if ((s = gpo_forward(ctx, &b, 1, logits + (size_t)i * V)) != GPO_OK) {
+        if ((s = gpo_forward(ctx, &b, 1, logits ? logits + (size_t)i * V : NULL)) != GPO_OK) {
             rc = cli_status(s, "forward pass failed at token %lld", (long long)i);
             goto cleanup;
         }
+    }
+    if (!writer) {
+        rc = 0;
+        goto cleanup;
     }
     fwrite(logits, sizeof *logits, (size_t)n * V, f);
     FILE *done = f;
@@ -155,6 +204,7 @@ cleanup:
     gpo_ids_free(&ids);
     gpo_kv_free(kv);
     gpo_ctx_free(ctx);
+    gen_dist_close(&d);
     gpo_model_free(m);
     return rc;
 }

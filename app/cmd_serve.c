@@ -51,6 +51,29 @@ static char *read_key(const char *path) {
     return s;
 }
 
+/* Under mpirun the ranks other than 0 hold their part of the model and run the
+ * steps rank 0's engine plans; they never listen.  Their engine is made as
+ * serve_run makes rank 0's. */
+static int serve_follow(const struct serve_cfg *cfg) {
+    struct gen_env env;
+    struct gen_dist dist = {0};
+    gpo_engine *eng = NULL;
+    int rc = CLI_EXIT_FAIL;
+    if (gen_env_open(&env, cfg->o) != 0) return CLI_EXIT_FAIL;
+    if (gen_dist_open(&dist, cfg->o, env.m) == 0 &&
+        (rc = gen_dist_one_replica("serve", &dist)) == 0) {
+        struct gpo_engine_opts eo = cfg->o->eo;
+        eo.max_queue = cfg->max_queue;
+        enum gpo_status s = gpo_engine_create(env.m, env.tok, &eo, cfg->parallel, &eng);
+        rc = s == GPO_OK ? gen_follow(eng)
+                         : cli_status(s, "rank %d cannot set up the engine", gpo_dist_rank());
+    }
+    gpo_engine_free(eng);
+    gen_dist_close(&dist);
+    gen_env_close(&env);
+    return rc;
+}
+
 int cmd_serve(int argc, char **argv) {
     struct gen_opts o;
     gen_opts_default(&o);
@@ -142,7 +165,7 @@ int cmd_serve(int argc, char **argv) {
         cli_usage_error("serve", "the API key is empty");
         goto usage_err;
     }
-    int rc = serve_run(&cfg);
+    int rc = gpo_dist_rank() == 0 ? serve_run(&cfg) : serve_follow(&cfg);
     free(key_buf);
     return rc;
 usage_err:

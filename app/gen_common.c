@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "gen_common.h"
+#include "util.h"
 
 const char gen_opts_help[] =
     "  -m, --model DIR         checkpoint folder (default: $GPT_DIR, then $HF_MODEL)\n"
@@ -42,7 +43,11 @@ const char gen_opts_help[] =
     "  --prefetch              read every weight page at load (with progress)\n"
     "  --exact                 exact fp32 path instead of the fast path\n"
     "  --ref                   plain scalar reference kernels (slow)\n"
-    "  -v, --verbose           print the seed and progress messages\n";
+    "  -v, --verbose           print the seed and progress messages\n"
+    "  --mesh TPxEP            under mpirun: tensor- times expert-parallel ranks per\n"
+    "                          replica (default: the largest the ranks and model allow)\n"
+    "  --dp D                  under mpirun: model replicas, each answering its own prompts\n"
+    "                          (default: the ranks the mesh leaves)\n";
 
 /* A seed that differs from run to run: the kernel's random bytes, else the
  * clock and the process id mixed. */
@@ -208,6 +213,15 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
         o->eo.path = GPO_PATH_REF;
     } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
         o->verbose = 1;
+    } else if (cli_is(a, "--mesh")) {
+        VALUE();
+        if (gpo_mesh_parse(v, &o->mesh) != GPO_OK) {
+            cli_usage_error(cmd, "--%s", gpo_last_error());
+            return -1;
+        }
+    } else if (cli_is(a, "--dp")) {
+        INT(1, GPO_MESH_MAX_RANKS);
+        o->dp = n;
     } else {
         return 0;
     }
@@ -273,4 +287,73 @@ uint64_t gen_peak_rss(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (uint64_t)ru.ru_maxrss * 1024;
+}
+
+/* The mesh for n ranks: --mesh with --dp or the replicas it leaves, else the
+ * default mesh of n / D ranks repeated D times. */
+static enum gpo_status choose_mesh(const struct gen_opts *o, const struct gpo_config *c, int n,
+                                   struct gpo_mesh *mesh) {
+    const int dp = o->dp ? (int)o->dp : 0;
+    if (o->mesh.tp) {
+        *mesh = o->mesh;
+        const int group = mesh->tp * mesh->ep;
+        mesh->dp = dp ? dp : (n % group == 0 ? n / group : 1);
+        return gpo_mesh_validate(c, mesh, n);
+    }
+    if (dp && n % dp != 0)
+        return gpo_fail(GPO_ERR_ARG, "--dp %d does not divide the %d ranks", dp, n);
+    GPO_TRY(gpo_mesh_default(c, dp ? n / dp : n, mesh));
+    if (dp) mesh->dp *= dp;
+    return gpo_mesh_validate(c, mesh, n);
+}
+
+int gen_dist_open(struct gen_dist *d, struct gen_opts *o, const gpo_model *m) {
+    const struct gpo_config *c = gpo_model_config(m);
+    enum gpo_status s;
+    memset(d, 0, sizeof *d);
+    d->leader = 1;
+    const int n = gpo_dist_size();
+    if (n < 2) {
+        if (o->mesh.tp || o->dp > 1)
+            fprintf(stderr, "gptoss: warning: --mesh and --dp take effect under mpirun only; "
+                    "this process runs the whole model\n");
+        return 0;
+    }
+    if ((s = choose_mesh(o, c, n, &d->mesh)) != GPO_OK)
+        return cli_status(s, "cannot use this mesh");
+    gpo_mesh_weights_of_model(m, &d->w);
+    gpo_mesh_shard_of(c, &d->mesh, &d->w, gpo_dist_rank(), &d->shard);
+    if ((s = gpo_mesh_groups_open(&d->mesh, &d->groups)) != GPO_OK)
+        return cli_status(s, "cannot form the rank groups");
+    d->open = 1;
+    d->leader = d->shard.model_rank == 0;
+    /* Users are seeded from rank 0's seed in every replica. */
+    if ((s = gpo_dist_bcast(NULL, &o->sp.seed, sizeof o->sp.seed, 0)) != GPO_OK)
+        return cli_status(s, "cannot share the seed");
+    /* Each rank runs its share of every pass; the plans keep them in step. */
+    o->eo.shard = &d->shard;
+    o->eo.groups = &d->groups;
+    if (gpo_dist_rank() == 0)
+        fprintf(stderr, "gptoss: %d ranks, mesh %dx%d (TP x EP), DP %d\n", n, d->mesh.tp,
+                d->mesh.ep, d->mesh.dp);
+    return 0;
+}
+
+void gen_dist_close(struct gen_dist *d) {
+    if (d->open) gpo_mesh_groups_close(&d->groups);
+    d->open = 0;
+}
+
+int gen_follow(gpo_engine *eng) {
+    enum gpo_status s = gpo_engine_follow(eng);
+    return s == GPO_OK ? 0 : cli_status(s, "rank %d stopped following the leader", gpo_dist_rank());
+}
+
+int gen_dist_one_replica(const char *cmd, const struct gen_dist *d) {
+    if (d->mesh.dp <= 1) return 0;
+    if (gpo_dist_rank() == 0)
+        fprintf(stderr, "gptoss %s: one model replica serves here, but the mesh has DP %d; run "
+                "with --dp 1 (a mesh of all %d ranks) or use generate for data parallel\n",
+                cmd, d->mesh.dp, gpo_dist_size());
+    return CLI_EXIT_USAGE;
 }

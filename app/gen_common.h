@@ -4,6 +4,7 @@
 #define GPO_GEN_COMMON_H
 
 #include "gpo.h"
+#include "mesh.h"
 
 struct gen_opts {
     const char *model_arg, *tokenizer_arg;
@@ -19,6 +20,8 @@ struct gen_opts {
     int seed_given; /* --seed was given; otherwise sp.seed was drawn at random */
     int verbose;    /* -v: the seed and the library's progress messages */
     struct gpo_load_opts load;
+    struct gpo_mesh mesh; /* --mesh TPxEP (tp 0: not given) */
+    int64_t dp;           /* --dp D (0: not given) */
 };
 
 /* Defaults, with a seed drawn at random (from getrandom, else the clock). */
@@ -40,6 +43,27 @@ struct gen_env {
  * model's context (the engine then uses the model's). */
 int gen_env_open(struct gen_env *env, const struct gen_opts *o);
 void gen_env_close(struct gen_env *env);
+
+/* This rank's part in a run under mpirun: the mesh, its shard of the model and
+ * its rank groups.  A process alone is the leader of a one-rank mesh. */
+struct gen_dist {
+    struct gpo_mesh mesh;
+    struct gpo_mesh_weights w;
+    struct gpo_mesh_shard shard;
+    struct gpo_mesh_groups groups;
+    int open;   /* the groups are open (several ranks) */
+    int leader; /* rank 0 of its replica's model group: schedules, samples, prints */
+};
+/* With several ranks: the mesh from --mesh/--dp (else gpo_mesh_default), this
+ * rank's shard and groups, set in o->eo; every rank takes rank 0's seed.
+ * Collective over every rank.  Prints the error and returns non-zero. */
+int gen_dist_open(struct gen_dist *d, struct gen_opts *o, const gpo_model *m);
+void gen_dist_close(struct gen_dist *d);
+/* A follower's run: the leader's plans until its end (gpo_engine_follow).
+ * Prints the error and returns non-zero, which ends the job (main.c). */
+int gen_follow(gpo_engine *eng);
+/* Refuse --dp above 1 for a command that serves one replica. */
+int gen_dist_one_replica(const char *cmd, const struct gen_dist *d);
 
 /* Is "YYYY-MM-DD" a real calendar date (leap years included)? */
 int gen_date_valid(const char *s);

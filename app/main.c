@@ -76,16 +76,19 @@ static int run(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
         if (strcmp(argv[1], commands[i].name)) continue;
-        /* `info` prints the mesh plan (arithmetic) on any number of ranks; the
-         * other commands need the sharded forward pass, which does not exist
-         * yet: refuse rather than run N independent copies. */
-        if (gpo_dist_size() > 1 && commands[i].fn != cmd_info) {
+        /* `info` prints the mesh plan (arithmetic) on any number of ranks;
+         * generate, chat and serve run a leader and followers, logits and bench
+         * a shard of the pass on every rank; the others would run N independent
+         * copies: refuse. */
+        if (gpo_dist_size() > 1 && commands[i].fn != cmd_info && commands[i].fn != cmd_generate &&
+            commands[i].fn != cmd_chat && commands[i].fn != cmd_serve && commands[i].fn != cmd_logits &&
+            commands[i].fn != cmd_bench) {
             if (gpo_dist_rank() == 0)
                 fprintf(stderr,
                         "gptoss %s: multi-rank runs of this command are not built yet (this job has %d "
                         "ranks); run it as one process (`gptoss info --mesh TPxEP` prints the plan)\n",
                         argv[1], gpo_dist_size());
-            return CLI_EXIT_FAIL;
+            return CLI_EXIT_USAGE; /* alike on every rank: no abort needed */
         }
         return commands[i].fn(argc - 1, argv + 1);
     }
@@ -102,6 +105,10 @@ int main(int argc, char **argv) {
         return CLI_EXIT_FAIL;
     }
     int rc = run(argc, argv);
+    /* A rank that failed may leave the others waiting for it (a follower for
+     * the leader's next plan): end them all.  Usage errors happen alike on
+     * every rank, which then all end by themselves. */
+    if (rc != 0 && rc != CLI_EXIT_USAGE && gpo_dist_size() > 1) gpo_dist_abort(rc);
     gpo_dist_finalize();
     return rc;
 }

@@ -1203,8 +1203,13 @@ int serve_run(const struct serve_cfg *cfg) {
 
     pthread_t engine_thread;
     int engine_started = 0;
+    struct gen_dist dist = {0};
     const struct gen_opts *o = cfg->o;
     if (gen_env_open(&srv->env, o) != 0) goto out;
+    /* Under mpirun the other ranks follow this one's engine (cmd_serve.c). */
+    if (gen_dist_open(&dist, cfg->o, srv->env.m) != 0) goto out;
+    if ((rc = gen_dist_one_replica("serve", &dist)) != 0) goto out;
+    rc = CLI_EXIT_FAIL;
     enum gpo_status s;
     struct gpo_engine_opts eo = o->eo;
     eo.max_queue = cfg->max_queue;
@@ -1248,6 +1253,7 @@ out:
     if (engine_started) pthread_join(engine_thread, NULL);
     MHD_stop_daemon(d);
     gpo_engine_free(srv->eng);
+    gen_dist_close(&dist);
     gen_env_close(&srv->env);
     pthread_cond_destroy(&srv->wake);
     pthread_mutex_destroy(&srv->mu);

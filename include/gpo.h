@@ -211,11 +211,16 @@ enum gpo_path {
     GPO_PATH_REF,       /* the plain scalar reference kernels */
 };
 
+/* A multi-rank shard (mesh.h); only its pointers pass through this header. */
+struct gpo_mesh_shard;
+struct gpo_mesh_groups;
 struct gpo_ctx_opts {
     int64_t max_tokens; /* tokens per forward call (ubatch); 0 = 512 */
     int64_t max_seqs;   /* sequences per forward call; 0 = 64 */
     int n_threads;      /* 0 = all cores */
     enum gpo_path path;
+    const struct gpo_mesh_shard *shard;   /* NULL: the whole model on this process */
+    const struct gpo_mesh_groups *groups; /* with shard: the groups to reduce over */
 };
 
 enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *opts,

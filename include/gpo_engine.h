@@ -19,6 +19,11 @@ extern "C" {
 
 typedef struct gpo_engine gpo_engine;
 
+/* A rank's share of a model spread over several processes, and its rank groups
+ * (the library's mesh.h). */
+struct gpo_mesh_shard;
+struct gpo_mesh_groups;
+
 struct gpo_engine_opts {
     int64_t max_seq_len; /* positions one request may reach (default 4096) */
     int64_t ubatch;      /* tokens per forward step (default 512) */
@@ -35,6 +40,13 @@ struct gpo_engine_opts {
                             memory is available after the weights, less a margin,
                             at least one max_seq_len request and at most what
                             n_slots of them can use (gpo_engine_kv_plan) */
+    /* A multi-rank model (NULL, NULL: the whole model in this process).  Rank 0
+     * of groups->model leads: it schedules, samples and is the only one that takes
+     * submit and step; the others run gpo_engine_follow.  Every member must make
+     * its engine with the same options and slots; the leader's KV pool size is
+     * used by all. */
+    const struct gpo_mesh_shard *shard;
+    const struct gpo_mesh_groups *groups;
 };
 
 /* How an engine lays out its KV memory.  The full-attention layers of every
@@ -242,6 +254,33 @@ size_t gpo_engine_n_running(const gpo_engine *e);
 size_t gpo_engine_n_queued(const gpo_engine *e);
 /* Totals since the engine was made (the timing averages stay 0: they are per run). */
 void gpo_engine_totals(const gpo_engine *e, struct gpo_gen_stats *out);
+
+/* ------------------------------------------------------------------------- */
+/* Leader and followers                                                      */
+
+/* Several ranks hold one model (gpo_engine_opts.groups).  The leader decides
+ * everything; before each forward pass it broadcasts the step's plan to the
+ * model group: the KV block operations its scheduling did since the last plan
+ * (rewinds and reservations per slot, in order, so that every rank's block
+ * tables stay identical), then per sequence its slot, tokens, cache length and
+ * logits mode.  The followers apply the operations, check that their caches
+ * agree with the leader's (lengths and the pool's free blocks) and run the same
+ * gpo_forward.  Preemption, cancellation, prefix reuse and the end of a request
+ * reach them only as operations; nothing they do depends on time.  The abort
+ * flag of a multi-rank engine is only read between steps, never inside a pass
+ * the followers run too. */
+
+/* 1 on the leader (and an engine alone), 0 on a follower. */
+int gpo_engine_is_leader(const gpo_engine *e);
+/* A follower's loop: runs the leader's plans until the leader sends the end
+ * (gpo_engine_stop_followers), then returns GPO_OK.  A plan that disagrees with
+ * this rank's caches, or a failed pass or broadcast, returns an error naming
+ * this rank and host; the caller then ends the job (gpo_dist_abort). */
+enum gpo_status gpo_engine_follow(gpo_engine *e);
+/* Leader: send the end to the followers (once; gpo_engine_free does it when the
+ * caller did not).  The end carries every slot's cache length, which the
+ * followers check a last time.  Nothing on an engine alone. */
+enum gpo_status gpo_engine_stop_followers(gpo_engine *e);
 
 #ifdef __cplusplus
 }

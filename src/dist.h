@@ -13,9 +13,10 @@
  *   bit-identical results on every rank and in every run, whatever the network.
  * - Deadlines: every collective waits at most gpo_dist_timeout() seconds (polling
  *   non-blocking operations) instead of hanging forever on a stopped peer.
- * - Threads: the library is initialised with MPI_THREAD_FUNNELED: the forward
- *   pass's OpenMP workers never communicate, only the thread that called
- *   gpo_dist_init does, between parallel regions.
+ * - Threads: the library is initialised with MPI_THREAD_SERIALIZED: one thread
+ *   communicates at a time (the forward pass's master thread between barriers;
+ *   under `serve` that is the engine thread, not the one that called
+ *   gpo_dist_init), the OpenMP workers never do.
  *
  * How the sharded forward pass uses it (see mesh.h for who holds what): rank 0
  * of each replica broadcasts the step's token batch over its model group; after
@@ -49,7 +50,7 @@ struct gpo_dist_stats {
     double seconds;          /* wall time inside collectives (waiting included) */
 };
 
-/* Start the distributed runtime (MPI_Init_thread at MPI_THREAD_FUNNELED, or
+/* Start the distributed runtime (MPI_Init_thread at MPI_THREAD_SERIALIZED, or
  * refuse when MPI gives less) and learn every rank's host name.  Call once, from
  * the CLI's main before anything else, with main's argc/argv.  The deadline
  * starts as $GPTOSS_DIST_TIMEOUT when set (seconds), else the default.  The

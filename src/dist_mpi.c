@@ -74,8 +74,11 @@ static enum gpo_status check_usable(const char *what) {
     return GPO_OK;
 }
 
-static void pause_briefly(void) {
-    struct timespec ts = {0, 20000};
+/* 20 us while a wait is young (a peer finishing its share of a step); 1 ms once
+ * it has lasted 10 ms (a follower waiting for the next request), so an idle rank
+ * costs next to no CPU and a busy one answers within microseconds. */
+static void pause_briefly(double waited) {
+    struct timespec ts = {0, waited > 0.01 ? 1000000 : 20000};
     nanosleep(&ts, NULL);
 }
 
@@ -113,7 +116,7 @@ static enum gpo_status wait_all(const gpo_dist_comm *c, const char *what, double
                          who(gpo_dist_rank(), me, sizeof me), what, gpo_now() - t0, list);
             break;
         }
-        if (spins > 1000) pause_briefly();
+        if (spins > 1000) pause_briefly(gpo_now() - t0);
     }
     return s;
 }
@@ -169,16 +172,16 @@ enum gpo_status gpo_dist_init(int *argc, char ***argv) {
     if (initialised) return GPO_OK;
     GPO_TRY(gpo_dist_timeout_from_env());
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return gpo_fail(GPO_ERR_IO, "MPI_Init_thread failed");
     initialised = 1;
     if (gethostname(my_host, sizeof my_host) != 0) snprintf(my_host, sizeof my_host, "?");
     my_host[HOST_LEN - 1] = 0;
-    if (provided < MPI_THREAD_FUNNELED)
+    if (provided < MPI_THREAD_SERIALIZED)
         return gpo_fail(GPO_ERR_UNSUPPORTED,
-                        "%s: MPI gives thread level %d, the OpenMP forward pass needs "
-                        "MPI_THREAD_FUNNELED (%d)",
-                        my_host, provided, MPI_THREAD_FUNNELED);
+                        "%s: MPI gives thread level %d; gptoss needs MPI_THREAD_SERIALIZED (%d): "
+                        "the server's engine thread communicates, never two threads at once",
+                        my_host, provided, MPI_THREAD_SERIALIZED);
     MPI_Comm dup;
     if (MPI_Comm_dup(MPI_COMM_WORLD, &dup) != MPI_SUCCESS)
         return gpo_fail(GPO_ERR_IO, "%s: MPI_Comm_dup failed", my_host);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "kvpool.h"
+#include "mesh.h"
 #include "model.h"
 #include "util.h"
 
@@ -68,6 +69,15 @@ struct gpo_engine {
     /* Running estimates for sizing prompt chunks (opts.prefill_itl): seconds of a
      * decode-only step and seconds per prompt token on top of one. */
     double est_decode_s, est_tok_s;
+    /* Several ranks hold the model: the group, this rank's part in it, the KV
+     * operations done since the last plan (leader) and the plan's words. */
+    const gpo_dist_comm *group; /* NULL alone or in a group of one */
+    int follower;
+    int stopped;                /* the leader sent the end */
+    enum gpo_status log_error;  /* an operation could not be logged: out of step */
+    struct gpo_ids kv_ops;      /* [op, slot, n] triples */
+    struct gpo_ids plan;
+    struct gpo_seq_batch *follow_batch; /* [n_slots] */
 };
 
 /* The harmony mask plus every id the tokenizer does not define: the vocabulary
@@ -78,6 +88,45 @@ static void ban_undefined_ids(uint8_t *banned, int64_t n_vocab, const gpo_tokeni
     gpo_sampler_harmony_mask(banned, n_vocab, n_tokens);
     for (int64_t i = 0; t && i < n_vocab && i < n_tokens; i++)
         if (!banned[i] && gpo_tokenizer_token_bytes(t, (int32_t)i, NULL, NULL) != GPO_OK) banned[i] = 1;
+}
+
+/* ------------------------------------------------------------------------- */
+/* KV operations, logged for the followers                                   */
+
+enum { KV_OP_REWIND = 1, KV_OP_RESERVE = 2 };
+
+/* The leader of a group logs every change its scheduling makes to a slot's
+ * blocks, in order; the followers replay the log before the next pass.  Only
+ * operations that succeeded are logged: one that failed changed nothing, here
+ * or there. */
+static void log_kv_op(gpo_engine *e, const struct slot *sl, int32_t op, int64_t n) {
+    if (!e->group || e->follower) return;
+    const int32_t w[3] = {op, (int32_t)(sl - e->slots), (int32_t)n};
+    enum gpo_status s = gpo_ids_append(&e->kv_ops, w, 3);
+    if (s != GPO_OK && e->log_error == GPO_OK) e->log_error = s;
+}
+
+static enum gpo_status slot_rewind(gpo_engine *e, struct slot *sl, int64_t n_keep) {
+    GPO_TRY(gpo_kv_rewind(sl->kv, n_keep));
+    log_kv_op(e, sl, KV_OP_REWIND, n_keep);
+    return GPO_OK;
+}
+
+static enum gpo_status slot_reserve(gpo_engine *e, struct slot *sl, int64_t n_pos) {
+    GPO_TRY(gpo_kv_reserve(sl->kv, n_pos));
+    log_kv_op(e, sl, KV_OP_RESERVE, n_pos);
+    return GPO_OK;
+}
+
+/* This rank's part in a model group of several ranks: member 0 leads. */
+static enum gpo_status join_group(gpo_engine *e) {
+    const struct gpo_mesh_groups *g = e->opts.groups;
+    if (!g || gpo_dist_comm_size(g->model) < 2) return GPO_OK;
+    e->group = g->model;
+    e->follower = gpo_dist_comm_rank(g->model) != 0;
+    e->follow_batch = calloc(e->n_slots, sizeof *e->follow_batch);
+    if (!e->follow_batch) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+    return GPO_OK;
 }
 
 enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
@@ -97,8 +146,11 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
     if (e->opts.ubatch <= 0) e->opts.ubatch = 512;
     /* A step holds at least one decode token per user. */
     int64_t max_tokens = e->opts.ubatch > (int64_t)n_slots ? e->opts.ubatch : (int64_t)n_slots;
+    /* With a shard the pass runs this rank's part and meets the others'. */
     struct gpo_ctx_opts co = {.max_tokens = max_tokens, .max_seqs = (int64_t)n_slots,
-                              .n_threads = e->opts.n_threads, .path = e->opts.path};
+                              .n_threads = e->opts.n_threads, .path = e->opts.path,
+                              .shard = e->opts.shard,
+                              .groups = e->opts.shard ? e->opts.groups : NULL};
     if ((s = gpo_ctx_create(m, &co, &e->ctx)) != GPO_OK) goto fail;
     e->n_slots = n_slots;
     e->slots = calloc(n_slots, sizeof *e->slots);
@@ -110,13 +162,19 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
         s = gpo_fail(GPO_ERR_NOMEM, "out of memory for %zu users", n_slots);
         goto fail;
     }
+    if ((s = join_group(e)) != GPO_OK) goto fail;
     struct gpo_kv_plan plan;
     if ((s = gpo_engine_kv_plan(m, &e->opts, n_slots, &plan)) != GPO_OK) goto fail;
-    if ((s = gpo_kv_pool_create(c, plan.blocks, plan.block_tokens, &e->pool)) != GPO_OK)
+    /* The default pool follows each rank's free memory; the leader's count of
+     * blocks is everyone's, so that the block tables can match. */
+    if (e->group && (s = gpo_dist_bcast(e->group, &plan.blocks, sizeof plan.blocks, 0)) != GPO_OK)
+        goto fail;
+    if ((s = gpo_kv_pool_create(c, e->opts.shard, plan.blocks, plan.block_tokens,
+                                &e->pool)) != GPO_OK)
         goto kv_nomem;
     for (size_t i = 0; i < n_slots; i++)
-        if ((s = gpo_kv_create_paged(m, e->pool, e->opts.max_seq_len, GPO_ENGINE_RING_MARGIN,
-                                     &e->slots[i].kv)) != GPO_OK)
+        if ((s = gpo_kv_create_paged(m, e->opts.shard, e->pool, e->opts.max_seq_len,
+                                     GPO_ENGINE_RING_MARGIN, &e->slots[i].kv)) != GPO_OK)
             goto kv_nomem;
     ban_undefined_ids(e->banned, c->n_vocab, t);
     *out = e;
@@ -133,6 +191,7 @@ kv_nomem:
                      ((double)plan.pool_bytes + (double)plan.ring_bytes * (double)n_slots) /
                          1048576.0);
 fail:
+    e->stopped = 1; /* the followers hear of it through the caller's abort */
     gpo_engine_free(e);
     return s;
 }
@@ -141,6 +200,8 @@ static void req_free(gpo_engine *e, struct gpo_req *r);
 
 void gpo_engine_free(gpo_engine *e) {
     if (!e) return;
+    /* Followers wait for the end; after a failed broadcast it fails at once. */
+    if (e->group && !e->follower && !e->stopped && e->slots) gpo_engine_stop_followers(e);
     /* Handles the caller did not release go with the engine. */
     while (e->head) req_free(e, e->head);
     for (size_t i = 0; e->slots && i < e->n_slots; i++) {
@@ -153,13 +214,17 @@ void gpo_engine_free(gpo_engine *e) {
     free(e->logits);
     free(e->batch);
     free(e->batch_req);
+    free(e->follow_batch);
+    gpo_ids_free(&e->kv_ops);
+    gpo_ids_free(&e->plan);
     gpo_ctx_free(e->ctx);
     free(e);
 }
 
 void gpo_engine_set_abort(gpo_engine *e, volatile sig_atomic_t *flag) {
     e->abort_flag = flag;
-    gpo_ctx_set_abort(e->ctx, flag);
+    /* A pass the followers run too must not stop half-way on the leader alone. */
+    if (!e->group) gpo_ctx_set_abort(e->ctx, flag);
 }
 
 const char *gpo_engine_kernels(const gpo_engine *e) { return gpo_ctx_kernels(e->ctx); }
@@ -184,7 +249,7 @@ void gpo_engine_kv_pool(const gpo_engine *e, struct gpo_kv_pool_stats *out) {
 void gpo_engine_reset_slot(gpo_engine *e, size_t slot) {
     /* A running request's cache is its own until it ends. */
     if (slot >= e->n_slots || e->slots[slot].req) return;
-    gpo_kv_rewind(e->slots[slot].kv, 0);
+    slot_rewind(e, &e->slots[slot], 0);
     e->slots[slot].cached.n = 0;
 }
 
@@ -306,13 +371,13 @@ static size_t common_prefix(const struct slot *sl, const struct gpo_req *r) {
     return common;
 }
 
-static void reuse_prefix(struct slot *sl, struct gpo_req *r) {
+static void reuse_prefix(gpo_engine *e, struct slot *sl, struct gpo_req *r) {
     size_t common = common_prefix(sl, r);
     if (common >= feed_n(r)) common = feed_n(r) - 1;
-    if (gpo_kv_rewind(sl->kv, (int64_t)common) != GPO_OK) {
+    if (slot_rewind(e, sl, (int64_t)common) != GPO_OK) {
         gpo_log(GPO_LOG_INFO, "cannot reuse %zu cached tokens (%s); prefilling the whole prompt",
                 common, gpo_last_error());
-        gpo_kv_rewind(sl->kv, 0);
+        slot_rewind(e, sl, 0);
         common = 0;
     }
     sl->cached.n = common;
@@ -322,8 +387,8 @@ static void reuse_prefix(struct slot *sl, struct gpo_req *r) {
 }
 
 /* Forget an idle slot's cached tokens and give its blocks back. */
-static void clear_slot(struct slot *sl) {
-    gpo_kv_rewind(sl->kv, 0);
+static void clear_slot(gpo_engine *e, struct slot *sl) {
+    slot_rewind(e, sl, 0);
     sl->cached.n = 0;
 }
 
@@ -343,15 +408,15 @@ static int evict_idle(gpo_engine *e) {
         struct slot *sl = &e->slots[i];
         if (!sl->req && sl->kv->n_blocks > 0 && (!lru || sl->last_used < lru->last_used)) lru = sl;
     }
-    if (lru) clear_slot(lru);
+    if (lru) clear_slot(e, lru);
     return lru != NULL;
 }
 
 /* Blocks for n_pos positions of kv, taking back idle slots' blocks as needed;
  * the caller has checked that the free and idle blocks are enough. */
-static enum gpo_status reserve_evicting(gpo_engine *e, gpo_kv *kv, int64_t n_pos) {
-    while (gpo_kv_blocks_short(kv, n_pos) > e->pool->n_free && evict_idle(e)) {}
-    return gpo_kv_reserve(kv, n_pos);
+static enum gpo_status reserve_evicting(gpo_engine *e, struct slot *sl, int64_t n_pos) {
+    while (gpo_kv_blocks_short(sl->kv, n_pos) > e->pool->n_free && evict_idle(e)) {}
+    return slot_reserve(e, sl, n_pos);
 }
 
 /* Give the request the free slot whose cache shares the longest prefix with its
@@ -383,8 +448,8 @@ static int take_slot(gpo_engine *e, struct gpo_req *r) {
     r->state = GPO_REQ_PREFILL;
     e->n_queued--;
     e->n_running++;
-    reuse_prefix(sl, r);
-    enum gpo_status s = reserve_evicting(e, sl->kv, (int64_t)feed_n(r));
+    reuse_prefix(e, sl, r);
+    enum gpo_status s = reserve_evicting(e, sl, (int64_t)feed_n(r));
     if (s != GPO_OK) {
         fail_user(r, s);
         retire(e, r);
@@ -405,13 +470,13 @@ static void preempt(gpo_engine *e, struct gpo_req *r) {
          gpo_ids_append(&r->resume, u->generated.ids, u->generated.n) != GPO_OK)) {
         fail_user(r, GPO_ERR_NOMEM);
         retire(e, r);
-        clear_slot(sl);
+        clear_slot(e, sl);
         return;
     }
     gpo_log(GPO_LOG_INFO, "user %zu preempted after %zu tokens: the KV pool is full", r->tag,
             u->generated.n);
     sl->req = NULL;
-    clear_slot(sl);
+    clear_slot(e, sl);
     r->slot = -1;
     r->state = GPO_REQ_QUEUED;
     r->pending = -1;
@@ -445,7 +510,7 @@ static void grow_running(gpo_engine *e) {
             preempt(e, v);
         }
         if (r->state != GPO_REQ_DECODE) continue;
-        enum gpo_status s = gpo_kv_reserve(kv, kv->len + 1);
+        enum gpo_status s = slot_reserve(e, &e->slots[r->slot], kv->len + 1);
         if (s != GPO_OK) {
             fail_user(r, s);
             retire(e, r);
@@ -526,6 +591,13 @@ static enum gpo_status accept_token(gpo_engine *e, struct gpo_req *r, int32_t id
 /* ------------------------------------------------------------------------- */
 /* Requests                                                                  */
 
+/* Requests and steps are the leader's: a follower only runs plans. */
+static enum gpo_status leader_only(const gpo_engine *e, const char *what) {
+    if (!e->follower) return GPO_OK;
+    return gpo_fail(GPO_ERR_ARG, "rank %d (%s): %s on a follower engine, which only runs the "
+                    "leader's plans (gpo_engine_follow)", gpo_dist_rank(), gpo_dist_host(), what);
+}
+
 /* `who` prefixes the messages ("user 3: " for gpo_engine_run). */
 static enum gpo_status check_prompt(const gpo_engine *e, const int32_t *prompt, size_t n,
                                     const char *who) {
@@ -594,6 +666,7 @@ static enum gpo_status enqueue(gpo_engine *e, struct gpo_req *r, double t_submit
 enum gpo_status gpo_engine_submit(gpo_engine *e, const struct gpo_request *req, gpo_req **out) {
     enum gpo_status s;
     *out = NULL;
+    GPO_TRY(leader_only(e, "submit"));
     GPO_TRY(check_prompt(e, req->prompt, req->n_prompt, ""));
     if (req->n_stops > 0 && !req->stops)
         return gpo_fail(GPO_ERR_ARG, "%zu stop strings but no array", req->n_stops);
@@ -668,6 +741,8 @@ void gpo_engine_totals(const gpo_engine *e, struct gpo_gen_stats *out) { *out = 
 /* ------------------------------------------------------------------------- */
 /* One step                                                                  */
 
+static enum gpo_status send_plan(gpo_engine *e, const struct gpo_seq_batch *batch, int64_t nb);
+
 /* The forward pass failed for the requests of the batch: their caches may hold
  * part of the step, so their slots start again from nothing. */
 static void fail_batch(gpo_engine *e, int64_t nb, enum gpo_status s) {
@@ -675,7 +750,7 @@ static void fail_batch(gpo_engine *e, int64_t nb, enum gpo_status s) {
         struct gpo_req *r = e->batch_req[b];
         struct slot *sl = &e->slots[r->slot];
         fail_user(r, s);
-        gpo_kv_rewind(sl->kv, 0);
+        slot_rewind(e, sl, 0);
         sl->cached.n = 0;
         retire(e, r);
     }
@@ -721,6 +796,7 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     const int64_t V = gpo_model_config(e->m)->n_vocab;
     struct gpo_gen_stats *st = &e->totals;
     enum gpo_status s = GPO_OK;
+    GPO_TRY(leader_only(e, "step"));
     if (e->abort_flag && *e->abort_flag) abort_all(e);
     /* Cancelled requests end first so that their slots go to the queue (their
      * blocks stay as a cached prefix, which the pool may take back). */
@@ -760,7 +836,8 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     if (nb == 0) goto done;
 
     double ts = gpo_now();
-    s = gpo_forward(e->ctx, batch, nb, e->logits);
+    s = e->group ? send_plan(e, batch, nb) : GPO_OK;
+    if (s == GPO_OK) s = gpo_forward(e->ctx, batch, nb, e->logits);
     if (s == GPO_ERR_ABORTED) {
         /* The caches are as they were before the call. */
         abort_all(e);
@@ -785,7 +862,7 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
         struct slot *sl = &e->slots[r->slot];
         if (gpo_ids_append(&sl->cached, batch[b].tokens, (size_t)batch[b].n_tokens) != GPO_OK) {
             /* The cache holds keys the record lacks: forget both. */
-            gpo_kv_rewind(sl->kv, 0);
+            slot_rewind(e, sl, 0);
             sl->cached.n = 0;
             fail_user(r, GPO_ERR_NOMEM);
             if (batch[b].logits != GPO_LOGITS_NONE) row++;
@@ -826,6 +903,7 @@ enum gpo_status gpo_engine_run(gpo_engine *e, struct gpo_gen_user *users, size_t
     struct gpo_gen_stats st = {0};
     struct gpo_req **reqs = NULL;
     if (stats) *stats = st;
+    GPO_TRY(leader_only(e, "run"));
     if (n == 0 || n > e->n_slots)
         return gpo_fail(GPO_ERR_ARG, "%zu users for an engine with %zu slots", n, e->n_slots);
     if (e->n_running + e->n_queued > 0)
@@ -894,4 +972,174 @@ cleanup:
         if (reqs[i]) req_free(e, reqs[i]);
     free(reqs);
     return s;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Plans: the leader's steps as the followers run them                        */
+
+/* A plan is a header of PLAN_HEAD int64 then n_words int32: the logged KV
+ * operations ([op, slot, n] each), then for a step per sequence [slot,
+ * n_tokens, logits mode, cache length before the pass] and its tokens, for the
+ * end every slot's cache length. */
+enum { PLAN_STEP = 1, PLAN_END = 2 };
+enum { H_KIND, H_WORDS, H_OPS, H_SEQS, H_FREE, H_STEP, PLAN_HEAD };
+#define SEQ_WORDS 4
+/* The leader may wait for its users as long as it likes (a chat's next line, a
+ * server's next request), so a follower waits for the next plan without the
+ * collective deadline; a leader that dies ends the job through mpirun. */
+#define PLAN_IDLE_WAIT 1e9
+
+static enum gpo_status broadcast_plan(gpo_engine *e, int64_t kind, int64_t n_ops, int64_t n_seqs) {
+    int64_t head[PLAN_HEAD] = {kind, (int64_t)e->plan.n, n_ops, n_seqs, e->pool->n_free,
+                               e->totals.n_steps};
+    GPO_TRY(gpo_dist_bcast(e->group, head, sizeof head, 0));
+    if (e->plan.n) GPO_TRY(gpo_dist_bcast(e->group, e->plan.ids, e->plan.n * sizeof(int32_t), 0));
+    e->kv_ops.n = 0;
+    return GPO_OK;
+}
+
+/* The plan starts with the operations logged since the last one. */
+static enum gpo_status plan_begin(gpo_engine *e) {
+    if (e->log_error != GPO_OK)
+        return gpo_fail(e->log_error, "rank %d (%s): a KV operation could not be recorded, so "
+                        "the followers' caches would be out of step",
+                        gpo_dist_rank(), gpo_dist_host());
+    e->plan.n = 0;
+    return e->kv_ops.n ? gpo_ids_append(&e->plan, e->kv_ops.ids, e->kv_ops.n) : GPO_OK;
+}
+
+static enum gpo_status send_plan(gpo_engine *e, const struct gpo_seq_batch *batch, int64_t nb) {
+    GPO_TRY(plan_begin(e));
+    const int64_t n_ops = (int64_t)e->plan.n / 3;
+    for (int64_t b = 0; b < nb; b++) {
+        const int32_t w[SEQ_WORDS] = {(int32_t)e->batch_req[b]->slot, (int32_t)batch[b].n_tokens,
+                                      (int32_t)batch[b].logits, (int32_t)gpo_kv_len(batch[b].kv)};
+        GPO_TRY(gpo_ids_append(&e->plan, w, SEQ_WORDS));
+        GPO_TRY(gpo_ids_append(&e->plan, batch[b].tokens, (size_t)batch[b].n_tokens));
+    }
+    return broadcast_plan(e, PLAN_STEP, n_ops, nb);
+}
+
+enum gpo_status gpo_engine_stop_followers(gpo_engine *e) {
+    if (!e->group || e->follower || e->stopped) return GPO_OK;
+    e->stopped = 1;
+    GPO_TRY(plan_begin(e));
+    const int64_t n_ops = (int64_t)e->plan.n / 3;
+    for (size_t i = 0; i < e->n_slots; i++)
+        GPO_TRY(gpo_ids_push(&e->plan, (int32_t)gpo_kv_len(e->slots[i].kv)));
+    return broadcast_plan(e, PLAN_END, n_ops, 0);
+}
+
+int gpo_engine_is_leader(const gpo_engine *e) { return !e->follower; }
+
+/* A plan that does not fit this rank's engine, or disagrees with its caches. */
+static enum gpo_status out_of_step(const int64_t *head, const char *what, long long got,
+                                   long long want) {
+    return gpo_fail(GPO_ERR_IO, "rank %d (%s): step %lld of the leader: %s is %lld here but %lld "
+                    "on the leader: the ranks are out of step", gpo_dist_rank(), gpo_dist_host(),
+                    (long long)head[H_STEP], what, got, want);
+}
+
+static enum gpo_status receive_plan(gpo_engine *e, int64_t *head) {
+    const double deadline = gpo_dist_timeout();
+    GPO_TRY(gpo_dist_set_timeout(PLAN_IDLE_WAIT));
+    enum gpo_status s = gpo_dist_bcast(e->group, head, PLAN_HEAD * sizeof *head, 0);
+    gpo_dist_set_timeout(deadline);
+    GPO_TRY(s);
+    /* Words: the operations, and at most every slot's sequence and a step's tokens. */
+    const int64_t n_slots = (int64_t)e->n_slots;
+    const int64_t cap = head[H_OPS] * 3 + n_slots * (SEQ_WORDS + 1) +
+                        (e->opts.ubatch > n_slots ? e->opts.ubatch : n_slots);
+    if ((head[H_KIND] != PLAN_STEP && head[H_KIND] != PLAN_END) || head[H_OPS] < 0 ||
+        head[H_OPS] > (1 << 24) || head[H_SEQS] < 0 || head[H_SEQS] > (int64_t)e->n_slots ||
+        head[H_WORDS] < head[H_OPS] * 3 || head[H_WORDS] > cap)
+        return gpo_fail(GPO_ERR_IO, "rank %d (%s): a plan of kind %lld with %lld words, %lld "
+                        "KV operations and %lld sequences does not fit an engine of %zu slots",
+                        gpo_dist_rank(), gpo_dist_host(), (long long)head[H_KIND],
+                        (long long)head[H_WORDS], (long long)head[H_OPS], (long long)head[H_SEQS],
+                        e->n_slots);
+    e->plan.n = 0;
+    for (int64_t i = 0; i < head[H_WORDS]; i++) GPO_TRY(gpo_ids_push(&e->plan, 0));
+    if (e->plan.n) GPO_TRY(gpo_dist_bcast(e->group, e->plan.ids, e->plan.n * sizeof(int32_t), 0));
+    return GPO_OK;
+}
+
+/* Replay the leader's KV operations; the free blocks must then agree. */
+static enum gpo_status apply_ops(gpo_engine *e, const int64_t *head) {
+    const int32_t *w = e->plan.ids;
+    for (int64_t i = 0; i < head[H_OPS]; i++, w += 3) {
+        if (w[1] < 0 || (size_t)w[1] >= e->n_slots ||
+            (w[0] != KV_OP_REWIND && w[0] != KV_OP_RESERVE))
+            return gpo_fail(GPO_ERR_IO, "rank %d (%s): step %lld of the leader: KV operation %d "
+                            "on slot %d does not fit an engine of %zu slots", gpo_dist_rank(),
+                            gpo_dist_host(), (long long)head[H_STEP], w[0], w[1], e->n_slots);
+        struct slot *sl = &e->slots[w[1]];
+        enum gpo_status s = w[0] == KV_OP_REWIND ? gpo_kv_rewind(sl->kv, w[2])
+                                                 : gpo_kv_reserve(sl->kv, w[2]);
+        if (s != GPO_OK) return out_of_step(head, "a KV operation's status", s, GPO_OK);
+    }
+    if (e->pool->n_free != head[H_FREE])
+        return out_of_step(head, "the free KV blocks", (long long)e->pool->n_free,
+                           (long long)head[H_FREE]);
+    return GPO_OK;
+}
+
+/* The end: every slot's cache length must agree with the leader's. */
+static enum gpo_status check_end(const gpo_engine *e, const int64_t *head) {
+    const int32_t *len = e->plan.ids + head[H_OPS] * 3;
+    if (head[H_WORDS] != head[H_OPS] * 3 + (int64_t)e->n_slots)
+        return out_of_step(head, "the slots of the end", head[H_WORDS] - head[H_OPS] * 3,
+                           (long long)e->n_slots);
+    for (size_t i = 0; i < e->n_slots; i++)
+        if (gpo_kv_len(e->slots[i].kv) != len[i])
+            return out_of_step(head, "a slot's cache length", (long long)gpo_kv_len(e->slots[i].kv),
+                               len[i]);
+    return GPO_OK;
+}
+
+/* The step's sequences as this rank's batch; each cache must hold what the
+ * leader's does. */
+static enum gpo_status plan_batch(gpo_engine *e, const int64_t *head) {
+    const int32_t *w = e->plan.ids + head[H_OPS] * 3, *end = e->plan.ids + e->plan.n;
+    for (int64_t b = 0; b < head[H_SEQS]; b++) {
+        if (end - w < SEQ_WORDS || w[0] < 0 || (size_t)w[0] >= e->n_slots || w[1] < 1 ||
+            w[1] > end - w - SEQ_WORDS || w[2] < GPO_LOGITS_NONE || w[2] > GPO_LOGITS_ALL)
+            return gpo_fail(GPO_ERR_IO, "rank %d (%s): step %lld of the leader: sequence %lld "
+                            "(slot %d) does not fit an engine of %zu slots or the plan's %zu words",
+                            gpo_dist_rank(), gpo_dist_host(), (long long)head[H_STEP], (long long)b,
+                            end - w >= 1 ? w[0] : -1, e->n_slots, e->plan.n);
+        gpo_kv *kv = e->slots[w[0]].kv;
+        if (gpo_kv_len(kv) != w[3])
+            return out_of_step(head, "a cache's length", (long long)gpo_kv_len(kv), w[3]);
+        e->follow_batch[b] = (struct gpo_seq_batch){kv, w + SEQ_WORDS, w[1],
+                                                    (enum gpo_logits_mode)w[2]};
+        w += SEQ_WORDS + w[1];
+    }
+    return GPO_OK;
+}
+
+enum gpo_status gpo_engine_follow(gpo_engine *e) {
+    if (!e->follower)
+        return gpo_fail(GPO_ERR_ARG, "gpo_engine_follow on an engine that leads or runs alone");
+    for (;;) {
+        int64_t head[PLAN_HEAD];
+        GPO_TRY(receive_plan(e, head));
+        GPO_TRY(apply_ops(e, head));
+        if (head[H_KIND] == PLAN_END) {
+            GPO_TRY(check_end(e, head));
+            gpo_log(GPO_LOG_INFO,
+                    "rank %d (%s): followed %lld steps, caches in step with the leader",
+                    gpo_dist_rank(), gpo_dist_host(), (long long)e->totals.n_steps);
+            return GPO_OK;
+        }
+        GPO_TRY(plan_batch(e, head));
+        enum gpo_status s = gpo_forward(e->ctx, e->follow_batch, head[H_SEQS], e->logits);
+        if (s != GPO_OK) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", gpo_last_error());
+            return gpo_fail(s, "rank %d (%s): the forward pass of step %lld failed: %s",
+                            gpo_dist_rank(), gpo_dist_host(), (long long)head[H_STEP], why);
+        }
+        e->totals.n_steps++;
+    }
 }

@@ -23,9 +23,9 @@ static uint64_t slots_of(const struct gpo_config *c, int64_t l, int64_t max_seq,
     return paged ? 0 : (uint64_t)max_seq;
 }
 
-static uint64_t own_bytes(const struct gpo_config *c, int64_t max_seq_len, int64_t margin,
-                          int paged) {
-    uint64_t total = 0, kvd = (uint64_t)(c->n_head_kv * c->head_dim);
+static uint64_t own_bytes(const struct gpo_config *c, int64_t kv_dim, int64_t max_seq_len,
+                          int64_t margin, int paged) {
+    uint64_t total = 0, kvd = (uint64_t)kv_dim;
     /* Overflow-checked: a size that does not fit saturates at UINT64_MAX. */
     for (int64_t l = 0; l < c->n_layer; l++) {
         uint64_t layer;
@@ -37,11 +37,16 @@ static uint64_t own_bytes(const struct gpo_config *c, int64_t max_seq_len, int64
 }
 
 uint64_t gpo_kv_bytes_for_ex(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
-    return own_bytes(c, max_seq_len, margin, 0);
+    return own_bytes(c, gpo_kv_dim_of(c, NULL), max_seq_len, margin, 0);
 }
 
 uint64_t gpo_kv_ring_bytes(const struct gpo_config *c, int64_t max_seq_len, int64_t margin) {
-    return own_bytes(c, max_seq_len, margin, 1);
+    return gpo_kv_ring_bytes_shard(c, NULL, max_seq_len, margin);
+}
+
+uint64_t gpo_kv_ring_bytes_shard(const struct gpo_config *c, const struct gpo_mesh_shard *shard,
+                                 int64_t max_seq_len, int64_t margin) {
+    return own_bytes(c, gpo_kv_dim_of(c, shard), max_seq_len, margin, 1);
 }
 
 /* Physical memory in bytes; 0 when unknown. */
@@ -56,12 +61,23 @@ uint64_t gpo_kv_bytes_for(const struct gpo_config *c, int64_t max_seq_len) {
     return gpo_kv_bytes_for_ex(c, max_seq_len, 0);
 }
 
+enum gpo_status gpo_kv_check_shard(const struct gpo_config *c, const struct gpo_mesh_shard *shard) {
+    if (shard && (shard->kv_head0 < 0 || shard->kv_head1 > c->n_head_kv ||
+                  shard->kv_head1 <= shard->kv_head0))
+        return gpo_fail(GPO_ERR_ARG, "KV heads [%lld, %lld) of the shard are not within the model's %lld",
+                        (long long)shard->kv_head0, (long long)shard->kv_head1,
+                        (long long)c->n_head_kv);
+    return GPO_OK;
+}
+
 /* The cache's own memory (every layer, or only the rings when paged) with the
- * layers laid out in it. */
-static enum gpo_status kv_alloc(const gpo_model *m, int64_t max_seq_len, int64_t margin, int paged,
-                                gpo_kv **out) {
+ * layers laid out in it, for the KV heads of `shard` (NULL: all). */
+static enum gpo_status kv_alloc(const gpo_model *m, const struct gpo_mesh_shard *shard,
+                                int64_t max_seq_len, int64_t margin, int paged, gpo_kv **out) {
     const struct gpo_config *c = gpo_model_config(m);
+    const int64_t kv_dim = gpo_kv_dim_of(c, shard);
     *out = NULL;
+    GPO_TRY(gpo_kv_check_shard(c, shard));
     if (margin < 0 || margin > ((int64_t)1 << 30))
         return gpo_fail(GPO_ERR_ARG, "ring margin %lld out of range", (long long)margin);
     if (max_seq_len < 1)
@@ -70,7 +86,7 @@ static enum gpo_status kv_alloc(const gpo_model *m, int64_t max_seq_len, int64_t
         return gpo_fail(GPO_ERR_CONTEXT, "max_seq_len %lld exceeds the model's context of %lld tokens",
                         (long long)max_seq_len, (long long)c->max_position);
     /* One cache larger than the machine's memory can never be filled. */
-    uint64_t bytes = own_bytes(c, max_seq_len, margin, paged), phys = phys_bytes();
+    uint64_t bytes = own_bytes(c, kv_dim, max_seq_len, margin, paged), phys = phys_bytes();
     if (bytes == UINT64_MAX || bytes > SIZE_MAX || (phys && bytes > phys)) {
         char need[64];
         if (bytes == UINT64_MAX)
@@ -92,7 +108,7 @@ static enum gpo_status kv_alloc(const gpo_model *m, int64_t max_seq_len, int64_t
     struct gpo_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     kv->n_layer = c->n_layer;
-    kv->kv_dim = c->n_head_kv * c->head_dim;
+    kv->kv_dim = kv_dim;
     kv->max_seq = max_seq_len;
     kv->window = c->sliding_window;
     kv->ring = ring_of(c, max_seq_len, margin);
@@ -119,20 +135,28 @@ static enum gpo_status kv_alloc(const gpo_model *m, int64_t max_seq_len, int64_t
 }
 
 enum gpo_status gpo_kv_create(const gpo_model *m, int64_t max_seq_len, gpo_kv **out) {
-    return kv_alloc(m, max_seq_len, 0, 0, out);
+    return kv_alloc(m, NULL, max_seq_len, 0, 0, out);
 }
 
 enum gpo_status gpo_kv_create_ex(const gpo_model *m, int64_t max_seq_len, int64_t margin,
                                  gpo_kv **out) {
-    return kv_alloc(m, max_seq_len, margin, 0, out);
+    return kv_alloc(m, NULL, max_seq_len, margin, 0, out);
 }
 
-enum gpo_status gpo_kv_create_paged(const gpo_model *m, struct gpo_kv_pool *p, int64_t max_seq_len,
-                                    int64_t margin, gpo_kv **out) {
+enum gpo_status gpo_kv_create_shard(const gpo_model *m, const struct gpo_mesh_shard *shard,
+                                    int64_t max_seq_len, int64_t margin, gpo_kv **out) {
+    return kv_alloc(m, shard, max_seq_len, margin, 0, out);
+}
+
+enum gpo_status gpo_kv_create_paged(const gpo_model *m, const struct gpo_mesh_shard *shard,
+                                    struct gpo_kv_pool *p, int64_t max_seq_len, int64_t margin,
+                                    gpo_kv **out) {
     const struct gpo_config *c = gpo_model_config(m);
-    if (p->kv_dim != c->n_head_kv * c->head_dim)
-        return gpo_fail(GPO_ERR_ARG, "the KV pool was made for another model");
-    GPO_TRY(kv_alloc(m, max_seq_len, margin, 1, out));
+    if (p->kv_dim != gpo_kv_dim_of(c, shard))
+        return gpo_fail(GPO_ERR_ARG, "the KV pool holds %lld floats per position, this model's "
+                        "shard %lld: made for another model or shard", (long long)p->kv_dim,
+                        (long long)gpo_kv_dim_of(c, shard));
+    GPO_TRY(kv_alloc(m, shard, max_seq_len, margin, 1, out));
     struct gpo_kv *kv = *out;
     kv->pool = p;
     kv->pool_mem = p->mem;

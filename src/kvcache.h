@@ -8,12 +8,13 @@
 #define GPO_KVCACHE_H
 
 #include "gpo.h"
+#include "mesh.h"
 
 struct gpo_kv_pool;
 
 struct gpo_kv {
     int64_t n_layer;
-    int64_t kv_dim;      /* n_head_kv * head_dim */
+    int64_t kv_dim;      /* head_dim x the KV heads it holds (all, or a shard's) */
     int64_t max_seq;     /* capacity in tokens */
     int64_t window;      /* the model's sliding window */
     int64_t ring;        /* slots of a sliding layer: window + margin, at most max_seq */
@@ -33,6 +34,21 @@ struct gpo_kv {
     int32_t *blocks;     /* [ceil(max_seq / block_tokens)] */
     int64_t n_blocks;    /* blocks held */
 };
+
+/* Floats of one position's keys (or values) in a cache of this shard's KV heads
+ * (every head for NULL). */
+static inline int64_t gpo_kv_dim_of(const struct gpo_config *c, const struct gpo_mesh_shard *shard) {
+    const int64_t heads = shard ? shard->kv_head1 - shard->kv_head0 : c->n_head_kv;
+    return heads * c->head_dim;
+}
+
+/* Refuse a shard whose KV heads are empty or outside the model's (NULL is fine). */
+enum gpo_status gpo_kv_check_shard(const struct gpo_config *c, const struct gpo_mesh_shard *shard);
+
+/* A contiguous cache holding only the KV heads of `shard` (NULL: all of them, as
+ * gpo_kv_create_ex). */
+enum gpo_status gpo_kv_create_shard(const gpo_model *m, const struct gpo_mesh_shard *shard,
+                                    int64_t max_seq_len, int64_t margin, gpo_kv **out);
 
 /* Slot of absolute position pos in layer l of a contiguous layer. */
 static inline int64_t gpo_kv_slot(const struct gpo_kv *kv, int64_t l, int64_t pos) {

@@ -14,13 +14,17 @@ static int64_t n_full_layers(const struct gpo_config *c) {
     return n;
 }
 
-uint64_t gpo_kv_block_bytes(const struct gpo_config *c, int64_t block_tokens) {
-    uint64_t kvd = (uint64_t)(c->n_head_kv * c->head_dim);
-    return (uint64_t)n_full_layers(c) * 2 * (uint64_t)block_tokens * kvd * 4;
+static uint64_t block_bytes_of(const struct gpo_config *c, int64_t kv_dim, int64_t block_tokens) {
+    return (uint64_t)n_full_layers(c) * 2 * (uint64_t)block_tokens * (uint64_t)kv_dim * 4;
 }
 
-enum gpo_status gpo_kv_pool_create(const struct gpo_config *c, int64_t n_blocks,
-                                   int64_t block_tokens, struct gpo_kv_pool **out) {
+uint64_t gpo_kv_block_bytes(const struct gpo_config *c, int64_t block_tokens) {
+    return block_bytes_of(c, gpo_kv_dim_of(c, NULL), block_tokens);
+}
+
+enum gpo_status gpo_kv_pool_create(const struct gpo_config *c, const struct gpo_mesh_shard *shard,
+                                   int64_t n_blocks, int64_t block_tokens,
+                                   struct gpo_kv_pool **out) {
     *out = NULL;
     if (block_tokens < 1 || block_tokens > 4096)
         return gpo_fail(GPO_ERR_ARG, "KV block of %lld positions (1..4096)",
@@ -28,7 +32,9 @@ enum gpo_status gpo_kv_pool_create(const struct gpo_config *c, int64_t n_blocks,
     if (n_blocks < 1 || n_blocks > INT32_MAX)
         return gpo_fail(GPO_ERR_ARG, "KV pool of %lld blocks (1..%d)", (long long)n_blocks,
                         INT32_MAX);
-    uint64_t block_bytes = gpo_kv_block_bytes(c, block_tokens), bytes;
+    const int64_t kv_dim = gpo_kv_dim_of(c, shard);
+    GPO_TRY(gpo_kv_check_shard(c, shard));
+    uint64_t block_bytes = block_bytes_of(c, kv_dim, block_tokens), bytes;
     if (!mul_u64(block_bytes, (uint64_t)n_blocks, &bytes) || bytes > SIZE_MAX)
         return gpo_fail(GPO_ERR_NOMEM, "KV pool of %lld blocks x %llu bytes does not fit in memory",
                         (long long)n_blocks, (unsigned long long)block_bytes);
@@ -36,7 +42,7 @@ enum gpo_status gpo_kv_pool_create(const struct gpo_config *c, int64_t n_blocks,
     if (!p) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     p->block_tokens = block_tokens;
     p->n_blocks = p->n_free = n_blocks;
-    p->kv_dim = c->n_head_kv * c->head_dim;
+    p->kv_dim = kv_dim;
     p->block_floats = (int64_t)(block_bytes / 4);
     for (int64_t l = 0, f = 0; l < c->n_layer; l++)
         p->layer_off[l] = c->layer_sliding[l] ? -1 : 2 * block_tokens * p->kv_dim * f++;
@@ -95,8 +101,11 @@ enum gpo_status gpo_engine_kv_plan(const gpo_model *m, const struct gpo_engine_o
     int64_t max_seq = opts && opts->max_seq_len > 0 ? opts->max_seq_len : 4096;
     if (max_seq > c->max_position) max_seq = c->max_position;
     *out = (struct gpo_kv_plan){.block_tokens = B, .max_seq_len = max_seq};
-    out->block_bytes = gpo_kv_block_bytes(c, B);
-    out->ring_bytes = gpo_kv_ring_bytes(c, max_seq, GPO_ENGINE_RING_MARGIN);
+    /* A rank's pool and rings hold its shard's KV heads only. */
+    const struct gpo_mesh_shard *shard = opts ? opts->shard : NULL;
+    GPO_TRY(gpo_kv_check_shard(c, shard));
+    out->block_bytes = block_bytes_of(c, gpo_kv_dim_of(c, shard), B);
+    out->ring_bytes = gpo_kv_ring_bytes_shard(c, shard, max_seq, GPO_ENGINE_RING_MARGIN);
     /* Never more than every slot at max_seq_len can use, never less than one
      * request of max_seq_len by default. */
     const int64_t per_seq = (max_seq + B - 1) / B;

@@ -36,15 +36,22 @@ struct gpo_kv_pool {
 uint64_t gpo_kv_block_bytes(const struct gpo_config *c, int64_t block_tokens);
 /* Bytes of one sequence's sliding-window rings (paged caches keep only these). */
 uint64_t gpo_kv_ring_bytes(const struct gpo_config *c, int64_t max_seq_len, int64_t margin);
+/* The same for the KV heads of a shard (NULL: all). */
+uint64_t gpo_kv_ring_bytes_shard(const struct gpo_config *c, const struct gpo_mesh_shard *shard,
+                                 int64_t max_seq_len, int64_t margin);
 
-enum gpo_status gpo_kv_pool_create(const struct gpo_config *c, int64_t n_blocks,
-                                   int64_t block_tokens, struct gpo_kv_pool **out);
+/* The pool of a rank holds only its shard's KV heads (NULL: all of them). */
+enum gpo_status gpo_kv_pool_create(const struct gpo_config *c, const struct gpo_mesh_shard *shard,
+                                   int64_t n_blocks, int64_t block_tokens,
+                                   struct gpo_kv_pool **out);
 /* Every cache made on the pool must be freed first. */
 void gpo_kv_pool_free(struct gpo_kv_pool *p);
 
-/* A cache whose full layers take blocks of pool p as it grows. */
-enum gpo_status gpo_kv_create_paged(const gpo_model *m, struct gpo_kv_pool *p, int64_t max_seq_len,
-                                    int64_t margin, gpo_kv **out);
+/* A cache whose full layers take blocks of pool p as it grows; shard as the
+ * pool's (NULL: all KV heads). */
+enum gpo_status gpo_kv_create_paged(const gpo_model *m, const struct gpo_mesh_shard *shard,
+                                    struct gpo_kv_pool *p, int64_t max_seq_len, int64_t margin,
+                                    gpo_kv **out);
 /* Blocks kv still needs so that positions 0 .. n_pos-1 have a home (0 for a
  * contiguous cache). */
 int64_t gpo_kv_blocks_short(const gpo_kv *kv, int64_t n_pos);

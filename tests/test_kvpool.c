@@ -69,9 +69,9 @@ static void paged_vs_contiguous(enum gpo_path path, int64_t block_tokens) {
     assert_int_equal(gpo_kv_create_ex(g_model, N, 0, &flat), GPO_OK);
     struct gpo_kv_pool *pool = NULL;
     const int64_t per_seq = (N + block_tokens - 1) / block_tokens;
-    assert_int_equal(gpo_kv_pool_create(c, 2 * per_seq, block_tokens, &pool), GPO_OK);
-    assert_int_equal(gpo_kv_create_paged(g_model, pool, N, 0, &paged), GPO_OK);
-    assert_int_equal(gpo_kv_create_paged(g_model, pool, N, 0, &other), GPO_OK);
+    assert_int_equal(gpo_kv_pool_create(c, NULL, 2 * per_seq, block_tokens, &pool), GPO_OK);
+    assert_int_equal(gpo_kv_create_paged(g_model, NULL, pool, N, 0, &paged), GPO_OK);
+    assert_int_equal(gpo_kv_create_paged(g_model, NULL, pool, N, 0, &other), GPO_OK);
     assert_true(paged->ring < N / 4); /* the rings wrap several times */
 
     int32_t toks[N];
@@ -109,8 +109,8 @@ static void paged_vs_contiguous(enum gpo_path path, int64_t block_tokens) {
     int32_t one = 1;
     struct gpo_kv_pool *small = NULL;
     gpo_kv *tight = NULL;
-    assert_int_equal(gpo_kv_pool_create(c, 1, block_tokens, &small), GPO_OK);
-    assert_int_equal(gpo_kv_create_paged(g_model, small, N, 0, &tight), GPO_OK);
+    assert_int_equal(gpo_kv_pool_create(c, NULL, 1, block_tokens, &small), GPO_OK);
+    assert_int_equal(gpo_kv_create_paged(g_model, NULL, small, N, 0, &tight), GPO_OK);
     struct gpo_seq_batch t = {tight, &one, 1, GPO_LOGITS_LAST};
     assert_int_equal(gpo_forward(ctx, &t, 1, la), GPO_ERR_ARG);
     assert_non_null(strstr(gpo_last_error(), "KV blocks hold 0"));
@@ -144,10 +144,10 @@ static void test_pool_accounting(void **state) {
     enum { B = 4, BLOCKS = 10, MAX = 32 };
     struct gpo_kv_pool *p = NULL;
     gpo_kv *a = NULL, *b = NULL;
-    assert_int_equal(gpo_kv_pool_create(c, BLOCKS, B, &p), GPO_OK);
+    assert_int_equal(gpo_kv_pool_create(c, NULL, BLOCKS, B, &p), GPO_OK);
     assert_int_equal(p->bytes, (uint64_t)BLOCKS * gpo_kv_block_bytes(c, B));
-    assert_int_equal(gpo_kv_create_paged(g_model, p, MAX, 0, &a), GPO_OK);
-    assert_int_equal(gpo_kv_create_paged(g_model, p, MAX, 0, &b), GPO_OK);
+    assert_int_equal(gpo_kv_create_paged(g_model, NULL, p, MAX, 0, &a), GPO_OK);
+    assert_int_equal(gpo_kv_create_paged(g_model, NULL, p, MAX, 0, &b), GPO_OK);
     /* A paged cache owns only its rings. */
     assert_int_equal(gpo_kv_bytes(a), gpo_kv_ring_bytes(c, MAX, 0));
     assert_true(gpo_kv_bytes(a) < gpo_kv_bytes_for(c, MAX));

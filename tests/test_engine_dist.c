@@ -1,0 +1,221 @@
+/* test_engine_dist.c - the engine as the leader or a follower of a model group
+ * (gpo_engine_opts.groups).  As one process (make test): an engine in a group of
+ * one leads and runs as an engine alone, a leader refuses to follow and its end
+ * is a no-op.  Under `mpirun -np 2` of the MPI build (tests/e2e_mpi_generate.sh):
+ * rank 0 leads a scheduler whose KV pool is too small for its requests, so that
+ * requests are preempted and recomputed, one is cancelled, a finished slot's
+ * prefix is reused and a slot is reset; each rank runs its shard of every pass
+ * (the default mesh of the ranks); rank 1 follows, checking after every
+ * plan that its caches and free blocks match the leader's and at the end every
+ * slot's length; rank 0's tokens equal those of an engine alone. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "gpo.h"
+#include "mesh.h"
+
+static char g_dir[256];
+static gpo_model *g_model;
+static gpo_tokenizer *g_tok;
+
+static int setup(void **state) {
+    (void)state;
+    char tmpl[] = "/tmp/gpo_engine_dist_XXXXXX", mdir[300], tpath[4096];
+    if (!mkdtemp(tmpl)) return -1;
+    snprintf(g_dir, sizeof g_dir, "%s", tmpl);
+    snprintf(mdir, sizeof mdir, "%s/m", g_dir);
+    gpo_set_log_level(GPO_LOG_ERROR);
+    struct gpo_mkmodel_opts mo = {.preset = "tiny", .out_dir = mdir, .seed = 3, .layout_hf = 1};
+    if (gpo_mkmodel(&mo) != GPO_OK || gpo_model_load(mdir, NULL, &g_model) != GPO_OK) return -1;
+    if (gpo_tokenizer_find(NULL, NULL, tpath, sizeof tpath) != GPO_OK) return -1;
+    return gpo_tokenizer_load(tpath, &g_tok) == GPO_OK ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    gpo_tokenizer_free(g_tok);
+    gpo_model_free(g_model);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Options of every engine here; blocks > 0 sizes the pool. */
+static struct gpo_engine_opts engine_opts(size_t n_slots, int64_t blocks,
+                                          const struct gpo_mesh_shard *shard,
+                                          const struct gpo_mesh_groups *groups) {
+    struct gpo_engine_opts eo = {.max_seq_len = 256, .ubatch = 24, .n_threads = 1,
+                                 .path = GPO_PATH_FAST, .shard = shard, .groups = groups};
+    struct gpo_kv_plan pl;
+    assert_int_equal(gpo_engine_kv_plan(g_model, &eo, n_slots, &pl), GPO_OK);
+    if (blocks > 0) eo.kv_memory = (uint64_t)blocks * pl.block_bytes;
+    return eo;
+}
+
+/* n ids that no other prompt here starts with. */
+static void raw_prompt(int32_t first, size_t n, struct gpo_ids *out) {
+    out->n = 0;
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(gpo_ids_push(out, first + (int32_t)(i * 7)), GPO_OK);
+}
+
+static gpo_req *submit(gpo_engine *e, const struct gpo_ids *p, uint64_t seed, int64_t max_tokens) {
+    struct gpo_request rq = {.prompt = p->ids, .n_prompt = p->n, .max_tokens = max_tokens};
+    gpo_sampler_params_default(&rq.sampling);
+    rq.sampling.temperature = 0.0f;
+    rq.sampling.seed = seed;
+    gpo_req *h = NULL;
+    assert_int_equal(gpo_engine_submit(e, &rq, &h), GPO_OK);
+    return h;
+}
+
+/* The greedy tokens of prompt p in an engine alone with room for everything. */
+static void tokens_alone(const struct gpo_ids *p, int64_t max_tokens, struct gpo_ids *out) {
+    struct gpo_engine_opts eo = engine_opts(1, 0, NULL, NULL);
+    gpo_engine *e = NULL;
+    assert_int_equal(gpo_engine_create(g_model, g_tok, &eo, 1, &e), GPO_OK);
+    gpo_req *h = submit(e, p, 1, max_tokens);
+    size_t left = 1;
+    while (left > 0) assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    const struct gpo_gen_user *o = gpo_req_output(h);
+    out->n = 0;
+    assert_int_equal(gpo_ids_append(out, o->generated.ids, o->generated.n), GPO_OK);
+    gpo_engine_release(e, h);
+    gpo_engine_free(e);
+}
+
+/* Every rank of the job as one model: this rank's shard and groups. */
+static void open_groups(struct gpo_mesh_shard *shard, struct gpo_mesh_groups *g) {
+    const struct gpo_config *c = gpo_model_config(g_model);
+    struct gpo_mesh mesh;
+    struct gpo_mesh_weights w;
+    assert_int_equal(gpo_mesh_default(c, gpo_dist_size(), &mesh), GPO_OK);
+    assert_int_equal(mesh.dp, 1);
+    gpo_mesh_weights_of_model(g_model, &w);
+    gpo_mesh_shard_of(c, &mesh, &w, gpo_dist_rank(), shard);
+    assert_int_equal(gpo_mesh_groups_open(&mesh, g), GPO_OK);
+}
+
+/* (1) In a group of one an engine leads, runs as an engine alone (same tokens),
+ * refuses to follow, and its end is a no-op. */
+static void test_group_of_one_leads(void **state) {
+    (void)state;
+    if (gpo_dist_size() != 1) skip();
+    struct gpo_mesh_shard shard;
+    struct gpo_mesh_groups g;
+    open_groups(&shard, &g);
+    struct gpo_ids p = {0}, alone = {0};
+    raw_prompt(1000, 20, &p);
+    tokens_alone(&p, 12, &alone);
+    struct gpo_engine_opts eo = engine_opts(1, 0, &shard, &g);
+    gpo_engine *e = NULL;
+    assert_int_equal(gpo_engine_create(g_model, g_tok, &eo, 1, &e), GPO_OK);
+    assert_int_equal(gpo_engine_is_leader(e), 1);
+    assert_int_equal(gpo_engine_follow(e), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "leads or runs alone"));
+    gpo_req *h = submit(e, &p, 1, 12);
+    size_t left = 1;
+    while (left > 0) assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    const struct gpo_gen_user *o = gpo_req_output(h);
+    assert_int_equal(o->generated.n, alone.n);
+    assert_memory_equal(o->generated.ids, alone.ids, alone.n * sizeof(int32_t));
+    assert_int_equal(gpo_engine_stop_followers(e), GPO_OK);
+    gpo_engine_release(e, h);
+    gpo_engine_free(e);
+    gpo_mesh_groups_close(&g);
+    gpo_ids_free(&p);
+    gpo_ids_free(&alone);
+}
+
+enum { N_REQ = 3, MAX_TOKENS = 30 };
+
+/* The leader's load: three requests on two slots and a pool of 6 blocks of 16
+ * positions (each needs 3 to 4), so they queue and preempt each other; the
+ * second is cancelled after a few steps; then the first prompt comes again
+ * (its cached prefix is reused) and slot 1 is reset. */
+static void lead(gpo_engine *e, const struct gpo_ids *p, const struct gpo_ids *alone) {
+    gpo_req *h[N_REQ];
+    for (int i = 0; i < N_REQ; i++) h[i] = submit(e, &p[i], 1, MAX_TOKENS);
+    size_t left = 1;
+    int preempted = 0;
+    for (int step = 0; left > 0; step++) {
+        if (step == 6) gpo_engine_cancel(e, h[1]);
+        enum gpo_req_state before[N_REQ];
+        for (int i = 0; i < N_REQ; i++) before[i] = gpo_req_state(h[i]);
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+        for (int i = 0; i < N_REQ; i++)
+            preempted += before[i] == GPO_REQ_DECODE && gpo_req_state(h[i]) == GPO_REQ_QUEUED;
+    }
+    assert_true(preempted > 0);
+    assert_int_equal(gpo_req_output(h[1])->aborted, 1);
+    for (int i = 0; i < N_REQ; i += 2) {
+        const struct gpo_gen_user *o = gpo_req_output(h[i]);
+        assert_int_equal(o->generated.n, alone[i].n);
+        assert_memory_equal(o->generated.ids, alone[i].ids, alone[i].n * sizeof(int32_t));
+    }
+    gpo_req *again = submit(e, &p[0], 1, 4);
+    while (gpo_req_state(again) != GPO_REQ_DONE)
+        assert_int_equal(gpo_engine_step(e, &left), GPO_OK);
+    assert_int_equal(gpo_req_output(again)->error, GPO_OK);
+    gpo_engine_reset_slot(e, 1);
+    gpo_engine_release(e, again);
+    for (int i = 0; i < N_REQ; i++) gpo_engine_release(e, h[i]);
+    /* The end carries every slot's length for the followers' last check. */
+    assert_int_equal(gpo_engine_stop_followers(e), GPO_OK);
+}
+
+/* (2) Leader and followers in lockstep through preemption, cancellation,
+ * prefix reuse and a reset (two or more ranks). */
+static void test_followers_in_lockstep(void **state) {
+    (void)state;
+    if (gpo_dist_size() < 2) skip();
+    struct gpo_mesh_shard shard;
+    struct gpo_mesh_groups g;
+    open_groups(&shard, &g);
+    struct gpo_ids p[N_REQ] = {{0}}, alone[N_REQ] = {{0}};
+    for (int i = 0; i < N_REQ; i++) raw_prompt(1000 + 3000 * i, 20 + 5 * (size_t)i, &p[i]);
+    if (gpo_dist_rank() == 0)
+        for (int i = 0; i < N_REQ; i++) tokens_alone(&p[i], MAX_TOKENS, &alone[i]);
+    struct gpo_engine_opts eo = engine_opts(2, 6, &shard, &g);
+    gpo_engine *e = NULL;
+    assert_int_equal(gpo_engine_create(g_model, g_tok, &eo, 2, &e), GPO_OK);
+    assert_int_equal(gpo_engine_is_leader(e), gpo_dist_rank() == 0);
+    if (gpo_dist_rank() == 0) {
+        lead(e, p, alone);
+    } else {
+        enum gpo_status s = gpo_engine_follow(e);
+        if (s != GPO_OK) fail_msg("rank %d: %s", gpo_dist_rank(), gpo_last_error());
+        /* A follower takes no requests of its own. */
+        struct gpo_request rq = {.prompt = p[0].ids, .n_prompt = p[0].n};
+        gpo_req *h = NULL;
+        assert_int_equal(gpo_engine_submit(e, &rq, &h), GPO_ERR_ARG);
+        assert_non_null(strstr(gpo_last_error(), "follower"));
+    }
+    gpo_engine_free(e);
+    gpo_mesh_groups_close(&g);
+    for (int i = 0; i < N_REQ; i++) {
+        gpo_ids_free(&p[i]);
+        gpo_ids_free(&alone[i]);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (gpo_dist_init(&argc, &argv) != GPO_OK) {
+        fprintf(stderr, "%s\n", gpo_last_error());
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_group_of_one_leads),
+        cmocka_unit_test(test_followers_in_lockstep),
+    };
+    int rc = cmocka_run_group_tests(tests, setup, teardown);
+    gpo_dist_finalize();
+    return rc;
+}
