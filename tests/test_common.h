@@ -52,6 +52,34 @@ static inline int rm_tree(const char *dir) {
     return nftw(dir, rm_tree_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The engine suites' fixture: a scratch folder /tmp/gpo_TAG_XXXXXX holding the
+ * tiny preset model (seed 3, HF layout) in DIR/m, loaded, and the real o200k
+ * tokenizer found as the CLI finds it.  0 on success (a cmocka group setup). */
+struct tiny_env {
+    char dir[256];
+    gpo_model *model;
+    gpo_tokenizer *tok;
+};
+
+static inline int tiny_env_open(struct tiny_env *te, const char *tag) {
+    char tmpl[256], mdir[300], tpath[4096];
+    snprintf(tmpl, sizeof tmpl, "/tmp/gpo_%s_XXXXXX", tag);
+    if (!mkdtemp(tmpl)) return -1;
+    snprintf(te->dir, sizeof te->dir, "%s", tmpl);
+    snprintf(mdir, sizeof mdir, "%s/m", te->dir);
+    gpo_set_log_level(GPO_LOG_ERROR);
+    struct gpo_mkmodel_opts mo = {.preset = "tiny", .out_dir = mdir, .seed = 3, .layout_hf = 1};
+    if (gpo_mkmodel(&mo) != GPO_OK || gpo_model_load(mdir, NULL, &te->model) != GPO_OK) return -1;
+    if (gpo_tokenizer_find(NULL, NULL, tpath, sizeof tpath) != GPO_OK) return -1;
+    return gpo_tokenizer_load(tpath, &te->tok) == GPO_OK ? 0 : -1;
+}
+
+static inline int tiny_env_close(struct tiny_env *te) {
+    gpo_tokenizer_free(te->tok);
+    gpo_model_free(te->model);
+    return rm_tree(te->dir) == 0 ? 0 : -1;
+}
+
 /* The token ids of sequence seq of the tiny-a golden fixture, appended to ids. */
 static inline void load_golden_ids(int seq, struct gpo_ids *ids) {
     char path[256];

@@ -23,34 +23,23 @@
 #include <cjson/cJSON.h>
 
 #include "gpo.h"
+#include "test_common.h"
 
-static char g_dir[256];      /* temporary folder: the model and a small tokenizer */
+static struct tiny_env g_env; /* the model and the tokenizer */
 static gpo_model *g_model;
 static gpo_tokenizer *g_tok; /* the real o200k tokenizer */
 
 static int setup(void **state) {
     (void)state;
-    char tmpl[] = "/tmp/gpo_engine_XXXXXX";
-    if (!mkdtemp(tmpl)) return -1;
-    snprintf(g_dir, sizeof g_dir, "%s", tmpl);
-    char mdir[300], tpath[4096];
-    snprintf(mdir, sizeof mdir, "%s/m", g_dir);
-    gpo_set_log_level(GPO_LOG_ERROR);
-    struct gpo_mkmodel_opts mo = {.preset = "tiny", .out_dir = mdir, .seed = 3, .layout_hf = 1};
-    if (gpo_mkmodel(&mo) != GPO_OK) return -1;
-    if (gpo_model_load(mdir, NULL, &g_model) != GPO_OK) return -1;
-    if (gpo_tokenizer_find(NULL, NULL, tpath, sizeof tpath) != GPO_OK) return -1;
-    if (gpo_tokenizer_load(tpath, &g_tok) != GPO_OK) return -1;
+    if (tiny_env_open(&g_env, "engine") != 0) return -1;
+    g_model = g_env.model;
+    g_tok = g_env.tok;
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    gpo_tokenizer_free(g_tok);
-    gpo_model_free(g_model);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tiny_env_close(&g_env);
 }
 
 /* A harmony prompt for text: system, user, then "<|start|>assistant". */
@@ -135,7 +124,7 @@ static void write_holey_tokenizer(const char *path) {
 static void test_undefined_ids_never_sampled(void **state) {
     (void)state;
     char path[300];
-    snprintf(path, sizeof path, "%s/holey.json", g_dir);
+    snprintf(path, sizeof path, "%s/holey.json", g_env.dir);
     write_holey_tokenizer(path);
     gpo_tokenizer *t = NULL;
     assert_int_equal(gpo_tokenizer_load(path, &t), GPO_OK);
@@ -169,8 +158,8 @@ static void test_undefined_ids_never_sampled(void **state) {
  * only the users whose prompt holds that id ever read. */
 static gpo_model *load_model_with_nan_row(int32_t id) {
     char src[300], dst[300], cmd[1024];
-    snprintf(src, sizeof src, "%s/m", g_dir);
-    snprintf(dst, sizeof dst, "%s/nan", g_dir);
+    snprintf(src, sizeof src, "%s/m", g_env.dir);
+    snprintf(dst, sizeof dst, "%s/nan", g_env.dir);
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", dst, src, dst);
     assert_int_equal(system(cmd), 0);
     char file[400];

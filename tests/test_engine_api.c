@@ -16,31 +16,21 @@
 #include "gpo.h"
 #include "test_common.h"
 
-static char g_dir[256];
+static struct tiny_env g_env; /* the model and the tokenizer */
 static gpo_model *g_model;
 static gpo_tokenizer *g_tok;
 
 static int setup(void **state) {
     (void)state;
-    char tmpl[] = "/tmp/gpo_engine_api_XXXXXX";
-    if (!mkdtemp(tmpl)) return -1;
-    snprintf(g_dir, sizeof g_dir, "%s", tmpl);
-    char mdir[300], tpath[4096];
-    snprintf(mdir, sizeof mdir, "%s/m", g_dir);
-    gpo_set_log_level(GPO_LOG_ERROR);
-    struct gpo_mkmodel_opts mo = {.preset = "tiny", .out_dir = mdir, .seed = 3, .layout_hf = 1};
-    if (gpo_mkmodel(&mo) != GPO_OK) return -1;
-    if (gpo_model_load(mdir, NULL, &g_model) != GPO_OK) return -1;
-    if (gpo_tokenizer_find(NULL, NULL, tpath, sizeof tpath) != GPO_OK) return -1;
-    if (gpo_tokenizer_load(tpath, &g_tok) != GPO_OK) return -1;
+    if (tiny_env_open(&g_env, "engine_api") != 0) return -1;
+    g_model = g_env.model;
+    g_tok = g_env.tok;
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    gpo_tokenizer_free(g_tok);
-    gpo_model_free(g_model);
-    return rm_tree(g_dir) == 0 ? 0 : -1;
+    return tiny_env_close(&g_env);
 }
 
 static void render_prompt(const char *text, struct gpo_ids *out) {
