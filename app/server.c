@@ -769,6 +769,17 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
 }
 
 /* A job with the handler's and the engine's references. */
+/* Move a parsed request's stop strings into the job (the request no longer owns
+ * them). */
+static void job_take_stops(struct job *j, char **stops, size_t *n) {
+    for (size_t i = 0; i < *n; i++) {
+        j->stops[i] = stops[i];
+        stops[i] = NULL;
+    }
+    j->n_stops = *n;
+    *n = 0;
+}
+
 static struct job *job_new(struct server *srv, enum job_kind kind) {
     struct job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
@@ -891,12 +902,7 @@ static enum MHD_Result chat_completions(struct MHD_Connection *c, struct conn *c
     j->max_tokens = req.max_tokens;
     j->want_logprobs = cn->want_logprobs = req.logprobs;
     cn->top_logprobs = req.top_logprobs;
-    for (size_t i = 0; i < req.n_stops; i++) {
-        j->stops[i] = req.stops[i];
-        req.stops[i] = NULL;
-    }
-    j->n_stops = req.n_stops;
-    req.n_stops = 0;
+    job_take_stops(j, req.stops, &req.n_stops);
     int stream = req.stream;
     cn->include_usage = req.include_usage;
     oai_chat_free(&req);
@@ -927,12 +933,7 @@ static enum MHD_Result text_completions(struct MHD_Connection *c, struct conn *c
     j->max_tokens = req.max_tokens;
     j->want_logprobs = cn->want_logprobs = req.logprobs >= 0;
     cn->top_logprobs = req.logprobs > 0 ? req.logprobs : 0;
-    for (size_t i = 0; i < req.n_stops; i++) {
-        j->stops[i] = req.stops[i];
-        req.stops[i] = NULL;
-    }
-    j->n_stops = req.n_stops;
-    req.n_stops = 0;
+    job_take_stops(j, req.stops, &req.n_stops);
     int stream = req.stream;
     cn->include_usage = req.include_usage;
     oai_completion_free(&req);

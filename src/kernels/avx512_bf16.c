@@ -25,19 +25,8 @@
 
 #include "kernels.h"
 
-/* As in avx512_int8.c: the SIMDe build (tests only) is left to the compiler. */
-#if GPO_K512_NATIVE
-#define AI static inline __attribute__((always_inline))
-#define UNROLL(n) _Pragma(UNROLL_STR_(GCC unroll n))
-#define UNROLL_STR_(x) #x
-#else
-#define AI static inline
-#define UNROLL(n)
-#endif
-
-#if !GPO_K512_NATIVE && defined(__clang__)
-#pragma clang diagnostic ignored "-Wpsabi"
-#endif
+#define AI GPO_K512_TILE_AI
+#define UNROLL(n) GPO_K512_UNROLL(n)
 
 typedef simde__m512 vf;
 typedef simde__m512i vi;

@@ -32,23 +32,8 @@
  * perform exactly these operations, so the bits of y[t][r] depend on neither n_tok,
  * [r0, r1), the path, nor the layout. */
 
-/* Natively every helper is inlined and the tiles unrolled for their constant sizes.
- * The SIMDe build (tests only) leaves inlining to the compiler and unrolls nothing:
- * forcing SIMDe's lane-by-lane code inline everywhere makes it compile for minutes. */
-#if GPO_K512_NATIVE
-#define AI static inline __attribute__((always_inline))
-#define UNROLL(n) _Pragma(UNROLL_STR_(GCC unroll n))
-#define UNROLL_STR_(x) #x
-#else
-#define AI static inline
-#define UNROLL(n)
-#endif
-
-#if !GPO_K512_NATIVE && defined(__clang__)
-/* Without AVX-512, clang warns that out-of-line calls passing 64-byte vectors have an
- * ABI of their own: these are calls between static functions of this file. */
-#pragma clang diagnostic ignored "-Wpsabi"
-#endif
+#define AI GPO_K512_TILE_AI
+#define UNROLL(n) GPO_K512_UNROLL(n)
 
 typedef simde__m512i vi;
 typedef simde__m512 vf;

@@ -46,6 +46,25 @@
 
 #define GPO_AI512 static inline __attribute__((always_inline))
 
+/* For the tile kernels (avx512_int8.c, avx512_bf16.c): natively every helper is
+ * inlined and the tiles unrolled for their constant sizes.  The SIMDe build (tests
+ * only) leaves inlining to the compiler and unrolls nothing: forcing SIMDe's
+ * lane-by-lane code inline everywhere makes it compile for minutes. */
+#if GPO_K512_NATIVE
+#define GPO_K512_TILE_AI static inline __attribute__((always_inline))
+#define GPO_K512_UNROLL(n) _Pragma(GPO_K512_UNROLL_STR_(GCC unroll n))
+#define GPO_K512_UNROLL_STR_(x) #x
+#else
+#define GPO_K512_TILE_AI static inline
+#define GPO_K512_UNROLL(n)
+#endif
+
+#if !GPO_K512_NATIVE && defined(__clang__)
+/* Without AVX-512, clang warns that out-of-line calls passing 64-byte vectors have an
+ * ABI of their own: these are calls between static functions of one file. */
+#pragma clang diagnostic ignored "-Wpsabi"
+#endif
+
 /* ---- lane access for the portable versions ---- */
 typedef union {
     simde__m512 v;
