@@ -35,6 +35,8 @@ enum job_state { JOB_PENDING = 0, JOB_RUNNING, JOB_DONE, JOB_REJECTED };
  * requests): slow senders are cut off.  Lifted while the request is answered, so
  * a long generation is never cut. */
 #define SERVE_IDLE_TIMEOUT 10u
+/* Seconds a stopping server gives its connections to send the answers it ended. */
+#define SERVE_DRAIN_SECONDS 5
 
 struct server;
 
@@ -120,6 +122,7 @@ struct server {
     pthread_cond_t wake;      /* the engine thread's */
     struct job *inbox, *inbox_tail;
     int stopping;
+    size_t answering;         /* posted requests whose answer is not yet sent */
     atomic_int ready;
     volatile sig_atomic_t abort_flag;
     atomic_uint_fast64_t next_id;
@@ -477,6 +480,7 @@ struct conn {
     int want_logprobs, top_logprobs;
     enum route_id route;
     unsigned status;           /* the HTTP status queued, 0 before */
+    int answering;             /* counted in srv->answering */
     char *out;
     size_t out_n, out_pos, out_cap;
 };
@@ -835,6 +839,11 @@ static enum MHD_Result run_job(struct MHD_Connection *c, struct conn *cn, struct
         job_unref(j);
         return ok;
     }
+    /* Counted until MHD reports the answer sent (on_completed): shutdown waits. */
+    pthread_mutex_lock(&srv->mu);
+    srv->answering++;
+    cn->answering = 1;
+    pthread_mutex_unlock(&srv->mu);
     snprintf(cn->id, sizeof cn->id, "%s-%llx%06llx", j->kind == JOB_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)atomic_fetch_add(&srv->next_id, 1),
              (unsigned long long)(random_u53() & 0xFFFFFF));
@@ -1131,10 +1140,14 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     struct conn *cn = *con_cls;
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, SERVE_IDLE_TIMEOUT);
     if (!cn) return;
-    if (cn->status) {
+    if (cn->status || cn->answering) {
         struct server *srv = cn->srv;
         pthread_mutex_lock(&srv->mu);
-        count_request_locked(&srv->met, cn->route, cn->status);
+        if (cn->status) count_request_locked(&srv->met, cn->route, cn->status);
+        if (cn->answering) {
+            srv->answering--;
+            pthread_cond_broadcast(&srv->wake);
+        }
         pthread_mutex_unlock(&srv->mu);
     }
     if (current == cn) current = NULL;
@@ -1252,6 +1265,15 @@ out:
     pthread_cond_broadcast(&srv->wake);
     pthread_mutex_unlock(&srv->mu);
     if (engine_started) pthread_join(engine_thread, NULL);
+    /* The requests ended above are answered; let their connections send the
+     * answers (a few seconds at most) before the daemon closes them. */
+    pthread_mutex_lock(&srv->mu);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SERVE_DRAIN_SECONDS;
+    while (srv->answering > 0 && pthread_cond_timedwait(&srv->wake, &srv->mu, &until) == 0) {
+    }
+    pthread_mutex_unlock(&srv->mu);
     MHD_stop_daemon(d);
     gpo_engine_free(srv->eng);
     gen_dist_close(&dist);
