@@ -9,11 +9,21 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "dist.h"
+
+/* Under mpirun an error names the rank and host it happened on: a rank that cannot
+ * open its model stops the job, and the others only see that it ended. */
+static void error_prefix(void) {
+    if (gpo_dist_size() > 1)
+        fprintf(stderr, "gptoss: rank %d (%s): error: ", gpo_dist_rank(), gpo_dist_host());
+    else
+        fputs("gptoss: error: ", stderr);
+}
 
 int cli_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("gptoss: error: ", stderr);
+    error_prefix();
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -23,7 +33,7 @@ int cli_error(const char *fmt, ...) {
 int cli_status(enum gpo_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("gptoss: error: ", stderr);
+    error_prefix();
     vfprintf(stderr, fmt, ap);
     const char *detail = gpo_last_error();
     fprintf(stderr, ": %s\n", detail && detail[0] ? detail : gpo_status_str(s));
