@@ -1633,6 +1633,59 @@ static void test_attn_scores(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* Several queries against the same keys: close to the reference, nothing written
+ * outside the rows' scores, and every row with the bits attn_scores of the same table
+ * gives for that query alone (so a query's scores do not depend on the queries
+ * computed with it). */
+static void test_attn_scores_rows(void **state) {
+    (void)state;
+    struct table tabs[4];
+    const int nt = tables(tabs);
+    static const int64_t dims[] = {1, 7, 16, 63, 64, 65, 128};
+    static const int64_t keys[] = {1, 3, 5, 8, 16, 17, 33};
+    static const int64_t queries[] = {1, 2, 3, 4, 5, 8, 9};
+    rng_seed(15);
+    int bad = 0;
+    for (int di = 0; di < COUNT(dims); di++)
+        for (int ki = 0; ki < COUNT(keys); ki++)
+            for (int qi = 0; qi < COUNT(queries); qi++) {
+                const int64_t hd = dims[di], nk = keys[ki], nq = queries[qi];
+                const int64_t ldq = hd + 3, ldk = hd + 9, lds = nk + 2;
+                const float scale = 0.125f;
+                float *q = xmalloc((size_t)(nq * ldq) * 4), *k = xmalloc((size_t)(nk * ldk) * 4);
+                float *want = xmalloc((size_t)(nq * lds) * 4), *s = xmalloc((size_t)(nq * lds) * 4);
+                float *one = xmalloc((size_t)nk * 4);
+                double *mag = xmalloc((size_t)(nq * lds) * 8);
+                fill_f(q, (size_t)(nq * ldq));
+                fill_f(k, (size_t)(nk * ldk));
+                gpo_attn_scores_rows_ref(want, lds, q, ldq, nq, k, ldk, nk, hd, scale);
+                for (int64_t i = 0; i < nq; i++)
+                    for (int64_t j = 0; j < nk; j++) {
+                        double m = 0;
+                        for (int64_t d = 0; d < hd; d++)
+                            m += fabs((double)q[i * ldq + d] * k[j * ldk + d]);
+                        mag[i * lds + j] = m * scale;
+                    }
+                for (int t = 0; t < nt; t++) {
+                    fill_sentinel(s, (size_t)(nq * lds));
+                    tabs[t].k->attn_scores_rows(s, lds, q, ldq, nq, k, ldk, nk, hd, scale);
+                    bad += compare_out("attn_scores_rows", tabs[t].name, s, want, mag, lds, nq,
+                                       lds, 0, nk, hd, REL_TOL);
+                    for (int64_t i = 0; i < nq; i++) {
+                        tabs[t].k->attn_scores(one, q + i * ldq, k, ldk, nk, hd, scale);
+                        assert_memory_equal(one, s + i * lds, (size_t)nk * 4);
+                    }
+                }
+                free(q);
+                free(k);
+                free(want);
+                free(s);
+                free(one);
+                free(mag);
+            }
+    assert_int_equal(bad, 0);
+}
+
 static void test_attn_accum(void **state) {
     (void)state;
     struct table tabs[4];
@@ -1766,6 +1819,7 @@ static void test_tables(void **state) {
         assert_non_null(t->matmul_mxfp4_ggml_q8);
         assert_non_null(t->matmul_mxfp4_ggml_q16);
         assert_non_null(t->attn_scores);
+        assert_non_null(t->attn_scores_rows);
         assert_non_null(t->attn_accum);
     }
     assert_ptr_equal(gpo_kernels_select("ref"), gpo_kernels_ref());
@@ -1820,6 +1874,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_mxfp4_ggml_q16_wide_scales),
         cmocka_unit_test(test_matmul_mxfp4_ggml_long_batch_and_edges),
         cmocka_unit_test(test_attn_scores),
+        cmocka_unit_test(test_attn_scores_rows),
         cmocka_unit_test(test_attn_accum),
         cmocka_unit_test(test_empty_rows),
     };

@@ -1227,6 +1227,14 @@ static void attn_scores_avx2(float *s, const float *q, const float *k, int64_t l
     for (; j < n_keys; j++) scores_tile(1, s, q, k, ldk, j, head_dim, scale);
 }
 
+/* One query at a time, each exactly as attn_scores_avx2 computes it. */
+static void attn_scores_rows_avx2(float *s, int64_t lds, const float *q, int64_t ldq, int64_t n_q,
+                                  const float *k, int64_t ldk, int64_t n_keys, int64_t head_dim,
+                                  float scale) {
+    for (int64_t i = 0; i < n_q; i++)
+        attn_scores_avx2(s + i * lds, q + i * ldq, k, ldk, n_keys, head_dim, scale);
+}
+
 /* out[d] += p[j] * v_j[d] in increasing j with one FMA each, so splitting the keys
  * over several calls gives the same bits.  Head dimensions go eight vectors (64
  * floats) at a time, held in registers across all keys. */
@@ -1273,6 +1281,7 @@ static const struct gpo_kernels avx2_table = {
     .matmul_mxfp4_ggml_q8 = matmul_mxfp4_ggml_q8_avx2,
     .matmul_mxfp4_ggml_q16 = matmul_mxfp4_ggml_q16_avx2,
     .attn_scores = attn_scores_avx2,
+    .attn_scores_rows = attn_scores_rows_avx2,
     .attn_accum = attn_accum_avx2,
 };
 

@@ -469,6 +469,82 @@ static void attn_scores_avx512(float *s, const float *q, const float *k, int64_t
     for (; j < n_keys; j++) scores_tile(1, s, q, k, ldk, j, head_dim, scale);
 }
 
+/* The horizontal sums of sixteen vectors at once: lane i of the result is
+ * hsum16(a[i]), the same additions of the same pairs (halves of 256, 128, 64 and 32
+ * bits, as gpo_mm512_reduce_add_ps adds them), four shuffles and an add per step
+ * for every two vectors instead of a reduction each. */
+AI v16f hsum16x16(const v16f a[16]) {
+    v16f b[8], c[4], d[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) /* [a.lo256 + a.hi256 | a'.lo256 + a'.hi256] */
+        b[i] = simde_mm512_add_ps(simde_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                                  simde_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) /* 128-bit lane L: the four sums of a[4i + L] */
+        c[i] = simde_mm512_add_ps(simde_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                                  simde_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) /* lane L: two sums of a[8i + L], two of a[8i + 4 + L] */
+        d[i] = simde_mm512_add_ps(simde_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44),
+                                  simde_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xee));
+    /* element 4L + m: the sum of a[4m + L]; then back in order */
+    const v16f e = simde_mm512_add_ps(simde_mm512_shuffle_ps(d[0], d[1], 0x88),
+                                      simde_mm512_shuffle_ps(d[0], d[1], 0xdd));
+    const simde__m512i idx =
+        simde_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return simde_mm512_permutexvar_ps(idx, e);
+}
+
+/* Scores of R queries against nk <= 16 / R keys from key j: accumulator r * K + i for
+ * query r and key j + i, over head_dim exactly as scores_tile (the same FMAs in the
+ * same order, the same masked tail), so every score has scores_tile's bits. */
+AI void scores_rows_tile(int R, float *s, int64_t lds, const float *q, int64_t ldq, const float *k,
+                         int64_t ldk, int64_t j, int64_t nk, int64_t head_dim, float scale) {
+    const int K = 16 / R;
+    v16f acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = simde_mm512_setzero_ps();
+    int64_t d = 0;
+    for (; d < head_dim; d += 16) {
+        const uint16_t m = head_dim - d >= 16 ? 0xffffu : tail_mask16(head_dim - d);
+        v16f qv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) qv[r] = gpo_mm512_maskz_loadu_ps(m, q + r * ldq + d);
+#pragma GCC unroll 16
+        for (int i = 0; i < K; i++) {
+            if (i >= nk) break;
+            const v16f kv = gpo_mm512_maskz_loadu_ps(m, k + (j + i) * ldk + d);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r * K + i] = simde_mm512_fmadd_ps(qv[r], kv, acc[r * K + i]);
+        }
+    }
+    float out[16];
+    simde_mm512_storeu_ps(out, simde_mm512_mul_ps(hsum16x16(acc), simde_mm512_set1_ps(scale)));
+    for (int r = 0; r < R; r++)
+        for (int64_t i = 0; i < nk; i++) s[r * lds + j + i] = out[r * K + i];
+}
+
+/* Up to four queries at a time against 16 / R keys at a time: a key's sixteen floats
+ * are loaded once for the R queries. */
+static void attn_scores_rows_avx512(float *s, int64_t lds, const float *q, int64_t ldq, int64_t n_q,
+                                    const float *k, int64_t ldk, int64_t n_keys, int64_t head_dim,
+                                    float scale) {
+    for (int64_t r0 = 0; r0 < n_q; r0 += 4) {
+        const int R = n_q - r0 >= 4 ? 4 : (int)(n_q - r0), K = 16 / R;
+        float *sr = s + r0 * lds;
+        const float *qr = q + r0 * ldq;
+        for (int64_t j = 0; j < n_keys; j += K) {
+            const int64_t nk = n_keys - j < K ? n_keys - j : K;
+            switch (R) {
+            case 1: scores_rows_tile(1, sr, lds, qr, ldq, k, ldk, j, nk, head_dim, scale); break;
+            case 2: scores_rows_tile(2, sr, lds, qr, ldq, k, ldk, j, nk, head_dim, scale); break;
+            case 3: scores_rows_tile(3, sr, lds, qr, ldq, k, ldk, j, nk, head_dim, scale); break;
+            default: scores_rows_tile(4, sr, lds, qr, ldq, k, ldk, j, nk, head_dim, scale); break;
+            }
+        }
+    }
+}
+
 /* out[d] += p[j] * v_j[d] in increasing j with one FMA each, so splitting the keys
  * over several calls gives the same bits.  NV vectors of the head (up to 128 floats)
  * are held in registers across all keys; the last one is masked to the m (1..16)
@@ -523,5 +599,6 @@ void GPO_K512(fill_base)(struct gpo_kernels *t) {
     t->quantize_q8 = quantize_q8_avx512;
     t->quantize_q16 = quantize_q16_avx512;
     t->attn_scores = attn_scores_avx512;
+    t->attn_scores_rows = attn_scores_rows_avx512;
     t->attn_accum = attn_accum_avx512;
 }

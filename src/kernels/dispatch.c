@@ -165,6 +165,7 @@ void gpo_kernels_complete(struct gpo_kernels *t) {
     FILL_(matmul_mxfp4_ggml_q8);
     FILL_(matmul_mxfp4_ggml_q16);
     FILL_(attn_scores);
+    FILL_(attn_scores_rows);
     FILL_(attn_accum);
 #undef FILL_
 }

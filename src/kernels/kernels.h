@@ -150,6 +150,12 @@ typedef gpo_matmul_fn gpo_matmul_bf16_dot_fn;
  * key j at k + j*ldk. */
 typedef void (*gpo_attn_scores_fn)(float *s, const float *q, const float *k, int64_t ldk,
                                    int64_t n_keys, int64_t head_dim, float scale);
+/* The scores of n_q queries (query i at q + i*ldq) against the same keys:
+ * s[i*lds + j] = scale * q_i . k_j, each row bit for bit what attn_scores of the same
+ * table gives for that query alone (the keys are read once for several queries). */
+typedef void (*gpo_attn_scores_rows_fn)(float *s, int64_t lds, const float *q, int64_t ldq,
+                                        int64_t n_q, const float *k, int64_t ldk, int64_t n_keys,
+                                        int64_t head_dim, float scale);
 /* out[d] += sum_j p[j] * v_j[d], value j at v + j*ldv. */
 typedef void (*gpo_attn_accum_fn)(float *out, const float *p, const float *v, int64_t ldv,
                                   int64_t n_keys, int64_t head_dim);
@@ -166,6 +172,7 @@ struct gpo_kernels {
     gpo_matmul_mxfp4_ggml_q8_fn matmul_mxfp4_ggml_q8;
     gpo_matmul_mxfp4_ggml_q16_fn matmul_mxfp4_ggml_q16;
     gpo_attn_scores_fn attn_scores;
+    gpo_attn_scores_rows_fn attn_scores_rows;
     gpo_attn_accum_fn attn_accum;
     /* The fast path's lower-precision dense matmuls.  NULL in a table without a SIMD
      * kernel for them (gpo_kernels_complete leaves them NULL): the caller then uses
@@ -282,6 +289,9 @@ void gpo_quantize_row_q8_0(struct gpo_q8_0_block *out, const void *w, enum gpo_d
                            int64_t n);
 void gpo_attn_scores_ref(float *s, const float *q, const float *k, int64_t ldk, int64_t n_keys,
                          int64_t head_dim, float scale);
+void gpo_attn_scores_rows_ref(float *s, int64_t lds, const float *q, int64_t ldq, int64_t n_q,
+                              const float *k, int64_t ldk, int64_t n_keys, int64_t head_dim,
+                              float scale);
 void gpo_attn_accum_ref(float *out, const float *p, const float *v, int64_t ldv, int64_t n_keys,
                         int64_t head_dim);
 

@@ -290,6 +290,13 @@ void gpo_attn_scores_ref(float *s, const float *q, const float *k, int64_t ldk, 
     }
 }
 
+void gpo_attn_scores_rows_ref(float *s, int64_t lds, const float *q, int64_t ldq, int64_t n_q,
+                              const float *k, int64_t ldk, int64_t n_keys, int64_t head_dim,
+                              float scale) {
+    for (int64_t i = 0; i < n_q; i++)
+        gpo_attn_scores_ref(s + i * lds, q + i * ldq, k, ldk, n_keys, head_dim, scale);
+}
+
 void gpo_attn_accum_ref(float *out, const float *p, const float *v, int64_t ldv, int64_t n_keys,
                         int64_t head_dim) {
     for (int64_t j = 0; j < n_keys; j++) {
@@ -389,6 +396,7 @@ static const struct gpo_kernels ref_table = {
     .matmul_mxfp4_ggml_q8 = gpo_matmul_mxfp4_ggml_q8_ref,
     .matmul_mxfp4_ggml_q16 = gpo_matmul_mxfp4_ggml_q16_ref,
     .attn_scores = gpo_attn_scores_ref,
+    .attn_scores_rows = gpo_attn_scores_rows_ref,
     .attn_accum = gpo_attn_accum_ref,
     .matmul_q8_0_q8 = gpo_matmul_q8_0_q8_ref,
     .matmul_bf16_dot = gpo_matmul_bf16_dot_ref,
