@@ -56,7 +56,9 @@ static void usage(void) {
            "  --mesh TPxEP, --dp D   under mpirun: the mesh of the ranks (as `gptoss info`);\n"
            "                         every rank runs its shard, rank 0 reports, and JSON adds\n"
            "                         comm_s_per_step and comm_bytes_per_token (rank 0's\n"
-           "                         collectives: seconds per forward call, bytes sent per token)\n"
+           "                         collectives: seconds per forward call, bytes sent per token);\n"
+           "                         rank 0 then gets each logits row's greedy candidate (what\n"
+           "                         greedy sampling gets), not the row, and logits_hash covers those\n"
            "  -h, --help             show this help\n"
            "\n"
            "Token ids are pseudo-random (no sampler), so the speed measured does not depend on\n"
@@ -235,6 +237,11 @@ struct bench {
     char name[256]; /* the model's name for the table: its folder's */
     gpo_ctx *ctx;
     float *logits; /* [max batch][n_vocab] */
+    /* under mpirun: one greedy candidate per row instead of the row */
+    int32_t *cand_k;           /* [max batch], all 1 */
+    struct gpo_cand *cands;    /* [max batch][GPO_CAND_MAX] */
+    int32_t *cand_n;           /* [max batch] */
+    int64_t *cand_nf;          /* [max batch] */
     struct expert_count ec;
     int counting; /* warm-up run: record the experts of every call */
     /* totals of the counting run */
@@ -274,7 +281,10 @@ static double call_bytes(const struct bench *b, int64_t n_tok, int64_t distinct,
 static enum gpo_status forward(struct bench *b, const struct gpo_seq_batch *sb, int64_t n_seqs,
                                int64_t n_tok, int with_logits) {
     if (b->counting) expert_count_reset(&b->ec);
-    enum gpo_status s = gpo_forward(b->ctx, sb, n_seqs, b->logits);
+    /* A shard sends rank 0 what greedy sampling needs of each row, as generate's
+     * engine does, so comm_bytes_per_token is what a decode step really costs. */
+    const struct gpo_fwd_cands fc = {b->cand_k, NULL, b->cands, b->cand_n, b->cand_nf};
+    enum gpo_status s = gpo_forward_cands(b->ctx, sb, n_seqs, b->logits, b->d.open ? &fc : NULL);
     if (s == GPO_OK && b->counting) {
         const double E = (double)b->c->n_expert, K = (double)b->c->n_expert_used;
         b->bytes += call_bytes(b, n_tok, b->ec.distinct, with_logits);
@@ -451,7 +461,8 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
         r->comm_s_per_step = ds.seconds / (double)sc->calls;
         r->comm_bytes_per_token = (double)ds.bytes_sent / ((double)r->reps * (double)counted_tokens);
     }
-    r->logits_hash = fnv1a(b->logits, (size_t)n_seq * (size_t)V * sizeof(float));
+    r->logits_hash = b->d.open ? fnv1a(b->cands, (size_t)n_seq * GPO_CAND_MAX * sizeof *b->cands)
+                               : fnv1a(b->logits, (size_t)n_seq * (size_t)V * sizeof(float));
     r->rss = peak_rss_bytes();
     r->resident = weights_resident(b->dir);
     rc = 0;
@@ -521,14 +532,18 @@ static void print_table_footer(const struct bench *b) {
     fflush(stdout);
 }
 
-/* The weight bytes rank `rank` should hold resident: its shard's, or every weight. */
+/* The weight bytes rank `rank` should hold resident after a run: its shard's, or
+ * every weight, but the embedding, of which a pass reads only the rows of its
+ * tokens (a few pages per token seen). */
 static uint64_t plan_bytes(const struct bench *b, int rank) {
     struct gpo_mesh_weights w;
     gpo_mesh_weights_of_model(b->m, &w);
-    if (!b->d.open) return gpo_mesh_weights_total(b->c, &w);
+    if (!b->d.open)
+        return gpo_mesh_weights_total(b->c, &w) - w.embedding_row * (uint64_t)b->c->n_vocab;
     struct gpo_mesh_shard s;
     gpo_mesh_shard_of(b->c, &b->d.mesh, &w, rank, &s);
-    return s.bytes_total;
+    /* the packed wo is anonymous memory, not in the mappings */
+    return s.bytes_total - s.bytes_packed - s.bytes_embedding;
 }
 
 /* Every rank's resident weight bytes against its plan, on rank 0's stderr. */
@@ -539,7 +554,8 @@ static int report_resident(const struct bench *b) {
         if (s != GPO_OK) return cli_status(s, "cannot collect the resident bytes of rank %d", r);
         const uint64_t plan = plan_bytes(b, r);
         if (gpo_dist_rank() == 0)
-            fprintf(stderr, "bench: rank %d: %.3f GiB of weights resident, plan %.3f GiB (%+.1f%%)\n",
+            fprintf(stderr, "bench: rank %d: %.3f GiB of weights resident, plan %.3f GiB (%+.1f%%; "
+                    "the embedding counts only at the rows of the tokens seen)\n",
                     r, (double)have / 1073741824.0, (double)plan / 1073741824.0,
                     plan ? 100.0 * ((double)have - (double)plan) / (double)plan : 0.0);
     }
@@ -894,10 +910,15 @@ int cmd_bench(int argc, char **argv) {
     b.ec.n_expert = b.c->n_expert;
     b.ec.seen = calloc((size_t)(b.c->n_layer * b.c->n_expert), 1);
     b.logits = malloc((size_t)max_b * (size_t)b.c->n_vocab * sizeof(float));
-    if (!b.ec.seen || !b.logits) {
+    b.cand_k = malloc((size_t)max_b * sizeof *b.cand_k);
+    b.cands = calloc((size_t)max_b * GPO_CAND_MAX, sizeof *b.cands); /* zeros hash alike */
+    b.cand_n = calloc((size_t)max_b, sizeof *b.cand_n);
+    b.cand_nf = calloc((size_t)max_b, sizeof *b.cand_nf);
+    if (!b.ec.seen || !b.logits || !b.cand_k || !b.cands || !b.cand_n || !b.cand_nf) {
         rc = cli_error("out of memory for %lld rows of logits", (long long)max_b);
         goto cleanup;
     }
+    for (int64_t i = 0; i < max_b; i++) b.cand_k[i] = 1;
 
     const int64_t max_ub = o.ubatch < max_p ? o.ubatch : max_p;
     int header_done = 0;
@@ -939,6 +960,10 @@ cleanup:
     if (json_out && cli_close_out(json_out, o.json_path) != 0 && rc == 0) rc = CLI_EXIT_FAIL;
     free(b.ec.seen);
     free(b.logits);
+    free(b.cand_k);
+    free(b.cands);
+    free(b.cand_n);
+    free(b.cand_nf);
     gpo_ctx_free(b.ctx);
     gen_dist_close(&b.d);
     gpo_model_free(b.m);

@@ -103,7 +103,7 @@ static int add_prompt(struct prompt_list *l, size_t *cap, const char *text, size
 /* The prompt in a text file (-f), less its trailing line ends. */
 static int add_prompt_file(struct prompt_list *l, size_t *cap, const char *path) {
     size_t len;
-    char *txt = cli_read_file(path, &len);
+    char *txt = gen_read_file(path, &len);
     if (!txt) return 0;
     while (len > 0 && (txt[len - 1] == '\n' || txt[len - 1] == '\r')) len--;
     int ok = add_prompt(l, cap, txt, len);
@@ -115,7 +115,7 @@ static int add_prompt_file(struct prompt_list *l, size_t *cap, const char *path)
 /* The prompts of a --prompts FILE.json, appended. */
 static int add_prompts_json(struct prompt_list *l, size_t *cap, const char *path) {
     size_t len;
-    char *txt = cli_read_file(path, &len);
+    char *txt = gen_read_file(path, &len);
     if (!txt) return 0;
     struct prompt_list pl;
     char err[256];

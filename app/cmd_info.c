@@ -55,9 +55,9 @@ static void print_plan(const gpo_model *m, const struct gpo_mesh *mesh, int64_t 
            mesh->ep, mesh->dp, n, n == 1 ? "" : "s", gib(gpo_mesh_weights_total(c, &w)));
     printf("resident weight bytes per rank in MiB (KV: the cache of one %lld-token sequence):\n",
            (long long)max_seq);
-    printf("%5s %-12s %3s %3s %3s %8s %8s %8s %15s %10s %10s %10s %10s %10s %10s\n", "rank", "host", "tp", "ep",
+    printf("%5s %-12s %3s %3s %3s %8s %8s %8s %15s %10s %10s %10s %10s %10s %10s %10s\n", "rank", "host", "tp", "ep",
            "dp", "kv heads", "q heads", "experts", "vocab rows", "attention", "experts", "vocabulary",
-           "replicated", "total", "KV");
+           "replicated", "packed wo", "total", "KV");
     for (int r = 0; r < n; r++) {
         struct gpo_mesh_shard s;
         gpo_mesh_shard_of(c, mesh, &w, r, &s);
@@ -68,13 +68,14 @@ static void print_plan(const gpo_model *m, const struct gpo_mesh *mesh, int64_t 
         snprintf(voc, sizeof voc, "%lld-%lld", (long long)s.vocab0, (long long)s.vocab1 - 1);
         /* A rank keeps the keys and values of its KV heads only. */
         const double kv_share = (double)(s.kv_head1 - s.kv_head0) / (double)c->n_head_kv;
-        printf("%5d %-12.12s %3d %3d %3d %8s %8s %8s %15s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f\n", r,
+        printf("%5d %-12.12s %3d %3d %3d %8s %8s %8s %15s %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f\n", r,
                gpo_dist_size() > 1 && r < gpo_dist_size() ? gpo_dist_host_of(r) : "-", s.tp_rank, s.ep_rank,
                s.dp_rank, kv, q, ex, voc, mib(s.bytes_attention), mib(s.bytes_experts), mib(s.bytes_vocab),
-               mib(s.bytes_replicated), mib(s.bytes_total), mib(kvb) * kv_share);
+               mib(s.bytes_replicated), mib(s.bytes_packed), mib(s.bytes_total), mib(kvb) * kv_share);
     }
-    printf("each rank maps every file and touches only its shard: wo by the columns of its heads,\n"
-           "the embedding and unembedding by its vocabulary rows\n");
+    printf("each rank maps every file and touches only its shard: wo by the columns of its heads\n"
+           "(with TP > 1 copied once into the packed wo), the embedding and unembedding by its\n"
+           "vocabulary rows\n");
 }
 
 /* A count with three significant digits and a unit that fits: "26.2 M", "3.61 B". */

@@ -1,6 +1,7 @@
 /* gen_common.c - options and set-up shared by `generate` and `chat`. */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -333,10 +334,36 @@ int gen_dist_open(struct gen_dist *d, struct gen_opts *o, const gpo_model *m) {
     /* Each rank runs its share of every pass; the plans keep them in step. */
     o->eo.shard = &d->shard;
     o->eo.groups = &d->groups;
+    /* The TP ranks split the KV heads evenly, so every rank packs as many wo bytes. */
     if (gpo_dist_rank() == 0)
-        fprintf(stderr, "gptoss: %d ranks, mesh %dx%d (TP x EP), DP %d\n", n, d->mesh.tp,
-                d->mesh.ep, d->mesh.dp);
+        fprintf(stderr, "gptoss: %d ranks, mesh %dx%d (TP x EP), DP %d, packed wo: %.1f MiB per rank\n",
+                n, d->mesh.tp, d->mesh.ep, d->mesh.dp, (double)d->shard.bytes_packed / 1048576.0);
     return 0;
+}
+
+char *gen_read_file(const char *path, size_t *len_out) {
+    size_t len = 0;
+    char *txt = gpo_dist_rank() == 0 ? cli_read_file(path, &len) : NULL;
+    if (gpo_dist_size() > 1) {
+        /* Rank 0's length (-1: it could not read, and said why), then its bytes.  A
+         * rank that fails returns NULL like rank 0, and its error ends the job. */
+        int64_t n = txt ? (int64_t)len : -1;
+        enum gpo_status s = gpo_dist_bcast(NULL, &n, sizeof n, 0);
+        if (s == GPO_OK && n >= 0 && !txt && !(txt = malloc((size_t)n + 1))) {
+            cli_error("out of memory for the %lld bytes of %s", (long long)n, path);
+            return NULL;
+        }
+        if (s == GPO_OK && n > 0) s = gpo_dist_bcast(NULL, txt, (size_t)n, 0);
+        if (s != GPO_OK) cli_status(s, "cannot share %s with every rank", path);
+        if (s != GPO_OK || n < 0) {
+            free(txt);
+            return NULL;
+        }
+        txt[n] = 0;
+        len = (size_t)n;
+    }
+    if (txt && len_out) *len_out = len;
+    return txt;
 }
 
 void gen_dist_close(struct gen_dist *d) {

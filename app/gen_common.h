@@ -62,6 +62,11 @@ void gen_dist_close(struct gen_dist *d);
 /* A follower's run: the leader's plans until its end (gpo_engine_follow).
  * Prints the error and returns non-zero, which ends the job (main.c). */
 int gen_follow(gpo_engine *eng);
+/* The bytes of a file the command line names ("-": standard input), NUL-terminated,
+ * on every rank: under mpirun only rank 0 has the job's standard input (and maybe
+ * the only copy of the file), so rank 0 reads and broadcasts.  Collective over
+ * every rank; NULL after printing the error (on rank 0 when it cannot read). */
+char *gen_read_file(const char *path, size_t *len_out);
 /* Refuse --dp above 1 for a command that serves one replica. */
 int gen_dist_one_replica(const char *cmd, const struct gen_dist *d);
 

@@ -43,9 +43,9 @@ void shard_plan_print(const struct gen_dist *d, const gpo_model *m) {
         gpo_mesh_shard_of(c, &d->mesh, &d->w, r, &s);
         fprintf(stderr,
                 "gptoss: rank %d (%s): KV heads [%lld, %lld), experts [%lld, %lld), vocabulary "
-                "[%lld, %lld): %.2f GiB of weights resident\n",
+                "[%lld, %lld): %.2f GiB of weights resident (packed wo: %.1f MiB)\n",
                 r, gpo_dist_host_of(r), (long long)s.kv_head0, (long long)s.kv_head1,
                 (long long)s.expert0, (long long)s.expert1, (long long)s.vocab0, (long long)s.vocab1,
-                gib(s.bytes_total));
+                gib(s.bytes_total), (double)s.bytes_packed / (1024.0 * 1024.0));
     }
 }

@@ -79,6 +79,48 @@ struct gpo_logprobs {
 enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t *out_id,
                                    struct gpo_logprobs *lp);
 
+/* ------------------------------------------------------------------------- */
+/* Sampling from candidates                                                  */
+
+/* Most candidates a row can be asked for; a larger top_k needs the whole row. */
+#define GPO_CAND_MAX 256
+
+/* An id and its value: a logit as the sampler sees it (banned ids and NaN never,
+ * +inf as FLT_MAX); inside the sampler the same pair carries probabilities. */
+struct gpo_cand {
+    float v;
+    int32_t id;
+};
+
+/* The sampler's order: larger value first, the lower id on ties. */
+static inline int gpo_cand_better(const struct gpo_cand *a, const struct gpo_cand *b) {
+    return a->v > b->v || (a->v == b->v && a->id < b->id);
+}
+
+/* The k best (sampler's order) of logits[0..n), whose ids are id0 + i: banned ids
+ * (banned[id0 + i] != 0; banned may be NULL) and NaN/-inf skipped, +inf as
+ * FLT_MAX.  Writes min(k, finite) candidates to c, best first, and returns their
+ * number; *n_finite gets the count of finite, unbanned logits.  k >= 1. */
+int64_t gpo_cand_select(const float *logits, int64_t n, int64_t id0, const uint8_t *banned,
+                        int64_t k, struct gpo_cand *c, int64_t *n_finite);
+/* Put c[0..n) in the sampler's order, best first (allocates nothing). */
+void gpo_cand_sort(struct gpo_cand *c, int64_t n);
+
+/* How many candidates of a row stand for the whole row when sampling with s: 1
+ * when greedy, top_k when temperature sampling keeps at most top_k <=
+ * GPO_CAND_MAX ids, else 0: the whole row is needed (penalties, log-probabilities,
+ * top_k 0 or above GPO_CAND_MAX, or a ban changed since creation). */
+int32_t gpo_sampler_cand_k(const gpo_sampler *s);
+
+/* gpo_sampler_sample on a row given by its best candidates: c[0..n) (any order)
+ * holds the min(k, n_finite) best of the row's n_finite finite logits after the
+ * banned mask the sampler was created with, k = gpo_sampler_cand_k(s) > 0.  The
+ * same id and random stream as gpo_sampler_sample on the whole row.  GPO_ERR_ARG
+ * when k is 0, when the candidates are too few, banned or not finite, or when
+ * n_finite is 0. */
+enum gpo_status gpo_sampler_sample_top(gpo_sampler *s, const struct gpo_cand *c, int64_t n,
+                                       int64_t n_finite, int32_t *out_id);
+
 /* Write to out[n_vocab] the logits the sampler draws from, before temperature:
  * banned ids (and NaN) as -inf, +inf as FLT_MAX, then the penalties of the
  * accepted ids.  For inspection and tests; gpo_sampler_sample does the same

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward.h"
 #include "kvpool.h"
 #include "mesh.h"
 #include "model.h"
@@ -65,6 +66,13 @@ struct gpo_engine {
     uint64_t clock;              /* counts slot assignments, for least-recently-used */
     struct gpo_seq_batch *batch; /* [n_slots] */
     struct gpo_req **batch_req;  /* [n_slots] */
+    /* Sampling candidates instead of whole rows (in a model group of several
+     * ranks): per sequence of the step and per output row the k asked for (0 =
+     * the whole row), and what the leader gets back per row. */
+    int32_t *seq_k, *row_k;      /* [n_slots] */
+    struct gpo_cand *cands;      /* [n_slots][GPO_CAND_MAX] */
+    int32_t *cand_n;             /* [n_slots] */
+    int64_t *cand_nf;            /* [n_slots] */
     struct gpo_gen_stats totals;
     /* Running estimates for sizing prompt chunks (opts.prefill_itl): seconds of a
      * decode-only step and seconds per prompt token on top of one. */
@@ -158,7 +166,13 @@ enum gpo_status gpo_engine_create(const gpo_model *m, const gpo_tokenizer *t,
     e->logits = malloc(n_slots * (size_t)c->n_vocab * sizeof(float));
     e->batch = calloc(n_slots, sizeof *e->batch);
     e->batch_req = calloc(n_slots, sizeof *e->batch_req);
-    if (!e->slots || !e->banned || !e->logits || !e->batch || !e->batch_req) {
+    e->seq_k = calloc(n_slots, sizeof *e->seq_k);
+    e->row_k = calloc(n_slots, sizeof *e->row_k);
+    e->cands = malloc(n_slots * GPO_CAND_MAX * sizeof *e->cands);
+    e->cand_n = calloc(n_slots, sizeof *e->cand_n);
+    e->cand_nf = calloc(n_slots, sizeof *e->cand_nf);
+    if (!e->slots || !e->banned || !e->logits || !e->batch || !e->batch_req || !e->seq_k ||
+        !e->row_k || !e->cands || !e->cand_n || !e->cand_nf) {
         s = gpo_fail(GPO_ERR_NOMEM, "out of memory for %zu users", n_slots);
         goto fail;
     }
@@ -214,6 +228,11 @@ void gpo_engine_free(gpo_engine *e) {
     free(e->logits);
     free(e->batch);
     free(e->batch_req);
+    free(e->seq_k);
+    free(e->row_k);
+    free(e->cands);
+    free(e->cand_n);
+    free(e->cand_nf);
     free(e->follow_batch);
     gpo_ids_free(&e->kv_ops);
     gpo_ids_free(&e->plan);
@@ -792,6 +811,31 @@ static void learn_step_cost(gpo_engine *e, double seconds, int64_t n_decode, int
     e->est_tok_s = e->est_tok_s > 0 ? e->est_tok_s + w * (tok - e->est_tok_s) : tok;
 }
 
+/* How many candidates stand for request r's next row (0: the whole row).  Only
+ * a model group of several ranks gains: its members send their candidates
+ * instead of their columns of the row. */
+static int32_t req_cand_k(const gpo_engine *e, const struct gpo_req *r) {
+    if (!e->group || r->u->want_logprobs) return 0;
+    return gpo_sampler_cand_k(r->sampler);
+}
+
+/* The step's output rows as gpo_forward_cands takes them, from the sequences'
+ * e->seq_k; NULL when every row is wanted whole. */
+static const struct gpo_fwd_cands *step_cands(gpo_engine *e, const struct gpo_seq_batch *batch,
+                                              int64_t nb, struct gpo_fwd_cands *fc) {
+    int64_t row = 0;
+    int any = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        if (batch[b].logits == GPO_LOGITS_NONE) continue;
+        if (batch[b].logits != GPO_LOGITS_LAST) return NULL; /* rows of every token: whole */
+        e->row_k[row++] = e->seq_k[b];
+        any |= e->seq_k[b] > 0;
+    }
+    if (!any) return NULL;
+    *fc = (struct gpo_fwd_cands){e->row_k, e->banned, e->cands, e->cand_n, e->cand_nf};
+    return fc;
+}
+
 enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     const int64_t V = gpo_model_config(e->m)->n_vocab;
     struct gpo_gen_stats *st = &e->totals;
@@ -835,9 +879,13 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
     }
     if (nb == 0) goto done;
 
+    for (int64_t b = 0; b < nb; b++)
+        e->seq_k[b] = batch[b].logits == GPO_LOGITS_LAST ? req_cand_k(e, e->batch_req[b]) : 0;
+    struct gpo_fwd_cands fc_buf;
+    const struct gpo_fwd_cands *fc = step_cands(e, batch, nb, &fc_buf);
     double ts = gpo_now();
     s = e->group ? send_plan(e, batch, nb) : GPO_OK;
-    if (s == GPO_OK) s = gpo_forward(e->ctx, batch, nb, e->logits);
+    if (s == GPO_OK) s = gpo_forward_cands(e->ctx, batch, nb, e->logits, fc);
     if (s == GPO_ERR_ABORTED) {
         /* The caches are as they were before the call. */
         abort_all(e);
@@ -878,7 +926,11 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
         int32_t id;
         struct gpo_logprobs lp;
         struct gpo_logprobs *lpp = r->u->want_logprobs ? &lp : NULL;
-        enum gpo_status us = gpo_sampler_sample(r->sampler, e->logits + row * V, &id, lpp);
+        enum gpo_status us =
+            fc && e->row_k[row] > 0
+                ? gpo_sampler_sample_top(r->sampler, e->cands + row * GPO_CAND_MAX,
+                                         e->cand_n[row], e->cand_nf[row], &id)
+                : gpo_sampler_sample(r->sampler, e->logits + row * V, &id, lpp);
         row++;
         if (us == GPO_OK && lpp) us = push_logprobs(r->u, lpp);
         if (us == GPO_OK) {
@@ -979,11 +1031,11 @@ cleanup:
 
 /* A plan is a header of PLAN_HEAD int64 then n_words int32: the logged KV
  * operations ([op, slot, n] each), then for a step per sequence [slot,
- * n_tokens, logits mode, cache length before the pass] and its tokens, for the
- * end every slot's cache length. */
+ * n_tokens, logits mode, cache length before the pass, sampling candidates k]
+ * and its tokens, for the end every slot's cache length. */
 enum { PLAN_STEP = 1, PLAN_END = 2 };
 enum { H_KIND, H_WORDS, H_OPS, H_SEQS, H_FREE, H_STEP, PLAN_HEAD };
-#define SEQ_WORDS 4
+#define SEQ_WORDS 5
 /* The leader may wait for its users as long as it likes (a chat's next line, a
  * server's next request), so a follower waits for the next plan without the
  * collective deadline; a leader that dies ends the job through mpirun. */
@@ -1013,7 +1065,8 @@ static enum gpo_status send_plan(gpo_engine *e, const struct gpo_seq_batch *batc
     const int64_t n_ops = (int64_t)e->plan.n / 3;
     for (int64_t b = 0; b < nb; b++) {
         const int32_t w[SEQ_WORDS] = {(int32_t)e->batch_req[b]->slot, (int32_t)batch[b].n_tokens,
-                                      (int32_t)batch[b].logits, (int32_t)gpo_kv_len(batch[b].kv)};
+                                      (int32_t)batch[b].logits, (int32_t)gpo_kv_len(batch[b].kv),
+                                      e->seq_k[b]};
         GPO_TRY(gpo_ids_append(&e->plan, w, SEQ_WORDS));
         GPO_TRY(gpo_ids_append(&e->plan, batch[b].tokens, (size_t)batch[b].n_tokens));
     }
@@ -1103,16 +1156,19 @@ static enum gpo_status plan_batch(gpo_engine *e, const int64_t *head) {
     const int32_t *w = e->plan.ids + head[H_OPS] * 3, *end = e->plan.ids + e->plan.n;
     for (int64_t b = 0; b < head[H_SEQS]; b++) {
         if (end - w < SEQ_WORDS || w[0] < 0 || (size_t)w[0] >= e->n_slots || w[1] < 1 ||
-            w[1] > end - w - SEQ_WORDS || w[2] < GPO_LOGITS_NONE || w[2] > GPO_LOGITS_ALL)
+            w[1] > end - w - SEQ_WORDS || w[2] < GPO_LOGITS_NONE || w[2] > GPO_LOGITS_ALL ||
+            w[4] < 0 || w[4] > GPO_CAND_MAX || (w[4] > 0 && w[2] != GPO_LOGITS_LAST))
             return gpo_fail(GPO_ERR_IO, "rank %d (%s): step %lld of the leader: sequence %lld "
-                            "(slot %d) does not fit an engine of %zu slots or the plan's %zu words",
+                            "(slot %d) does not fit an engine of %zu slots or the plan's %zu words "
+                            "(or asks for candidates of more than %d or of all tokens)",
                             gpo_dist_rank(), gpo_dist_host(), (long long)head[H_STEP], (long long)b,
-                            end - w >= 1 ? w[0] : -1, e->n_slots, e->plan.n);
+                            end - w >= 1 ? w[0] : -1, e->n_slots, e->plan.n, GPO_CAND_MAX);
         gpo_kv *kv = e->slots[w[0]].kv;
         if (gpo_kv_len(kv) != w[3])
             return out_of_step(head, "a cache's length", (long long)gpo_kv_len(kv), w[3]);
         e->follow_batch[b] = (struct gpo_seq_batch){kv, w + SEQ_WORDS, w[1],
                                                     (enum gpo_logits_mode)w[2]};
+        e->seq_k[b] = w[4];
         w += SEQ_WORDS + w[1];
     }
     return GPO_OK;
@@ -1133,7 +1189,10 @@ enum gpo_status gpo_engine_follow(gpo_engine *e) {
             return GPO_OK;
         }
         GPO_TRY(plan_batch(e, head));
-        enum gpo_status s = gpo_forward(e->ctx, e->follow_batch, head[H_SEQS], e->logits);
+        struct gpo_fwd_cands fc;
+        enum gpo_status s =
+            gpo_forward_cands(e->ctx, e->follow_batch, head[H_SEQS], e->logits,
+                              step_cands(e, e->follow_batch, head[H_SEQS], &fc));
         if (s != GPO_OK) {
             char why[256];
             snprintf(why, sizeof why, "%s", gpo_last_error());

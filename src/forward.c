@@ -174,13 +174,18 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->as = xalloc(NT * F * 4, &fail);
     x->out_tok = xalloc(T * 8, &fail);
     x->out_idx = xalloc(T * 8, &fail);
-    x->ascratch = xalloc((size_t)o.n_threads * (ATTN_CHUNK + D) * 4, &fail);
+    x->ascratch = xalloc((size_t)o.n_threads * ATTN_SCRATCH(D) * 4, &fail);
     x->tstat = xalloc((size_t)o.n_threads * sizeof *x->tstat, &fail);
     if (fail) {
         gpo_ctx_free(x);
         return gpo_fail(GPO_ERR_NOMEM, "cannot allocate forward buffers for %zu tokens", T);
     }
     gpo_rope_inv_freq(c, x->inv_freq, &x->concentration);
+    enum gpo_status ps = gpo_attn_pack_wo(x);
+    if (ps != GPO_OK) {
+        gpo_ctx_free(x);
+        return ps;
+    }
     *out = x;
     return GPO_OK;
 }
@@ -194,8 +199,10 @@ void gpo_ctx_free(gpo_ctx *x) {
                     x->hs,       x->as,     x->out_tok, x->out_idx, x->ascratch, x->tstat,
                     x->g_run};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpo_aligned_free(bufs[i]);
+    gpo_attn_free_wo(x);
     free(x->lg);
     free(x->lg_pack);
+    free(x->cd_pack);
     free(x);
 }
 
@@ -270,13 +277,70 @@ static enum gpo_status reserve_floats(float **buf, size_t *cap, size_t n) {
     return GPO_OK;
 }
 
-/* Every member's vocabulary rows of the n_out logit rows to every member of the
- * model group (its rank 0 samples): member j broadcasts its range, then its
- * columns of the rows, packed.  Sampling from candidates only would send less. */
-static enum gpo_status gather_logits(struct gpo_ctx *x, float *logits, int64_t n_out) {
+static int64_t cand_k(const struct gpo_fwd_cands *fc, int64_t t) { return fc ? fc->k[t] : 0; }
+
+/* Candidate rows travel as one header entry (id: the sender's count of finite
+ * logits in the row) and k entries, the sender's min(k, n_finite) best first
+ * and zeros after them. */
+static void pack_cands(const struct gpo_ctx *x, const float *logits, int64_t n_out,
+                       const struct gpo_fwd_cands *fc, int64_t v0, int64_t nv, struct gpo_cand *out) {
+    const int64_t V = x->m->cfg.n_vocab;
+    for (int64_t t = 0; t < n_out; t++) {
+        const int64_t k = cand_k(fc, t);
+        if (k == 0) continue;
+        int64_t nf;
+        int64_t m = gpo_cand_select(logits + t * V + v0, nv, v0, fc->banned, k, out + 1, &nf);
+        out[0] = (struct gpo_cand){0.0f, (int32_t)nf};
+        memset(out + 1 + m, 0, (size_t)(k - m) * sizeof *out);
+        out += 1 + k;
+    }
+}
+
+/* The leader's rows: each candidate row merged with one sender's packed list
+ * (both best first), keeping the k best. */
+static void merge_cands(int64_t n_out, const struct gpo_fwd_cands *fc, const struct gpo_cand *in) {
+    struct gpo_cand keep[GPO_CAND_MAX];
+    for (int64_t t = 0; t < n_out; t++) {
+        const int64_t k = cand_k(fc, t);
+        if (k == 0) continue;
+        const int64_t nf = in[0].id, m = nf < k ? nf : k;
+        struct gpo_cand *c = fc->c + t * GPO_CAND_MAX;
+        const struct gpo_cand *o = in + 1;
+        int64_t i = 0, j = 0, n = 0;
+        while (n < k && (i < fc->n[t] || j < m))
+            keep[n++] = j == m || (i < fc->n[t] && gpo_cand_better(&c[i], &o[j])) ? c[i++] : o[j++];
+        memcpy(c, keep, (size_t)n * sizeof *c);
+        fc->n[t] = (int32_t)n;
+        fc->n_finite[t] += nf;
+        in += 1 + k;
+    }
+}
+
+/* The n_out output rows of a shard: member j broadcasts its vocabulary range,
+ * then its columns of the whole rows (packed) to every member, then its
+ * candidates of the other rows, which member 0 (the one that samples) merges. */
+static enum gpo_status gather_logits(struct gpo_ctx *x, float *logits, int64_t n_out,
+                                     const struct gpo_fwd_cands *fc) {
     const struct fwd_part *P = &x->part;
     const int64_t V = x->m->cfg.n_vocab;
     const int n = gpo_dist_comm_size(P->model), me = gpo_dist_comm_rank(P->model);
+    int64_t n_whole = 0, n_cand = 0;
+    for (int64_t t = 0; t < n_out; t++) {
+        n_whole += cand_k(fc, t) == 0;
+        n_cand += cand_k(fc, t) > 0 ? 1 + cand_k(fc, t) : 0;
+    }
+    if (n_cand > 0) {
+        if (x->cd_pack_cap < (size_t)n_cand) {
+            struct gpo_cand *p = realloc(x->cd_pack, (size_t)n_cand * sizeof *p);
+            if (!p) return gpo_fail(GPO_ERR_NOMEM, "out of memory for %lld candidates", (long long)n_cand);
+            x->cd_pack = p;
+            x->cd_pack_cap = (size_t)n_cand;
+        }
+        for (int64_t t = 0; me == 0 && t < n_out; t++) {
+            fc->n[t] = 0;
+            fc->n_finite[t] = 0;
+        }
+    }
     for (int j = 0; j < n; j++) {
         int64_t range[2] = {P->vocab0, P->vocab1};
         GPO_TRY(gpo_dist_bcast(P->model, range, sizeof range, j));
@@ -285,17 +349,41 @@ static enum gpo_status gather_logits(struct gpo_ctx *x, float *logits, int64_t n
             return gpo_fail(GPO_ERR_INTERNAL, "rank %d of the model group holds vocabulary rows "
                             "[%lld, %lld), outside the %lld of the model", j, (long long)v0,
                             (long long)range[1], (long long)V);
-        const size_t cnt = (size_t)n_out * (size_t)nv;
-        GPO_TRY(reserve_floats(&x->lg_pack, &x->lg_pack_cap, cnt));
-        if (j == me)
-            for (int64_t t = 0; t < n_out; t++)
-                memcpy(x->lg_pack + t * nv, logits + t * V + v0, (size_t)nv * sizeof *logits);
-        GPO_TRY(gpo_dist_bcast(P->model, x->lg_pack, cnt * sizeof *logits, j));
-        if (j != me)
-            for (int64_t t = 0; t < n_out; t++)
-                memcpy(logits + t * V + v0, x->lg_pack + t * nv, (size_t)nv * sizeof *logits);
+        if (n_whole > 0) {
+            const size_t cnt = (size_t)n_whole * (size_t)nv;
+            GPO_TRY(reserve_floats(&x->lg_pack, &x->lg_pack_cap, cnt));
+            float *pk = x->lg_pack;
+            for (int64_t t = 0; j == me && t < n_out; t++) {
+                if (cand_k(fc, t) > 0) continue;
+                memcpy(pk, logits + t * V + v0, (size_t)nv * sizeof *pk);
+                pk += nv;
+            }
+            GPO_TRY(gpo_dist_bcast(P->model, x->lg_pack, cnt * sizeof *logits, j));
+            pk = x->lg_pack;
+            for (int64_t t = 0; j != me && t < n_out; t++) {
+                if (cand_k(fc, t) > 0) continue;
+                memcpy(logits + t * V + v0, pk, (size_t)nv * sizeof *pk);
+                pk += nv;
+            }
+        }
+        if (n_cand > 0) {
+            if (j == me) pack_cands(x, logits, n_out, fc, v0, nv, x->cd_pack);
+            GPO_TRY(gpo_dist_bcast(P->model, x->cd_pack, (size_t)n_cand * sizeof *x->cd_pack, j));
+            if (me == 0) merge_cands(n_out, fc, x->cd_pack);
+        }
     }
     return GPO_OK;
+}
+
+/* A whole-model pass's candidate rows, chosen from its whole rows. */
+static void local_cands(struct gpo_ctx *x, const float *logits, int64_t n_out,
+                        const struct gpo_fwd_cands *fc) {
+    const int64_t V = x->m->cfg.n_vocab;
+    for (int64_t t = 0; t < n_out; t++) {
+        if (cand_k(fc, t) == 0) continue;
+        fc->n[t] = (int32_t)gpo_cand_select(logits + t * V, V, 0, fc->banned, cand_k(fc, t),
+                                            fc->c + t * GPO_CAND_MAX, &fc->n_finite[t]);
+    }
 }
 
 /* ------------------------------------------------------------------------- */
@@ -342,6 +430,11 @@ static void moe_residual(struct gpo_ctx *x, const struct gpo_layer *next, int64_
 
 enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_t n_seqs,
                             float *logits) {
+    return gpo_forward_cands(x, seqs, n_seqs, logits, NULL);
+}
+
+enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_t n_seqs,
+                                  float *logits, const struct gpo_fwd_cands *fc) {
     const struct gpo_model *m = x->m;
     const struct gpo_config *c = &m->cfg;
     const struct fwd_part *P = &x->part;
@@ -418,10 +511,16 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
             }
         }
     }
+    for (int64_t t = 0; t < n_out; t++)
+        if (cand_k(fc, t) < 0 || cand_k(fc, t) > GPO_CAND_MAX) {
+            st = gpo_fail(GPO_ERR_ARG, "output row %lld asks for %d sampling candidates; 0..%d",
+                          (long long)t, fc->k[t], GPO_CAND_MAX);
+            goto done;
+        }
     if (n_out > 0 && !logits) {
         /* A shard's other ranks need room for the gathered rows even when their
-         * caller keeps no logits. */
-        if (!P->sharded) {
+         * caller keeps no logits, and candidates are chosen from rows. */
+        if (!P->sharded && !fc) {
             st = gpo_fail(GPO_ERR_ARG, "logits requested but no output buffer given");
             goto done;
         }
@@ -474,7 +573,7 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         int64_t r0, r1, i0, i1;
-        float *ascr = x->ascratch + (size_t)tid * (ATTN_CHUNK + D);
+        float *ascr = x->ascratch + (size_t)tid * ATTN_SCRATCH(D);
         struct thr_stat *ts = &x->tstat[tid];
         struct moe_thread mt;
         gpo_moe_thread(x, tid, &mt);
@@ -594,7 +693,8 @@ enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_
         st = gpo_fail(GPO_ERR_ABORTED, "forward pass aborted");
         goto done;
     }
-    if (P->sharded && n_out > 0 && (st = gather_logits(x, logits, n_out)) != GPO_OK) goto done;
+    if (P->sharded && n_out > 0 && (st = gather_logits(x, logits, n_out, fc)) != GPO_OK) goto done;
+    if (!P->sharded && fc) local_cands(x, logits, n_out, fc);
 
     /* Commit the new keys and values; a sliding ring only keeps its last slots. */
     for (int64_t s = 0; s < n_seqs; s++) {

@@ -32,6 +32,29 @@ void gpo_attention_head_ref(float *out, const float *q, const float *k, const fl
                             int64_t n_keys, int64_t ld, int64_t head_dim, float sink);
 int gpo_ctx_threads(const gpo_ctx *ctx);
 
+/* What a caller that samples wants of each output row of gpo_forward (rows in
+ * the order of the logits): the whole row, or only its sampling candidates.  A
+ * shard of a multi-rank mesh then sends its own k best of the row instead of its
+ * columns (gpo_sampler_cand_k says which k stands for the row). */
+struct gpo_fwd_cands {
+    const int32_t *k;      /* [rows] 0 = the whole row into logits; 1..GPO_CAND_MAX = its
+                              k best (gpo_cand_select) into c instead */
+    const uint8_t *banned; /* [n_vocab] ids never candidates (the sampler's mask); NULL = none */
+    struct gpo_cand *c;    /* [rows][GPO_CAND_MAX] out: min(k, n_finite) best, best first */
+    int32_t *n;            /* [rows] out: candidates of the row */
+    int64_t *n_finite;     /* [rows] out: the row's finite, unbanned logits */
+};
+
+/* gpo_forward with per-row candidates (fc may be NULL: every row whole).  The
+ * candidates and the whole rows reach member 0 of the model group (the engine's
+ * leader; every member gets the whole rows); a row with k > 0 leaves its logits
+ * row partly written.  logits may be NULL when every row asks for candidates. */
+enum gpo_status gpo_forward_cands(gpo_ctx *ctx, const struct gpo_seq_batch *seqs, int64_t n_seqs,
+                                  float *logits, const struct gpo_fwd_cands *fc);
+/* Bytes of the shard's packed wo columns the context holds (0 for a part with
+ * every head). */
+uint64_t gpo_ctx_wo_packed_bytes(const gpo_ctx *ctx);
+
 /* How the forward pass spent its threads, summed over the gpo_forward calls since
  * the context was made or the counters reset.  A barrier is a point every thread of
  * the team waits at (the end of the parallel region counts as one); the time a

@@ -18,6 +18,11 @@
 /* Attention processes keys in chunks aligned to absolute key positions, so the
  * online-softmax rescaling points do not depend on how tokens were batched. */
 #define ATTN_CHUNK 64
+/* Query rows (heads of one KV head, of consecutive tokens) attended together, and
+ * the floats of a thread's attention scratch: a chunk of scores and the weighted
+ * sum of each row. */
+#define ATTN_BLOCK_ROWS 32
+#define ATTN_SCRATCH(D) (ATTN_BLOCK_ROWS * (ATTN_CHUNK + (D)))
 
 /* The MoE work items: blocks of MOE_UP_BLOCK units of one expert's first projection
  * (its gate and linear rows, so the SwiGLU of those units follows at once; a whole
@@ -65,6 +70,11 @@ struct gpo_ctx {
     float *inv_freq;
     float concentration;
     struct fwd_part part;
+    /* A part with some of the query heads: each layer's wo columns of its heads,
+     * packed (gpo_attn_pack_wo); NULL otherwise. */
+    struct gpo_tview *wo_pack; /* [n_layer] views into wo_buf */
+    void *wo_buf;
+    uint64_t wo_bytes;
 
     /* per token of the batch */
     int32_t *tok_id;
@@ -107,6 +117,9 @@ struct gpo_ctx {
      * vocabulary gather (grown as needed) */
     float *lg, *lg_pack;
     size_t lg_cap, lg_pack_cap;
+    /* the packing buffer of the sampling candidates' gather (in candidates) */
+    struct gpo_cand *cd_pack;
+    size_t cd_pack_cap;
     /* scheduling counters */
     struct thr_stat *tstat; /* [n_threads] */
     struct gpo_ctx_stats stats;
@@ -131,13 +144,21 @@ struct gpo_tview gpo_fwd_row_view(const struct gpo_tview *W, int64_t r0, int64_t
  * applied, into x->q and layer l's rows of x->kb / x->vb. */
 void gpo_attn_qkv(struct gpo_ctx *x, const struct gpo_layer *L, int64_t l, int64_t n_tok);
 /* Sweep 2: every (token, query head) of the part into x->att (no barrier: the
- * caller's follows).  scratch: the thread's ATTN_CHUNK + head_dim floats. */
+ * caller's follows).  scratch: the thread's ATTN_SCRATCH(head_dim) floats. */
 void gpo_attn_heads(struct gpo_ctx *x, const struct gpo_layer *L, const struct seq_info *si,
                     int64_t l, int64_t n_tok, float *scratch);
-/* Sweep 3: x->o = wo x->att over the part's columns of wo; the bias only without
- * a shard (a shard's partial products are summed first, the bias added once after).
- * Ends with a barrier. */
+/* Sweep 3: x->o = wo x->att over the part's columns of wo (x->wo_pack when the part
+ * has some of the heads); the bias only without a shard (a shard's partial products
+ * are summed first, the bias added once after).  Ends with a barrier. */
 void gpo_attn_out(struct gpo_ctx *x, struct thr_stat *ts, const struct gpo_layer *L, int64_t n_tok);
+/* At context creation (x->m and x->part set): when the part has some of the query
+ * heads, copy its columns of every layer's wo into one rows x qd matrix per layer of
+ * the same type (Q8_0 blocks whole: the columns are whole heads), reading only those
+ * columns' bytes of the mapping, into x->wo_pack.  The product then is one kernel
+ * call over a range of rows with the dot products of the strided columns, bit for
+ * bit.  gpo_attn_free_wo releases it. */
+enum gpo_status gpo_attn_pack_wo(struct gpo_ctx *x);
+void gpo_attn_free_wo(struct gpo_ctx *x);
 
 /* moe.c.  Per-thread state of the MoE sweeps. */
 struct moe_thread {

@@ -43,6 +43,7 @@ void gpo_mesh_weights_of_model(const gpo_model *model, struct gpo_mesh_weights *
                               elem_bytes(L->bq.dtype, G * D) + elem_bytes(L->bk.dtype, D) +
                               elem_bytes(L->bv.dtype, D) + elem_bytes(L->sinks.dtype, G) +
                               (uint64_t)H * elem_bytes(L->wo.dtype, G * D);
+        w->layer_wo_kv_head[l] = (uint64_t)H * elem_bytes(L->wo.dtype, G * D);
         w->layer_expert[l] = xmat_expert_bytes(&L->mlp1[0]) + xmat_expert_bytes(&L->mlp2);
         if (L->gate_up == GPO_GATE_UP_SEPARATE) w->layer_expert[l] += xmat_expert_bytes(&L->mlp1[1]);
     }
@@ -59,6 +60,7 @@ void gpo_mesh_weights_of_config(const struct gpo_config *c, struct gpo_mesh_weig
         w->layer_replicated[l] = 3 * H * bf + E * H * bf + E * bf;
         /* q rows (G heads) and k, v rows with their biases, G sinks, wo columns */
         w->layer_kv_head[l] = (G * D + 2 * D) * (H + 1) * bf + G * bf + H * G * D * bf;
+        w->layer_wo_kv_head[l] = H * G * D * bf;
         /* gate+up (2F rows of H) and down (H rows of F): 17 bytes per 32 values */
         w->layer_expert[l] = 2 * F * (H / 32) * 17 + 2 * F * bf + H * (F / 32) * 17 + H * bf;
     }
@@ -184,9 +186,12 @@ void gpo_mesh_shard_of(const struct gpo_config *c, const struct gpo_mesh *m,
         s->bytes_replicated += w->layer_replicated[l];
         s->bytes_attention += w->layer_kv_head[l] * kv;
         s->bytes_experts += w->layer_expert[l] * ne;
+        if (m->tp > 1) s->bytes_packed += w->layer_wo_kv_head[l] * kv;
     }
     s->bytes_vocab = (w->embedding_row + w->unembedding_row) * (uint64_t)(s->vocab1 - s->vocab0);
-    s->bytes_total = s->bytes_replicated + s->bytes_attention + s->bytes_experts + s->bytes_vocab;
+    s->bytes_embedding = w->embedding_row * (uint64_t)(s->vocab1 - s->vocab0);
+    s->bytes_total = s->bytes_replicated + s->bytes_attention + s->bytes_experts + s->bytes_vocab +
+                     s->bytes_packed;
 }
 
 enum gpo_status gpo_mesh_groups_open(const struct gpo_mesh *m, struct gpo_mesh_groups *g) {

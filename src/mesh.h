@@ -16,7 +16,8 @@
  *   hence query heads [head0, head1) (n_head / n_head_kv per KV head): the rows
  *   of wq/bq [q_row0, q_row1), of wk/bk and wv/bv [kv_row0, kv_row1), the sinks
  *   of its query heads, its KV cache for those heads only, and the columns
- *   [q_row0, q_row1) of the output projection wo (a view with a row stride).
+ *   [q_row0, q_row1) of the output projection wo (read once at load into a packed
+ *   rows x (q_row1 - q_row0) copy when TP > 1, so its product is one kernel call).
  *   Each TP rank writes a partial wo product; the partials meet in one allreduce
  *   over the TP group (ranks with the same dp and ep); the bias bo is added once,
  *   after it.  The EP ranks of one TP slot compute the same heads.
@@ -33,14 +34,14 @@
  *
  * The sharded forward pass (next): gpo_ctx_create takes the rank's shard and
  * groups; attention.c runs heads [head0, head1) against a KV cache of
- * kv_head1 - kv_head0 heads and a wo view of columns [q_row0, q_row1) with the
- * full row stride, then gpo_dist_allreduce_sum(groups.tp, ...) over the token
+ * kv_head1 - kv_head0 heads and the packed copy of wo's columns [q_row0, q_row1),
+ * then gpo_dist_allreduce_sum(groups.tp, ...) over the token
  * batch's [T, n_embd] partials; moe.c walks experts [expert0, expert1) only,
  * then one allreduce over groups.ep.  Rank 0 of the model group broadcasts each
  * step's batch (ids, positions, sequence slots) before layer 0.  The resident
  * bytes of a rank (its mappings' pages in /proc/self/smaps) should match
- * bytes_total of its shard: page granularity adds at most a page per row of wo
- * and per tensor edge.
+ * bytes_total of its shard less bytes_packed (anonymous memory): page granularity
+ * adds at most a page per row of wo and per tensor edge.
  */
 #ifndef GPO_MESH_H
 #define GPO_MESH_H
@@ -70,6 +71,9 @@ struct gpo_mesh_weights {
     uint64_t layer_replicated[GPO_MAX_LAYERS];
     uint64_t layer_kv_head[GPO_MAX_LAYERS];
     uint64_t layer_expert[GPO_MAX_LAYERS];
+    /* Of layer_kv_head: its wo columns, which a rank holding some of the heads
+     * (TP > 1) also keeps as a packed copy. */
+    uint64_t layer_wo_kv_head[GPO_MAX_LAYERS];
 };
 
 /* One rank's share.  Ranges are half-open [a0, a1). */
@@ -80,8 +84,13 @@ struct gpo_mesh_shard {
     int64_t expert0, expert1;
     int64_t vocab0, vocab1;
     /* Resident weight bytes: its attention heads, experts, vocabulary rows, the
-     * replicated tensors, and their total. */
-    uint64_t bytes_attention, bytes_experts, bytes_vocab, bytes_replicated, bytes_total;
+     * replicated tensors, the packed copy of its wo columns (TP > 1: one kernel
+     * call over rows instead of a strided view; anonymous memory, the mapped
+     * columns it was read from stay counted in bytes_attention), and their total.
+     * bytes_embedding is the embedding's part of bytes_vocab: a pass reads only
+     * the rows of its tokens, so it becomes resident as tokens are seen. */
+    uint64_t bytes_attention, bytes_experts, bytes_vocab, bytes_replicated, bytes_packed, bytes_total;
+    uint64_t bytes_embedding;
 };
 
 /* Refuse a mesh that does not fit the model or the rank count: TP must divide

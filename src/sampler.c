@@ -10,17 +10,13 @@
 #include "gpo.h"
 #include "util.h"
 
-struct cand {
-    float p; /* unnormalised probability exp((x - max) / T) */
-    int32_t id;
-};
-
 struct gpo_sampler {
     struct gpo_sampler_params prm;
     int64_t n_vocab;
     uint8_t *banned;   /* [n_vocab] */
     float *work;       /* [n_vocab] logits after masking and penalties */
-    struct cand *cand; /* [n_vocab] candidate list */
+    struct gpo_cand *cand; /* [n_vocab] candidate list: logits, then unnormalised
+                              probabilities exp((x - max) / T) */
     /* Penalty bookkeeping: counts of the ids inside the window, the distinct ids
      * with a non-zero count (with each one's position for O(1) removal), and a
      * ring of the last penalty_window ids. */
@@ -31,6 +27,8 @@ struct gpo_sampler {
     int32_t *ring;     /* [penalty_window] */
     int64_t ring_head, ring_fill;
     uint64_t rng[4];   /* xoshiro256** state */
+    int ban_edited;    /* gpo_sampler_ban was called: candidates chosen with the
+                          creation mask may no longer stand for the row */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -155,6 +153,7 @@ enum gpo_status gpo_sampler_ban(gpo_sampler *s, int32_t id, int banned) {
         return gpo_fail(GPO_ERR_TOKEN, "sampler: id %d outside the vocabulary of %lld", id,
                         (long long)s->n_vocab);
     s->banned[id] = banned != 0;
+    s->ban_edited = 1;
     return GPO_OK;
 }
 
@@ -204,21 +203,19 @@ enum gpo_status gpo_sampler_accept(gpo_sampler *s, int32_t id) {
 
 /* ------------------------------------------------------------------------- */
 
-/* The candidate order: more likely first, equal values in id order, so every
- * result is reproducible. */
-static inline int better(const struct cand *a, const struct cand *b) {
-    return a->p > b->p || (a->p == b->p && a->id < b->id);
-}
+/* The candidate order (gpo_cand_better): more likely first, equal values in id
+ * order, so every result is reproducible. */
+#define better gpo_cand_better
 
-static inline void cand_swap(struct cand *a, struct cand *b) {
-    struct cand t = *a;
+static inline void cand_swap(struct gpo_cand *a, struct gpo_cand *b) {
+    struct gpo_cand t = *a;
     *a = *b;
     *b = t;
 }
 
 /* Restore the heap below i: h[0] is the worst of the k kept (a min-heap in the
  * candidate order). */
-static void heap_down(struct cand *h, int64_t n, int64_t i) {
+static void heap_down(struct gpo_cand *h, int64_t n, int64_t i) {
     for (;;) {
         int64_t l = 2 * i + 1, r = l + 1, w = i;
         if (l < n && better(&h[w], &h[l])) w = l;
@@ -229,30 +226,20 @@ static void heap_down(struct cand *h, int64_t n, int64_t i) {
     }
 }
 
-/* Top-k by logit with a k-element heap: one comparison for most ids, and only
- * the k survivors need exp().  c[].p holds logits here. */
-static int64_t top_k_logits(const float *w, int64_t nv, int64_t k, struct cand *c) {
-    int64_t n = 0;
-    for (int64_t i = 0; i < nv; i++) {
-        if (!(w[i] > -INFINITY)) continue;
-        struct cand x = {w[i], (int32_t)i};
-        if (n < k) {
-            c[n++] = x;
-            if (n == k)
-                for (int64_t j = k / 2; j-- > 0;) heap_down(c, k, j);
-        } else if (better(&x, &c[0])) {
-            c[0] = x;
-            heap_down(c, k, 0);
-        }
+void gpo_cand_sort(struct gpo_cand *c, int64_t n) {
+    /* Heapsort: the worst of c[0..end) goes to end - 1 each round. */
+    for (int64_t j = n / 2; j-- > 0;) heap_down(c, n, j);
+    for (int64_t end = n - 1; end > 0; end--) {
+        cand_swap(&c[0], &c[end]);
+        heap_down(c, end, 0);
     }
-    return n;
 }
 
 /* Reorder c[0..n) so that c[0..keep) is the smallest set of most likely
  * candidates whose mass reaches target, and return keep (the mass goes to
  * *mass).  A quickselect on cumulative mass: expected linear time, and only the
  * last small range is sorted, so a flat distribution costs no full sort. */
-static int64_t top_p_select(struct cand *c, int64_t n, double target, double *mass) {
+static int64_t top_p_select(struct gpo_cand *c, int64_t n, double target, double *mass) {
     int64_t lo = 0, hi = n;
     double acc = 0.0; /* mass of c[0..lo), all better than anything in c[lo..hi) */
     while (hi - lo > 32) {
@@ -261,35 +248,35 @@ static int64_t top_p_select(struct cand *c, int64_t n, double target, double *ma
         if (better(&c[mid], &c[lo])) cand_swap(&c[mid], &c[lo]);
         if (better(&c[hi - 1], &c[lo])) cand_swap(&c[hi - 1], &c[lo]);
         if (better(&c[mid], &c[hi - 1])) cand_swap(&c[mid], &c[hi - 1]);
-        struct cand piv = c[hi - 1];
+        struct gpo_cand piv = c[hi - 1];
         int64_t m = lo;
         double mb = 0.0;
         for (int64_t i = lo; i < hi - 1; i++)
             if (better(&c[i], &piv)) {
-                mb += c[i].p;
+                mb += c[i].v;
                 cand_swap(&c[i], &c[m]);
                 m++;
             }
         cand_swap(&c[m], &c[hi - 1]);
         if (acc + mb >= target) {
             hi = m;
-        } else if (acc + mb + piv.p >= target) {
-            *mass = acc + mb + piv.p;
+        } else if (acc + mb + piv.v >= target) {
+            *mass = acc + mb + piv.v;
             return m + 1;
         } else {
-            acc += mb + piv.p;
+            acc += mb + piv.v;
             lo = m + 1;
         }
     }
     /* Insertion sort of the last few (no qsort: it may allocate). */
     for (int64_t i = lo + 1; i < hi; i++) {
-        struct cand x = c[i];
+        struct gpo_cand x = c[i];
         int64_t j = i;
         for (; j > lo && better(&x, &c[j - 1]); j--) c[j] = c[j - 1];
         c[j] = x;
     }
     for (int64_t i = lo; i < hi; i++) {
-        acc += c[i].p;
+        acc += c[i].v;
         if (acc >= target) {
             *mass = acc;
             return i + 1;
@@ -306,6 +293,31 @@ static int64_t top_p_select(struct cand *c, int64_t n, double target, double *ma
 static inline float sane_logit(float x) {
     if (isnan(x)) return -INFINITY;
     return x > FLT_MAX ? FLT_MAX : x;
+}
+
+/* Top-k with a k-element heap: one comparison for most ids, and only the k
+ * survivors are sorted (and later need exp()).  Sorting them makes their order
+ * canonical: the same whether the row was scanned whole or in shards. */
+int64_t gpo_cand_select(const float *logits, int64_t n, int64_t id0, const uint8_t *banned,
+                        int64_t k, struct gpo_cand *c, int64_t *n_finite) {
+    int64_t m = 0, nf = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (banned && banned[id0 + i]) continue;
+        struct gpo_cand x = {sane_logit(logits[i]), (int32_t)(id0 + i)};
+        if (!(x.v > -INFINITY)) continue;
+        nf++;
+        if (m < k) {
+            c[m++] = x;
+            if (m == k)
+                for (int64_t j = k / 2; j-- > 0;) heap_down(c, k, j);
+        } else if (better(&x, &c[0])) {
+            c[0] = x;
+            heap_down(c, k, 0);
+        }
+    }
+    gpo_cand_sort(c, m);
+    *n_finite = nf;
+    return m;
 }
 
 /* Log-probabilities of the masked raw logits: the n most likely ids (insertion
@@ -398,6 +410,78 @@ static int32_t argmax(const float *w, int64_t nv) {
     return id;
 }
 
+/* Temperature sampling from c[0..n), which holds logits in a canonical order
+ * (top-k survivors best first, else every finite id in id order), mx the
+ * largest: probabilities, top-p, min-p and a draw.  Returns the id drawn, or
+ * fallback (the argmax) when nothing is left to draw from. */
+static int32_t draw(gpo_sampler *s, struct gpo_cand *c, int64_t n_in, float mx, int32_t fallback) {
+    const struct gpo_sampler_params *p = &s->prm;
+    /* The logits hold no NaN and no +inf, and 1/T is finite, so every
+     * (x - max) / T below is a number and the most likely id gets p = 1. */
+    float inv_t = 1.0f / p->temperature;
+    int64_t n = 0;
+    double total = 0.0;
+    for (int64_t i = 0; i < n_in; i++) {
+        float pr = expf((c[i].v - mx) * inv_t);
+        if (pr <= 0.0f) continue; /* underflow: unreachable by any draw */
+        c[n].v = pr;
+        c[n].id = c[i].id;
+        total += pr;
+        n++;
+    }
+    if (p->top_p < 1.0f && n > 1) {
+        double target = (double)p->top_p * total, head = 0.0, t = 1e-4 * total;
+        /* Usually a few ids hold most of the mass: move those above a small
+         * threshold to the front, and when they reach the target the cut lies
+         * among them (they are a prefix of the sorted order), so the selection
+         * need not look at the rest. */
+        int64_t m = 0;
+        for (int64_t i = 0; i < n; i++)
+            if ((double)c[i].v >= t) {
+                head += c[i].v;
+                cand_swap(&c[i], &c[m]);
+                m++;
+            }
+        n = top_p_select(c, head >= target ? m : n, target, &total);
+    }
+    if (p->min_p > 0.0f) {
+        /* The most likely id has p = 1 before normalisation (x = max), and
+         * top-k/top-p always keep it. */
+        float cut = p->min_p;
+        int64_t m = 0;
+        total = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            if (c[i].v >= cut) {
+                c[m++] = c[i];
+                total += c[i].v;
+            }
+        n = m;
+    }
+    /* The argmax stays when nothing survived (it always should) or the mass is
+     * not a positive number. */
+    if (n == 0 || !(total > 0.0) || !isfinite(total)) return fallback;
+    double u = rng_uniform(s->rng) * total, acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        acc += c[i].v;
+        if (u < acc) return c[i].id;
+    }
+    return c[n - 1].id; /* rounding at the top end */
+}
+
+static int greedy(const struct gpo_sampler_params *p) {
+    return !(p->temperature >= GPO_SAMPLER_MIN_TEMPERATURE);
+}
+
+/* Does top-k cut the row's n_finite ids? */
+static int top_k_cuts(const struct gpo_sampler_params *p, int64_t n_finite) {
+    return p->top_k > 0 && p->top_k < n_finite;
+}
+
+static enum gpo_status all_masked(int64_t nv) {
+    return gpo_fail(GPO_ERR_ARG, "sampler: every one of %lld logits is banned or -inf",
+                    (long long)nv);
+}
+
 enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t *out_id,
                                    struct gpo_logprobs *lp) {
     const struct gpo_sampler_params *p = &s->prm;
@@ -409,84 +493,80 @@ enum gpo_status gpo_sampler_sample(gpo_sampler *s, const float *logits, int32_t 
     process(s, logits, w);
 
     int32_t chosen = argmax(w, nv);
-    if (chosen < 0)
-        return gpo_fail(GPO_ERR_ARG, "sampler: every one of %lld logits is banned or -inf",
-                        (long long)nv);
-    if (p->temperature >= GPO_SAMPLER_MIN_TEMPERATURE) {
-        /* w holds no NaN and no +inf, and 1/T is finite, so every (x - max) / T
-         * below is a number and the most likely id gets p = 1. */
-        float mx = w[chosen];
+    if (chosen < 0) return all_masked(nv);
+    if (!greedy(p)) {
         int64_t n_finite = 0;
         for (int64_t i = 0; i < nv; i++) n_finite += w[i] > -INFINITY;
-        float inv_t = 1.0f / p->temperature;
-        struct cand *c = s->cand;
+        struct gpo_cand *c = s->cand;
         int64_t n = 0;
-        double total = 0.0;
-        if (p->top_k > 0 && p->top_k < n_finite) {
-            int64_t k = top_k_logits(w, nv, p->top_k, c);
-            for (int64_t i = 0; i < k; i++) {
-                float pr = expf((c[i].p - mx) * inv_t);
-                if (pr <= 0.0f) continue; /* underflow: unreachable by any draw */
-                c[n].p = pr;
-                c[n].id = c[i].id;
-                total += pr;
-                n++;
-            }
+        if (top_k_cuts(p, n_finite)) {
+            int64_t nf;
+            n = gpo_cand_select(w, nv, 0, NULL, p->top_k, c, &nf);
         } else {
-            for (int64_t i = 0; i < nv; i++) {
-                if (!(w[i] > -INFINITY)) continue;
-                float pr = expf((w[i] - mx) * inv_t);
-                if (pr <= 0.0f) continue;
-                c[n].p = pr;
-                c[n].id = (int32_t)i;
-                total += pr;
-                n++;
-            }
+            for (int64_t i = 0; i < nv; i++)
+                if (w[i] > -INFINITY) c[n++] = (struct gpo_cand){w[i], (int32_t)i};
         }
-        if (p->top_p < 1.0f && n > 1) {
-            double target = (double)p->top_p * total, head = 0.0, t = 1e-4 * total;
-            /* Usually a few ids hold most of the mass: move those above a small
-             * threshold to the front, and when they reach the target the cut lies
-             * among them (they are a prefix of the sorted order), so the selection
-             * need not look at the rest. */
-            int64_t m = 0;
-            for (int64_t i = 0; i < n; i++)
-                if ((double)c[i].p >= t) {
-                    head += c[i].p;
-                    cand_swap(&c[i], &c[m]);
-                    m++;
-                }
-            n = top_p_select(c, head >= target ? m : n, target, &total);
-        }
-        if (p->min_p > 0.0f) {
-            /* The most likely id has p = 1 before normalisation (x = max), and
-             * top-k/top-p always keep it. */
-            float cut = p->min_p;
-            int64_t m = 0;
-            total = 0.0;
-            for (int64_t i = 0; i < n; i++)
-                if (c[i].p >= cut) {
-                    c[m++] = c[i];
-                    total += c[i].p;
-                }
-            n = m;
-        }
-        /* The argmax stays when nothing survived (it always should) or the
-         * mass is not a positive number. */
-        if (n > 0 && total > 0.0 && isfinite(total)) {
-            double u = rng_uniform(s->rng) * total, acc = 0.0;
-            chosen = c[n - 1].id; /* guards against rounding at the top end */
-            for (int64_t i = 0; i < n; i++) {
-                acc += c[i].p;
-                if (u < acc) {
-                    chosen = c[i].id;
-                    break;
-                }
-            }
-        }
+        chosen = draw(s, c, n, w[chosen], chosen);
     }
     *out_id = chosen;
     if (lp) lp->chosen = (float)((double)sane_logit(logits[chosen]) - lse);
+    return GPO_OK;
+}
+
+int32_t gpo_sampler_cand_k(const gpo_sampler *s) {
+    const struct gpo_sampler_params *p = &s->prm;
+    if (p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+        p->frequency_penalty != 0.0f || p->n_logprobs > 0 || s->ban_edited)
+        return 0;
+    if (greedy(p)) return 1;
+    return p->top_k > 0 && p->top_k <= GPO_CAND_MAX ? p->top_k : 0;
+}
+
+/* Candidates in id order, as the whole-row path lists every finite id (an
+ * insertion sort: only rows of at most GPO_CAND_MAX finite ids come here). */
+static void sort_by_id(struct gpo_cand *c, int64_t n) {
+    for (int64_t i = 1; i < n; i++) {
+        struct gpo_cand x = c[i];
+        int64_t j = i;
+        for (; j > 0 && c[j - 1].id > x.id; j--) c[j] = c[j - 1];
+        c[j] = x;
+    }
+}
+
+enum gpo_status gpo_sampler_sample_top(gpo_sampler *s, const struct gpo_cand *cands, int64_t n,
+                                       int64_t n_finite, int32_t *out_id) {
+    const struct gpo_sampler_params *p = &s->prm;
+    const int64_t k = gpo_sampler_cand_k(s), need = k < n_finite ? k : n_finite;
+    if (k == 0)
+        return gpo_fail(GPO_ERR_ARG, "sampler: these parameters need the whole row of logits, "
+                        "not candidates (top_k %d, temperature %g, penalties or logprobs)",
+                        p->top_k, (double)p->temperature);
+    if (n_finite < 0 || n_finite > s->n_vocab || n < need || n > n_finite)
+        return gpo_fail(GPO_ERR_ARG, "sampler: %lld candidates of %lld finite logits (vocabulary "
+                        "%lld); sampling needs the %lld best", (long long)n, (long long)n_finite,
+                        (long long)s->n_vocab, (long long)need);
+    if (n_finite == 0) return all_masked(s->n_vocab);
+    struct gpo_cand *c = s->cand;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = cands[i].id;
+        float v = sane_logit(cands[i].v);
+        if (id < 0 || id >= s->n_vocab || s->banned[id] || !(v > -INFINITY))
+            return gpo_fail(GPO_ERR_ARG, "sampler: candidate %lld (id %d, logit %g) is outside "
+                            "the vocabulary of %lld, banned or not finite", (long long)i, id,
+                            (double)cands[i].v, (long long)s->n_vocab);
+        c[i] = (struct gpo_cand){v, id};
+    }
+    gpo_cand_sort(c, n);
+    int32_t chosen = c[0].id; /* the argmax: the lowest id among equal maxima */
+    const float mx = c[0].v;
+    if (!greedy(p)) {
+        /* The whole-row path's list: the top-k survivors best first, or, when
+         * top-k cuts nothing, every finite id (all among the candidates) in id
+         * order. */
+        if (!top_k_cuts(p, n_finite)) sort_by_id(c, n);
+        chosen = draw(s, c, top_k_cuts(p, n_finite) ? p->top_k : n, mx, chosen);
+    }
+    *out_id = chosen;
     return GPO_OK;
 }
 

@@ -64,8 +64,8 @@ ONE="$G"
 "$ONE" logits -m $M --tokens "$ids" -o "$tmp/one.f32" -t 2 2>"$tmp/one.err"
 check "gptoss logits, one process" "[ \$? -eq 0 ] && [ -s $tmp/one.f32 ]"
 mpi -np 4 "$G" logits -m $M --tokens "$ids" -o "$tmp/four.f32" -t 1 --mesh 2x2 2>"$tmp/four.err" </dev/null
-check "gptoss logits under mpirun -np 4 --mesh 2x2, the plan said at load" "[ \$? -eq 0 ] \
-    && grep -q 'rank 3 (.*): KV heads \[1, 2), experts \[4, 8), vocabulary \[750, 1000)' $tmp/four.err"
+check "gptoss logits under mpirun -np 4 --mesh 2x2, the plan said at load (with the packed wo)" \
+    "[ \$? -eq 0 ] && grep -q 'rank 3 (.*): KV heads \[1, 2), experts \[4, 8), vocabulary \[750, 1000): .* (packed wo: 0.1 MiB)' $tmp/four.err"
 check "  within 1e-3 of one process's" "close $tmp/one.f32 $tmp/four.f32"
 [ $fail -eq 0 ] || cat "$tmp/four.err"
 mpi -np 1 "$G" logits -m $M --tokens "$ids" -o "$tmp/alone.f32" -t 2 2>/dev/null </dev/null

@@ -3,7 +3,9 @@
 # leads (schedules, samples, prints, listens), the other ranks follow its step
 # plans, each running its shard of the pass.  Greedy answers must equal the
 # single-process build's: several users on 2 ranks (the default mesh 1x2 and
-# 2x1), --dp 2 with 4 users, chat turns, a served request over HTTP.  The
+# 2x1, 2x2 on 4 ranks, over TCP), --dp 2 with 4 users, a prompt from -f - (rank 0
+# reads standard input and shares it), chat turns, a served request over HTTP.  Rank 0 samples from the candidates the shards send: the
+# tokens of sampling from whole rows on every mesh (test_engine_dist).  The
 # followers check after every step that their KV caches match the leader's and
 # say so at the end (-v).  A follower killed mid-generation ends the job within
 # 10 s with a message.  Skips (exit 77) where Open MPI is not installed.
@@ -46,6 +48,11 @@ P=(-p Hello -p "Why is the sky blue?" -p "Count to five")
 mpi -np 2 "$T" >"$tmp/t.out" 2>&1
 check "engine leader and follower in lockstep (preemption, cancel, reuse, reset)" \
     "[ \$? -eq 0 ] && [ \$(grep -c 'OK \] test_followers_in_lockstep' $tmp/t.out) -eq 2 ]"
+check "  every mesh of 2 ranks: the pass's candidates are those of its rows, sampling them too" \
+    "[ \$(grep -c 'OK \] test_candidates_sample_as_rows\|OK \] test_forward_candidates' $tmp/t.out) -eq 4 ]"
+mpi -np 4 "$T" >"$tmp/t4.out" 2>&1
+check "  the same on every mesh of 4 ranks" \
+    "[ \$? -eq 0 ] && [ \$(grep -c 'OK \] test_candidates_sample_as_rows\|OK \] test_forward_candidates' $tmp/t4.out) -eq 8 ]"
 
 "$G1" generate $ARGS "${P[@]}" --batch 4 --json "$tmp/ref.json" >"$tmp/ref.out" 2>&1
 check "one process: 4 users" "[ \$? -eq 0 ] && [ \$(tokens $tmp/ref.json | wc -l) -eq 4 ]"
@@ -63,6 +70,22 @@ mpi -np 2 "$G" generate $ARGS "${P[@]}" --batch 4 --mesh 2x1 --json "$tmp/tp.jso
 check "2 ranks, --mesh 2x1 (tensor parallel): the same greedy tokens" \
     "[ \$? -eq 0 ] && tokens $tmp/tp.json | cmp -s - $tmp/ref.tok"
 
+# -f -: mpirun gives standard input to rank 0 only, which reads the prompt and
+# shares it: with a follower (2x1) and with a second replica's leader (--dp 2).
+"$G1" generate $ARGS -p "Why is the sky blue?" --batch 2 --json "$tmp/f1.json" >/dev/null 2>&1
+tokens "$tmp/f1.json" >"$tmp/f1.tok"
+echo "Why is the sky blue?" | mpi -np 2 "$G" generate $ARGS -f - --batch 2 --mesh 2x1 \
+    --json "$tmp/f.json" >"$tmp/f.out" 2>&1
+check "-f - on 2 ranks (2x1): rank 0 reads the prompt and shares it, the same tokens" \
+    "[ \$? -eq 0 ] && [ -s $tmp/f1.tok ] && tokens $tmp/f.json | cmp -s - $tmp/f1.tok"
+echo "Why is the sky blue?" | mpi -np 2 "$G" generate $ARGS -f - --batch 2 --dp 2 \
+    --json "$tmp/fdp.json" >"$tmp/fdp.out" 2>&1
+check "-f - on 2 ranks with --dp 2: the second replica answers the same prompt" \
+    "[ \$? -eq 0 ] && tokens $tmp/fdp.json | cmp -s - $tmp/f1.tok"
+mpi -np 2 "$G" generate $ARGS -f "$tmp/missing.txt" >"$tmp/fm.out" 2>&1 </dev/null
+check "-f of a missing file on 2 ranks: one message, no hang" \
+    "[ \$? -ne 0 ] && [ \$(grep -c 'cannot open $tmp/missing.txt' $tmp/fm.out) -eq 1 ]"
+
 # Waves: 4 users, 2 at a time, so slots are reused and prefixes rewound.
 mpi -np 2 "$G" generate $ARGS "${P[@]}" -p Hi --batch 2 --json "$tmp/w.json" >"$tmp/w.out" 2>&1
 "$G1" generate $ARGS "${P[@]}" -p Hi --batch 2 --json "$tmp/w1.json" >/dev/null 2>&1
@@ -77,6 +100,38 @@ check "  the metrics line names the replicas and the global batch" \
 mpi -np 2 "$G" generate $ARGS -p Hello --dp 2 >"$tmp/dp1.out" 2>&1
 check "--dp 2 with one user is a usage error" \
     "[ \$? -eq 2 ] && grep -q '2 replicas need at least 2 users' $tmp/dp1.out"
+
+# Rank 0 samples from the candidates the shards send (their best logit when
+# greedy, their top k with top-k sampling), not from gathered rows, for a
+# fraction of the bytes: greedy gives the single process's tokens on every mesh.
+# Sharded sums round differently from one process's, so seeded sampling is
+# compared with whole-row sampling on the same mesh by test_engine_dist above
+# (every mesh of 2 and 4 ranks); here it must not depend on the transport, and
+# replicas of one rank each are whole models: the single process's tokens.
+per_token() { node -e 'console.log(Math.round(JSON.parse(require("fs").readFileSync(
+    process.argv[1])).metrics.comm_bytes_sent_per_token))' "$1"; }
+for run in "-np 2" "-np 2 --mesh 2x1" "-np 4 --mesh 2x2" "-np 4 --dp 2" "-np 2 --mca btl tcp,self"; do
+    read -r -a a <<<"$run"
+    mca=()
+    [ "${a[2]:-}" = --mca ] && mca=("${a[@]:2}") && a=("${a[@]:0:2}")
+    mpi "${mca[@]}" "${a[@]:0:2}" "$G" generate $ARGS "${P[@]}" --batch 4 "${a[@]:2}" \
+        --json "$tmp/c0.json" >"$tmp/c.out" 2>&1
+    check "$run: greedy, the same tokens" "[ \$? -eq 0 ] && tokens $tmp/c0.json | cmp -s - $tmp/ref.tok"
+done
+SAMPLED=(--batch 4 --seed 5 --temperature 0.8 --top-k 40 --top-p 0.95)
+mpi -np 2 "$G" generate $ARGS "${P[@]}" "${SAMPLED[@]}" --json "$tmp/s2.json" >/dev/null 2>&1
+mpi --mca btl tcp,self -np 2 "$G" generate $ARGS "${P[@]}" "${SAMPLED[@]}" --json "$tmp/s2t.json" \
+    >/dev/null 2>&1
+check "-np 2, seeded top-k sampling: the same tokens over TCP as over shared memory" \
+    "[ \$(tokens $tmp/s2.json | wc -l) -eq 4 ] && tokens $tmp/s2.json | cmp -s - <(tokens $tmp/s2t.json)"
+"$G1" generate $ARGS "${P[@]}" "${SAMPLED[@]}" --json "$tmp/s1.json" >/dev/null 2>&1
+mpi -np 2 "$G" generate $ARGS "${P[@]}" "${SAMPLED[@]}" --dp 2 --json "$tmp/sdp.json" >/dev/null 2>&1
+check "-np 2 --dp 2, seeded top-k sampling: the single process's tokens" \
+    "[ \$(tokens $tmp/s1.json | wc -l) -eq 4 ] && tokens $tmp/sdp.json | cmp -s - <(tokens $tmp/s1.json)"
+# A vocabulary shard's columns of one row alone are 4 x 201088 / 2 bytes.
+n=$(per_token "$tmp/c0.json")
+echo "     rank 0 sent $n bytes per generated token (greedy, 2 ranks over TCP)"
+check "  candidates, not rows: under 40000 bytes per token" "[ \"$n\" -lt 40000 ]"
 
 # chat: rank 0 reads standard input; the second turn reuses the first's cache,
 # /reset drops it.

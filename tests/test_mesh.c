@@ -73,8 +73,11 @@ static void check_plan(const struct gpo_config *c, const struct gpo_mesh *m,
             for (int64_t h = s.kv_head0; h < s.kv_head1; h++) heads[s.ep_rank * c->n_head_kv + h]++;
             for (int64_t e = s.expert0; e < s.expert1; e++) experts[s.tp_rank * c->n_expert + e]++;
             for (int64_t v = s.vocab0; v < s.vocab1; v++) vocab[v]++;
-            assert_int_equal(s.bytes_total,
-                             s.bytes_attention + s.bytes_experts + s.bytes_vocab + s.bytes_replicated);
+            assert_int_equal(s.bytes_total, s.bytes_attention + s.bytes_experts + s.bytes_vocab +
+                                                s.bytes_replicated + s.bytes_packed);
+            /* The embedding's share: its rows of the vocabulary, within bytes_vocab. */
+            assert_int_equal(s.bytes_embedding, (uint64_t)(s.vocab1 - s.vocab0) * w->embedding_row);
+            assert_true(s.bytes_embedding < s.bytes_vocab);
             if (mr) assert_int_equal(s.bytes_replicated, repl);
             repl = s.bytes_replicated;
             /* The EP ranks of a TP slot hold the same heads, the TP ranks of an EP

@@ -1,6 +1,7 @@
 /* test_sampler.c - the sampler: greedy, seeds, top-k/top-p/min-p candidate sets
  * on hand-made distributions, penalties, banned ids and the harmony mask,
- * log-probabilities, and the stop rules of a harmony turn. */
+ * log-probabilities, the stop rules of a harmony turn, and sampling from the
+ * best candidates of a row (as a sharded pass sends them) against the row. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -771,6 +772,203 @@ static void test_stop(void **state) {
     assert_string_equal(gpo_finish_name(GPO_FINISH_NONE), "");
 }
 
+/* ------------------------------------------------------------------------- */
+/* Candidates instead of the whole row                                       */
+
+/* The reference twin of gpo_cand_select: every finite unbanned id sorted by
+ * (value descending, id ascending) with qsort, then the first k. */
+static int cmp_cand(const void *a, const void *b) {
+    const struct gpo_cand *x = a, *y = b;
+    if (x->v != y->v) return x->v > y->v ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int64_t cand_select_ref(const float *l, int64_t n, const uint8_t *ban, int64_t k,
+                               struct gpo_cand *c, int64_t *n_finite) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = isnan(l[i]) ? -INFINITY : l[i] > FLT_MAX ? FLT_MAX : l[i];
+        if ((ban && ban[i]) || !(v > -INFINITY)) continue;
+        c[m++] = (struct gpo_cand){v, (int32_t)i};
+    }
+    qsort(c, (size_t)m, sizeof *c, cmp_cand);
+    *n_finite = m;
+    return m < k ? m : k;
+}
+
+/* A row with ties, a NaN, -inf and some banned ids, +inf too when inf (it then
+ * takes every draw); `dead` of every 8 ids -inf (7 leaves fewer finite ids than
+ * many k). */
+static void nasty_row(float *l, uint8_t *ban, int64_t n, int dead, int inf) {
+    for (int64_t i = 0; i < n; i++) {
+        l[i] = roundf(test_randn() * 8.0f) / 4.0f; /* coarse: many equal values */
+        ban[i] = i % 97 == 5;
+        if (i % 8 < dead) l[i] = -INFINITY;
+    }
+    l[n / 3] = NAN;
+    if (inf) l[n / 2] = INFINITY;
+}
+
+/* gpo_cand_select, on the whole row and on shards of it, equals its twin. */
+static void test_cand_select_ref(void **state) {
+    (void)state;
+    enum { N = 3000 };
+    float *l = malloc(N * sizeof *l);
+    uint8_t *ban = malloc(N);
+    struct gpo_cand *c = malloc(N * sizeof *c), *r = malloc(N * sizeof *r);
+    assert_true(l && ban && c && r);
+    const int64_t ks[] = {1, 2, 7, 64, 256, N};
+    for (int dead = 0; dead < 8; dead += 7)
+        for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+            nasty_row(l, ban, N, dead, 1);
+            int64_t nf, nf_ref, k = ks[ki];
+            int64_t m = gpo_cand_select(l, N, 0, ban, k, c, &nf);
+            assert_int_equal(m, cand_select_ref(l, N, ban, k, r, &nf_ref));
+            assert_int_equal(nf, nf_ref);
+            assert_memory_equal(c, r, (size_t)m * sizeof *c);
+            /* A shard: ids id0 + i, the mask indexed by id. */
+            const int64_t id0 = 1000, n = 700;
+            m = gpo_cand_select(l + id0, n, id0, ban, k, c, &nf);
+            int64_t mr = cand_select_ref(l + id0, n, ban + id0, k, r, &nf_ref);
+            for (int64_t i = 0; i < mr; i++) r[i].id += (int32_t)id0;
+            assert_int_equal(m, mr);
+            assert_int_equal(nf, nf_ref);
+            assert_memory_equal(c, r, (size_t)m * sizeof *c);
+        }
+    free(l);
+    free(ban);
+    free(c);
+    free(r);
+}
+
+/* Which k stands for the row. */
+static void test_cand_k(void **state) {
+    (void)state;
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    const struct {
+        float t;
+        int32_t top_k;
+        float rp, pres, freq;
+        int32_t n_lp;
+        int32_t want;
+    } cases[] = {
+        {0.0f, 0, 1.0f, 0, 0, 0, 1},     {0.0f, 500, 1.0f, 0, 0, 0, 1},
+        {1.0f, 40, 1.0f, 0, 0, 0, 40},   {0.7f, GPO_CAND_MAX, 1.0f, 0, 0, 0, GPO_CAND_MAX},
+        {1.0f, GPO_CAND_MAX + 1, 1.0f, 0, 0, 0, 0}, {1.0f, 0, 1.0f, 0, 0, 0, 0},
+        {0.0f, 0, 1.1f, 0, 0, 0, 0},     {1.0f, 40, 1.0f, 0.5f, 0, 0, 0},
+        {1.0f, 40, 1.0f, 0, 0.5f, 0, 0}, {0.0f, 0, 1.0f, 0, 0, 3, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        p.temperature = cases[i].t;
+        p.top_k = cases[i].top_k;
+        p.repetition_penalty = cases[i].rp;
+        p.presence_penalty = cases[i].pres;
+        p.frequency_penalty = cases[i].freq;
+        p.n_logprobs = cases[i].n_lp;
+        gpo_sampler *s = make(&p, 100, NULL);
+        assert_int_equal(gpo_sampler_cand_k(s), cases[i].want);
+        if (cases[i].want > 0) {
+            /* A ban after creation: candidates chosen with the old mask no longer do. */
+            assert_int_equal(gpo_sampler_ban(s, 3, 1), GPO_OK);
+            assert_int_equal(gpo_sampler_cand_k(s), 0);
+        }
+        gpo_sampler_free(s);
+    }
+}
+
+/* Sampling from shards' candidates gives the ids of sampling from the whole row,
+ * draw after draw (the random streams stay in step), for greedy and top-k with
+ * temperatures, top-p and min-p, over many seeds, rows with ties, NaN, +-inf and
+ * banned ids, and rows with fewer finite ids than k. */
+static void test_cand_sample_matches_row(void **state) {
+    (void)state;
+    enum { N = 2000, SHARDS = 3, DRAWS = 12 };
+    float *l = malloc(N * sizeof *l);
+    uint8_t *ban = malloc(N);
+    struct gpo_cand *c = malloc(SHARDS * GPO_CAND_MAX * sizeof *c);
+    assert_true(l && ban && c);
+    const struct {
+        float t, top_p, min_p;
+        int32_t top_k;
+    } cases[] = {
+        {0.0f, 1.0f, 0.0f, 0},   {0.0f, 0.9f, 0.0f, 40}, {1.0f, 1.0f, 0.0f, 1},
+        {1.0f, 1.0f, 0.0f, 40},  {0.5f, 0.9f, 0.0f, 40}, {2.0f, 0.5f, 0.05f, 7},
+        {1.3f, 1.0f, 0.1f, 256}, {0.8f, 0.95f, 0.0f, 200}, {5.0f, 1.0f, 0.0f, 3},
+    };
+    int distinct_ids = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
+        for (uint64_t seed = 0; seed < 16; seed++) {
+            struct gpo_sampler_params p;
+            gpo_sampler_params_default(&p);
+            p.temperature = cases[ci].t;
+            p.top_p = cases[ci].top_p;
+            p.min_p = cases[ci].min_p;
+            p.top_k = cases[ci].top_k;
+            p.seed = seed;
+            nasty_row(l, ban, N, 0, 0);
+            gpo_sampler *whole = make(&p, N, ban), *cands = make(&p, N, ban);
+            const int64_t k = gpo_sampler_cand_k(cands);
+            assert_true(k > 0);
+            int32_t first = -1;
+            for (int d = 0; d < DRAWS; d++) {
+                /* Every other draw a row with only one finite id in 8: often no
+                 * more finite ids than k, so the candidates are the whole row;
+                 * one row with +inf. */
+                nasty_row(l, ban, N, d % 2 ? 7 : 0, d == 4);
+                int64_t n = 0, n_finite = 0;
+                for (int sh = 0; sh < SHARDS; sh++) {
+                    const int64_t v0 = N * sh / SHARDS, v1 = N * (sh + 1) / SHARDS;
+                    int64_t nf;
+                    n += gpo_cand_select(l + v0, v1 - v0, v0, ban, k, c + n, &nf);
+                    n_finite += nf;
+                }
+                int32_t a = -1, b = -2;
+                assert_int_equal(gpo_sampler_sample(whole, l, &a, NULL), GPO_OK);
+                assert_int_equal(gpo_sampler_sample_top(cands, c, n, n_finite, &b), GPO_OK);
+                assert_int_equal(a, b);
+                if (d == 0) first = a;
+                else distinct_ids += a != first;
+            }
+            gpo_sampler_free(whole);
+            gpo_sampler_free(cands);
+        }
+    /* The rows and draws were not all alike: the comparison saw many ids. */
+    assert_true(distinct_ids > 100);
+    free(l);
+    free(ban);
+    free(c);
+}
+
+/* Candidates that cannot stand for the row are refused with the numbers. */
+static void test_cand_errors(void **state) {
+    (void)state;
+    struct gpo_sampler_params p;
+    gpo_sampler_params_default(&p);
+    p.top_k = 4;
+    uint8_t ban[10] = {0};
+    ban[9] = 1;
+    gpo_sampler *s = make(&p, 10, ban);
+    struct gpo_cand c[4] = {{3.0f, 1}, {2.0f, 2}, {1.0f, 3}, {0.5f, 4}};
+    int32_t id;
+    /* Three candidates of a row of 8 finite logits: top-4 needs four. */
+    assert_int_equal(gpo_sampler_sample_top(s, c, 3, 8, &id), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "3 candidates of 8 finite logits"));
+    c[3].id = 9; /* banned */
+    assert_int_equal(gpo_sampler_sample_top(s, c, 4, 8, &id), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "id 9"));
+    c[3] = (struct gpo_cand){NAN, 4};
+    assert_int_equal(gpo_sampler_sample_top(s, c, 4, 8, &id), GPO_ERR_ARG);
+    assert_int_equal(gpo_sampler_sample_top(s, c, 0, 0, &id), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "banned or -inf"));
+    gpo_sampler_free(s);
+    p.top_k = 0; /* temperature sampling over the whole row */
+    s = make(&p, 10, NULL);
+    assert_int_equal(gpo_sampler_sample_top(s, c, 3, 3, &id), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "whole row"));
+    gpo_sampler_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_argmax),  cmocka_unit_test(test_seed_reproducible),
@@ -782,6 +980,8 @@ int main(void) {
         cmocka_unit_test(test_logprobs),       cmocka_unit_test(test_no_alloc),       cmocka_unit_test(test_params),
         cmocka_unit_test(test_nasty_logits),   cmocka_unit_test(test_tiny_temperature),
         cmocka_unit_test(test_stop),
+        cmocka_unit_test(test_cand_select_ref), cmocka_unit_test(test_cand_k),
+        cmocka_unit_test(test_cand_sample_matches_row), cmocka_unit_test(test_cand_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,8 +3,10 @@
  * wo by columns, bo after the sum, the expert range) and must give the bits of
  * the whole-model pass on the tiny-a fixture, for both paths, several thread
  * counts and batch make-ups; KV caches and pools of a shard hold only its KV
- * heads; shards and caches that do not fit are refused with their numbers.
+ * heads; a TP shard's packed wo holds its columns and gives the bits of the strided
+ * view; shards and caches that do not fit are refused with their numbers.
  * Several ranks are tested under mpirun by tests/e2e_mpi_forward.sh. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 #include <cmocka.h>
 
 #include "forward.h"
+#include "forward_impl.h"
 #include "gpo.h"
 #include "gpo_engine.h"
 #include "kvpool.h"
@@ -39,14 +42,18 @@ static int teardown(void **state) {
     return 0;
 }
 
-/* Rank `rank`'s shard of mesh tp x ep (one replica). */
-static void shard_of(int tp, int ep, int rank, struct gpo_mesh_shard *s) {
-    const struct gpo_config *c = gpo_model_config(g_model);
+/* Rank `rank`'s shard of mesh tp x ep (one replica) of model m. */
+static void shard_in(const gpo_model *m, int tp, int ep, int rank, struct gpo_mesh_shard *s) {
+    const struct gpo_config *c = gpo_model_config(m);
     struct gpo_mesh mesh = {.tp = tp, .ep = ep, .dp = 1};
     struct gpo_mesh_weights w;
     assert_int_equal(gpo_mesh_validate(c, &mesh, tp * ep), GPO_OK);
-    gpo_mesh_weights_of_model(g_model, &w);
+    gpo_mesh_weights_of_model(m, &w);
     gpo_mesh_shard_of(c, &mesh, &w, rank, s);
+}
+
+static void shard_of(int tp, int ep, int rank, struct gpo_mesh_shard *s) {
+    shard_in(g_model, tp, ep, rank, s);
 }
 
 /* The logits of every position of the golden sequences: one after the other in
@@ -245,6 +252,98 @@ static void test_shard_barriers(void **st) {
     }
 }
 
+/* The packed wo of rank `rank` of mesh tp x 1 on model m: the plan's bytes; the
+ * part's columns of every row as stored; and the product over all rows in one
+ * kernel call gives, bit for bit, what one call per row through the strided view
+ * of those columns gives (the path the packed copy replaced), for a decode, a
+ * small and a panel-sized batch, and agrees with the scalar reference kernel.
+ * Returns the packed bytes. */
+static uint64_t check_packed_wo(const gpo_model *m, int tp, int rank) {
+    const struct gpo_config *c = gpo_model_config(m);
+    const int64_t H = c->n_embd, T = 64;
+    struct gpo_mesh_shard s;
+    shard_in(m, tp, 1, rank, &s);
+    gpo_ctx *ctx;
+    struct gpo_ctx_opts o = {.max_tokens = T, .max_seqs = 1, .n_threads = 2, .shard = &s};
+    assert_int_equal(gpo_ctx_create(m, &o, &ctx), GPO_OK);
+    const struct gpo_ctx *x = ctx;
+    assert_int_equal(gpo_ctx_wo_packed_bytes(ctx), s.bytes_packed);
+    if (tp == 1) {
+        assert_null(x->wo_pack);
+        assert_int_equal(s.bytes_packed, 0);
+        gpo_ctx_free(ctx);
+        return 0;
+    }
+    const int64_t col0 = s.q_row0, qd = s.q_row1 - s.q_row0;
+    float *att = malloc((size_t)(T * qd) * sizeof *att), *y = malloc((size_t)(T * H) * sizeof *y),
+          *y_view = malloc((size_t)(T * H) * sizeof *y), *y_ref = malloc((size_t)(T * H) * sizeof *y);
+    assert_true(att && y && y_view && y_ref);
+    uint32_t seed = 12345u + (uint32_t)rank;
+    for (int64_t i = 0; i < T * qd; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        att[i] = (float)((int32_t)(seed >> 8) % 2001 - 1000) / 500.0f;
+    }
+    uint64_t sum = 0;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        const struct gpo_tview *W = &m->layers[l].wo, *Pk = &x->wo_pack[l];
+        assert_int_equal(Pk->dtype, W->dtype);
+        assert_int_equal(Pk->rows, W->rows);
+        assert_int_equal(Pk->cols, qd);
+        /* Bytes before the part's first column, and of its columns, in one row. */
+        const struct gpo_tview lead = {NULL, W->dtype, 1, col0};
+        const size_t rb = gpo_tview_row_bytes(W), c0 = gpo_tview_row_bytes(&lead),
+                     pb = gpo_tview_row_bytes(Pk);
+        sum += (uint64_t)pb * (uint64_t)Pk->rows;
+        const uint8_t *src = W->data, *dst = Pk->data;
+        for (int64_t r = 0; r < W->rows; r++)
+            assert_memory_equal(dst + (size_t)r * pb, src + (size_t)r * rb + c0, pb);
+        const int64_t batches[] = {1, 5, T};
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            const int64_t n = batches[bi];
+            x->k->matmul[W->dtype](y, H, Pk->data, att, qd, n, 0, H, qd);
+            for (int64_t r = 0; r < W->rows; r++)
+                x->k->matmul[W->dtype](y_view + r, H, src + (size_t)r * rb + c0, att, qd, n, 0, 1, qd);
+            if (memcmp(y, y_view, (size_t)(n * H) * sizeof *y) != 0)
+                fail_msg("mesh %dx1 rank %d layer %lld, %lld tokens: the packed wo differs from the "
+                         "strided view by %g", tp, rank, (long long)l, (long long)n,
+                         max_diff(y, y_view, (size_t)(n * H)));
+            gpo_kernels_ref()->matmul[W->dtype](y_ref, H, Pk->data, att, qd, n, 0, H, qd);
+            for (int64_t i = 0; i < n * H; i++)
+                assert_true(fabs((double)y[i] - y_ref[i]) <= 1e-4 * (1.0 + fabs((double)y_ref[i])));
+        }
+    }
+    assert_int_equal(sum, s.bytes_packed);
+    free(att);
+    free(y);
+    free(y_view);
+    free(y_ref);
+    gpo_ctx_free(ctx);
+    return sum;
+}
+
+/* Every TP rank packs its columns of wo once at context creation; together they
+ * hold each column once.  BF16 as stored, and Q8_0 blocks under --dense q8. */
+static void test_packed_wo(void **st) {
+    (void)st;
+    gpo_model *q8;
+    struct gpo_load_opts lo = {.dense_q8 = 1};
+    assert_int_equal(gpo_model_load(FIX, &lo, &q8), GPO_OK);
+    const gpo_model *models[2] = {g_model, q8};
+    for (int mi = 0; mi < 2; mi++) {
+        const gpo_model *m = models[mi];
+        const struct gpo_config *c = gpo_model_config(m);
+        uint64_t wo = 0, packed = 0;
+        for (int64_t l = 0; l < c->n_layer; l++)
+            wo += (uint64_t)m->layers[l].wo.rows * gpo_tview_row_bytes(&m->layers[l].wo);
+        assert_int_equal(check_packed_wo(m, 1, 0), 0);
+        for (int r = 0; r < 2; r++) packed += check_packed_wo(m, 2, r);
+        assert_int_equal(packed, wo);
+    }
+    assert_int_equal(g_model->layers[0].wo.dtype, GPO_DT_BF16);
+    assert_int_equal(q8->layers[0].wo.dtype, GPO_DT_Q8_0);
+    gpo_model_free(q8);
+}
+
 /* Shards that do not fit the model are refused naming the range. */
 static void test_bad_shards(void **st) {
     (void)st;
@@ -282,6 +381,7 @@ int main(void) {
         cmocka_unit_test(test_whole_shard_bits),
         cmocka_unit_test(test_kv_shard),
         cmocka_unit_test(test_shard_barriers),
+        cmocka_unit_test(test_packed_wo),
         cmocka_unit_test(test_bad_shards),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark suite behind `make bench`: pp512 and tg128 at batch 1, 4 and 8
-# with 1 and 2 threads.  Uses the model folder given as the first argument, else
+# The benchmark suite behind `make bench`: pp512, pp4096 (long prompts: attention
+# over thousands of keys) and tg128 at batch 1, 4 and 8 with 1 and 2 threads.  Uses the model folder given as the first argument, else
 # $MODEL, else $GPT_DIR; otherwise makes a 20b-shape random-weight checkpoint
 # under models/20b (about 13.8 GB of disk).  The table goes to bench/results.md,
 # JSON Lines to bench/results.jsonl.  Sizes can be changed through BENCH_P,
@@ -30,7 +30,7 @@ if [ -z "$model" ]; then
     fi
 fi
 
-P=${BENCH_P:-512}
+P=${BENCH_P:-512,4096}
 N=${BENCH_N:-128}
 BATCH=${BENCH_BATCH:-1,4,8}
 THREADS=${BENCH_THREADS:-1,2}
