@@ -407,8 +407,9 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
         double secs = 0.0;
         b->counting = rep < 0;
         if (b->counting) {
-            fprintf(stderr, "bench: %s batch %lld, %lld threads: warm-up\n", r->test,
-                    (long long)n_seq, (long long)threads);
+            if (gpo_dist_rank() == 0) /* under mpirun the ranks run in step: one says it */
+                fprintf(stderr, "bench: %s batch %lld, %lld threads: warm-up\n", r->test,
+                        (long long)n_seq, (long long)threads);
             b->bytes = b->experts = b->experts_formula = 0.0;
             b->calls = 0;
             gpo_ctx_set_trace(b->ctx, on_trace, &b->ec);
@@ -424,9 +425,10 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
         if (rep >= 0) {
             r->secs[rep] = secs;
             r->tok_s[rep] = secs > 0 ? (double)(is_pp ? P : N * B) / secs : 0.0;
-            fprintf(stderr, "bench: %s batch %lld, %lld threads: run %d/%d %.3f s, %.2f tok/s\n",
-                    r->test, (long long)n_seq, (long long)threads, rep + 1, r->reps, secs,
-                    r->tok_s[rep]);
+            if (gpo_dist_rank() == 0)
+                fprintf(stderr, "bench: %s batch %lld, %lld threads: run %d/%d %.3f s, %.2f tok/s\n",
+                        r->test, (long long)n_seq, (long long)threads, rep + 1, r->reps, secs,
+                        r->tok_s[rep]);
         }
     }
 
