@@ -85,6 +85,15 @@ check "-f - on 2 ranks with --dp 2: the second replica answers the same prompt" 
 mpi -np 2 "$G" generate $ARGS -f "$tmp/missing.txt" >"$tmp/fm.out" 2>&1 </dev/null
 check "-f of a missing file on 2 ranks: one message, no hang" \
     "[ \$? -ne 0 ] && [ \$(grep -c 'cannot open $tmp/missing.txt' $tmp/fm.out) -eq 1 ]"
+# A rank that cannot open the model (here: its path does not exist on rank 1's
+# "host") ends the job before the first step, naming the rank and host.
+t0=$(date +%s)
+mpi -np 2 sh -c 'm=$1; [ "$OMPI_COMM_WORLD_RANK" = 1 ] && m=$1.absent; shift; exec "$@" -m "$m"' \
+    sh "$M" "$G" generate $(echo "$ARGS" | sed "s|-m $M ||") -p Hello >"$tmp/lm.out" 2>&1 </dev/null
+rc=$?
+check "a rank that cannot open the model ends the job at once, naming the rank" \
+    "[ $rc -ne 0 ] && [ \$(( \$(date +%s) - t0 )) -lt 30 ] && \
+     grep -q 'rank 1 (.*): error: cannot find the model' $tmp/lm.out"
 
 # Waves: 4 users, 2 at a time, so slots are reused and prefixes rewound.
 mpi -np 2 "$G" generate $ARGS "${P[@]}" -p Hi --batch 2 --json "$tmp/w.json" >"$tmp/w.out" 2>&1
