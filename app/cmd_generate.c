@@ -284,12 +284,10 @@ static enum gpo_status gather_replicas(const struct gen_dist *d, struct run_tota
         replica_share(n_users, batch, d->mesh.dp, r, &lo, &hi, &slots);
         struct gpo_str b = {0};
         if (d->shard.dp_rank == r) s = pack_users(&b, tot, users + lo, hi - lo);
-        uint64_t n = b.n;
-        if (s == GPO_OK) s = gpo_dist_bcast(d->groups.dp, &n, sizeof n, r);
-        if (s == GPO_OK && d->shard.dp_rank != r && !(b.s = malloc(n ? n : 1)))
-            s = gpo_fail(GPO_ERR_NOMEM, "out of memory for %llu bytes of results",
-                         (unsigned long long)n);
-        if (s == GPO_OK) s = gpo_dist_bcast(d->groups.dp, b.s, n, r);
+        int64_t n = (int64_t)b.n;
+        void *buf = b.s;
+        if (s == GPO_OK) s = gpo_dist_bcast_counted(d->groups.dp, &buf, &n, 1, r);
+        b.s = buf;
         if (s == GPO_OK && d->shard.dp_rank == 0) {
             struct reader rd = {b.s, b.s + n};
             struct run_totals t;

@@ -49,18 +49,16 @@ static int read_ids(const char *tokens, const char *tokens_file, int64_t n_vocab
 /* Rank 0's ids to every rank (a count, then the ids; -1 when rank 0 has none). */
 static int share_ids(struct gpo_ids *ids, int have) {
     int64_t n = have ? (int64_t)ids->n : -1;
-    enum gpo_status s = gpo_dist_bcast(NULL, &n, sizeof n, 0);
-    if (s != GPO_OK) return cli_status(s, "cannot share the token ids");
-    if (n < 0) return CLI_EXIT_FAIL; /* rank 0 said why */
-    if (gpo_dist_rank() != 0) {
-        gpo_ids_free(ids);
-        if (!(ids->ids = malloc((size_t)(n ? n : 1) * sizeof *ids->ids)))
-            return cli_error("out of memory for %lld token ids", (long long)n);
-        ids->n = ids->cap = (size_t)n;
+    const int from_me = gpo_dist_rank() == 0;
+    if (!from_me) gpo_ids_free(ids);
+    void *buf = ids->ids;
+    enum gpo_status s = gpo_dist_bcast_counted(NULL, &buf, &n, sizeof *ids->ids, 0);
+    if (!from_me) {
+        ids->ids = buf;
+        ids->n = ids->cap = n > 0 ? (size_t)n : 0;
     }
-    if (n > 0 && (s = gpo_dist_bcast(NULL, ids->ids, (size_t)n * sizeof *ids->ids, 0)) != GPO_OK)
-        return cli_status(s, "cannot share the token ids");
-    return 0;
+    if (s != GPO_OK) return cli_status(s, "cannot share the token ids");
+    return n < 0 ? CLI_EXIT_FAIL : 0; /* n < 0: rank 0 said why */
 }
 
 int cmd_logits(int argc, char **argv) {

@@ -345,21 +345,17 @@ char *gen_read_file(const char *path, size_t *len_out) {
     size_t len = 0;
     char *txt = gpo_dist_rank() == 0 ? cli_read_file(path, &len) : NULL;
     if (gpo_dist_size() > 1) {
-        /* Rank 0's length (-1: it could not read, and said why), then its bytes.  A
-         * rank that fails returns NULL like rank 0, and its error ends the job. */
+        /* Rank 0's text (-1: it could not read, and said why).  A rank that fails
+         * returns NULL like rank 0, and its error ends the job. */
         int64_t n = txt ? (int64_t)len : -1;
-        enum gpo_status s = gpo_dist_bcast(NULL, &n, sizeof n, 0);
-        if (s == GPO_OK && n >= 0 && !txt && !(txt = malloc((size_t)n + 1))) {
-            cli_error("out of memory for the %lld bytes of %s", (long long)n, path);
-            return NULL;
-        }
-        if (s == GPO_OK && n > 0) s = gpo_dist_bcast(NULL, txt, (size_t)n, 0);
+        void *buf = txt;
+        enum gpo_status s = gpo_dist_bcast_counted(NULL, &buf, &n, 1, 0);
+        txt = buf;
         if (s != GPO_OK) cli_status(s, "cannot share %s with every rank", path);
         if (s != GPO_OK || n < 0) {
             free(txt);
             return NULL;
         }
-        txt[n] = 0;
         len = (size_t)n;
     }
     if (txt && len_out) *len_out = len;

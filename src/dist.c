@@ -40,6 +40,20 @@ void gpo_dist_get_stats(struct gpo_dist_stats *out) { *out = stats; }
 
 void gpo_dist_reset_stats(void) { stats = (struct gpo_dist_stats){0}; }
 
+enum gpo_status gpo_dist_bcast_counted(const gpo_dist_comm *c, void **buf, int64_t *n, size_t size,
+                                       int root) {
+    GPO_TRY(gpo_dist_bcast(c, n, sizeof *n, root));
+    if (*n < 0) return GPO_OK;
+    const size_t bytes = (size_t)*n * size;
+    if (gpo_dist_comm_rank(c) != root) {
+        char *p = malloc(bytes + 1);
+        if (!p) return gpo_fail(GPO_ERR_NOMEM, "out of memory for %zu bytes from rank %d", bytes, root);
+        p[bytes] = 0;
+        *buf = p;
+    }
+    return bytes > 0 ? gpo_dist_bcast(c, *buf, bytes, root) : GPO_OK;
+}
+
 void gpo_dist_sum_in_order(float *out, const float *const *parts, int n_parts, size_t n) {
     /* Start from part 0 itself (not from 0.0f, which would turn -0.0 into +0.0)
      * and add the others one at a time: the order the collective uses. */

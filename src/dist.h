@@ -92,6 +92,14 @@ int gpo_dist_comm_world_rank(const gpo_dist_comm *c, int i);
 enum gpo_status gpo_dist_allreduce_sum(const gpo_dist_comm *c, float *buf, size_t n);
 /* Copy n bytes from member `root` of c to every other member's buf. */
 enum gpo_status gpo_dist_bcast(const gpo_dist_comm *c, void *buf, size_t n, int root);
+/* Copy a buffer whose length only member `root` knows: first its count *n of
+ * elements of `size` bytes (-1: it has nothing to send, and every member gets
+ * -1 and nothing else), then the elements.  Every other member gets *n and a
+ * new malloc'd *buf with one zero byte after the elements (text stays a C
+ * string).  On failure *buf may still hold that allocation: the caller frees
+ * it (or NULL) in every case. */
+enum gpo_status gpo_dist_bcast_counted(const gpo_dist_comm *c, void **buf, int64_t *n, size_t size,
+                                       int root);
 /* Return once every member of c has arrived (or fail at the deadline naming the
  * members that did not). */
 enum gpo_status gpo_dist_barrier(const gpo_dist_comm *c);

@@ -81,6 +81,38 @@ static void check_bcast(void) {
     }
 }
 
+/* A buffer only the root knows the length of: counts 0, 1 and 1000 of 4-byte
+ * elements, and -1 (the root has nothing), from every root. */
+static void check_bcast_counted(void) {
+    static const int64_t counts[] = {0, 1, 1000, -1};
+    for (int root = 0; root < gpo_dist_size(); root++)
+        for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+            const int64_t want = counts[ci];
+            int32_t *mine = NULL;
+            int64_t n = -7;
+            if (gpo_dist_rank() == root) {
+                n = want;
+                mine = malloc((size_t)(want > 0 ? want : 1) * sizeof *mine);
+                if (!mine) die("out of memory");
+                for (int64_t i = 0; i < want; i++) mine[i] = (int32_t)(i * 13 + root);
+            }
+            void *buf = mine;
+            if (gpo_dist_bcast_counted(NULL, &buf, &n, sizeof *mine, root) != GPO_OK)
+                die("counted broadcast");
+            require(n == want, "counted broadcast: the count");
+            if (want >= 0) {
+                const int32_t *got = buf;
+                for (int64_t i = 0; i < want; i++)
+                    require(got[i] == (int32_t)(i * 13 + root), "counted broadcast data");
+                require(((const char *)buf)[want * (int64_t)sizeof *got] == 0 || gpo_dist_rank() == root,
+                        "counted broadcast: a zero byte after the elements");
+            } else {
+                require(buf == mine, "counted broadcast of nothing allocates nothing");
+            }
+            free(buf);
+        }
+}
+
 /* The groups of every valid mesh of the job size on the 20b shape (8 KV heads,
  * 32 experts): sizes, members as mesh.h numbers them, and sums within each. */
 static void check_groups(void) {
@@ -119,6 +151,7 @@ static void run_checks(void) {
     static const size_t sizes[] = {0, 1, 3, 4, 5, 1000, 100003};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) check_allreduce(NULL, sizes[i], (unsigned)i);
     check_bcast();
+    check_bcast_counted();
     if (gpo_dist_barrier(NULL) != GPO_OK) die("barrier");
     check_groups();
     struct gpo_dist_stats st;
