@@ -41,12 +41,17 @@ static void usage(FILE *f) {
 /* The version, the kernel tables built in, which one this CPU runs (as `gptoss
  * info` reports it; $GPTOSS_KERNELS can choose another) and the CPU's features. */
 static void version(void) {
-    const struct gpo_kernels *sel = gpo_kernels_select(getenv("GPTOSS_KERNELS"));
+    const char *env = getenv("GPTOSS_KERNELS");
+    const struct gpo_kernels *sel = gpo_kernels_select(env);
     if (!sel) sel = gpo_kernels_select(NULL);
     printf("gptoss %s\n", GPTOSS_VERSION);
     printf("kernels: %s (built: ref, avx2, avx512 and avx512-simde; CPU: %s)\n", sel->name,
            gpo_cpu_features());
-    printf("why:     %s\n", gpo_kernels_why());
+    if (env && *env && sel != gpo_kernels_select(NULL))
+        printf("why:     %s, chosen by GPTOSS_KERNELS (this CPU's own choice: %s)\n", sel->name,
+               gpo_kernels_why());
+    else
+        printf("why:     %s\n", gpo_kernels_why());
 }
 
 static int run(int argc, char **argv) {

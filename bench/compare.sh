@@ -54,6 +54,9 @@ Environment (defaults in brackets):
   LLAMA_BENCH_ARGS    extra flags for llama-bench (e.g. -fa on)
   LLAMA_BATCHED_ARGS  extra flags for llama-batched-bench (e.g. -fa on)
   GPTOSS_ARGS         extra flags for gptoss bench (e.g. --dense q8)
+  LLAMA_ISA           native, or avx2: both engines on their AVX2 code, as on a
+                      machine without AVX-512 (llama.cpp built with GGML_NATIVE=OFF,
+                      gptoss run with GPTOSS_KERNELS=avx2) [native]
   GPTOSS_CACHE, LLAMA_JOBS  see bench/llama_build.sh
 EOF
 }
@@ -163,6 +166,12 @@ for v in P N REPS BATCH_T DEPTH MEMBW_MIB; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "compare: $v must be a number, not '${!v}'" >&2; exit 2; }
 done
 [ -x "$G" ] || { echo "compare: $G is missing; run make first (or set GPTOSS)" >&2; exit 1; }
+case ${LLAMA_ISA:-native} in
+    native) ;;
+    avx2) export GPTOSS_KERNELS=avx2 ;;
+    *) echo "compare: LLAMA_ISA must be native or avx2, not '$LLAMA_ISA'" >&2; exit 2 ;;
+esac
+export LLAMA_ISA=${LLAMA_ISA:-native}
 command -v node >/dev/null 2>&1 || { echo "compare: node is missing (run make deps)" >&2; exit 1; }
 
 # The probe covers every thread count a test uses.
@@ -212,10 +221,13 @@ if [ $dry -eq 0 ]; then
             "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB"}')"
         printf 'SIMD flags\t%s\n' "${flags:-none found}"
         stamp=$(cat "$llama_dir/.complete" 2>/dev/null || echo '?')
-        amx=""
-        case $stamp in *noamx*) amx=" without AMX (-mno-amx-*: ggml's AMX kernels crash on this CPU; see bench/llama_build.sh)" ;; esac
-        printf 'llama.cpp\t%s (commit %s), from npm node-llama-cpp@%s; CPU Release, GGML_NATIVE=ON%s, static\n' \
-            "$tag" "$(cut -c1-12 "$llama_dir/commit" 2>/dev/null || echo '?')" "${stamp%%+*}" "$amx"
+        build="GGML_NATIVE=ON"
+        case $stamp in
+            *noamx*) build+=" without AMX (-mno-amx-*: ggml's AMX kernels crash on this CPU; see bench/llama_build.sh)" ;;
+            *avx2*) build="GGML_NATIVE=OFF (AVX2, FMA, F16C, BMI2; no AVX-512), as on an AVX2-only machine" ;;
+        esac
+        printf 'llama.cpp\t%s (commit %s), from npm node-llama-cpp@%s; CPU Release, %s, static\n' \
+            "$tag" "$(cut -c1-12 "$llama_dir/commit" 2>/dev/null || echo '?')" "${stamp%%+*}" "$build"
         printf 'gptoss\t%s, commit %s; %s\n' "$("$G" --version 2>/dev/null | head -n 1)" "$rev" \
             "$("$G" --version 2>/dev/null | sed -n 's/^why: *//p')"
     } >"$raw/meta.txt"

@@ -12,6 +12,9 @@
 # Environment:
 #   GPTOSS_CACHE   cache root (default $HOME/.cache/gptoss)
 #   LLAMA_JOBS     parallel build jobs (default 2: the build is long, not urgent)
+#   LLAMA_ISA      native (default): -march=native without AMX; avx2: GGML_NATIVE=OFF,
+#                  which is ggml's AVX2 + FMA + F16C + BMI2 build with no AVX-512, as
+#                  on an AVX2-only machine (its own folder, suffix -avx2)
 #
 # The build is complete when the stamp file holds the pinned version; anything
 # else in the folder (an interrupted build) is removed and built again.
@@ -28,11 +31,22 @@ LLAMA_COMMIT=de3ff815ea7d559ee917f063901b8986f038abc6
 # which decodes one token at a time, runs).  Every other native flag stays.
 BUILD_TAG=$NLC_VERSION+noamx
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+suffix=""
+isa_flags=(-DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
+case ${LLAMA_ISA:-native} in
+    native) ;;
+    avx2)
+        BUILD_TAG=$NLC_VERSION+avx2
+        suffix=-avx2
+        isa_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+                   -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF) ;;
+    *) echo "llama_build: LLAMA_ISA must be native or avx2, not '$LLAMA_ISA'" >&2; exit 2 ;;
+esac
 tools=(llama-bench llama-batched-bench llama-simple)
 
 cache=${GPTOSS_CACHE:-$HOME/.cache/gptoss}
 case $cache in /*) ;; *) cache=$PWD/$cache ;; esac
-dir=$cache/llama.cpp-nlc$NLC_VERSION
+dir=$cache/llama.cpp-nlc$NLC_VERSION$suffix
 stamp=$dir/.complete
 bin=$dir/build/bin
 
@@ -76,8 +90,7 @@ start=$(date +%s)
     fi &&
     # CPU only, tuned for this machine; static so the binaries need no rpath;
     # no network code (HTTPS, downloads) and nothing but the tools below.
-    cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-        -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
+    cmake -S src -B build -DCMAKE_BUILD_TYPE=Release "${isa_flags[@]}" \
         -DBUILD_SHARED_LIBS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF \
         -DGGML_OPENMP=ON -DGGML_CCACHE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF \

@@ -34,13 +34,19 @@ enum { WT_F32, WT_BF16, WT_F16, WT_Q8_0 };
 #define DIRECT_R 4
 #define DIRECT_T 4
 #define DECODE_R 4
+#define WIDE_R 2
+#define WIDE_T 8
+AI int direct_tmax(int64_t n_tok) { return n_tok > DIRECT_T ? WIDE_T : DIRECT_T; }
+AI int64_t direct_rstep(int64_t n_tok) {
+    return n_tok == 1 ? DECODE_R : n_tok > DIRECT_T ? WIDE_R : DIRECT_R;
+}
 /* From this many tokens on, the batched path (weights converted once into an f32
  * panel) beats converting them in registers for every tile of tokens (measured at
  * 5120 x 2880 on a loaded two-core Sapphire Rapids class VM: BF16 crosses over at 6-8
  * tokens, Q8_0, whose direct tiles decode cheaply, between 16 and 32).  F32 weights
  * need no conversion. */
 #define PANEL_MIN_TOK_F32 5
-#define PANEL_MIN_TOK_16 8
+#define PANEL_MIN_TOK_16 9
 #define PANEL_MIN_TOK_Q8_0 20
 /* Software prefetch distance of the direct tiles, bytes ahead in each row.  Decoding
  * keeps the core busy enough that the hardware prefetcher alone falls behind: at one
@@ -96,9 +102,9 @@ AI void q80_decode(const struct gpo_q8_0_block *blk, v16f out[2]) {
 
 AI void dense_tile(int wt, int R, int T, float *y, int64_t ldy, const void *W, const float *x,
                    int64_t ldx, int64_t t0, int64_t r, int64_t n_cols) {
-    v16f acc[8][DIRECT_T];
+    v16f acc[8][WIDE_T];
     const char *rows[8];
-    const float *xs[DIRECT_T];
+    const float *xs[WIDE_T];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
         rows[i] = (const char *)W + (size_t)(r + i) * (size_t)n_cols * wt_size(wt);
@@ -117,7 +123,8 @@ AI void dense_tile(int wt, int R, int T, float *y, int64_t ldy, const void *W, c
         }
 #pragma GCC unroll 8
         for (int j = 0; j < T; j++) {
-            const v16f xv = simde_mm512_loadu_ps(xs[j] + c);
+            v16f xv = simde_mm512_loadu_ps(xs[j] + c);
+            GPO_K512_IN_REG(xv);
 #pragma GCC unroll 8
             for (int i = 0; i < R; i++) acc[i][j] = simde_mm512_fmadd_ps(w[i], xv, acc[i][j]);
         }
@@ -153,6 +160,8 @@ AI void dense_tile(int wt, int R, int T, float *y, int64_t ldy, const void *W, c
             DT(WT, 1, 2) DT(WT, 2, 2) DT(WT, 3, 2) DT(WT, 4, 2)                             \
             DT(WT, 1, 3) DT(WT, 2, 3) DT(WT, 3, 3) DT(WT, 4, 3)                             \
             DT(WT, 1, 4) DT(WT, 2, 4) DT(WT, 3, 4)                                          \
+            DT(WT, 1, 5) DT(WT, 2, 5) DT(WT, 1, 6) DT(WT, 2, 6)                             \
+            DT(WT, 1, 7) DT(WT, 2, 7) DT(WT, 1, 8) DT(WT, 2, 8)                             \
         default: dense_tile(WT, 4, 4, y, ldy, W, x, ldx, t0, r, n_cols); break;             \
         }                                                                                   \
     }
@@ -168,22 +177,31 @@ AI void q80_tile(int R, int T, float *y, int64_t ldy, const void *Wv, const floa
                  int64_t t0, int64_t r, int64_t n_cols) {
     const struct gpo_q8_0_block *W = Wv;
     const int64_t nb = n_cols / GPO_QK;
-    v16f acc[8][DIRECT_T];
+    v16f acc[8][WIDE_T];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < T; j++) acc[i][j] = simde_mm512_setzero_ps();
+    /* All R rows' block first, then each token's 32 activations loaded once for the R
+     * rows: the core sustains fewer 64-byte loads than FMAs per cycle, so an FMA that
+     * loads its own operand (one per row and token) starves the FMA ports. */
     for (int64_t b = 0; b < nb; b++) {
+        v16f w[8][2];
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
-            v16f w[2];
             prefetch(W, (size_t)((r + i) * nb + b) * sizeof *W + Q80_PF_BYTES);
-            q80_decode(W + (r + i) * nb + b, w);
+            q80_decode(W + (r + i) * nb + b, w[i]);
+        }
 #pragma GCC unroll 8
-            for (int j = 0; j < T; j++) {
-                const float *xb = x + (t0 + j) * ldx + b * GPO_QK;
-                acc[i][j] = simde_mm512_fmadd_ps(w[0], simde_mm512_loadu_ps(xb), acc[i][j]);
-                acc[i][j] = simde_mm512_fmadd_ps(w[1], simde_mm512_loadu_ps(xb + 16), acc[i][j]);
+        for (int j = 0; j < T; j++) {
+            const float *xb = x + (t0 + j) * ldx + b * GPO_QK;
+            v16f x0 = simde_mm512_loadu_ps(xb), x1 = simde_mm512_loadu_ps(xb + 16);
+            GPO_K512_IN_REG(x0);
+            GPO_K512_IN_REG(x1);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) {
+                acc[i][j] = simde_mm512_fmadd_ps(w[i][0], x0, acc[i][j]);
+                acc[i][j] = simde_mm512_fmadd_ps(w[i][1], x1, acc[i][j]);
             }
         }
     }
@@ -202,6 +220,7 @@ static void q80_tile_any(int R, int T, float *y, int64_t ldy, const void *W, con
         ZT(1, 2) ZT(2, 2) ZT(3, 2) ZT(4, 2)
         ZT(1, 3) ZT(2, 3) ZT(3, 3) ZT(4, 3)
         ZT(1, 4) ZT(2, 4) ZT(3, 4)
+        ZT(1, 5) ZT(2, 5) ZT(1, 6) ZT(2, 6) ZT(1, 7) ZT(2, 7) ZT(1, 8) ZT(2, 8)
     default: q80_tile(4, 4, y, ldy, W, x, ldx, t0, r, n_cols); break;
     }
 #undef ZT
@@ -356,7 +375,7 @@ static void matmul_f32_avx512(float *y, int64_t ldy, const void *W, const float 
     if (n_tok >= PANEL_MIN_TOK_F32)
         matmul_batched(WT_F32, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
     else
-        gpo_drv_direct(dense_tile_f32, n_tok == 1 ? DECODE_R : DIRECT_R, DIRECT_T, 1, y, ldy, W,
+        gpo_drv_direct(dense_tile_f32, direct_rstep(n_tok), direct_tmax(n_tok), 1, y, ldy, W,
                        x, ldx, n_tok, r0, r1, n_cols);
 }
 
@@ -365,7 +384,7 @@ static void matmul_bf16_avx512(float *y, int64_t ldy, const void *W, const float
     if (n_tok >= PANEL_MIN_TOK_16)
         matmul_batched(WT_BF16, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
     else
-        gpo_drv_direct(dense_tile_bf16, n_tok == 1 ? DECODE_R : DIRECT_R, DIRECT_T, 1, y, ldy, W,
+        gpo_drv_direct(dense_tile_bf16, direct_rstep(n_tok), direct_tmax(n_tok), 1, y, ldy, W,
                        x, ldx, n_tok, r0, r1, n_cols);
 }
 
@@ -374,7 +393,7 @@ static void matmul_f16_avx512(float *y, int64_t ldy, const void *W, const float 
     if (n_tok >= PANEL_MIN_TOK_16)
         matmul_batched(WT_F16, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
     else
-        gpo_drv_direct(dense_tile_f16, n_tok == 1 ? DECODE_R : DIRECT_R, DIRECT_T, 1, y, ldy, W,
+        gpo_drv_direct(dense_tile_f16, direct_rstep(n_tok), direct_tmax(n_tok), 1, y, ldy, W,
                        x, ldx, n_tok, r0, r1, n_cols);
 }
 
@@ -383,7 +402,7 @@ static void matmul_q8_0_avx512(float *y, int64_t ldy, const void *W, const float
     if (n_tok >= PANEL_MIN_TOK_Q8_0)
         matmul_batched(WT_Q8_0, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
     else
-        gpo_drv_direct(q80_tile_any, n_tok == 1 ? DECODE_R : DIRECT_R, DIRECT_T, 1, y, ldy, W, x,
+        gpo_drv_direct(q80_tile_any, direct_rstep(n_tok), direct_tmax(n_tok), 1, y, ldy, W, x,
                        ldx, n_tok, r0, r1, n_cols);
 }
 
