@@ -34,8 +34,13 @@ enum { WT_F32, WT_BF16, WT_F16, WT_Q8_0 };
 #define DIRECT_R 4
 #define DIRECT_T 4
 #define DECODE_R 4
+/* Five or more tokens: tiles of up to 2 rows x 8 tokens (16 accumulators), so each
+ * converted weight serves all of a small decode batch (two tiles of 4 converted it
+ * twice).  In cache, one thread, 2880 columns: Q8_0 at 8 tokens 86 -> 106 GFLOP/s, BF16
+ * 90 -> 103 (with the activations kept in registers, see GPO_K512_IN_REG). */
 #define WIDE_R 2
 #define WIDE_T 8
+/* The token tile and the rows per block of a direct call of n_tok tokens. */
 AI int direct_tmax(int64_t n_tok) { return n_tok > DIRECT_T ? WIDE_T : DIRECT_T; }
 AI int64_t direct_rstep(int64_t n_tok) {
     return n_tok == 1 ? DECODE_R : n_tok > DIRECT_T ? WIDE_R : DIRECT_R;
@@ -43,8 +48,8 @@ AI int64_t direct_rstep(int64_t n_tok) {
 /* From this many tokens on, the batched path (weights converted once into an f32
  * panel) beats converting them in registers for every tile of tokens (measured at
  * 5120 x 2880 on a loaded two-core Sapphire Rapids class VM: BF16 crosses over at 6-8
- * tokens, Q8_0, whose direct tiles decode cheaply, between 16 and 32).  F32 weights
- * need no conversion. */
+ * tokens with 4-token tiles, and the 8-token tiles keep 8 direct; Q8_0, whose direct
+ * tiles decode cheaply, between 16 and 32).  F32 weights need no conversion. */
 #define PANEL_MIN_TOK_F32 5
 #define PANEL_MIN_TOK_16 9
 #define PANEL_MIN_TOK_Q8_0 20
