@@ -18,8 +18,9 @@
  * block 4k + j.  Every 32-bit lane then belongs to one block: the integer dot
  * products (vpdpbusd for int8 activations, vpdpwssd for int16) accumulate a whole
  * block in one lane, and the group ends as 16 exact block sums in one vector, with
- * no horizontal step.  The activations are rearranged once per call to match
- * (prepare_q8 / prepare_q16): which nibble of which code byte holds which element is
+ * no horizontal step (the decode tiles take int16 activations as two byte halves
+ * through vpdpbusd instead, see K_Q16S).  The activations are rearranged once per
+ * call to match (prepare_q8 / prepare_q16 / prepare_q16s): which nibble of which code byte holds which element is
  * the only thing the two layouts differ in, and it is folded into that
  * rearrangement, so the block sums (exact integers) are the same in both layouts.
  *
@@ -39,15 +40,26 @@ typedef simde__m512i vi;
 typedef simde__m512 vf;
 
 enum { MX_ST, MX_GG }; /* safetensors blocks + scales array; GGML 17-byte blocks */
-enum { K_Q8, K_Q16 };
+/* K_Q16S: int16 activations in the direct tiles, split into bytes: x = 256 * hi + lo
+ * with hi signed and lo unsigned, each multiplied by the int8 weights with vpdpbusd.
+ * The weights are decoded as for int8 (no widening to words, which costs the decode
+ * a third more instructions: the direct tiles decode a row group for every 1-3
+ * tokens), and S = 256 * S_hi + S_lo is the same exact block sum as K_Q16 gives, so
+ * the two are interchangeable bit for bit.  The panels keep K_Q16: there the decode
+ * is shared by many tokens, and one vpdpwssd per token and vector is cheaper than
+ * two vpdpbusd. */
+enum { K_Q8, K_Q16, K_Q16S };
 
-/* Weight (and activation) vectors per group: 8 of int8, 16 of int16. */
-AI int vpg(int kind) { return kind == K_Q8 ? 8 : 16; }
-/* Vectors of prepared activations per token and group: the VPG vectors, then for int8
- * the block sums times -12 (the weights enter vpdpbusd as unsigned fp4 * 2 + 12), then
- * the 16 activation scales d. */
-AI int xvecs(int kind) { return kind == K_Q8 ? 10 : 17; }
-AI int xdidx(int kind) { return kind == K_Q8 ? 9 : 16; }
+/* Weight vectors per group: 8 of bytes (int8, split int16), 16 of words (int16). */
+AI int vpg(int kind) { return kind == K_Q16 ? 16 : 8; }
+/* Vectors of prepared activations per token and group: the VPG vectors, then the
+ * block sums times -12 (the weights enter the dot products as the unsigned fp4 * 2 +
+ * 12), then the 16 activation scales d. */
+AI int xvecs(int kind) { return kind == K_Q8 ? 10 : 18; }
+AI int xdidx(int kind) { return kind == K_Q8 ? 9 : 17; }
+/* The -12 * block sums: after the activation vectors (split int16: 8 of hi bytes,
+ * then 8 of lo bytes). */
+AI int xnidx(int kind) { return kind == K_Q8 ? 8 : 16; }
 
 /* The lane of block b (0..15) of a group, and back (the map is its own inverse). */
 AI int lane_of(int b) { return 4 * (b & 3) + (b >> 2); }
@@ -172,25 +184,27 @@ UNROLL(4)
     tq[2] = simde_mm512_unpacklo_epi64(t1, t3);
     tq[3] = simde_mm512_unpackhi_epi64(t1, t3);
     /* Nibble lookups: vpermb reads the low six bits of each index byte, so the tables
-     * repeat every 16 entries and the high nibble needs only a shift.  int8: the
-     * doubled FP4 value + 12 (0..24, unsigned for vpdpbusd; the 12 * sum(x) this adds
-     * is taken back through the prepared block sums).  int16: the signed doubled value,
-     * sign-extended from bytes 0 and 2, then 1 and 3, of every dword (lane-preserving). */
+     * repeat every 16 entries and the high nibble needs only a shift.  The doubled
+     * FP4 value + 12 (0..24; the 12 * sum(x) this adds is taken back through the
+     * prepared block sums): bytes for vpdpbusd (int8, unsigned), words for vpdpwssd
+     * (int16): bytes 0 and 2 of every dword zero-extended with a mask, then bytes 1 and
+     * 3 with a shift (lane-preserving; non-negative, so no sign extension, and the
+     * mask can run on either vector port, where shifts have one). */
     const vi tbl = simde_mm512_broadcast_i32x4(
-        kind == K_Q8 ? simde_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0)
-                     : simde_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12));
+        simde_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    const vi low_bytes = simde_mm512_set1_epi16(0x00ff);
 UNROLL(4)
     for (int k = 0; k < 4; k++) {
         const vi lo = simde_mm512_permutexvar_epi8(tq[k], tbl);
         const vi hi = simde_mm512_permutexvar_epi8(simde_mm512_srli_epi16(tq[k], 4), tbl);
-        if (kind == K_Q8) {
+        if (kind != K_Q16) {
             w[2 * k] = lo;
             w[2 * k + 1] = hi;
         } else {
-            w[4 * k + 0] = simde_mm512_srai_epi16(simde_mm512_slli_epi16(lo, 8), 8);
-            w[4 * k + 1] = simde_mm512_srai_epi16(lo, 8);
-            w[4 * k + 2] = simde_mm512_srai_epi16(simde_mm512_slli_epi16(hi, 8), 8);
-            w[4 * k + 3] = simde_mm512_srai_epi16(hi, 8);
+            w[4 * k + 0] = simde_mm512_and_si512(lo, low_bytes);
+            w[4 * k + 1] = simde_mm512_srli_epi16(lo, 8);
+            w[4 * k + 2] = simde_mm512_and_si512(hi, low_bytes);
+            w[4 * k + 3] = simde_mm512_srli_epi16(hi, 8);
         }
     }
 }
@@ -201,7 +215,8 @@ UNROLL(4)
  * element elem_of(q, h, 2m + p).  Padding blocks are zero (d = 0 too).  A block's
  * elements are put in that order with one permute (vpermb, vpermw), giving its dword
  * of each vector in turn; those are stored one by one (memcpy: the vectors read back
- * are well defined).  Int8 block sums come from vpsadbw on the bytes + 128. */
+ * are well defined).  Int8 block sums come from vpsadbw on the bytes + 128, int16
+ * ones from a plain sum. */
 static void prepare_q8(int lay, vi *out, const struct gpo_q8_block *xt, int64_t n_blocks) {
     const int64_t ng = (n_blocks + 15) / 16;
     uint8_t idx_b[32];
@@ -241,9 +256,9 @@ static void prepare_q16(int lay, vi *out, const struct gpo_q16_block *xt, int64_
                     idx_w[2 * (4 * q + 2 * h + p) + m] = (uint16_t)elem_of(lay, q, h, 2 * m + p);
     const vi idx = simde_mm512_loadu_si512(idx_w);
     for (int64_t g = 0; g < ng; g++) {
-        vi *o = out + g * 17;
-        memset(o, 0, 17 * sizeof *o);
-        char *xw = (char *)o, *d = (char *)(o + 16);
+        vi *o = out + g * 18;
+        memset(o, 0, 18 * sizeof *o);
+        char *xw = (char *)o, *nc = (char *)(o + 16), *d = (char *)(o + 17);
         for (int b = 0; b < 16 && 16 * g + b < n_blocks; b++) {
             const struct gpo_q16_block *blk = xt + 16 * g + b;
             const int l = lane_of(b);
@@ -251,6 +266,42 @@ static void prepare_q16(int lay, vi *out, const struct gpo_q16_block *xt, int64_
             simde_mm512_storeu_si512(
                 dw, simde_mm512_permutexvar_epi16(idx, simde_mm512_loadu_si512(blk->qs)));
             for (int v = 0; v < 16; v++) memcpy(xw + 64 * v + 4 * l, &dw[v], 4);
+            int32_t sum = 0;
+            for (int i = 0; i < GPO_QK; i++) sum += blk->qs[i];
+            const int32_t s = -12 * sum;
+            memcpy(nc + 4 * l, &s, 4);
+            memcpy(d + 4 * l, &blk->d, 4);
+        }
+    }
+}
+
+/* Split int16 (K_Q16S): vector 2q + h (hi bytes) and 8 + 2q + h (lo bytes), lane l
+ * = block b, byte i = the bytes of element elem_of(q, h, i) of b, as int8 prepares
+ * them; then the -12 * block sums and the scales. */
+static void prepare_q16s(int lay, vi *out, const struct gpo_q16_block *xt, int64_t n_blocks) {
+    const int64_t ng = (n_blocks + 15) / 16;
+    uint8_t elem[32];
+    for (int q = 0; q < 4; q++)
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 4; i++) elem[4 * (2 * q + h) + i] = (uint8_t)elem_of(lay, q, h, i);
+    for (int64_t g = 0; g < ng; g++) {
+        vi *o = out + g * 18;
+        memset(o, 0, 18 * sizeof *o);
+        uint8_t *xb = (uint8_t *)o;
+        char *nc = (char *)(o + 16), *d = (char *)(o + 17);
+        for (int b = 0; b < 16 && 16 * g + b < n_blocks; b++) {
+            const struct gpo_q16_block *blk = xt + 16 * g + b;
+            const int l = lane_of(b);
+            int32_t sum = 0;
+            for (int j = 0; j < 32; j++) {
+                const int v = j >> 2, i = j & 3;
+                const uint16_t x = (uint16_t)blk->qs[elem[j]];
+                xb[64 * v + 4 * l + i] = (uint8_t)(x >> 8);
+                xb[64 * (8 + v) + 4 * l + i] = (uint8_t)x;
+                sum += blk->qs[j];
+            }
+            const int32_t s = -12 * sum;
+            memcpy(nc + 4 * l, &s, 4);
             memcpy(d + 4 * l, &blk->d, 4);
         }
     }
@@ -269,7 +320,18 @@ UNROLL(8)
         }
         return simde_mm512_add_epi32(s0, s1);
     }
-    vi s0 = simde_mm512_setzero_si512(), s1 = simde_mm512_setzero_si512();
+    if (kind == K_Q16S) {
+        /* weights unsigned against the signed hi bytes; the lo bytes unsigned against
+         * the weights (0..24, so also valid signed bytes) */
+        vi sh = simde_mm512_setzero_si512(), sl = xg[16];
+UNROLL(8)
+        for (int v = 0; v < 8; v++) {
+            sh = simde_mm512_dpbusd_epi32(sh, w[v], xg[v]);
+            sl = simde_mm512_dpbusd_epi32(sl, xg[8 + v], w[v]);
+        }
+        return simde_mm512_add_epi32(simde_mm512_slli_epi32(sh, 8), sl);
+    }
+    vi s0 = xg[16], s1 = simde_mm512_setzero_si512();
 UNROLL(16)
     for (int v = 0; v < 16; v += 2) {
         s0 = simde_mm512_dpwssd_epi32(s0, w[v], xg[v]);
@@ -344,8 +406,8 @@ UNROLL(4)
     }
 DIRECT_FN(direct_st_q8, MX_ST, K_Q8)
 DIRECT_FN(direct_gg_q8, MX_GG, K_Q8)
-DIRECT_FN(direct_st_q16, MX_ST, K_Q16)
-DIRECT_FN(direct_gg_q16, MX_GG, K_Q16)
+DIRECT_FN(direct_st_q16, MX_ST, K_Q16S)
+DIRECT_FN(direct_gg_q16, MX_GG, K_Q16S)
 #undef DIRECT_FN
 #undef DT
 
@@ -386,7 +448,7 @@ UNROLL(4)
         for (int i = 0; i < R; i++)
 UNROLL(4)
             for (int j = 0; j < T; j++)
-                s[i][j] = kind == K_Q8 ? xg[j][8] : simde_mm512_setzero_si512();
+                s[i][j] = xg[j][xnidx(kind)];
 UNROLL(16)
         for (int v = 0; v < nv; v++) {
             vi wv[MR];
@@ -528,6 +590,9 @@ static void matmul_int(int lay, int kind, float *y, int64_t ldy, const uint8_t *
             if (kind == K_Q8)
                 prepare_q8(lay, xp + (t - tc0) * xs,
                            (const struct gpo_q8_block *)xq + t * ldxq, nb);
+            else if (direct)
+                prepare_q16s(lay, xp + (t - tc0) * xs,
+                             (const struct gpo_q16_block *)xq + t * ldxq, nb);
             else
                 prepare_q16(lay, xp + (t - tc0) * xs,
                             (const struct gpo_q16_block *)xq + t * ldxq, nb);
