@@ -37,6 +37,9 @@ enum job_state { JOB_PENDING = 0, JOB_RUNNING, JOB_DONE, JOB_REJECTED };
 #define SERVE_IDLE_TIMEOUT 10u
 /* Seconds a stopping server gives its connections to send the answers it ended. */
 #define SERVE_DRAIN_SECONDS 5
+/* Milliseconds an idle engine waits after a request arrives for others sent with it
+ * (a step with a prompt in it takes a second or more on a CPU). */
+#define SERVE_COALESCE_MS 20
 
 struct server;
 
@@ -353,6 +356,21 @@ static void *engine_main(void *arg) {
         }
         while (!srv->stopping && !srv->inbox && !active)
             pthread_cond_wait(&srv->wake, &srv->mu);
+        if (!active && !srv->stopping) {
+            /* Waking from idle: requests sent together reach the handlers a few
+             * milliseconds apart.  Wait SERVE_COALESCE_MS for the others, so that
+             * their prompts share the first step instead of one starting alone and
+             * the rest waiting behind a step (seconds, with a prompt in it). */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += SERVE_COALESCE_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            while (!srv->stopping && pthread_cond_timedwait(&srv->wake, &srv->mu, &until) == 0) {
+            }
+        }
         worked = 1;
         struct job *in = srv->inbox;
         srv->inbox = srv->inbox_tail = NULL;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine_policy.h"
 #include "forward.h"
 #include "kvpool.h"
 #include "mesh.h"
@@ -781,18 +782,14 @@ static int64_t n_tok_of(const struct gpo_seq_batch *batch, int64_t nb) {
     return n;
 }
 
-/* Prompt tokens this step may take when n_decode requests are generating: with
- * opts.prefill_itl, as many as keep the step within prefill_itl times a
- * decode-only step, from the running estimates (at least PREFILL_MIN_CHUNK so a
- * prompt always advances); else the whole budget.  Which tokens share a step never
- * changes an answer (the pass is batch-invariant), only when it comes. */
-#define PREFILL_MIN_CHUNK 16
-static int64_t prefill_budget(const gpo_engine *e, int64_t n_decode, int64_t budget) {
-    if (n_decode == 0 || e->opts.prefill_itl <= 1.0 || e->est_decode_s <= 0 || e->est_tok_s <= 0)
-        return budget;
-    double room = (e->opts.prefill_itl - 1.0) * e->est_decode_s / e->est_tok_s;
+/* The prompt tokens of a step (engine_policy.h). */
+int64_t gpo_prefill_cap(double prefill_itl, double est_decode_s, double est_tok_s,
+                        int64_t n_decode, int64_t n_prefill, int64_t budget) {
+    if (n_decode == 0 || prefill_itl <= 1.0 || est_decode_s <= 0 || est_tok_s <= 0) return budget;
+    const double share = n_prefill > n_decode ? (double)n_prefill / (double)n_decode : 1.0;
+    const double room = (prefill_itl - 1.0) * est_decode_s * share / est_tok_s;
     int64_t cap = room > (double)budget ? budget : (int64_t)room;
-    if (cap < PREFILL_MIN_CHUNK) cap = PREFILL_MIN_CHUNK;
+    if (cap < GPO_PREFILL_MIN_CHUNK) cap = GPO_PREFILL_MIN_CHUNK;
     return cap < budget ? cap : budget;
 }
 
@@ -865,7 +862,10 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
             budget--;
         }
     const int64_t n_decode = nb;
-    budget = prefill_budget(e, n_decode, budget);
+    int64_t n_prefill = 0;
+    for (struct gpo_req *r = e->head; r; r = r->next) n_prefill += r->state == GPO_REQ_PREFILL;
+    budget = gpo_prefill_cap(e->opts.prefill_itl, e->est_decode_s, e->est_tok_s, n_decode,
+                             n_prefill, budget);
     for (struct gpo_req *r = e->head; r && budget > 0; r = r->next) {
         if (r->state != GPO_REQ_PREFILL) continue;
         size_t left = feed_n(r) - r->next_prompt;

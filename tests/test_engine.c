@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "engine_policy.h"
 #include "gpo.h"
 #include "test_common.h"
 
@@ -645,6 +646,25 @@ static void test_prefill_itl_same_tokens(void **state) {
     gpo_ids_free(&alone_b);
 }
 
+/* (2c) The size of a step's prompt chunk (gpo_prefill_cap): with estimates of 0.1 s
+ * per decode-only step and 0.01 s per prompt token, --prefill-itl 2.5 leaves 0.15 s,
+ * 15 tokens (so the 16-token minimum), while the waiting requests are no more than
+ * the generating ones; a burst of 7 prompts next to 1 generating request may take 7
+ * times as much; nothing generating, no option or no estimates: the whole budget. */
+static void test_prefill_cap(void **state) {
+    (void)state;
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.01, 4, 1, 508), GPO_PREFILL_MIN_CHUNK);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.01, 4, 4, 508), GPO_PREFILL_MIN_CHUNK);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.001, 4, 2, 508), 150);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.001, 2, 4, 510), 300);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.01, 1, 7, 511), 105);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.001, 1, 7, 511), 511);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.01, 0, 7, 512), 512);
+    assert_int_equal(gpo_prefill_cap(0.0, 0.1, 0.01, 1, 7, 511), 511);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.0, 0.01, 1, 1, 511), 511);
+    assert_int_equal(gpo_prefill_cap(2.5, 0.1, 0.01, 4, 1, 8), 8);
+}
+
 /* (3) Cancelling a running request frees its slot for the queued one and reports
  * aborted; a queued request cancelled ends at once; release of an unfinished
  * request cancels it (and ASan sees nothing leak). */
@@ -1114,6 +1134,7 @@ int main(void) {
         cmocka_unit_test(test_tokens_independent_of_load),
         cmocka_unit_test(test_chunked_prefill_keeps_decoding),
         cmocka_unit_test(test_prefill_itl_same_tokens),
+        cmocka_unit_test(test_prefill_cap),
         cmocka_unit_test(test_cancel_frees_slot),
         cmocka_unit_test(test_queue_bound),
         cmocka_unit_test(test_prompt_too_long),
