@@ -851,7 +851,7 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
 
     /* One decode token per generating request first, then prefill chunks within
      * the ubatch budget, oldest request first. */
-    int64_t budget = e->opts.ubatch, nb = 0;
+    int64_t budget = e->opts.ubatch, nb = 0, n_prefill = 0;
     int prefill_in_step = 0;
     struct gpo_seq_batch *batch = e->batch;
     for (struct gpo_req *r = e->head; r; r = r->next)
@@ -860,10 +860,10 @@ enum gpo_status gpo_engine_step(gpo_engine *e, size_t *n_left) {
             batch[nb] = (struct gpo_seq_batch){kv, &r->pending, 1, GPO_LOGITS_LAST};
             e->batch_req[nb++] = r;
             budget--;
+        } else if (r->state == GPO_REQ_PREFILL) {
+            n_prefill++;
         }
     const int64_t n_decode = nb;
-    int64_t n_prefill = 0;
-    for (struct gpo_req *r = e->head; r; r = r->next) n_prefill += r->state == GPO_REQ_PREFILL;
     budget = gpo_prefill_cap(e->opts.prefill_itl, e->est_decode_s, e->est_tok_s, n_decode,
                              n_prefill, budget);
     for (struct gpo_req *r = e->head; r && budget > 0; r = r->next) {

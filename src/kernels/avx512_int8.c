@@ -20,9 +20,9 @@
  * block in one lane, and the group ends as 16 exact block sums in one vector, with
  * no horizontal step (the decode tiles take int16 activations as two byte halves
  * through vpdpbusd instead, see K_Q16S).  The activations are rearranged once per
- * call to match (prepare_q8 / prepare_q16 / prepare_q16s): which nibble of which code byte holds which element is
- * the only thing the two layouts differ in, and it is folded into that
- * rearrangement, so the block sums (exact integers) are the same in both layouts.
+ * call to match (prepare_q8 / prepare_q16 / prepare_q16s): which nibble of which code
+ * byte holds which element is the only thing the two layouts differ in, and it is
+ * folded into that rearrangement, so the block sums (exact integers) are the same in both layouts.
  *
  * The fixed reduction order (kernels.h): each output element owns a 16-lane f32
  * accumulator; for group g = 0, 1, ... in increasing order, lane l (block 16g +
@@ -217,12 +217,32 @@ UNROLL(4)
  * of each vector in turn; those are stored one by one (memcpy: the vectors read back
  * are well defined).  Int8 block sums come from vpsadbw on the bytes + 128, int16
  * ones from a plain sum. */
+/* The block elements behind byte i of dword 2q + h of the byte-vector layout (int8
+ * and split int16): order[4 * (2q + h) + i] = elem_of(q, h, i). */
+static void byte_order(int lay, uint8_t order[32]) {
+    for (int q = 0; q < 4; q++)
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 4; i++) order[4 * (2 * q + h) + i] = (uint8_t)elem_of(lay, q, h, i);
+}
+
+/* Lane l of a prepared group's two trailing vectors: the -12 * block sum at nc, the
+ * block's scale at d. */
+static void put_sum_scale(char *nc, char *d, int l, int32_t neg12_sum, float scale) {
+    memcpy(nc + 4 * l, &neg12_sum, 4);
+    memcpy(d + 4 * l, &scale, 4);
+}
+
+/* -12 times the sum of an int16 block's values. */
+static int32_t q16_neg12_sum(const struct gpo_q16_block *blk) {
+    int32_t sum = 0;
+    for (int i = 0; i < GPO_QK; i++) sum += blk->qs[i];
+    return -12 * sum;
+}
+
 static void prepare_q8(int lay, vi *out, const struct gpo_q8_block *xt, int64_t n_blocks) {
     const int64_t ng = (n_blocks + 15) / 16;
     uint8_t idx_b[32];
-    for (int q = 0; q < 4; q++)
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < 4; i++) idx_b[4 * (2 * q + h) + i] = (uint8_t)elem_of(lay, q, h, i);
+    byte_order(lay, idx_b);
     const simde__m256i idx = simde_mm256_loadu_si256(idx_b);
     const simde__m256i bias = simde_mm256_set1_epi8((char)0x80);
     for (int64_t g = 0; g < ng; g++) {
@@ -239,9 +259,9 @@ static void prepare_q8(int lay, vi *out, const struct gpo_q8_block *xt, int64_t 
             uint64_t sad[4];
             simde_mm256_storeu_si256(sad, simde_mm256_sad_epu8(simde_mm256_xor_si256(x, bias),
                                                                simde_mm256_setzero_si256()));
-            const int32_t s = -12 * ((int32_t)(sad[0] + sad[1] + sad[2] + sad[3]) - 32 * 128);
-            memcpy(nc + 4 * l, &s, 4);
-            memcpy(d + 4 * l, &blk->d, 4);
+            put_sum_scale(nc, d, l,
+                          -12 * ((int32_t)(sad[0] + sad[1] + sad[2] + sad[3]) - 32 * 128),
+                          blk->d);
         }
     }
 }
@@ -266,11 +286,7 @@ static void prepare_q16(int lay, vi *out, const struct gpo_q16_block *xt, int64_
             simde_mm512_storeu_si512(
                 dw, simde_mm512_permutexvar_epi16(idx, simde_mm512_loadu_si512(blk->qs)));
             for (int v = 0; v < 16; v++) memcpy(xw + 64 * v + 4 * l, &dw[v], 4);
-            int32_t sum = 0;
-            for (int i = 0; i < GPO_QK; i++) sum += blk->qs[i];
-            const int32_t s = -12 * sum;
-            memcpy(nc + 4 * l, &s, 4);
-            memcpy(d + 4 * l, &blk->d, 4);
+            put_sum_scale(nc, d, l, q16_neg12_sum(blk), blk->d);
         }
     }
 }
@@ -281,9 +297,7 @@ static void prepare_q16(int lay, vi *out, const struct gpo_q16_block *xt, int64_
 static void prepare_q16s(int lay, vi *out, const struct gpo_q16_block *xt, int64_t n_blocks) {
     const int64_t ng = (n_blocks + 15) / 16;
     uint8_t elem[32];
-    for (int q = 0; q < 4; q++)
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < 4; i++) elem[4 * (2 * q + h) + i] = (uint8_t)elem_of(lay, q, h, i);
+    byte_order(lay, elem);
     for (int64_t g = 0; g < ng; g++) {
         vi *o = out + g * 18;
         memset(o, 0, 18 * sizeof *o);
@@ -292,17 +306,13 @@ static void prepare_q16s(int lay, vi *out, const struct gpo_q16_block *xt, int64
         for (int b = 0; b < 16 && 16 * g + b < n_blocks; b++) {
             const struct gpo_q16_block *blk = xt + 16 * g + b;
             const int l = lane_of(b);
-            int32_t sum = 0;
             for (int j = 0; j < 32; j++) {
                 const int v = j >> 2, i = j & 3;
                 const uint16_t x = (uint16_t)blk->qs[elem[j]];
                 xb[64 * v + 4 * l + i] = (uint8_t)(x >> 8);
                 xb[64 * (8 + v) + 4 * l + i] = (uint8_t)x;
-                sum += blk->qs[j];
             }
-            const int32_t s = -12 * sum;
-            memcpy(nc + 4 * l, &s, 4);
-            memcpy(d + 4 * l, &blk->d, 4);
+            put_sum_scale(nc, d, l, q16_neg12_sum(blk), blk->d);
         }
     }
 }
