@@ -42,6 +42,8 @@ static void usage(void) {
            "  -r, --repetitions N    timed runs per test, after one untimed warm-up (default 3)\n"
            "  --dense bf16|q8        dense weights as stored (bf16, default) or requantised\n"
            "                         to 8-bit blocks at load (q8)\n"
+           "  --no-repack            read a GGUF model's experts in place, in the file's blocks,\n"
+           "                         instead of repacking them at load (JSON: experts)\n"
            "  --fast                 the fast path (default): activations rounded within bf16 error\n"
            "  --exact                the exact fp32 path\n"
            "  --ref                  the plain scalar reference kernels\n"
@@ -168,7 +170,7 @@ static int cmp_double(const void *a, const void *b) {
  * resident: the Rss of their mappings in /proc/self/smaps, the pages its forward
  * passes touched (page cache shared with other processes is not counted).  0 when
  * unknown. */
-static uint64_t weights_resident(const char *path) {
+static uint64_t mapped_resident(const char *path) {
     char real[4096], line[8192];
     if (!realpath(path, real)) return 0;
     const size_t n = strlen(real);
@@ -191,6 +193,16 @@ static uint64_t weights_resident(const char *path) {
     }
     fclose(f);
     return total;
+}
+
+/* The weight bytes this process holds: the resident pages of the model's files and
+ * the repacked experts, which took the place of their mapped pages (the same
+ * bytes, in memory of its own). */
+static uint64_t weights_resident(const gpo_model *m, const char *dir) {
+    struct gpo_model_info inf;
+    gpo_model_get_info(m, &inf);
+    const uint64_t mapped = mapped_resident(dir);
+    return mapped ? mapped + inf.bytes_repacked : 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -466,7 +478,7 @@ static int run_test(struct bench *b, int64_t P, int64_t N, int64_t B, int64_t th
     r->logits_hash = b->d.open ? fnv1a(b->cands, (size_t)n_seq * GPO_CAND_MAX * sizeof *b->cands)
                                : fnv1a(b->logits, (size_t)n_seq * (size_t)V * sizeof(float));
     r->rss = peak_rss_bytes();
-    r->resident = weights_resident(b->dir);
+    r->resident = weights_resident(b->m, b->dir);
     rc = 0;
 
 cleanup:
@@ -551,7 +563,7 @@ static uint64_t plan_bytes(const struct bench *b, int rank) {
 /* Every rank's resident weight bytes against its plan, on rank 0's stderr. */
 static int report_resident(const struct bench *b) {
     for (int r = 0; r < gpo_dist_size(); r++) {
-        uint64_t have = weights_resident(b->dir);
+        uint64_t have = weights_resident(b->m, b->dir);
         enum gpo_status s = gpo_dist_bcast(NULL, &have, sizeof have, r);
         if (s != GPO_OK) return cli_status(s, "cannot collect the resident bytes of rank %d", r);
         const uint64_t plan = plan_bytes(b, r);
@@ -576,6 +588,8 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
     cJSON *j = cJSON_CreateObject();
     if (!j) return 0;
     const double eff = effective_gbs(r);
+    struct gpo_model_info inf; /* after gen_dist_open, which repacks a rank's experts */
+    gpo_model_get_info(b->m, &inf);
     char hash[24];
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)r->logits_hash);
     int ok = cJSON_AddStringToObject(j, "model", b->name) &&
@@ -590,6 +604,7 @@ static int print_json_row(const struct bench *b, const struct result *r, FILE *o
          cJSON_AddNumberToObject(j, "threads", (double)r->threads) &&
          cJSON_AddNumberToObject(j, "ubatch", (double)r->ubatch) &&
          cJSON_AddStringToObject(j, "dense", b->o->dense) &&
+         cJSON_AddStringToObject(j, "experts", inf.type_experts) &&
          cJSON_AddStringToObject(j, "path", path_name(b->o->path)) &&
          cJSON_AddStringToObject(j, "kernels", gpo_ctx_kernels(b->ctx)) &&
          cJSON_AddNumberToObject(j, "reps", r->reps) &&
@@ -891,7 +906,8 @@ int cmd_bench(int argc, char **argv) {
 
     model_name(b.dir, b.name, sizeof b.name);
     fprintf(stderr, "bench: loading %s\n", b.dir);
-    struct gpo_load_opts lo = {.dense_q8 = !strcmp(o.dense, "q8")};
+    struct gpo_load_opts lo = gen_load_opts(&o.go);
+    lo.dense_q8 = !strcmp(o.dense, "q8");
     if ((s = gpo_model_load(b.dir, &lo, &b.m)) != GPO_OK) {
         rc = cli_status(s, "cannot load the model from %s", b.dir);
         goto cleanup;

@@ -147,6 +147,7 @@ int cmd_info(int argc, char **argv) {
     gpo_model *m = NULL;
     enum gpo_status s = gpo_model_resolve_dir(model_arg, dir, sizeof dir);
     if (s != GPO_OK) return cli_status(s, "cannot find the model");
+    lo.no_repack = 1; /* what the file holds; the commands that run it repack */
     if ((s = gpo_model_load(dir, &lo, &m)) != GPO_OK) return cli_status(s, "cannot load the model from %s", dir);
     const struct gpo_config *c = gpo_model_config(m);
     if ((mesh.tp || ranks) && (s = choose_mesh(c, dp, ranks, &mesh)) != GPO_OK) {
@@ -202,6 +203,10 @@ int cmd_info(int argc, char **argv) {
            gib(inf.bytes_mapped), gib(kvb), (long long)max_seq);
     if (inf.bytes_converted)
         printf("                  + %.2f GiB of --dense q8 copies\n", gib(inf.bytes_converted));
+    if (!strcmp(inf.type_experts, "MXFP4, GGML blocks"))
+        printf("                  (the commands that run the model repack the experts at load into\n"
+               "                  memory of their own, and let their mapped pages go; --no-repack\n"
+               "                  reads them in place)\n");
     eo.max_seq_len = max_seq;
     struct gpo_kv_plan kp;
     if (gpo_engine_kv_plan(m, &eo, (size_t)parallel, &kp) == GPO_OK) {

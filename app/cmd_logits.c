@@ -133,6 +133,7 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_status(s, "cannot find the model");
         goto cleanup;
     }
+    lo.no_repack = gen_load_opts(&go).no_repack;
     if ((s = gpo_model_load(dir, &lo, &m)) != GPO_OK) {
         rc = cli_status(s, "cannot load the model from %s", dir);
         goto cleanup;

@@ -42,6 +42,9 @@ const char gen_opts_help[] =
     "                          8-bit blocks at load (a third fewer bytes per token)\n"
     "  --mlock                 lock the weights in memory\n"
     "  --prefetch              read every weight page at load (with progress)\n"
+    "  --no-repack             read a GGUF model's experts in place, in the file's\n"
+    "                          blocks, instead of repacking them at load (faster to\n"
+    "                          start, slower to run)\n"
     "  --exact                 exact fp32 path instead of the fast path\n"
     "  --ref                   plain scalar reference kernels (slow)\n"
     "  -v, --verbose           print the seed and progress messages\n"
@@ -206,6 +209,8 @@ int gen_opts_parse(const char *cmd, struct gen_opts *o, int argc, char **argv, i
         o->load.mlock = 1;
     } else if (!strcmp(a, "--prefetch")) {
         o->load.prefetch = 1;
+    } else if (!strcmp(a, "--no-repack")) {
+        o->load.no_repack = 1;
     } else if (!strcmp(a, "--exact")) {
         o->eo.path = GPO_PATH_EXACT;
     } else if (!strcmp(a, "--fast")) {
@@ -244,7 +249,8 @@ int gen_env_open(struct gen_env *env, const struct gen_opts *o) {
     double t0 = gpo_now();
     if ((s = gpo_model_resolve_dir(o->model_arg, env->dir, sizeof env->dir)) != GPO_OK)
         return cli_status(s, "cannot find the model");
-    if ((s = gpo_model_load(env->dir, &o->load, &env->m)) != GPO_OK)
+    struct gpo_load_opts lo = gen_load_opts(o);
+    if ((s = gpo_model_load(env->dir, &lo, &env->m)) != GPO_OK)
         return cli_status(s, "cannot load the model from %s", env->dir);
     /* A GGUF model may carry its tokenizer; a tokenizer.json beside it comes first. */
     int own = strcmp(gpo_model_layout(env->m), "gguf") == 0
@@ -308,7 +314,13 @@ static enum gpo_status choose_mesh(const struct gen_opts *o, const struct gpo_co
     return gpo_mesh_validate(c, mesh, n);
 }
 
-int gen_dist_open(struct gen_dist *d, struct gen_opts *o, const gpo_model *m) {
+struct gpo_load_opts gen_load_opts(const struct gen_opts *o) {
+    struct gpo_load_opts lo = o->load;
+    if (gpo_dist_size() > 1) lo.no_repack = 1; /* gen_dist_open repacks the rank's experts */
+    return lo;
+}
+
+int gen_dist_open(struct gen_dist *d, struct gen_opts *o, gpo_model *m) {
     const struct gpo_config *c = gpo_model_config(m);
     enum gpo_status s;
     memset(d, 0, sizeof *d);
@@ -328,6 +340,10 @@ int gen_dist_open(struct gen_dist *d, struct gen_opts *o, const gpo_model *m) {
         return cli_status(s, "cannot form the rank groups");
     d->open = 1;
     d->leader = d->shard.model_rank == 0;
+    /* A rank runs only its experts: only those are repacked (and resident). */
+    if (!o->load.no_repack &&
+        (s = gpo_model_repack_experts(m, d->shard.expert0, d->shard.expert1)) != GPO_OK)
+        return cli_status(s, "cannot repack the experts of rank %d", gpo_dist_rank());
     /* Users are seeded from rank 0's seed in every replica. */
     if ((s = gpo_dist_bcast(NULL, &o->sp.seed, sizeof o->sp.seed, 0)) != GPO_OK)
         return cli_status(s, "cannot share the seed");

@@ -57,7 +57,10 @@ struct gen_dist {
 /* With several ranks: the mesh from --mesh/--dp (else gpo_mesh_default), this
  * rank's shard and groups, set in o->eo; every rank takes rank 0's seed.
  * Collective over every rank.  Prints the error and returns non-zero. */
-int gen_dist_open(struct gen_dist *d, struct gen_opts *o, const gpo_model *m);
+int gen_dist_open(struct gen_dist *d, struct gen_opts *o, gpo_model *m);
+/* The load options of o: under mpirun the experts are not repacked at load, since
+ * gen_dist_open repacks only the rank's own (unless --no-repack). */
+struct gpo_load_opts gen_load_opts(const struct gen_opts *o);
 void gen_dist_close(struct gen_dist *d);
 /* A follower's run: the leader's plans until its end (gpo_engine_follow).
  * Prints the error and returns non-zero, which ends the job (main.c). */

@@ -9,7 +9,9 @@
 const char shard_plan_help[] =
     "  --mesh TPxEP         under mpirun: tensor- times expert-parallel ranks per\n"
     "                       replica (default: the plan of `gptoss info --ranks N`)\n"
-    "  --dp D               under mpirun: replicas (default: the ranks the mesh leaves)\n";
+    "  --dp D               under mpirun: replicas (default: the ranks the mesh leaves)\n"
+    "  --no-repack          read a GGUF model's experts in place, in the file's blocks,\n"
+    "                       instead of repacking them at load\n";
 
 int shard_plan_arg(const char *cmd, struct gen_opts *o, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
@@ -19,6 +21,10 @@ int shard_plan_arg(const char *cmd, struct gen_opts *o, int argc, char **argv, i
             cli_usage_error(cmd, "--mesh: %s", gpo_last_error());
             return -1;
         }
+        return 1;
+    }
+    if (!strcmp(a, "--no-repack")) {
+        o->load.no_repack = 1;
         return 1;
     }
     if (cli_is(a, "--dp")) {

@@ -5,7 +5,7 @@
 
 #include "gen_common.h"
 
-/* Try to consume argv[*i] as --mesh TPxEP or --dp D into o.  Returns 1 if
+/* Try to consume argv[*i] as --mesh TPxEP, --dp D or --no-repack into o.  Returns 1 if
  * consumed, 0 if not one of them, -1 after printing a usage error. */
 int shard_plan_arg(const char *cmd, struct gen_opts *o, int argc, char **argv, int *i);
 /* The help lines of those options. */

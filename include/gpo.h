@@ -135,6 +135,11 @@ struct gpo_load_opts {
     int dense_q8; /* requantise the BF16 attention and unembedding matrices to 8-bit
                      blocks (Q8_0 layout) at load: a third fewer bytes per token, at the
                      cost of a copy of those weights and a small logit error */
+    int no_repack; /* keep a GGUF model's experts in the file's GGML blocks, read in
+                      place.  By default they are copied at load into split code and
+                      scale bytes, which the kernels read faster (the same values, the
+                      same results); the mapped pages they replace are released, so the
+                      resident size stays that of the file */
 };
 
 /* Resolve the model folder: `arg` if non-NULL, else $GPT_DIR, else $HF_MODEL (which
@@ -148,6 +153,12 @@ enum gpo_status gpo_model_resolve_dir(const char *arg, char *out, size_t out_siz
 enum gpo_status gpo_model_load(const char *dir, const struct gpo_load_opts *opts,
                                gpo_model **out);
 void gpo_model_free(gpo_model *m);
+/* Repack experts [expert0, expert1) of a GGUF model loaded with no_repack, as the
+ * load does for all of them by default: for a rank that runs only those experts
+ * (expert parallel), which is then all a context on this model may run.  Does
+ * nothing for a safetensors model or experts repacked already; GPO_ERR_ARG when
+ * other experts were repacked before. */
+enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t expert1);
 const struct gpo_config *gpo_model_config(const gpo_model *m);
 /* The folder the weights came from and the layout name ("hf", "original" or "gguf"). */
 const char *gpo_model_dir(const gpo_model *m);
@@ -168,6 +179,8 @@ struct gpo_model_info {
     int64_t n_params;
     int64_t n_params_active;
     uint64_t bytes_converted;  /* memory held by --dense q8 copies (0 without) */
+    uint64_t bytes_repacked;   /* memory held by the repacked experts (0 without); the
+                                  mapped pages they replace are not resident */
     /* The element type each group is read as ("BF16", "Q8_0", "F32", ...; the
      * experts "MXFP4" or "MXFP4, GGML blocks"), after any --dense q8 conversion. */
     char type_embedding[24], type_unembedding[24], type_attention[24], type_router[24],

@@ -117,6 +117,17 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
         GPO_TRY(gpo_layer_check_experts(&m->layers[l], l, c));
     struct fwd_part part;
     GPO_TRY(part_of(c, o.shard, o.groups, &part));
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        const struct gpo_layer *L = &m->layers[l];
+        const struct gpo_xmat *v[3] = {&L->mlp1[0], &L->mlp1[L->gate_up == GPO_GATE_UP_SEPARATE],
+                                       &L->mlp2};
+        for (int i = 0; i < 3; i++)
+            if (part.expert0 < v[i]->expert0 || part.expert1 > v[i]->expert1)
+                return gpo_fail(GPO_ERR_ARG, "this context runs experts %lld-%lld, but the model "
+                                "holds only experts %lld-%lld (repacked for one rank)",
+                                (long long)part.expert0, (long long)part.expert1 - 1,
+                                (long long)v[i]->expert0, (long long)v[i]->expert1 - 1);
+    }
     struct gpo_ctx *x = calloc(1, sizeof *x);
     if (!x) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     x->m = m;

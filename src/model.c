@@ -44,7 +44,8 @@ struct gpo_xmat gpo_xmat_split(const uint8_t *blocks, const uint8_t *scales,
         .scales_stride = (size_t)rows_per_expert * nb,
         .rows = rows, .cols = cols,
         .bias = xbias_part(bias, row0, rows),
-        .bias_stride = rows_per_expert};
+        .bias_stride = rows_per_expert,
+        .expert0 = 0, .expert1 = bias->rows};
 }
 
 struct gpo_xmat gpo_xmat_ggml(const void *blocks, int64_t rows_per_expert, int64_t row0,
@@ -56,7 +57,8 @@ struct gpo_xmat gpo_xmat_ggml(const void *blocks, int64_t rows_per_expert, int64
         .blocks_stride = (size_t)rows_per_expert * row_bytes,
         .rows = rows, .cols = cols,
         .bias = xbias_part(bias, row0, rows),
-        .bias_stride = rows_per_expert};
+        .bias_stride = rows_per_expert,
+        .expert0 = 0, .expert1 = bias->rows};
 }
 
 static enum gpo_status check_xmat(const struct gpo_xmat *w, const char *what, int64_t layer,
@@ -66,10 +68,13 @@ static enum gpo_status check_xmat(const struct gpo_xmat *w, const char *what, in
                         "expected %lld x %lld", (long long)layer, what, (long long)w->rows,
                         (long long)w->cols, (long long)rows, (long long)cols);
     if (!w->blocks || (w->layout == GPO_MXFP4_SPLIT && !w->scales) || !w->bias.data ||
-        w->bias_stride < rows)
+        w->bias_stride < rows || w->expert0 < 0 || w->expert1 <= w->expert0 ||
+        w->expert1 > w->bias.rows)
         return gpo_fail(GPO_ERR_SHAPE, "layer %lld: the %s experts' view is incomplete "
-                        "(weights, scales or bias missing, or bias stride %lld below %lld)",
-                        (long long)layer, what, (long long)w->bias_stride, (long long)rows);
+                        "(weights, scales or bias missing, bias stride %lld below %lld, or "
+                        "experts [%lld, %lld) not within the bias's %lld)",
+                        (long long)layer, what, (long long)w->bias_stride, (long long)rows,
+                        (long long)w->expert0, (long long)w->expert1, (long long)w->bias.rows);
     return GPO_OK;
 }
 
@@ -346,8 +351,8 @@ static void map_at(const struct gpo_model *m, int i, const uint8_t **p, uint64_t
 /* Records the pages of [p, p + n) for release_replaced() when they lie in one of the
  * model's file mappings (never in memory of our own, which MADV_DONTNEED would zero).
  * The range is widened to whole pages: a neighbouring tensor sharing a page is only
- * read back from the page cache on its next use. */
-static void note_replaced(struct gpo_model *m, const void *p, size_t n) {
+ * read back from the page cache on its next use.  Fails only for want of memory. */
+static enum gpo_status note_replaced(struct gpo_model *m, const void *p, size_t n) {
     for (int i = 0; i < n_maps(m); i++) {
         const uint8_t *base;
         uint64_t size;
@@ -355,19 +360,40 @@ static void note_replaced(struct gpo_model *m, const void *p, size_t n) {
         map_at(m, i, &base, &size, &path);
         if (m->file && !m->gguf.files[i].mapped) continue;
         if ((const uint8_t *)p < base || (const uint8_t *)p + n > base + size) continue;
+        if (m->n_replaced == m->cap_replaced) {
+            const int cap = m->cap_replaced ? 2 * m->cap_replaced : 64;
+            struct gpo_range *r = realloc(m->replaced, (size_t)cap * sizeof *r);
+            if (!r) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
+            m->replaced = r;
+            m->cap_replaced = cap;
+        }
         const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
         const uintptr_t a = (uintptr_t)p & ~(pg - 1), b = ((uintptr_t)p + n + pg - 1) & ~(pg - 1);
         m->replaced[m->n_replaced++] = (struct gpo_range){(const uint8_t *)a, (size_t)(b - a)};
-        return;
+        return GPO_OK;
+    }
+    return GPO_OK;
+}
+
+/* Drops the mapped pages the --dense q8 copies and the repacked experts replaced,
+ * from range `from` on, from this process's memory, so they do not count twice;
+ * under --mlock they are unlocked first (the copies are locked instead). */
+static void release_replaced(const struct gpo_model *m, int from) {
+    for (int i = from; i < m->n_replaced; i++) {
+        if (m->locked) munlock(m->replaced[i].p, m->replaced[i].n);
+        madvise((void *)m->replaced[i].p, m->replaced[i].n, MADV_DONTNEED);
     }
 }
 
-/* Drops the mapped pages the --dense q8 copies replaced, from range `from` on, from
- * this process's memory, so they do not count twice (locked pages, under --mlock,
- * stay). */
-static void release_replaced(const struct gpo_model *m, int from) {
-    for (int i = from; i < m->n_replaced; i++)
-        madvise((void *)m->replaced[i].p, m->replaced[i].n, MADV_DONTNEED);
+/* Anonymous memory for weight copies: page-aligned, asking for huge pages (fewer
+ * TLB misses when the copies are streamed).  NULL when there is none. */
+static void *copy_alloc(size_t n) {
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, n, MADV_HUGEPAGE);
+#endif
+    return p;
 }
 
 /* --dense q8: requantise the big BF16 matrices (q, k, v, out of every layer and the
@@ -408,8 +434,6 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     uint8_t *buf = gpo_aligned_alloc(total);
     if (!buf) return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB for --dense q8", (double)total / 1073741824.0);
     m->converted = buf;
-    m->replaced = calloc(nv, sizeof *m->replaced);
-    if (!m->replaced) return gpo_fail(GPO_ERR_NOMEM, "out of memory");
     double t0 = gpo_now();
     uint8_t *p = buf;
     for (size_t i = 0; i < nv; i++) {
@@ -423,7 +447,7 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
         for (int64_t r = 0; r < rows; r++)
             gpo_quantize_row_q8_0(dst + r * nb, src + (size_t)r * row_bytes, dt, v->cols);
         const int k = m->n_replaced;
-        note_replaced(m, src, (size_t)rows * row_bytes);
+        GPO_TRY(note_replaced(m, src, (size_t)rows * row_bytes));
         release_replaced(m, k); /* now, so the peak stays low too */
         v->data = dst;
         v->dtype = GPO_DT_Q8_0;
@@ -437,6 +461,97 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     inf->bytes_converted = total;
     gpo_log(GPO_LOG_INFO, "--dense q8: requantised %.2f GiB of BF16 weights to %.2f GiB in %.1f s",
             (double)before / 1073741824.0, (double)total / 1073741824.0, gpo_now() - t0);
+    return GPO_OK;
+}
+
+/* The views of layer L that hold GGML blocks (at most three: gate/up, or gate and
+ * up, and down). */
+static int ggml_views(struct gpo_layer *L, struct gpo_xmat *v[3]) {
+    int n = 0;
+    struct gpo_xmat *all[3] = {&L->mlp1[0], L->gate_up == GPO_GATE_UP_SEPARATE ? &L->mlp1[1] : NULL,
+                               &L->mlp2};
+    for (int i = 0; i < 3; i++)
+        if (all[i] && all[i]->layout == GPO_MXFP4_GGML) v[n++] = all[i];
+    return n;
+}
+
+/* Bytes of the split copy of experts [e0, e1) of view w: 16 code bytes and one
+ * scale byte per block, as in the file. */
+static size_t split_bytes(const struct gpo_xmat *w, int64_t e0, int64_t e1) {
+    return (size_t)(e1 - e0) * (size_t)w->rows * (size_t)(w->cols / 32) * 17;
+}
+
+/* Copies experts [e0, e1) of GGML view w into dst as split code bytes
+ * [n][rows][nb][16] followed by scale bytes [n][rows][nb], points w at the copy
+ * and notes the source bytes for release. */
+static enum gpo_status repack_view(struct gpo_model *m, struct gpo_xmat *w, int64_t e0, int64_t e1,
+                                   uint8_t *dst) {
+    const int64_t nb = w->cols / 32, rows = w->rows, n = e1 - e0;
+    const size_t row_src = (size_t)nb * GPO_MXFP4_GGML_BLOCK_BYTES, stride = w->blocks_stride;
+    const uint8_t *src = gpo_xmat_blocks(w, e0);
+    uint8_t *blocks = dst, *scales = dst + (size_t)(n * rows * nb) * 16;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n * rows; i++)
+        gpo_mxfp4_from_ggml(blocks + (size_t)(i * nb) * 16, scales + (size_t)(i * nb),
+                            src + (size_t)(i / rows) * stride + (size_t)(i % rows) * row_src, nb);
+    GPO_TRY(note_replaced(m, src, (size_t)(n - 1) * stride + (size_t)rows * row_src));
+    w->layout = GPO_MXFP4_SPLIT;
+    w->blocks = blocks;
+    w->scales = scales;
+    w->blocks_stride = (size_t)(rows * nb) * 16;
+    w->scales_stride = (size_t)(rows * nb);
+    w->expert0 = e0;
+    w->expert1 = e1;
+    return GPO_OK;
+}
+
+enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t expert1) {
+    const struct gpo_config *c = &m->cfg;
+    if (expert0 < 0 || expert1 > c->n_expert || expert1 <= expert0)
+        return gpo_fail(GPO_ERR_ARG, "cannot repack experts [%lld, %lld): the model has %lld",
+                        (long long)expert0, (long long)expert1, (long long)c->n_expert);
+    if (m->repacked) {
+        if (expert0 >= m->repacked0 && expert1 <= m->repacked1) return GPO_OK;
+        return gpo_fail(GPO_ERR_ARG, "the experts were repacked for experts %lld-%lld only; "
+                        "experts %lld-%lld need a model loaded again",
+                        (long long)m->repacked0, (long long)m->repacked1 - 1,
+                        (long long)expert0, (long long)expert1 - 1);
+    }
+    size_t total = 0;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        struct gpo_xmat *v[3];
+        const int nv = ggml_views(&m->layers[l], v);
+        for (int i = 0; i < nv; i++) total += split_bytes(v[i], expert0, expert1);
+    }
+    if (total == 0) return GPO_OK; /* safetensors: the experts are split already */
+    uint8_t *buf = copy_alloc(total);
+    if (!buf)
+        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB to repack the experts "
+                        "(--no-repack reads them in place)", (double)total / 1073741824.0);
+    m->repacked = buf;
+    m->repacked_bytes = total;
+    m->repacked0 = expert0;
+    m->repacked1 = expert1;
+    double t0 = gpo_now();
+    uint8_t *p = buf;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        struct gpo_xmat *v[3];
+        const int nv = ggml_views(&m->layers[l], v), k = m->n_replaced;
+        for (int i = 0; i < nv; i++) {
+            const size_t n = split_bytes(v[i], expert0, expert1);
+            GPO_TRY(repack_view(m, v[i], expert0, expert1, p));
+            p += n;
+        }
+        release_replaced(m, k); /* layer by layer, so the peak stays low */
+    }
+    release_replaced(m, 0); /* again: shared edge pages came back */
+    if (m->locked && mlock(buf, total) != 0)
+        gpo_log(GPO_LOG_WARN, "mlock of the %.2f GiB of repacked experts failed: %s (check "
+                "ulimit -l); they are not locked", (double)total / 1073741824.0, strerror(errno));
+    m->info.bytes_repacked = total;
+    gpo_log(GPO_LOG_INFO, "repacked %.2f GiB of experts %lld-%lld from GGML blocks into split "
+            "code and scale bytes in %.1f s", (double)total / 1073741824.0, (long long)expert0,
+            (long long)expert1 - 1, gpo_now() - t0);
     return GPO_OK;
 }
 
@@ -645,32 +760,73 @@ static enum gpo_status load_gguf(const char *path, const struct gpo_load_opts *o
     return GPO_OK;
 }
 
+/* Ranges by start address. */
+static int cmp_range(const void *a, const void *b) {
+    const struct gpo_range *x = a, *y = b;
+    return (x->p > y->p) - (x->p < y->p);
+}
+
+/* mlock the mapping [p, p + n) but the replaced ranges in it (sorted by start). */
+static int lock_map(const struct gpo_model *m, const uint8_t *p, uint64_t n) {
+    const uint8_t *at = p, *end = p + n;
+    for (int i = 0; i < m->n_replaced; i++) {
+        const struct gpo_range *r = &m->replaced[i];
+        if (r->p + r->n <= at || r->p >= end) continue;
+        if (r->p > at && mlock(at, (size_t)(r->p - at)) != 0) return -1;
+        if (r->p + r->n > at) at = r->p + r->n;
+    }
+    return at < end && mlock(at, (size_t)(end - at)) != 0 ? -1 : 0;
+}
+
 /* What follows the binding for either format: --dense q8, --mlock, --prefetch. */
 static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_opts *opts) {
     enum gpo_status s;
     if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) return s;
+    if (!(opts && opts->no_repack) && m->cfg.n_expert > 0 &&
+        (s = gpo_model_repack_experts(m, 0, m->cfg.n_expert)) != GPO_OK)
+        return s;
 
     if (opts && opts->mlock) {
-        /* All or nothing: on a failure the files locked so far are unlocked again,
-         * so `locked` says exactly whether the weights are locked. */
-        int i = 0;
-        const uint8_t *p;
-        uint64_t n;
-        const char *fpath;
-        for (; i < n_maps(m); i++) {
+        /* All or nothing: on a failure what was locked so far is unlocked again, so
+         * `locked` says exactly whether the weights are locked.  The file pages the
+         * copies replace are left out (locking them would read them all back in);
+         * the copies are locked instead. */
+        if (m->n_replaced > 1)
+            qsort(m->replaced, (size_t)m->n_replaced, sizeof *m->replaced, cmp_range);
+        int ok = 1;
+        for (int i = 0; ok && i < n_maps(m); i++) {
+            const uint8_t *p;
+            uint64_t n;
+            const char *fpath;
             map_at(m, i, &p, &n, &fpath);
-            if (mlock(p, n) != 0) {
+            if (lock_map(m, p, n) != 0) {
                 gpo_log(GPO_LOG_WARN, "mlock of %s failed: %s (check ulimit -l); the weights "
                         "are not locked", fpath, strerror(errno));
-                break;
+                ok = 0;
             }
         }
-        m->locked = i == n_maps(m);
-        if (!m->locked)
-            while (i-- > 0) {
+        if (ok && m->converted && mlock(m->converted, m->info.bytes_converted) != 0) {
+            gpo_log(GPO_LOG_WARN, "mlock of the --dense q8 copies failed: %s (check ulimit -l); "
+                    "the weights are not locked", strerror(errno));
+            ok = 0;
+        }
+        if (ok && m->repacked && mlock(m->repacked, m->repacked_bytes) != 0) {
+            gpo_log(GPO_LOG_WARN, "mlock of the repacked experts failed: %s (check ulimit -l); "
+                    "the weights are not locked", strerror(errno));
+            ok = 0;
+        }
+        m->locked = ok;
+        if (!ok) {
+            for (int i = 0; i < n_maps(m); i++) {
+                const uint8_t *p;
+                uint64_t n;
+                const char *fpath;
                 map_at(m, i, &p, &n, &fpath);
                 munlock(p, n);
             }
+            if (m->converted) munlock(m->converted, m->info.bytes_converted);
+            if (m->repacked) munlock(m->repacked, m->repacked_bytes);
+        }
     }
     if (opts && opts->prefetch) {
         /* Touch every page once so later reads hit memory; progress goes to the log. */
@@ -703,6 +859,7 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
 void gpo_model_free(gpo_model *m) {
     if (!m) return;
     gpo_aligned_free(m->converted);
+    if (m->repacked) munmap(m->repacked, m->repacked_bytes);
     free(m->replaced);
     gpo_st_close(&m->st);
     gpo_gguf_close(&m->gguf);
@@ -730,6 +887,8 @@ void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info) {
         type_name(info->type_attention, sizeof info->type_attention, L->wq.dtype);
         type_name(info->type_router, sizeof info->type_router, L->router_w.dtype);
         snprintf(info->type_experts, sizeof info->type_experts, "%s",
-                 L->mlp2.layout == GPO_MXFP4_GGML ? "MXFP4, GGML blocks" : "MXFP4");
+                 L->mlp2.layout == GPO_MXFP4_GGML ? "MXFP4, GGML blocks"
+                 : m->repacked                    ? "MXFP4, repacked"
+                                                  : "MXFP4");
     }
 }

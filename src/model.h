@@ -50,7 +50,19 @@ struct gpo_xmat {
     int64_t rows, cols;     /* of one expert; cols is a multiple of 32 */
     struct gpo_tview bias;  /* F32, F16 or BF16 */
     int64_t bias_stride;    /* elements from one expert's bias to the next's */
+    /* The experts [expert0, expert1) the view holds: all of them (0, n_expert) as
+     * bound, or one rank's range after gpo_model_repack_experts, whose copy starts
+     * at expert0 (expert e's blocks at blocks + (e - expert0)*blocks_stride). */
+    int64_t expert0, expert1;
 };
+
+/* Expert e's code bytes (GGML: its blocks) and, for SPLIT, its scale bytes. */
+static inline const uint8_t *gpo_xmat_blocks(const struct gpo_xmat *w, int64_t e) {
+    return w->blocks + (size_t)(e - w->expert0) * w->blocks_stride;
+}
+static inline const uint8_t *gpo_xmat_scales(const struct gpo_xmat *w, int64_t e) {
+    return w->scales + (size_t)(e - w->expert0) * w->scales_stride;
+}
 
 /* How the first expert projection holds the gate and linear (up) units.  Either
  * way unit u's output is SwiGLU(gate_u, linear_u); only the order of the rows
@@ -75,6 +87,7 @@ struct gpo_xmat gpo_xmat_split(const uint8_t *blocks, const uint8_t *scales,
                                int64_t cols, const struct gpo_tview *bias);
 struct gpo_xmat gpo_xmat_ggml(const void *blocks, int64_t rows_per_expert, int64_t row0,
                               int64_t rows, int64_t cols, const struct gpo_tview *bias);
+/* Both set expert0 = 0 and expert1 = bias->rows (every expert of the tensor). */
 
 struct gpo_layer;
 /* Checks that layer `layer`'s expert views agree with the configuration (shapes,
@@ -120,7 +133,12 @@ struct gpo_model {
         const uint8_t *p;
         size_t n;
     } *replaced;
-    int n_replaced;
+    int n_replaced, cap_replaced;
+    /* The GGUF experts copied into the split layout (gpo_model_repack_experts):
+     * one allocation, the experts [repacked0, repacked1) of every layer. */
+    void *repacked;
+    size_t repacked_bytes;
+    int64_t repacked0, repacked1;
 };
 
 /* model_gguf.c: open the GGUF file (or the first part of a split set) at `path`,

@@ -84,7 +84,7 @@ struct xin {
 static void expert_matmul(const struct gpo_kernels *k, const struct gpo_xmat *w, int64_t e,
                           float *y, int64_t ldy, const struct xin *in, int64_t n_tok, int64_t r0,
                           int64_t r1) {
-    const uint8_t *b = w->blocks + (size_t)e * w->blocks_stride;
+    const uint8_t *b = gpo_xmat_blocks(w, e);
     if (w->layout == GPO_MXFP4_GGML) {
         if (in->q16)
             k->matmul_mxfp4_ggml_q16(y, ldy, b, in->q16, in->ld, n_tok, r0, r1, w->cols);
@@ -94,7 +94,7 @@ static void expert_matmul(const struct gpo_kernels *k, const struct gpo_xmat *w,
             k->matmul_mxfp4_ggml(y, ldy, b, in->f, in->ld, n_tok, r0, r1, w->cols);
         return;
     }
-    const uint8_t *s = w->scales + (size_t)e * w->scales_stride;
+    const uint8_t *s = gpo_xmat_scales(w, e);
     if (in->q16)
         k->matmul_mxfp4_q16(y, ldy, b, s, in->q16, in->ld, n_tok, r0, r1, w->cols);
     else if (in->q8)

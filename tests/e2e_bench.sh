@@ -19,7 +19,7 @@ check "three JSON lines" "[ \$(wc -l <$tmp/b.jsonl) -eq 3 ]"
 check "every key present and sane" "node -e '
     const keys = [\"test\", \"n_prompt\", \"n_gen\", \"batch\", \"threads\", \"dense\", \"tok_s\",
         \"tok_s_user\", \"tok_s_min\", \"tok_s_max\", \"weight_bytes_per_token\", \"effective_gbs\",
-        \"membw_gbs\", \"bw_fraction\", \"peak_rss_bytes\", \"kernels\"];
+        \"membw_gbs\", \"bw_fraction\", \"peak_rss_bytes\", \"kernels\", \"experts\"];
     const rows = require(\"fs\").readFileSync(\"$tmp/b.jsonl\", \"utf8\").trim().split(\"\n\").map(JSON.parse);
     const bad = [];
     for (const r of rows) {
@@ -29,6 +29,7 @@ check "every key present and sane" "node -e '
         if (!(r.weight_bytes_per_token > 0 && r.effective_gbs > 0)) bad.push(r.test + \" bytes\");
         if (!(r.membw_gbs > 0 && Math.abs(r.bw_fraction - r.effective_gbs / r.membw_gbs) < 1e-9)) bad.push(r.test + \" membw\");
         if (!(r.peak_rss_bytes > 0) || r.dense !== \"bf16\" || r.threads !== 1 || !r.kernels) bad.push(r.test + \" misc\");
+        if (r.experts !== \"MXFP4\") bad.push(r.test + \" experts \" + r.experts);
     }
     const t = rows.map(r => r.test + \"/\" + r.batch).join(\" \");
     if (t !== \"pp16/1 tg4/1 tg4/3\") bad.push(\"tests: \" + t);
@@ -60,6 +61,18 @@ done
 check "--dense q8 runs and says so" "[ \$? -eq 0 ] && node -e '
     const rs = require(\"fs\").readFileSync(\"$tmp/q8.jsonl\", \"utf8\").trim().split(\"\\n\").map(JSON.parse);
     process.exit(rs.length === 2 && rs.every(r => r.dense === \"q8\") ? 0 : 1)'"
+# A GGUF file: the experts repacked at load (the default) or read in place give
+# the same logits (the hash of every row of the run).
+"$G" mkmodel --preset tiny --format gguf --out "$tmp/t.gguf" --seed 2 >/dev/null 2>&1
+"$G" bench -m "$tmp/t.gguf" --no-membw -p 8 -n 4 --batch 2 -r 1 --json >"$tmp/g.jsonl" 2>/dev/null
+"$G" bench -m "$tmp/t.gguf" --no-membw -p 8 -n 4 --batch 2 -r 1 --no-repack --json \
+    >"$tmp/gn.jsonl" 2>/dev/null
+check "GGUF: repacked experts and --no-repack, the same logits, JSON says which" "node -e '
+    const rd = f => require(\"fs\").readFileSync(f, \"utf8\").trim().split(\"\\n\").map(JSON.parse);
+    const a = rd(\"$tmp/g.jsonl\"), b = rd(\"$tmp/gn.jsonl\");
+    const ok = a.length === 2 && b.length === 2 && a.every((r, i) => r.logits_hash === b[i].logits_hash) &&
+        a.every(r => r.experts === \"MXFP4, repacked\") && b.every(r => r.experts === \"MXFP4, GGML blocks\");
+    process.exit(ok ? 0 : 1)'"
 "$G" bench -m "$tmp/nope" --no-membw >/dev/null 2>&1
 check "missing model exits 1" "[ \$? -eq 1 ]"
 

@@ -106,6 +106,22 @@ check "--dp 2 on 2 ranks: 4 users split over 2 replicas, the same tokens" \
     "[ \$? -eq 0 ] && tokens $tmp/dp.json | cmp -s - $tmp/ref.tok"
 check "  the metrics line names the replicas and the global batch" \
     "grep -q 'Data parallel: 2, Global batch size: 4' $tmp/dp.out"
+# A GGUF model: each rank repacks only the experts it runs (1x2: half each) and
+# the tokens are the single process's, which repacks all of them, and those of
+# the experts read in place (--no-repack).
+MG="$tmp/tiny.gguf"
+"$G1" mkmodel --preset tiny --format gguf --out "$MG" --seed 3 >/dev/null 2>&1
+GARGS="-m $MG --date none -t 1 --temperature 0 --max-tokens 12 --no-membw"
+"$G1" generate $GARGS "${P[@]}" --batch 4 --json "$tmp/g1.json" >/dev/null 2>&1
+"$G1" generate $GARGS "${P[@]}" --batch 4 --no-repack --json "$tmp/g1n.json" >/dev/null 2>&1
+check "GGUF, one process: the same tokens with the experts repacked and read in place" \
+    "[ \$(tokens $tmp/g1.json | wc -l) -eq 4 ] && tokens $tmp/g1.json | cmp -s - <(tokens $tmp/g1n.json)"
+mpi -np 2 "$G" generate $GARGS "${P[@]}" --batch 4 --mesh 1x2 -v --json "$tmp/g2.json" \
+    >"$tmp/g2.out" 2>&1
+check "GGUF on 2 ranks (1x2): each rank repacks its half of the experts, the same tokens" \
+    "[ \$? -eq 0 ] && tokens $tmp/g2.json | cmp -s - <(tokens $tmp/g1.json) && \
+     grep -q 'repacked .* of experts 0-3 ' $tmp/g2.out && grep -q 'repacked .* of experts 4-7 ' $tmp/g2.out"
+
 mpi -np 2 "$G" generate $ARGS -p Hello --dp 2 >"$tmp/dp1.out" 2>&1
 check "--dp 2 with one user is a usage error" \
     "[ \$? -eq 2 ] && grep -q '2 replicas need at least 2 users' $tmp/dp1.out"

@@ -1,12 +1,15 @@
 /* test_common.h - small helpers the cmocka suites share: reading a file whole and
- * a scratch folder removed with everything in it.  Include after <cmocka.h>. */
+ * a scratch folder removed with everything in it, the pages of a range that are
+ * mapped.  Include after <cmocka.h>. */
 #ifndef GPO_TEST_COMMON_H
 #define GPO_TEST_COMMON_H
 
 #include <ftw.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -30,6 +33,25 @@ static inline void *read_all(const char *path, size_t *len) {
     if (buf) buf[n] = 0;
     if (len && buf) *len = (size_t)n;
     return buf;
+}
+
+/* Pages of [p, p + n) this process has mapped (/proc/self/pagemap bit 63), or -1
+ * when pagemap cannot be read. */
+static inline long present_pages(const void *p, size_t n) {
+    FILE *f = fopen("/proc/self/pagemap", "rb");
+    if (!f) return -1;
+    const long pg = sysconf(_SC_PAGESIZE);
+    long present = 0;
+    for (uintptr_t a = (uintptr_t)p; a < (uintptr_t)p + n; a += (uintptr_t)pg) {
+        uint64_t e = 0;
+        if (fseek(f, (long)(a / (uintptr_t)pg) * 8, SEEK_SET) != 0 || fread(&e, 8, 1, f) != 1) {
+            fclose(f);
+            return -1;
+        }
+        present += (long)(e >> 63);
+    }
+    fclose(f);
+    return present;
 }
 
 /* read_all, where a file that cannot be read fails the test. */

@@ -24,6 +24,8 @@
 #include "gguf.h"
 #include "gguf_meta.h"
 #include "gpo.h"
+#include "kvcache.h"
+#include "mesh.h"
 #include "model.h"
 #include "util.h"
 
@@ -330,15 +332,30 @@ static float *run_pass(gpo_model *m, enum gpo_path path, size_t *rows) {
     return lg;
 }
 
+/* Whether every expert view of m is `layout`, holding experts [e0, e1). */
+static int experts_are(const gpo_model *m, enum gpo_mxfp4_layout layout, int64_t e0, int64_t e1) {
+    for (int64_t l = 0; l < m->cfg.n_layer; l++) {
+        const struct gpo_layer *L = &m->layers[l];
+        const struct gpo_xmat *v[3] = {&L->mlp1[0], &L->mlp1[1], &L->mlp2};
+        for (int i = 0; i < 3; i++)
+            if (v[i]->layout != layout || v[i]->expert0 != e0 || v[i]->expert1 != e1) return 0;
+    }
+    return 1;
+}
+
 /* The GGUF written from src (loaded with lo) gives src's logits, bit for bit, on
- * the exact and the fast path; the GGUF is loaded with lo too. */
+ * the exact and the fast path, its experts repacked at load (the default) and read
+ * in place (no_repack); the GGUF is loaded with lo's other options too. */
 static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts *wo,
                               const char *what) {
-    gpo_model *st, *gg;
+    gpo_model *st, *gg, *gn;
     char path[128];
     snprintf(path, sizeof path, "%s/model.gguf", tmpdir);
     assert_int_equal(gpo_model_load(FIX, lo, &st), GPO_OK);
     write_gguf(st, path, wo);
+    struct gpo_load_opts in_place = lo ? *lo : (struct gpo_load_opts){0};
+    in_place.no_repack = 1;
+    assert_int_equal(gpo_model_load(path, &in_place, &gn), GPO_OK);
     assert_int_equal(gpo_model_load(path, lo, &gg), GPO_OK);
     assert_string_equal(gpo_model_layout(gg), "gguf");
     assert_string_equal(gpo_model_dir(gg), tmpdir);
@@ -349,20 +366,32 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
     assert_ptr_equal(gg->layers[1].wq.data, t->data);
     assert_int_equal(gg->layers[1].wq.dtype, st->layers[1].wq.dtype);
     assert_int_equal(gg->layers[0].gate_up, GPO_GATE_UP_SEPARATE);
-    assert_int_equal(gg->layers[0].mlp1[0].layout, GPO_MXFP4_GGML);
+    /* repacked: split code and scale bytes of every expert, in memory of its own */
+    const int64_t E = st->cfg.n_expert;
+    assert_true(experts_are(gn, GPO_MXFP4_GGML, 0, E));
+    assert_true(experts_are(gg, GPO_MXFP4_SPLIT, 0, E));
+    assert_non_null(gg->repacked);
+    const uint8_t *pg = gg->repacked, *pe = pg + gg->repacked_bytes;
+    assert_true(gg->layers[1].mlp2.blocks >= pg && gg->layers[1].mlp2.scales < pe);
     const int64_t V = st->cfg.n_vocab;
     const enum gpo_path paths[2] = {GPO_PATH_EXACT, GPO_PATH_FAST};
     for (int p = 0; p < 2; p++) {
-        size_t r1, r2;
+        size_t r1, r2, r3;
         float *want = run_pass(st, paths[p], &r1);
         float *got = run_pass(gg, paths[p], &r2);
+        float *in = run_pass(gn, paths[p], &r3);
         assert_int_equal(r1, r2);
+        assert_int_equal(r1, r3);
         int same = memcmp(want, got, r1 * (size_t)V * 4) == 0;
-        printf("  %-26s %-5s prefill+decode+incremental: %s\n", what,
-               paths[p] == GPO_PATH_FAST ? "fast" : "exact", same ? "bit-identical" : "DIFFERENT");
+        int same_in = memcmp(want, in, r1 * (size_t)V * 4) == 0;
+        printf("  %-26s %-5s prefill+decode+incremental: repacked %s, in place %s\n", what,
+               paths[p] == GPO_PATH_FAST ? "fast" : "exact", same ? "bit-identical" : "DIFFERENT",
+               same_in ? "bit-identical" : "DIFFERENT");
         assert_true(same);
+        assert_true(same_in);
         free(want);
         free(got);
+        free(in);
     }
     /* The figures of the report agree where the formats store the same bytes. */
     struct gpo_model_info a, b;
@@ -378,7 +407,115 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
     assert_int_equal(a.bytes_per_token, b.bytes_per_token);
     assert_int_equal(a.n_params_active, b.n_params_active);
     assert_int_equal(b.n_files, 1);
+    /* the repacked bytes are the MXFP4 bytes of the file: blocks and scales */
+    assert_string_equal(b.type_experts, "MXFP4, repacked");
+    uint64_t mxfp4 = 0;
+    for (int64_t l = 0; l < st->cfg.n_layer; l++) {
+        const struct gpo_layer *L = &st->layers[l];
+        mxfp4 += (uint64_t)(E * L->mlp1[0].rows * L->mlp1[0].cols / 32 * 17 +
+                            E * L->mlp2.rows * L->mlp2.cols / 32 * 17);
+    }
+    assert_int_equal(b.bytes_repacked, mxfp4);
+    gpo_model_get_info(gn, &b);
+    assert_string_equal(b.type_experts, "MXFP4, GGML blocks");
+    assert_int_equal(b.bytes_repacked, 0);
+    gpo_model_free(gn);
     gpo_model_free(gg);
+    gpo_model_free(st);
+    unlink(path);
+}
+
+/* The repack drops the mapped pages of the experts it copied: after the load none
+ * of them is mapped in this process, with or without --mlock (whose lock leaves
+ * them out and takes the copy instead); the copy is resident. */
+static void test_gguf_repack_releases_pages(void **s) {
+    (void)s;
+    gpo_model *st;
+    char path[128];
+    snprintf(path, sizeof path, "%s/model.gguf", tmpdir);
+    assert_int_equal(gpo_model_load(FIX, NULL, &st), GPO_OK);
+    write_gguf(st, path, &(struct wopts){0});
+    const int64_t L = st->cfg.n_layer;
+    gpo_model_free(st);
+    for (int lock = 0; lock < 2; lock++) {
+        gpo_model *m;
+        const struct gpo_load_opts lo = {.mlock = lock, .prefetch = 1};
+        assert_int_equal(gpo_model_load(path, &lo, &m), GPO_OK);
+        assert_int_equal(m->n_replaced, 3 * L); /* gate, up, down per layer */
+        long mapped = 0;
+        size_t bytes = 0;
+        for (int i = 0; i < m->n_replaced; i++) {
+            const long pr = present_pages(m->replaced[i].p, m->replaced[i].n);
+            if (pr < 0) {
+                gpo_model_free(m);
+                skip();
+            }
+            mapped += pr;
+            bytes += m->replaced[i].n;
+        }
+        const long pg = sysconf(_SC_PAGESIZE);
+        const long copy = present_pages(m->repacked, m->repacked_bytes);
+        printf("  mlock %d (locked: %d): %d ranges, %zu KiB replaced, %ld pages still mapped; "
+               "copy %ld of %zu pages resident\n", lock, gpo_model_locked(m), m->n_replaced,
+               bytes / 1024, mapped, copy, (m->repacked_bytes + (size_t)pg - 1) / (size_t)pg);
+        assert_int_equal(mapped, 0);
+        assert_int_equal(copy, (long)((m->repacked_bytes + (size_t)pg - 1) / (size_t)pg));
+        gpo_model_free(m);
+    }
+    unlink(path);
+}
+
+/* One rank's experts: a model loaded with no_repack repacks experts [1, 3) only;
+ * a context for all experts is refused, a shard of those experts gives the bits
+ * of the same shard on the model read in place; the range cannot grow later. */
+static void test_gguf_repack_range(void **s) {
+    (void)s;
+    gpo_model *st, *a, *b;
+    char path[128];
+    snprintf(path, sizeof path, "%s/model.gguf", tmpdir);
+    assert_int_equal(gpo_model_load(FIX, NULL, &st), GPO_OK);
+    write_gguf(st, path, &(struct wopts){.fused = 1});
+    const struct gpo_load_opts lo = {.no_repack = 1};
+    assert_int_equal(gpo_model_load(path, &lo, &a), GPO_OK);
+    assert_int_equal(gpo_model_load(path, &lo, &b), GPO_OK);
+    const int64_t E = st->cfg.n_expert;
+    assert_true(E >= 4);
+    assert_int_equal(gpo_model_repack_experts(b, 1, 3), GPO_OK);
+    assert_true(experts_are(b, GPO_MXFP4_SPLIT, 1, 3));
+    assert_int_equal(gpo_model_repack_experts(b, 1, 2), GPO_OK); /* held already */
+    assert_int_equal(gpo_model_repack_experts(b, 0, 3), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "repacked for experts 1-2 only"));
+    assert_int_equal(gpo_model_repack_experts(b, 2, E + 1), GPO_ERR_ARG);
+    gpo_ctx *ctx;
+    assert_int_equal(gpo_ctx_create(b, NULL, &ctx), GPO_ERR_ARG);
+    assert_non_null(strstr(gpo_last_error(), "holds only experts 1-2"));
+    /* a shard of experts [1, 3): every head and vocabulary row, no collectives */
+    const struct gpo_config *c = &st->cfg;
+    struct gpo_mesh_shard sh = {.kv_head0 = 0, .kv_head1 = c->n_head_kv, .head0 = 0,
+                                .head1 = c->n_head, .q_row0 = 0, .q_row1 = c->n_head * c->head_dim,
+                                .kv_row0 = 0, .kv_row1 = c->n_head_kv * c->head_dim,
+                                .expert0 = 1, .expert1 = 3, .vocab0 = 0, .vocab1 = c->n_vocab};
+    float *out[2];
+    gpo_model *ms[2] = {a, b};
+    const int32_t ids[5] = {12, 7, 99, 3, 41};
+    for (int i = 0; i < 2; i++) {
+        struct gpo_ctx_opts o = {.max_tokens = 5, .max_seqs = 1, .n_threads = 2,
+                                 .path = GPO_PATH_FAST, .shard = &sh};
+        gpo_kv *kv;
+        assert_int_equal(gpo_ctx_create(ms[i], &o, &ctx), GPO_OK);
+        assert_int_equal(gpo_kv_create_shard(ms[i], &sh, 8, 0, &kv), GPO_OK);
+        out[i] = malloc((size_t)c->n_vocab * 5 * 4);
+        assert_non_null(out[i]);
+        struct gpo_seq_batch sb = {kv, ids, 5, GPO_LOGITS_ALL};
+        assert_int_equal(gpo_forward(ctx, &sb, 1, out[i]), GPO_OK);
+        gpo_kv_free(kv);
+        gpo_ctx_free(ctx);
+    }
+    assert_memory_equal(out[0], out[1], (size_t)c->n_vocab * 5 * 4);
+    free(out[0]);
+    free(out[1]);
+    gpo_model_free(b);
+    gpo_model_free(a);
     gpo_model_free(st);
     unlink(path);
 }
@@ -665,6 +802,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gguf_bf16_bit_identical),
         cmocka_unit_test(test_gguf_fused_bit_identical),
+        cmocka_unit_test(test_gguf_repack_range),
+        cmocka_unit_test(test_gguf_repack_releases_pages),
         cmocka_unit_test(test_gguf_q8_0_dense),
         cmocka_unit_test(test_gguf_dense_q8_at_load),
         cmocka_unit_test(test_gguf_q8_0_embedding),

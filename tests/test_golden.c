@@ -577,25 +577,6 @@ static int mlock_works(const gpo_model *m) {
     return 1;
 }
 
-/* Pages of [p, p + n) this process has mapped (/proc/self/pagemap bit 63), or -1
- * when pagemap cannot be read. */
-static long present_pages(const void *p, size_t n) {
-    FILE *f = fopen("/proc/self/pagemap", "rb");
-    if (!f) return -1;
-    const long pg = sysconf(_SC_PAGESIZE);
-    long present = 0;
-    for (uintptr_t a = (uintptr_t)p; a < (uintptr_t)p + n; a += (uintptr_t)pg) {
-        uint64_t e = 0;
-        if (fseek(f, (long)(a / (uintptr_t)pg) * 8, SEEK_SET) != 0 || fread(&e, 8, 1, f) != 1) {
-            fclose(f);
-            return -1;
-        }
-        present += (long)(e >> 63);
-    }
-    fclose(f);
-    return present;
-}
-
 /* --dense q8 drops the mapped BF16 pages its copies replace: after the load none of
  * them is mapped in this process (they were all read to make the copies), the
  * logits are those of a load that keeps them (test_dense_q8 checks the figures),
