@@ -490,10 +490,13 @@ static enum gpo_status repack_view(struct gpo_model *m, struct gpo_xmat *w, int6
     const size_t row_src = (size_t)nb * GPO_MXFP4_GGML_BLOCK_BYTES, stride = w->blocks_stride;
     const uint8_t *src = gpo_xmat_blocks(w, e0);
     uint8_t *blocks = dst, *scales = dst + (size_t)(n * rows * nb) * 16;
+    const struct gpo_kernels *k = gpo_kernels_select(NULL);
+    const gpo_mxfp4_from_ggml_fn from_ggml =
+        k && k->mxfp4_from_ggml ? k->mxfp4_from_ggml : gpo_mxfp4_from_ggml;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n * rows; i++)
-        gpo_mxfp4_from_ggml(blocks + (size_t)(i * nb) * 16, scales + (size_t)(i * nb),
-                            src + (size_t)(i / rows) * stride + (size_t)(i % rows) * row_src, nb);
+        from_ggml(blocks + (size_t)(i * nb) * 16, scales + (size_t)(i * nb),
+                  src + (size_t)(i / rows) * stride + (size_t)(i % rows) * row_src, nb);
     GPO_TRY(note_replaced(m, src, (size_t)(n - 1) * stride + (size_t)rows * row_src));
     w->layout = GPO_MXFP4_SPLIT;
     w->blocks = blocks;

@@ -1286,6 +1286,38 @@ static void test_mxfp4_ggml_repack(void **state) {
         }
 }
 
+/* Every table's repacking from GGML blocks gives the reference's bytes, for random
+ * bytes (any code and scale) and block counts that are not a multiple of any
+ * vector width. */
+static void test_mxfp4_from_ggml_tables(void **state) {
+    (void)state;
+    struct table tabs[4];
+    const int nt = tables(tabs);
+    rng_seed(31);
+    enum { NB = 1031 };
+    uint8_t *g = xmalloc(NB * 17), *want = xmalloc(NB * 16), *got = xmalloc(NB * 16);
+    uint8_t want_s[NB], got_s[NB];
+    fill_u8(g, NB * 17);
+    for (int t = 0; t < nt; t++) {
+        assert_non_null(tabs[t].k->mxfp4_from_ggml);
+        for (int64_t n = 1; n <= NB; n += n < 40 ? 1 : 330) {
+            gpo_mxfp4_from_ggml(want, want_s, g, n);
+            memset(got, 0xa5, (size_t)NB * 16);
+            memset(got_s, 0xa5, sizeof got_s);
+            tabs[t].k->mxfp4_from_ggml(got, got_s, g, n);
+            if (memcmp(got, want, (size_t)n * 16) || memcmp(got_s, want_s, (size_t)n))
+                print_error("%s: mxfp4_from_ggml of %lld blocks differs\n", tabs[t].name,
+                            (long long)n);
+            assert_memory_equal(got, want, (size_t)n * 16);
+            assert_memory_equal(got_s, want_s, (size_t)n);
+            assert_int_equal(got[n * 16], 0xa5); /* nothing written past the end */
+        }
+    }
+    free(g);
+    free(want);
+    free(got);
+}
+
 /* A GGML block written by hand from spec 3.5 (not through the repacking): e = 127,
  * qs[0] = 0x21 (element 0 code 1 = 0.5, element 16 code 2 = 1.0), qs[15] = 0xf7
  * (element 15 code 7 = 6.0, element 31 code 15 = -6.0).  Its dequantisation, the
@@ -1864,6 +1896,7 @@ int main(void) {
         cmocka_unit_test(test_determinism_long_batch),
         cmocka_unit_test(test_mxfp4_spec_vectors),
         cmocka_unit_test(test_e8m0_edges),
+        cmocka_unit_test(test_mxfp4_from_ggml_tables),
         cmocka_unit_test(test_mxfp4_ggml_repack),
         cmocka_unit_test(test_mxfp4_ggml_spec_block),
         cmocka_unit_test(test_mxfp4_ggml_dequant),

@@ -1266,6 +1266,23 @@ static void attn_accum_avx2(float *out, const float *p, const float *v, int64_t 
     }
 }
 
+/* gpo_mxfp4_from_ggml: a block's 16 code bytes qs hold element j in the low nibble of
+ * qs[j] and element 16+j in the high one; split byte i holds elements 2i, 2i+1 (low
+ * nibble first).  So the low nibbles paired as lo[2i] + 16*lo[2i+1] (pmaddubsw with
+ * the weights 1, 16) are bytes 0-7, the high nibbles paired the same way bytes 8-15. */
+static void mxfp4_from_ggml_avx2(uint8_t *blocks, uint8_t *scales, const void *src,
+                                 int64_t n_blocks) {
+    const uint8_t *in = src;
+    const __m128i m4 = _mm_set1_epi8(0x0f), w = _mm_set1_epi16(0x1001);
+    for (int64_t b = 0; b < n_blocks; b++, in += GPO_MXFP4_GGML_BLOCK_BYTES) {
+        scales[b] = in[0];
+        const __m128i q = _mm_loadu_si128((const __m128i *)(in + 1));
+        const __m128i lo = _mm_maddubs_epi16(_mm_and_si128(q, m4), w);
+        const __m128i hi = _mm_maddubs_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), m4), w);
+        _mm_storeu_si128((__m128i *)(blocks + 16 * b), _mm_packus_epi16(lo, hi));
+    }
+}
+
 static const struct gpo_kernels avx2_table = {
     .name = "avx2",
     .matmul = {[GPO_DT_F32] = matmul_f32_f32_avx2,
@@ -1283,6 +1300,7 @@ static const struct gpo_kernels avx2_table = {
     .attn_scores = attn_scores_avx2,
     .attn_scores_rows = attn_scores_rows_avx2,
     .attn_accum = attn_accum_avx2,
+    .mxfp4_from_ggml = mxfp4_from_ggml_avx2,
 };
 
 const struct gpo_kernels *gpo_kernels_avx2(void) { return &avx2_table; }

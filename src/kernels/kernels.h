@@ -146,6 +146,11 @@ typedef void (*gpo_matmul_q8_0_q8_fn)(float *y, int64_t ldy, const void *W,
  * x, ldx as in gpo_matmul_fn. */
 typedef gpo_matmul_fn gpo_matmul_bf16_dot_fn;
 
+/* gpo_mxfp4_from_ggml (below): n_blocks GGML blocks at src to split code bytes and
+ * scale bytes, exact for any bytes; the load's repacking of a GGUF model's experts. */
+typedef void (*gpo_mxfp4_from_ggml_fn)(uint8_t *blocks, uint8_t *scales, const void *src,
+                                       int64_t n_blocks);
+
 /* Scaled dot products of one query against n_keys keys: s[j] = scale * q . k_j,
  * key j at k + j*ldk. */
 typedef void (*gpo_attn_scores_fn)(float *s, const float *q, const float *k, int64_t ldk,
@@ -174,6 +179,7 @@ struct gpo_kernels {
     gpo_attn_scores_fn attn_scores;
     gpo_attn_scores_rows_fn attn_scores_rows;
     gpo_attn_accum_fn attn_accum;
+    gpo_mxfp4_from_ggml_fn mxfp4_from_ggml;
     /* The fast path's lower-precision dense matmuls.  NULL in a table without a SIMD
      * kernel for them (gpo_kernels_complete leaves them NULL): the caller then uses
      * matmul[] with f32 activations, which is always at least as fast there. */

@@ -398,6 +398,7 @@ static const struct gpo_kernels ref_table = {
     .attn_scores = gpo_attn_scores_ref,
     .attn_scores_rows = gpo_attn_scores_rows_ref,
     .attn_accum = gpo_attn_accum_ref,
+    .mxfp4_from_ggml = gpo_mxfp4_from_ggml,
     .matmul_q8_0_q8 = gpo_matmul_q8_0_q8_ref,
     .matmul_bf16_dot = gpo_matmul_bf16_dot_ref,
 };
