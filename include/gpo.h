@@ -181,6 +181,8 @@ struct gpo_model_info {
     uint64_t bytes_converted;  /* memory held by --dense q8 copies (0 without) */
     uint64_t bytes_repacked;   /* memory held by the repacked experts (0 without); the
                                   mapped pages they replace are not resident */
+    uint64_t bytes_released;   /* the mapped bytes those copies (--dense q8 and the
+                                  repacked experts) replace, let go after the copy */
     /* The element type each group is read as ("BF16", "Q8_0", "F32", ...; the
      * experts "MXFP4" or "MXFP4, GGML blocks"), after any --dense q8 conversion. */
     char type_embedding[24], type_unembedding[24], type_attention[24], type_router[24],

@@ -82,14 +82,17 @@ static uint64_t mem_available(void) {
 
 /* The default pool: what is available after the weights and the rings, less a
  * margin for the rest of the process and the machine (an eighth, at least 1 GiB).
- * Weights already in the page cache count as available, so they are taken off
- * whether or not they are resident. */
+ * Mapped weights already in the page cache count as available, so they are taken
+ * off whether or not they are resident, except the pages the copies (--dense q8,
+ * the repacked experts) replaced; the copies themselves are memory of the
+ * process's own, resident and so not in MemAvailable already. */
 static int64_t default_blocks(const gpo_model *m, uint64_t rings, uint64_t block_bytes) {
     struct gpo_model_info inf;
     gpo_model_get_info(m, &inf);
     uint64_t avail = mem_available(), margin = avail / 8;
     if (margin < (1ull << 30)) margin = 1ull << 30;
-    uint64_t taken = inf.bytes_mapped + inf.bytes_converted + rings + margin;
+    const uint64_t mapped = inf.bytes_mapped > inf.bytes_released ? inf.bytes_mapped - inf.bytes_released : 0;
+    uint64_t taken = mapped + rings + margin;
     if (avail == 0) return INT64_MAX; /* unknown: the cap decides */
     return avail > taken ? (int64_t)((avail - taken) / block_bytes) : 0;
 }

@@ -459,6 +459,7 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     inf->bytes_unembedding -= unemb_saved;
     inf->bytes_per_token -= att_saved + unemb_saved;
     inf->bytes_converted = total;
+    inf->bytes_released += before;
     gpo_log(GPO_LOG_INFO, "--dense q8: requantised %.2f GiB of BF16 weights to %.2f GiB in %.1f s",
             (double)before / 1073741824.0, (double)total / 1073741824.0, gpo_now() - t0);
     return GPO_OK;
@@ -552,6 +553,7 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
         gpo_log(GPO_LOG_WARN, "mlock of the %.2f GiB of repacked experts failed: %s (check "
                 "ulimit -l); they are not locked", (double)total / 1073741824.0, strerror(errno));
     m->info.bytes_repacked = total;
+    m->info.bytes_released += total; /* the GGML bytes: as many as the copy's */
     gpo_log(GPO_LOG_INFO, "repacked %.2f GiB of experts %lld-%lld from GGML blocks into split "
             "code and scale bytes in %.1f s", (double)total / 1073741824.0, (long long)expert0,
             (long long)expert1 - 1, gpo_now() - t0);

@@ -416,9 +416,14 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
                             E * L->mlp2.rows * L->mlp2.cols / 32 * 17);
     }
     assert_int_equal(b.bytes_repacked, mxfp4);
+    /* the KV pool's plan takes the released mapped bytes off the model's (kvpool.c);
+     * a GGUF's dense matrices are never converted here (Q8_0 already, or BF16 as the
+     * source was loaded) */
+    assert_int_equal(b.bytes_released, mxfp4);
     gpo_model_get_info(gn, &b);
     assert_string_equal(b.type_experts, "MXFP4, GGML blocks");
     assert_int_equal(b.bytes_repacked, 0);
+    assert_int_equal(b.bytes_released, 0);
     gpo_model_free(gn);
     gpo_model_free(gg);
     gpo_model_free(st);
