@@ -549,9 +549,21 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
         release_replaced(m, k); /* layer by layer, so the peak stays low */
     }
     release_replaced(m, 0); /* again: shared edge pages came back */
-    if (m->locked && mlock(buf, total) != 0)
+    if (m->locked && mlock(buf, total) != 0) {
+        /* All or nothing, as at load: `locked` stays exact. */
         gpo_log(GPO_LOG_WARN, "mlock of the %.2f GiB of repacked experts failed: %s (check "
-                "ulimit -l); they are not locked", (double)total / 1073741824.0, strerror(errno));
+                "ulimit -l); the weights are not locked", (double)total / 1073741824.0,
+                strerror(errno));
+        for (int i = 0; i < n_maps(m); i++) {
+            const uint8_t *fp;
+            uint64_t fn;
+            const char *path;
+            map_at(m, i, &fp, &fn, &path);
+            munlock(fp, fn);
+        }
+        if (m->converted) munlock(m->converted, m->info.bytes_converted);
+        m->locked = 0;
+    }
     m->info.bytes_repacked = total;
     m->info.bytes_released += total; /* the GGML bytes: as many as the copy's */
     gpo_log(GPO_LOG_INFO, "repacked %.2f GiB of experts %lld-%lld from GGML blocks into split "
