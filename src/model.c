@@ -385,6 +385,21 @@ static void release_replaced(const struct gpo_model *m, int from) {
     }
 }
 
+/* Unlocks every mapped file and copy (what a failed --mlock locked so far); the
+ * model is then not locked. */
+static void unlock_weights(struct gpo_model *m) {
+    for (int i = 0; i < n_maps(m); i++) {
+        const uint8_t *p;
+        uint64_t n;
+        const char *path;
+        map_at(m, i, &p, &n, &path);
+        munlock(p, n);
+    }
+    if (m->converted) munlock(m->converted, m->info.bytes_converted);
+    if (m->repacked) munlock(m->repacked, m->repacked_bytes);
+    m->locked = 0;
+}
+
 /* Anonymous memory for weight copies: page-aligned, asking for huge pages (fewer
  * TLB misses when the copies are streamed).  NULL when there is none. */
 static void *copy_alloc(size_t n) {
@@ -554,15 +569,7 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
         gpo_log(GPO_LOG_WARN, "mlock of the %.2f GiB of repacked experts failed: %s (check "
                 "ulimit -l); the weights are not locked", (double)total / 1073741824.0,
                 strerror(errno));
-        for (int i = 0; i < n_maps(m); i++) {
-            const uint8_t *fp;
-            uint64_t fn;
-            const char *path;
-            map_at(m, i, &fp, &fn, &path);
-            munlock(fp, fn);
-        }
-        if (m->converted) munlock(m->converted, m->info.bytes_converted);
-        m->locked = 0;
+        unlock_weights(m);
     }
     m->info.bytes_repacked = total;
     m->info.bytes_released += total; /* the GGML bytes: as many as the copy's */
@@ -833,17 +840,7 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
             ok = 0;
         }
         m->locked = ok;
-        if (!ok) {
-            for (int i = 0; i < n_maps(m); i++) {
-                const uint8_t *p;
-                uint64_t n;
-                const char *fpath;
-                map_at(m, i, &p, &n, &fpath);
-                munlock(p, n);
-            }
-            if (m->converted) munlock(m->converted, m->info.bytes_converted);
-            if (m->repacked) munlock(m->repacked, m->repacked_bytes);
-        }
+        if (!ok) unlock_weights(m);
     }
     if (opts && opts->prefetch) {
         /* Touch every page once so later reads hit memory; progress goes to the log. */
