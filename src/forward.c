@@ -112,21 +112,13 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     if (o.max_tokens > (1 << 20) || o.max_seqs > (1 << 20))
         return gpo_fail(GPO_ERR_ARG, "max_tokens/max_seqs too large");
     if (o.n_threads <= 0) o.n_threads = omp_get_num_procs();
-    /* The expert loop trusts the layer views: check them once here. */
-    for (int64_t l = 0; l < c->n_layer; l++)
-        GPO_TRY(gpo_layer_check_experts(&m->layers[l], l, c));
     struct fwd_part part;
     GPO_TRY(part_of(c, o.shard, o.groups, &part));
+    /* The expert loop trusts the layer views: check them once here, and that they
+     * hold the experts this context runs. */
     for (int64_t l = 0; l < c->n_layer; l++) {
-        const struct gpo_layer *L = &m->layers[l];
-        const struct gpo_xmat *v[3] = {&L->mlp1[0], &L->mlp1[L->gate_up == GPO_GATE_UP_SEPARATE],
-                                       &L->mlp2};
-        for (int i = 0; i < 3; i++)
-            if (part.expert0 < v[i]->expert0 || part.expert1 > v[i]->expert1)
-                return gpo_fail(GPO_ERR_ARG, "this context runs experts %lld-%lld, but the model "
-                                "holds only experts %lld-%lld (repacked for one rank)",
-                                (long long)part.expert0, (long long)part.expert1 - 1,
-                                (long long)v[i]->expert0, (long long)v[i]->expert1 - 1);
+        GPO_TRY(gpo_layer_check_experts(&m->layers[l], l, c));
+        GPO_TRY(gpo_layer_holds_experts(&m->layers[l], part.expert0, part.expert1));
     }
     struct gpo_ctx *x = calloc(1, sizeof *x);
     if (!x) return gpo_fail(GPO_ERR_NOMEM, "out of memory");

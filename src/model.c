@@ -78,6 +78,29 @@ static enum gpo_status check_xmat(const struct gpo_xmat *w, const char *what, in
     return GPO_OK;
 }
 
+/* The expert views of layer L in use: gate/up (interleaved), or gate and up, then
+ * down.  Their count, 2 or 3. */
+static int expert_views(const struct gpo_layer *L, const struct gpo_xmat *v[3]) {
+    int n = 0;
+    v[n++] = &L->mlp1[0];
+    if (L->gate_up == GPO_GATE_UP_SEPARATE) v[n++] = &L->mlp1[1];
+    v[n++] = &L->mlp2;
+    return n;
+}
+
+enum gpo_status gpo_layer_holds_experts(const struct gpo_layer *L, int64_t expert0,
+                                        int64_t expert1) {
+    const struct gpo_xmat *v[3];
+    const int nv = expert_views(L, v);
+    for (int i = 0; i < nv; i++)
+        if (expert0 < v[i]->expert0 || expert1 > v[i]->expert1)
+            return gpo_fail(GPO_ERR_ARG, "this context runs experts %lld-%lld, but the model "
+                            "holds only experts %lld-%lld (repacked for one rank)",
+                            (long long)expert0, (long long)expert1 - 1,
+                            (long long)v[i]->expert0, (long long)v[i]->expert1 - 1);
+    return GPO_OK;
+}
+
 enum gpo_status gpo_layer_check_experts(const struct gpo_layer *L, int64_t layer,
                                         const struct gpo_config *c) {
     const int64_t H = c->n_embd, F = c->n_ff;
@@ -480,14 +503,14 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     return GPO_OK;
 }
 
-/* The views of layer L that hold GGML blocks (at most three: gate/up, or gate and
- * up, and down). */
+/* The expert views of layer L (expert_views) that hold GGML blocks, for the repack
+ * to rewrite: the layer is the model's own, so the views are writable. */
 static int ggml_views(struct gpo_layer *L, struct gpo_xmat *v[3]) {
+    const struct gpo_xmat *all[3];
+    const int na = expert_views(L, all);
     int n = 0;
-    struct gpo_xmat *all[3] = {&L->mlp1[0], L->gate_up == GPO_GATE_UP_SEPARATE ? &L->mlp1[1] : NULL,
-                               &L->mlp2};
-    for (int i = 0; i < 3; i++)
-        if (all[i] && all[i]->layout == GPO_MXFP4_GGML) v[n++] = all[i];
+    for (int i = 0; i < na; i++)
+        if (all[i]->layout == GPO_MXFP4_GGML) v[n++] = (struct gpo_xmat *)all[i];
     return n;
 }
 
@@ -501,14 +524,11 @@ static size_t split_bytes(const struct gpo_xmat *w, int64_t e0, int64_t e1) {
  * [n][rows][nb][16] followed by scale bytes [n][rows][nb], points w at the copy
  * and notes the source bytes for release. */
 static enum gpo_status repack_view(struct gpo_model *m, struct gpo_xmat *w, int64_t e0, int64_t e1,
-                                   uint8_t *dst) {
+                                   uint8_t *dst, gpo_mxfp4_from_ggml_fn from_ggml) {
     const int64_t nb = w->cols / 32, rows = w->rows, n = e1 - e0;
     const size_t row_src = (size_t)nb * GPO_MXFP4_GGML_BLOCK_BYTES, stride = w->blocks_stride;
     const uint8_t *src = gpo_xmat_blocks(w, e0);
     uint8_t *blocks = dst, *scales = dst + (size_t)(n * rows * nb) * 16;
-    const struct gpo_kernels *k = gpo_kernels_select(NULL);
-    const gpo_mxfp4_from_ggml_fn from_ggml =
-        k && k->mxfp4_from_ggml ? k->mxfp4_from_ggml : gpo_mxfp4_from_ggml;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n * rows; i++)
         from_ggml(blocks + (size_t)(i * nb) * 16, scales + (size_t)(i * nb),
@@ -552,13 +572,16 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
     m->repacked0 = expert0;
     m->repacked1 = expert1;
     double t0 = gpo_now();
+    const struct gpo_kernels *kt = gpo_kernels_select(NULL);
+    const gpo_mxfp4_from_ggml_fn from_ggml =
+        kt && kt->mxfp4_from_ggml ? kt->mxfp4_from_ggml : gpo_mxfp4_from_ggml;
     uint8_t *p = buf;
     for (int64_t l = 0; l < c->n_layer; l++) {
         struct gpo_xmat *v[3];
         const int nv = ggml_views(&m->layers[l], v), k = m->n_replaced;
         for (int i = 0; i < nv; i++) {
             const size_t n = split_bytes(v[i], expert0, expert1);
-            GPO_TRY(repack_view(m, v[i], expert0, expert1, p));
+            GPO_TRY(repack_view(m, v[i], expert0, expert1, p, from_ggml));
             p += n;
         }
         release_replaced(m, k); /* layer by layer, so the peak stays low */

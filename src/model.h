@@ -95,6 +95,10 @@ struct gpo_layer;
  * calls it, and gpo_ctx_create again.  Fails with GPO_ERR_SHAPE naming the view. */
 enum gpo_status gpo_layer_check_experts(const struct gpo_layer *L, int64_t layer,
                                         const struct gpo_config *c);
+/* GPO_ERR_ARG, naming both ranges, unless every expert view of layer L holds experts
+ * [expert0, expert1) (a model repacked for one rank holds only that rank's). */
+enum gpo_status gpo_layer_holds_experts(const struct gpo_layer *L, int64_t expert0,
+                                        int64_t expert1);
 
 struct gpo_layer {
     struct gpo_tview attn_norm;  /* [n_embd] */
