@@ -57,12 +57,7 @@ void gpo_topk_softmax(const float *logits, int64_t n, int64_t k, int32_t *idx, f
 
 void gpo_swiglu_pairs(float *out, const float *gate, const float *lin, int64_t step,
                       int64_t n_ff, float alpha, float limit) {
-    for (int64_t u = 0; u < n_ff; u++) {
-        float xg = gate[u * step], xl = lin[u * step];
-        xg = fminf(xg, limit);
-        xl = fminf(fmaxf(xl, -limit), limit);
-        out[u] = xg / (1.0f + expf(-alpha * xg)) * (xl + 1.0f);
-    }
+    gpo_swiglu_ref(out, gate, lin, step, n_ff, alpha, limit);
 }
 
 void gpo_swiglu(float *out, const float *h, int64_t n_ff, float alpha, float limit) {
@@ -270,8 +265,9 @@ void gpo_moe_up(struct gpo_ctx *x, struct thr_stat *ts, struct moe_thread *mt,
             for (int64_t j = 0; j < ne; j++) {
                 const float *g = hs + j * 2 * nu;
                 float *out = fast ? as : x->act + (size_t)(e0 + j) * F + u0;
-                gpo_swiglu_pairs(out, g, sep ? g + nu : g + 1, sep ? 1 : 2, nu, c->swiglu_alpha,
-                                 c->swiglu_limit);
+                /* the exact path keeps libm's expf (the reference) */
+                (fast ? k->swiglu : gpo_swiglu_ref)(out, g, sep ? g + nu : g + 1, sep ? 1 : 2, nu,
+                                                    c->swiglu_alpha, c->swiglu_limit);
                 if (fast) k->quantize_q8(x->xq + (size_t)(e0 + j) * (F / 32) + u0 / 32, as, nu);
             }
         }

@@ -914,6 +914,75 @@ static void test_quantize_row_q8_0(void **state) {
     free(q);
 }
 
+/* ---- the clamped SwiGLU ---- */
+
+/* Distance in units in the last place between two floats of the same sign (a large
+ * number for different signs, 0 for equal values). */
+static int64_t ulp_dist(float a, float b) {
+    if (a == b) return 0;
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    if ((ia < 0) != (ib < 0)) return INT64_MAX;
+    return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
+}
+
+/* Every table's swiglu against the reference (libm expf): gate rows then linear rows
+ * (step 1) and interleaved pairs (step 2), lengths across the vector tails, gate values
+ * from -60 (e^(-alpha g) overflows to +inf) to past the limit, and the special values:
+ * +-inf, NaN (the clamps take the bound), +-0, +-limit, +-1e30.  Within 4 ulp, NaN where
+ * the reference is NaN. */
+static void test_swiglu(void **state) {
+    (void)state;
+    struct table tabs[4];
+    const int nt = tables(tabs);
+    static const int64_t ns[] = {1, 5, 15, 16, 17, 31, 33, 100, 2880};
+    const float specials[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 7.0f, -7.0f, 1e30f, -1e30f,
+                              -52.0f, -52.5f, -53.0f};
+    const float alpha = 1.702f, limit = 7.0f;
+    int bad = 0, runs = 0;
+    int64_t worst = 0;
+    rng_seed(41);
+    for (int ni = 0; ni < COUNT(ns); ni++) {
+        const int64_t n = ns[ni];
+        float *h = xmalloc((size_t)(2 * n + 1) * 4), *want = xmalloc((size_t)n * 4);
+        float *got = xmalloc((size_t)(n + 1) * 4);
+        for (int64_t i = 0; i < 2 * n + 1; i++) h[i] = rng_f() * 60.0f - 10.0f * (i % 3 == 0);
+        for (int i = 0; i < COUNT(specials) && 2 * i + 1 < 2 * n; i++) {
+            h[(7 * i) % (2 * n)] = specials[i];
+            h[(7 * i + 3) % (2 * n)] = specials[COUNT(specials) - 1 - i];
+        }
+        for (int step = 1; step <= 2; step++) {
+            const float *g = h, *l = step == 1 ? h + n : h + 1;
+            gpo_swiglu_ref(want, g, l, step, n, alpha, limit);
+            for (int k = 0; k < nt; k++) {
+                got[n] = SENTINEL;
+                tabs[k].k->swiglu(got, g, l, step, n, alpha, limit);
+                runs++;
+                assert_true(got[n] == SENTINEL);
+                for (int64_t u = 0; u < n; u++) {
+                    const int64_t d = isnan(want[u]) ? (isnan(got[u]) ? 0 : INT64_MAX)
+                                                     : ulp_dist(got[u], want[u]);
+                    if (d > 4) {
+                        if (bad++ < 10)
+                            print_error("swiglu [%s] n %lld step %d u %lld: g %.9g l %.9g: got "
+                                        "%.9g want %.9g\n",
+                                        tabs[k].name, (long long)n, step, (long long)u,
+                                        g[u * step], l[u * step], got[u], want[u]);
+                    } else if (d > worst) {
+                        worst = d;
+                    }
+                }
+            }
+        }
+        free(h);
+        free(want);
+        free(got);
+    }
+    printf("  swiglu: %d runs, largest distance %lld ulp\n", runs, (long long)worst);
+    assert_int_equal(bad, 0);
+}
+
 /* ---- determinism contract ---- */
 
 /* Which kernel a determinism run exercises. */
@@ -1890,6 +1959,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_q16),
         cmocka_unit_test(test_matmul_q8_0),
         cmocka_unit_test(test_matmul_q8_0_q8),
+        cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_matmul_bf16_dot),
         cmocka_unit_test(test_quantize_row_q8_0),
         cmocka_unit_test(test_determinism),

@@ -1283,6 +1283,76 @@ static void mxfp4_from_ggml_avx2(uint8_t *blocks, uint8_t *scales, const void *s
     }
 }
 
+/* ---- The clamped SwiGLU (the fast path's) ----
+ * As the AVX-512 part's (avx512.c): e^x = 2^n e^r, the same reduction and polynomial;
+ * 2^n as the product of two powers of two whose exponents are normal (n is within
+ * [-150, 128] after the clamp), so the result overflows to +inf and underflows through
+ * the subnormals to 0 as e^x does. */
+AI __m256 pow2i(__m256i k) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
+}
+
+AI __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(89.0f));
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 n =
+        _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723212e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    return _mm256_mul_ps(_mm256_mul_ps(p, pow2i(n1)), pow2i(n2));
+}
+
+AI __m256 swiglu8(__m256 g, __m256 l, __m256 alpha_neg, __m256 limit) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    g = _mm256_min_ps(g, limit);
+    l = _mm256_min_ps(_mm256_max_ps(l, _mm256_sub_ps(_mm256_setzero_ps(), limit)), limit);
+    const __m256 e = exp8(_mm256_mul_ps(alpha_neg, g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_add_ps(l, one));
+}
+
+static void swiglu_avx2(float *out, const float *gate, const float *lin, int64_t step, int64_t n,
+                        float alpha, float limit) {
+    if (step != 1 && !(step == 2 && lin == gate + 1)) {
+        gpo_swiglu_ref(out, gate, lin, step, n, alpha, limit);
+        return;
+    }
+    const __m256 an = _mm256_set1_ps(-alpha), lim = _mm256_set1_ps(limit);
+    const __m256i ev = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    int64_t u = 0;
+    for (; u + 8 <= n; u += 8) {
+        __m256 g, l;
+        if (step == 1) {
+            g = _mm256_loadu_ps(gate + u);
+            l = _mm256_loadu_ps(lin + u);
+        } else { /* pairs (g, l): even and odd floats of 16, via in-lane then cross-lane */
+            const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(gate + 2 * u), ev);
+            const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(gate + 2 * u + 8), ev);
+            g = _mm256_permute2f128_ps(a, b, 0x20);
+            l = _mm256_permute2f128_ps(a, b, 0x31);
+        }
+        _mm256_storeu_ps(out + u, swiglu8(g, l, an, lim));
+    }
+    if (u < n) { /* the tail through a buffer: the same operations on the same values */
+        float gb[8] = {0}, lb[8] = {0}, ob[8];
+        for (int64_t i = 0; i < n - u; i++) {
+            gb[i] = gate[(u + i) * step];
+            lb[i] = lin[(u + i) * step];
+        }
+        _mm256_storeu_ps(ob, swiglu8(_mm256_loadu_ps(gb), _mm256_loadu_ps(lb), an, lim));
+        memcpy(out + u, ob, (size_t)(n - u) * 4);
+    }
+}
+
 static const struct gpo_kernels avx2_table = {
     .name = "avx2",
     .matmul = {[GPO_DT_F32] = matmul_f32_f32_avx2,
@@ -1301,6 +1371,7 @@ static const struct gpo_kernels avx2_table = {
     .attn_scores_rows = attn_scores_rows_avx2,
     .attn_accum = attn_accum_avx2,
     .mxfp4_from_ggml = mxfp4_from_ggml_avx2,
+    .swiglu = swiglu_avx2,
 };
 
 const struct gpo_kernels *gpo_kernels_avx2(void) { return &avx2_table; }

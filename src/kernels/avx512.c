@@ -615,6 +615,93 @@ static void attn_accum_avx512(float *out, const float *p, const float *v, int64_
     }
 }
 
+/* ---- The clamped SwiGLU (the fast path's; spec 2.7) ----
+ * e^x as 2^n * e^r: n = x log2(e) rounded to nearest (the 1.5 * 2^23 trick), r = x - n ln 2
+ * in two steps (Cody-Waite: ln 2's high part has 12 bits, so n * ln2_hi is exact), e^r by
+ * its Taylor polynomial to degree 7 (|r| <= ln(2)/2: truncation below 2^-27 relative),
+ * times 2^n as two powers of two with normal exponents (n1 = n / 2 rounded, n - n1), so the
+ * product overflows to +inf and underflows through the subnormals to 0 as e^x does
+ * (SIMDe's vscalefps forms 2^n first and overflows at n = 128).  x is first clamped to
+ * [-104, 89] (e^x is 0 or +inf in float beyond), so +-inf inputs come out as e^x's
+ * limits.  Within 2 ulp of expf (tested). */
+/* 2^k for k in [-126, 127], from its exponent bits. */
+AI v16f pow2i16(v16i k) {
+    return simde_mm512_castsi512_ps(
+        simde_mm512_slli_epi32(simde_mm512_add_epi32(k, simde_mm512_set1_epi32(127)), 23));
+}
+
+AI v16f exp16(v16f x) {
+    x = simde_mm512_min_ps(simde_mm512_max_ps(x, simde_mm512_set1_ps(-104.0f)),
+                           simde_mm512_set1_ps(89.0f));
+    const v16f magic = simde_mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    const v16f n = simde_mm512_sub_ps(
+        simde_mm512_fmadd_ps(x, simde_mm512_set1_ps(1.44269504088896341f), magic), magic);
+    v16f r = simde_mm512_fnmadd_ps(n, simde_mm512_set1_ps(0.693145751953125f), x);
+    r = simde_mm512_fnmadd_ps(n, simde_mm512_set1_ps(1.42860682030941723212e-6f), r);
+    v16f p = simde_mm512_set1_ps(1.0f / 5040.0f);
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f / 720.0f));
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f / 120.0f));
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f / 24.0f));
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f / 6.0f));
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(0.5f));
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f));
+    p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f));
+    /* n1 = n / 2 rounded (exact in float), n2 = n - n1 */
+    const v16f n1 = simde_mm512_sub_ps(
+        simde_mm512_add_ps(simde_mm512_mul_ps(n, simde_mm512_set1_ps(0.5f)), magic), magic);
+    const v16f n2 = simde_mm512_sub_ps(n, n1);
+    return simde_mm512_mul_ps(simde_mm512_mul_ps(p, pow2i16(gpo_mm512_cvtps_epi32(n1))),
+                              pow2i16(gpo_mm512_cvtps_epi32(n2)));
+}
+
+/* 16 pairs: the reference's operations in its order (clamps, -alpha * g, 1 + e, the
+ * division, the product), its expf replaced by exp16.  min/max return their second
+ * operand for a NaN, as fminf/fmaxf return the number. */
+AI v16f swiglu16(v16f g, v16f l, v16f alpha_neg, v16f limit) {
+    const v16f one = simde_mm512_set1_ps(1.0f);
+    g = simde_mm512_min_ps(g, limit);
+    l = simde_mm512_min_ps(simde_mm512_max_ps(l, simde_mm512_sub_ps(simde_mm512_setzero_ps(), limit)),
+                           limit);
+    const v16f e = exp16(simde_mm512_mul_ps(alpha_neg, g));
+    return simde_mm512_mul_ps(simde_mm512_div_ps(g, simde_mm512_add_ps(one, e)),
+                              simde_mm512_add_ps(l, one));
+}
+
+static void swiglu_avx512(float *out, const float *gate, const float *lin, int64_t step, int64_t n,
+                          float alpha, float limit) {
+    if (step != 1 && !(step == 2 && lin == gate + 1)) {
+        gpo_swiglu_ref(out, gate, lin, step, n, alpha, limit);
+        return;
+    }
+    const v16f an = simde_mm512_set1_ps(-alpha), lim = simde_mm512_set1_ps(limit);
+    int64_t u = 0;
+    if (step == 1) {
+        for (; u + 16 <= n; u += 16)
+            simde_mm512_storeu_ps(out + u, swiglu16(simde_mm512_loadu_ps(gate + u),
+                                                    simde_mm512_loadu_ps(lin + u), an, lim));
+        if (u < n) {
+            const uint16_t m = (uint16_t)((1u << (n - u)) - 1u);
+            gpo_mm512_mask_storeu_ps(out + u, m, swiglu16(gpo_mm512_maskz_loadu_ps(m, gate + u),
+                                                          gpo_mm512_maskz_loadu_ps(m, lin + u),
+                                                          an, lim));
+        }
+        return;
+    }
+    /* interleaved: gate[2u], lin[2u] = gate[2u + 1] */
+    const v16i ev = simde_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const v16i od = simde_mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (; u < n; u += 16) {
+        const int64_t k = n - u < 16 ? n - u : 16;
+        const uint16_t m0 = (uint16_t)(k >= 8 ? 0xffffu : (1u << (2 * k)) - 1u);
+        const uint16_t m1 = (uint16_t)(k <= 8 ? 0u : k >= 16 ? 0xffffu : (1u << (2 * (k - 8))) - 1u);
+        const v16f a = gpo_mm512_maskz_loadu_ps(m0, gate + 2 * u);
+        const v16f b = gpo_mm512_maskz_loadu_ps(m1, gate + 2 * u + 16);
+        const v16f y = swiglu16(simde_mm512_permutex2var_ps(a, ev, b),
+                                simde_mm512_permutex2var_ps(a, od, b), an, lim);
+        gpo_mm512_mask_storeu_ps(out + u, (uint16_t)(k >= 16 ? 0xffffu : (1u << k) - 1u), y);
+    }
+}
+
 void GPO_K512(fill_base)(struct gpo_kernels *t) {
     t->matmul[GPO_DT_F32] = matmul_f32_avx512;
     t->matmul[GPO_DT_BF16] = matmul_bf16_avx512;
@@ -625,4 +712,5 @@ void GPO_K512(fill_base)(struct gpo_kernels *t) {
     t->attn_scores = attn_scores_avx512;
     t->attn_scores_rows = attn_scores_rows_avx512;
     t->attn_accum = attn_accum_avx512;
+    t->swiglu = swiglu_avx512;
 }

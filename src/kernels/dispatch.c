@@ -168,5 +168,6 @@ void gpo_kernels_complete(struct gpo_kernels *t) {
     FILL_(attn_scores_rows);
     FILL_(attn_accum);
     FILL_(mxfp4_from_ggml);
+    FILL_(swiglu);
 #undef FILL_
 }

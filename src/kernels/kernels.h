@@ -165,6 +165,14 @@ typedef void (*gpo_attn_scores_rows_fn)(float *s, int64_t lds, const float *q, i
 typedef void (*gpo_attn_accum_fn)(float *out, const float *p, const float *v, int64_t ldv,
                                   int64_t n_keys, int64_t head_dim);
 
+/* The clamped SwiGLU of n pairs (spec 2.7): out[u] = g / (1 + e^(-alpha g)) * (l + 1)
+ * with g = min(gate[u*step], limit) and l = min(max(lin[u*step], -limit), limit)
+ * (fminf/fmaxf: a NaN input takes the bound).  The reference (gpo_swiglu_ref) computes
+ * e^x with libm's expf; a SIMD table's own exp is within 2 ulp of it, so the fast path
+ * uses the table's and the exact path the reference. */
+typedef void (*gpo_swiglu_fn)(float *out, const float *gate, const float *lin, int64_t step,
+                              int64_t n, float alpha, float limit);
+
 struct gpo_kernels {
     const char *name;
     gpo_matmul_fn matmul[GPO_DT_COUNT_]; /* indexed by weight dtype: F32, F16, BF16, Q8_0 */
@@ -180,6 +188,7 @@ struct gpo_kernels {
     gpo_attn_scores_rows_fn attn_scores_rows;
     gpo_attn_accum_fn attn_accum;
     gpo_mxfp4_from_ggml_fn mxfp4_from_ggml;
+    gpo_swiglu_fn swiglu;
     /* The fast path's lower-precision dense matmuls.  NULL in a table without a SIMD
      * kernel for them (gpo_kernels_complete leaves them NULL): the caller then uses
      * matmul[] with f32 activations, which is always at least as fast there. */
@@ -281,6 +290,8 @@ void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct g
                             int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_matmul_bf16_dot_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
                              int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_swiglu_ref(float *out, const float *gate, const float *lin, int64_t step, int64_t n,
+                    float alpha, float limit);
 void gpo_matmul_mxfp4_ggml_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
                                int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_matmul_mxfp4_ggml_q8_ref(float *y, int64_t ldy, const void *W,

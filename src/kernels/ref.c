@@ -142,6 +142,16 @@ void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct g
         }
 }
 
+void gpo_swiglu_ref(float *out, const float *gate, const float *lin, int64_t step, int64_t n,
+                    float alpha, float limit) {
+    for (int64_t u = 0; u < n; u++) {
+        float xg = gate[u * step], xl = lin[u * step];
+        xg = fminf(xg, limit);
+        xl = fminf(fmaxf(xl, -limit), limit);
+        out[u] = xg / (1.0f + expf(-alpha * xg)) * (xl + 1.0f);
+    }
+}
+
 /* The activations rounded to bf16 as vcvtneps2bf16 rounds them; the products of two
  * bf16 values are exact in f32, so only the order of the sums differs from the SIMD
  * kernels. */
@@ -401,6 +411,7 @@ static const struct gpo_kernels ref_table = {
     .mxfp4_from_ggml = gpo_mxfp4_from_ggml,
     .matmul_q8_0_q8 = gpo_matmul_q8_0_q8_ref,
     .matmul_bf16_dot = gpo_matmul_bf16_dot_ref,
+    .swiglu = gpo_swiglu_ref,
 };
 
 const struct gpo_kernels *gpo_kernels_ref(void) { return &ref_table; }
