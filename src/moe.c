@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "forward_impl.h"
+#include "util.h"
 
 /* Router order: a larger logit first, equal logits by lower index (like the Metal
  * reference), so the choice never depends on how the selection runs. */
@@ -98,6 +99,19 @@ static void expert_matmul(const struct gpo_kernels *k, const struct gpo_xmat *w,
         k->matmul_mxfp4(y, ldy, b, s, in->f, in->ld, n_tok, r0, r1, w->cols);
 }
 
+/* y[t*ldy + (r - r0)] += bias[base + r] for rows [r0, r1) and n_tok tokens: each bias
+ * value read once for all the tokens, the common dtypes without a call per value. */
+static void add_bias(float *y, int64_t ldy, int64_t n_tok, const struct gpo_tview *bias,
+                     int64_t base, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t i = base + r;
+        const float v = bias->dtype == GPO_DT_F32    ? ((const float *)bias->data)[i]
+                        : bias->dtype == GPO_DT_BF16 ? bf16_to_f32(((const uint16_t *)bias->data)[i])
+                                                     : gpo_tview_get(bias, i);
+        for (int64_t t = 0; t < n_tok; t++) y[t * ldy + (r - r0)] += v;
+    }
+}
+
 /* Rows [r0, r1) of expert e of w, bias added, for n_tok tokens into
  * y[t*ldy + (r - r0)]: the kernel sees the matrix from row r0 on, so y holds just
  * these rows.  Each row's bits are those of the whole-matrix call (the kernels'
@@ -110,9 +124,7 @@ static void expert_rows(const struct gpo_kernels *k, const struct gpo_xmat *w, i
     v.blocks += (size_t)r0 * (size_t)nb * (w->layout == GPO_MXFP4_GGML ? GPO_MXFP4_GGML_BLOCK_BYTES : 16);
     if (w->layout != GPO_MXFP4_GGML) v.scales += (size_t)r0 * (size_t)nb;
     expert_matmul(k, &v, e, y, ldy, in, n_tok, 0, r1 - r0);
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t r = r0; r < r1; r++)
-            y[t * ldy + (r - r0)] += gpo_tview_get(&w->bias, e * w->bias_stride + r);
+    add_bias(y, ldy, n_tok, &w->bias, e * w->bias_stride, r0, r1);
 }
 
 /* Group the batch by expert: off[e] is expert e's first slot (off[E] = n_tok*K),
@@ -291,9 +303,8 @@ void gpo_moe_down(struct gpo_ctx *x, struct thr_stat *ts, struct moe_thread *mt,
         const struct gpo_xmat *w2 = &L->mlp2;
         float *z = x->z + (size_t)e0 * H;
         expert_matmul(x->k, w2, e, z, H, &in, ne, mt->run_a[ri], mt->run_b[ri]);
-        for (int64_t j = 0; j < ne; j++)
-            for (int64_t r = mt->run_a[ri]; r < mt->run_b[ri]; r++)
-                z[j * H + r] += gpo_tview_get(&w2->bias, e * w2->bias_stride + r);
+        add_bias(z + mt->run_a[ri], H, ne, &w2->bias, e * w2->bias_stride, mt->run_a[ri],
+                 mt->run_b[ri]);
     }
     gpo_fwd_barrier(ts);
 }
