@@ -21,6 +21,7 @@
 #include "gpo_bench.h"
 #include "kvcache.h"
 #include "shard_plan.h"
+#include "util.h"
 
 #define MAX_LIST 32
 #define MAX_BATCH 1024
@@ -144,13 +145,6 @@ static void model_name(const char *dir, char *out, size_t cap) {
     if (n >= cap) n = cap - 1;
     memcpy(out, base, n);
     out[n] = 0;
-}
-
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
 }
 
 /* FNV-1a over the logits of the last call, for quick diffs between runs. */

@@ -16,15 +16,6 @@
 #include "model.h"
 #include "util.h"
 
-float gpo_tview_get(const struct gpo_tview *v, int64_t i) {
-    switch (v->dtype) {
-    case GPO_DT_F32: return ((const float *)v->data)[i];
-    case GPO_DT_BF16: return bf16_to_f32(((const uint16_t *)v->data)[i]);
-    case GPO_DT_F16: return f16_to_f32(((const uint16_t *)v->data)[i]);
-    default: return 0.0f; /* binding only admits the three float types */
-    }
-}
-
 /* The part [row0, row0 + rows) of every expert's bias in a [E][rows_per_expert] bias. */
 static struct gpo_tview xbias_part(const struct gpo_tview *bias, int64_t row0, int64_t rows) {
     return (struct gpo_tview){

@@ -8,6 +8,7 @@
 #include "gguf.h"
 #include "kernels/kernels.h"
 #include "safetensors.h"
+#include "util.h"
 
 /* A read-only view of a weight: `rows` x `cols` elements of `dtype`, row-major.
  * Vectors have rows = 1. */
@@ -23,8 +24,16 @@ static inline size_t gpo_tview_row_bytes(const struct gpo_tview *v) {
     return (size_t)v->cols * gpo_dtype_size(v->dtype);
 }
 
-/* Element i of a float-typed view (F32, F16 or BF16). */
-float gpo_tview_get(const struct gpo_tview *v, int64_t i);
+/* Element i of a float-typed view (F32, F16 or BF16).  Inline: the forward pass reads
+ * biases with it inside its loops. */
+static inline float gpo_tview_get(const struct gpo_tview *v, int64_t i) {
+    switch (v->dtype) {
+    case GPO_DT_F32: return ((const float *)v->data)[i];
+    case GPO_DT_BF16: return bf16_to_f32(((const uint16_t *)v->data)[i]);
+    case GPO_DT_F16: return f16_to_f32(((const uint16_t *)v->data)[i]);
+    default: return 0.0f; /* binding only admits the three float types */
+    }
+}
 
 /* How an expert weight stack stores its MXFP4 values (the values are the same). */
 enum gpo_mxfp4_layout {

@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "forward_impl.h"
-#include "util.h"
 
 /* Router order: a larger logit first, equal logits by lower index (like the Metal
  * reference), so the choice never depends on how the selection runs. */
@@ -100,14 +99,11 @@ static void expert_matmul(const struct gpo_kernels *k, const struct gpo_xmat *w,
 }
 
 /* y[t*ldy + (r - r0)] += bias[base + r] for rows [r0, r1) and n_tok tokens: each bias
- * value read once for all the tokens, the common dtypes without a call per value. */
+ * value read once for all the tokens. */
 static void add_bias(float *y, int64_t ldy, int64_t n_tok, const struct gpo_tview *bias,
                      int64_t base, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
-        const int64_t i = base + r;
-        const float v = bias->dtype == GPO_DT_F32    ? ((const float *)bias->data)[i]
-                        : bias->dtype == GPO_DT_BF16 ? bf16_to_f32(((const uint16_t *)bias->data)[i])
-                                                     : gpo_tview_get(bias, i);
+        const float v = gpo_tview_get(bias, base + r);
         for (int64_t t = 0; t < n_tok; t++) y[t * ldy + (r - r0)] += v;
     }
 }
