@@ -58,7 +58,8 @@ enum op {
     OP_MXFP4_GGML_Q8,
     OP_MXFP4_GGML_Q16,
     OP_Q8_0_Q8,
-    OP_BF16_DOT
+    OP_BF16_DOT,
+    OP_Q8_0_Q16S
 };
 
 static int is_ggml(enum op op) {
@@ -74,6 +75,7 @@ struct problem {
     float *x, *y;
     struct gpo_q8_block *xq;
     struct gpo_q16_block *xq16;
+    struct gpo_q16s_block *xq16s;
 };
 
 /* Rows [r0, r1) of one call on weight copy `copy`. */
@@ -83,6 +85,10 @@ static void run_rows(const struct gpo_kernels *k, struct problem *p, int copy, i
     case OP_Q8_0_Q8:
         k->matmul_q8_0_q8(p->y, p->rows, p->w[copy], p->xq, p->n_cols / 32, p->n_tok, r0, r1,
                           p->n_cols);
+        break;
+    case OP_Q8_0_Q16S:
+        k->matmul_q8_0_q16s(p->y, p->rows, p->w[copy], p->xq16s, p->n_cols / 32, p->n_tok, r0,
+                            r1, p->n_cols);
         break;
     case OP_BF16_DOT:
         k->matmul_bf16_dot(p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, r0, r1,
@@ -164,7 +170,7 @@ static double time_calls(const struct gpo_kernels *k, struct problem *p, double 
 
 static size_t weight_bytes(const struct problem *p) {
     if (p->op == OP_BF16 || p->op == OP_BF16_DOT) return (size_t)(p->rows * p->n_cols) * 2;
-    if (p->op == OP_Q8_0 || p->op == OP_Q8_0_Q8)
+    if (p->op == OP_Q8_0 || p->op == OP_Q8_0_Q8 || p->op == OP_Q8_0_Q16S)
         return (size_t)(p->rows * p->n_cols / 32) * sizeof(struct gpo_q8_0_block);
     return (size_t)(p->rows * p->n_cols / 32) * 17;
 }
@@ -181,7 +187,7 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
             for (size_t i = 0; i < wb / 2; i++) w[i] = f32_to_bf16(rndf() * 0.05f);
             p.w[c] = w;
         }
-    } else if (op == OP_Q8_0 || op == OP_Q8_0_Q8) {
+    } else if (op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_Q8_0_Q16S) {
         /* Requantised like --dense q8 does at load, from f32 rows. */
         p.w = calloc((size_t)p.copies, sizeof *p.w);
         float *row = alloc_or_die((size_t)n_cols * 4);
@@ -223,8 +229,11 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
     p.y = alloc_or_die((size_t)(n_tok * rows) * 4);
     p.xq = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq);
     gpo_kernels_ref()->quantize_q8(p.xq, p.x, n_tok * n_cols);
+    if (op == OP_Q8_0_Q8) gpo_q8_offset(p.xq, n_tok * n_cols / 32); /* the form it takes */
     p.xq16 = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq16);
     gpo_kernels_ref()->quantize_q16(p.xq16, p.x, n_tok * n_cols);
+    p.xq16s = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq16s);
+    gpo_q16_split(p.xq16s, p.xq16, n_tok * n_cols / 32);
     return p;
 }
 
@@ -241,13 +250,14 @@ static void free_problem(struct problem *p) {
     gpo_aligned_free(p->y);
     gpo_aligned_free(p->xq);
     gpo_aligned_free(p->xq16);
+    gpo_aligned_free(p->xq16s);
 }
 
 static const char *op_name(enum op op) {
     static const char *const names[] = {"bf16",          "mxfp4",         "mxfp4_q8",
                                         "q8_0",          "mxfp4_q16",     "mxfp4_ggml",
                                         "mxfp4_ggml_q8", "mxfp4_ggml_q16", "q8_0_q8",
-                                        "bf16_dot"};
+                                        "bf16_dot",      "q8_0_q16s"};
     return names[op];
 }
 
@@ -281,13 +291,15 @@ static const struct {
   expert_shapes[] = {{5760, 2880}, {2880, 2880}};
 
 static int is_dense(enum op op) {
-    return op == OP_BF16 || op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_BF16_DOT;
+    return op == OP_BF16 || op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_BF16_DOT ||
+           op == OP_Q8_0_Q16S;
 }
 
 /* Whether table k has a kernel for op (the fast path's optional slots may be empty). */
 static int has_op(const struct gpo_kernels *k, enum op op) {
     if (op == OP_Q8_0_Q8) return k->matmul_q8_0_q8 != NULL;
     if (op == OP_BF16_DOT) return k->matmul_bf16_dot != NULL;
+    if (op == OP_Q8_0_Q16S) return k->matmul_q8_0_q16s != NULL;
     return 1;
 }
 
@@ -324,7 +336,7 @@ int main(int argc, char **argv) {
            "bandwidth); larger: GFLOP/s\n\n");
 
     static const enum op ops[] = {OP_BF16,          OP_BF16_DOT,      OP_Q8_0,
-                                  OP_Q8_0_Q8,       OP_MXFP4,         OP_MXFP4_Q8,
+                                  OP_Q8_0_Q8,       OP_Q8_0_Q16S,     OP_MXFP4,         OP_MXFP4_Q8,
                                   OP_MXFP4_Q16,     OP_MXFP4_GGML,    OP_MXFP4_GGML_Q8,
                                   OP_MXFP4_GGML_Q16};
     for (size_t o = 0; o < sizeof ops / sizeof *ops; o++) {

@@ -63,7 +63,10 @@ void gpo_attn_qkv(struct gpo_ctx *x, const struct gpo_layer *L, int64_t l, int64
         const struct gpo_tview W = gpo_fwd_row_view(mats[mi].w, mats[mi].row0, mats[mi].n_heads * D);
         float *y = mats[mi].y;
         const int64_t ld = mats[mi].ld;
-        x->k->matmul[W.dtype](y, ld, W.data, x->t, H, n_tok, a * D, b * D, W.cols);
+        if (x->dq && W.dtype == GPO_DT_Q8_0)
+            x->k->matmul_q8_0_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D, W.cols);
+        else
+            x->k->matmul[W.dtype](y, ld, W.data, x->t, H, n_tok, a * D, b * D, W.cols);
         for (int64_t i = 0; i < n_tok; i++) {
             for (int64_t r = a * D; r < b * D; r++)
                 y[i * ld + r] += gpo_tview_get(mats[mi].b, mats[mi].row0 + r);
@@ -197,8 +200,11 @@ static void attend_rows(const struct gpo_ctx *x, const struct seq_info *si, int6
             for (int64_t r = t; r < t + nh; r++) row_update(x->k, &rows[r], runs, nr, a, b, g * D, kvd, D);
         }
     }
-    for (int64_t r = 0; r < n_rows; r++)
+    for (int64_t r = 0; r < n_rows; r++) {
         for (int64_t d = 0; d < D; d++) rows[r].out[d] = rows[r].acc[d] / rows[r].sum;
+        if (x->dq) /* the head's blocks of the output projection's input */
+            gpo_quantize_q16s(x->k, x->attq16s + (rows[r].out - x->att) / 32, rows[r].out, D);
+    }
 }
 
 /* The work items of gpo_attn_heads: blocks of *tb consecutive tokens times slices
@@ -313,7 +319,12 @@ void gpo_attn_out(struct gpo_ctx *x, struct thr_stat *ts, const struct gpo_layer
     const struct gpo_tview *W = x->wo_pack ? &x->wo_pack[L - x->m->layers] : &L->wo;
     int64_t r0, r1;
     gpo_fwd_rows(W->rows, &r0, &r1);
-    if (r1 > r0) x->k->matmul[W->dtype](x->o, H, W->data, x->att, P->qd, n_tok, r0, r1, W->cols);
+    if (r1 <= r0) {
+    } else if (x->dq && W->dtype == GPO_DT_Q8_0) {
+        x->k->matmul_q8_0_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1, W->cols);
+    } else {
+        x->k->matmul[W->dtype](x->o, H, W->data, x->att, P->qd, n_tok, r0, r1, W->cols);
+    }
     if (!P->sharded)
         for (int64_t t = 0; t < n_tok; t++)
             for (int64_t r = r0; r < r1; r++) x->o[t * H + r] += gpo_tview_get(&L->bo, r);

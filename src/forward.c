@@ -103,6 +103,17 @@ static void *xalloc(size_t n, int *fail) {
     return p;
 }
 
+/* Whether a q, k, v or output projection or the unembedding is stored as Q8_0. */
+static int has_q8_0_dense(const struct gpo_model *m) {
+    for (int64_t l = 0; l < m->cfg.n_layer; l++) {
+        const struct gpo_layer *L = &m->layers[l];
+        if (L->wq.dtype == GPO_DT_Q8_0 || L->wk.dtype == GPO_DT_Q8_0 ||
+            L->wv.dtype == GPO_DT_Q8_0 || L->wo.dtype == GPO_DT_Q8_0)
+            return 1;
+    }
+    return m->unembedding.dtype == GPO_DT_Q8_0;
+}
+
 enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *opts, gpo_ctx **out) {
     const struct gpo_config *c = gpo_model_config(m);
     struct gpo_ctx_opts o = opts ? *opts : (struct gpo_ctx_opts){0};
@@ -165,6 +176,14 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     } else {
         x->act = xalloc(T * K * F * 4, &fail);
     }
+    x->dq = o.path == GPO_PATH_FAST && x->ktab.matmul_q8_0_q8 && x->ktab.matmul_q8_0_q16s &&
+            H % 32 == 0 && QD % 32 == 0 &&
+            D % 32 == 0 && has_q8_0_dense(m);
+    if (x->dq) {
+        x->tq16s = xalloc(T * (H / 32) * sizeof(struct gpo_q16s_block), &fail);
+        x->attq16s = xalloc(T * (QD / 32) * sizeof(struct gpo_q16s_block), &fail);
+        x->tq8 = xalloc(T * (H / 32) * sizeof(struct gpo_q8_block), &fail);
+    }
     x->z = xalloc(T * K * H * 4, &fail);
     x->g_off = xalloc(NT * 2 * (E + 1) * 8, &fail);
     x->g_tok = xalloc(NT * T * K * 4, &fail);
@@ -200,7 +219,7 @@ void gpo_ctx_free(gpo_ctx *x) {
                     x->sel,      x->selw,   x->y,       x->cs,      x->tq,    x->act,
                     x->xq,       x->z,      x->g_off,   x->g_tok,   x->g_slot, x->xg,
                     x->hs,       x->as,     x->out_tok, x->out_idx, x->ascratch, x->tstat,
-                    x->g_run};
+                    x->g_run,    x->tq16s,  x->attq16s, x->tq8};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpo_aligned_free(bufs[i]);
     gpo_attn_free_wo(x);
     free(x->lg);
@@ -417,6 +436,20 @@ static enum gpo_status embed_shard(struct gpo_ctx *x, int64_t n_tok) {
     return gpo_dist_allreduce_sum(P->model, x->x, (size_t)(n_tok * H));
 }
 
+/* Row j of x->t quantised for the Q8_0 dense matrices (when dq): for q, k and v
+ * (int16, split) or for the unembedding (int8, offset). */
+static void quant_t(struct gpo_ctx *x, int64_t j, int unembed) {
+    if (!x->dq) return;
+    const int64_t H = x->m->cfg.n_embd;
+    if (unembed) {
+        struct gpo_q8_block *q = x->tq8 + j * (H / 32);
+        x->k->quantize_q8(q, x->t + j * H, H);
+        gpo_q8_offset(q, H / 32);
+    } else {
+        gpo_quantize_q16s(x->k, x->tq16s + j * (H / 32), x->t + j * H, H);
+    }
+}
+
 /* Token i after the MoE block: the residual, then the next layer's attention norm
  * (after the last layer the final norm of a row whose logits are wanted). */
 static void moe_residual(struct gpo_ctx *x, const struct gpo_layer *next, int64_t i) {
@@ -425,10 +458,13 @@ static void moe_residual(struct gpo_ctx *x, const struct gpo_layer *next, int64_
     float *xi = x->x + i * H;
     const float *y = x->y + i * H;
     for (int64_t d = 0; d < H; d++) xi[d] += y[d];
-    if (next)
+    if (next) {
         gpo_rmsnorm(x->t + i * H, xi, &next->attn_norm, H, m->cfg.rms_eps);
-    else if (x->out_idx[i] >= 0)
+        quant_t(x, i, 0);
+    } else if (x->out_idx[i] >= 0) {
         gpo_rmsnorm(x->t + x->out_idx[i] * H, xi, &m->final_norm, H, m->cfg.rms_eps);
+        quant_t(x, x->out_idx[i], 1);
+    }
 }
 
 enum gpo_status gpo_forward(gpo_ctx *x, const struct gpo_seq_batch *seqs, int64_t n_seqs,
@@ -592,10 +628,13 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
                 cv[j] = cosf(th) * x->concentration;
                 sv[j] = sinf(th) * x->concentration;
             }
-            if (c->n_layer > 0)
+            if (c->n_layer > 0) {
                 gpo_rmsnorm(x->t + i * H, x->x + i * H, &m->layers[0].attn_norm, H, c->rms_eps);
-            else if (x->out_idx[i] >= 0)
+                quant_t(x, i, 0);
+            } else if (x->out_idx[i] >= 0) {
                 gpo_rmsnorm(x->t + x->out_idx[i] * H, x->x + i * H, &m->final_norm, H, c->rms_eps);
+                quant_t(x, x->out_idx[i], 1);
+            }
         }
         gpo_fwd_barrier(ts);
         /* Traces read what the sweeps after them no longer write. */
@@ -672,10 +711,18 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
              * (vdpbf16ps): within the bf16 reference's error on the golden logits,
              * and faster per weight byte when decoding.  Only here: prefill unembeds
              * its last rows alone, and the q/k/v and output projections at 512-token
-             * prefill run faster on the f32 kernels. */
+             * prefill run faster on the f32 kernels.  Q8_0 weights take int8
+             * activations (as q/k/v and the output projection take int16 ones): a
+             * Q8_0 block is then a 16-row vpdpbusd tile, about 2.5x the f32 kernel's
+             * rate at 8 tokens, within the --dense q8 error bounds of test_golden. */
             gpo_matmul_fn mm = k->matmul[W->dtype];
             if (fast && W->dtype == GPO_DT_BF16 && k->matmul_bf16_dot) mm = k->matmul_bf16_dot;
-            if (r1 > r0) mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
+            if (r1 <= r0) {
+            } else if (x->dq && W->dtype == GPO_DT_Q8_0) {
+                k->matmul_q8_0_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
+            } else {
+                mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
+            }
         }
         ts->end = omp_get_wtime();
     }

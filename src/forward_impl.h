@@ -97,6 +97,13 @@ struct gpo_ctx {
     struct gpo_q16_block *tq; /* [T][H/32] quantised expert inputs (fast path) */
     float *act;               /* [T*K][F] SwiGLU outputs per slot (exact path) */
     struct gpo_q8_block *xq;  /* [T*K][F/32] the same quantised (fast path) */
+    /* The Q8_0 dense matrices' integer activations (fast path, dq), quantised as
+     * they are made: int16 split into bytes for q, k, v and the output projection,
+     * int8 offset by 128 for the unembedding. */
+    int dq;
+    struct gpo_q16s_block *tq16s;   /* [T][H/32] x->t before q, k, v */
+    struct gpo_q16s_block *attq16s; /* [T][qd/32] x->att */
+    struct gpo_q8_block *tq8;       /* [T][H/32] x->t's rows before the unembedding */
     float *z;                 /* [T*K][H] down projection outputs per slot, bias added */
     /* per thread: every thread groups the batch by expert itself (the same result
      * for all), which saves the barrier a shared grouping would need */

@@ -31,7 +31,8 @@ static void set_slot(struct gpo_kernels *t, size_t i, slot_fn f) {
 static int optional_slot(size_t i) {
     const size_t off = SLOT0 + i * sizeof(slot_fn);
     return off == offsetof(struct gpo_kernels, matmul_q8_0_q8) ||
-           off == offsetof(struct gpo_kernels, matmul_bf16_dot);
+           off == offsetof(struct gpo_kernels, matmul_bf16_dot) ||
+           off == offsetof(struct gpo_kernels, matmul_q8_0_q16s);
 }
 
 /* Whether /proc/cpuinfo's first flags line lists flag (a whole word). */
@@ -178,6 +179,7 @@ static void test_optional_parts(void **state) {
     assert_int_equal(gpo_kernels_compose512(&t, base, 0, why, sizeof why), 1);
     printf("  base only: %s\n", why);
     assert_null(t.matmul_q8_0_q8);
+    assert_null(t.matmul_q8_0_q16s);
     assert_null(t.matmul_bf16_dot);
     assert_non_null(strstr(why, "part bf16 needs avx512bf16"));
     assert_non_null(strstr(why, "part int8 needs avx512vnni avx512vbmi"));
@@ -191,12 +193,16 @@ static void test_optional_parts(void **state) {
                                             why, sizeof why),
                      2);
     assert_non_null(t.matmul_q8_0_q8);
+    assert_non_null(t.matmul_q8_0_q16s);
     assert_null(t.matmul_bf16_dot);
     assert_ptr_not_equal(t.matmul_q8_0_q8, gpo_kernels_ref()->matmul_q8_0_q8);
+    assert_ptr_not_equal(t.matmul_q8_0_q16s, gpo_kernels_ref()->matmul_q8_0_q16s);
     /* The AVX2 table has neither; the SIMDe build has both. */
     assert_null(gpo_kernels_avx2()->matmul_q8_0_q8);
+    assert_null(gpo_kernels_avx2()->matmul_q8_0_q16s);
     assert_null(gpo_kernels_avx2()->matmul_bf16_dot);
     assert_non_null(gpo_kernels_avx512_simde()->matmul_q8_0_q8);
+    assert_non_null(gpo_kernels_avx512_simde()->matmul_q8_0_q16s);
     assert_non_null(gpo_kernels_avx512_simde()->matmul_bf16_dot);
 }
 

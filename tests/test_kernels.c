@@ -735,61 +735,88 @@ static void test_matmul_q8_0(void **state) {
 
 /* ---- the fast path's optional dense kernels ---- */
 
-/* Q8_0 weights times int8 activations: every table that has the kernel (the
- * reference twin included) against the exact block sums S_b * (f16(d_w) * d_x) added
- * in double, at odd block counts (a pair's missing block), several row ranges and
- * batch sizes. */
-static void test_matmul_q8_0_q8(void **state) {
-    (void)state;
+/* Q8_0 weights times int8 activations (offset by 128, gpo_q8_offset): every table
+ * that has the kernel (the reference twin included) against the exact block sums
+ * S_b * (f16(d_w) * d_x) added in double, and bit for bit against the reference
+ * twin (the kernels share its order of operations), at odd block counts, row counts
+ * and ranges that cut 16-row groups, and batch sizes that cut 8-token tiles. */
+static const int64_t Q80Q8_ROWS[] = {1, 3, 8, 16, 17, 40, 64};
+/* q16: int16 activations split into bytes (matmul_q8_0_q16s) instead of int8. */
+static void check_q8_0_int(int q16) {
     struct table tabs[4];
     const int nt = tables(tabs);
+    const char *what = q16 ? "q8_0_q16s" : "q8_0_q8";
     int bad = 0, runs = 0;
-    rng_seed(31);
+    rng_seed(q16 ? 33 : 31);
     for (int ci = 0; ci < COUNT(MX_COLS); ci++)
-        for (int ri = 0; ri < COUNT(ROWS); ri++) {
-            const int64_t n_cols = MX_COLS[ci], rows = ROWS[ri], nb = n_cols / 32;
-            const int64_t max_tok = NTOK[COUNT(NTOK) - 1], ldxq = nb + 1, ldy = rows + 2;
+        for (int ri = 0; ri < COUNT(Q80Q8_ROWS); ri++) {
+            const int64_t n_cols = MX_COLS[ci], rows = Q80Q8_ROWS[ri], nb = n_cols / 32;
+            const int64_t max_tok = Q8_0_NTOK[COUNT(Q8_0_NTOK) - 1], ldxq = nb + 1, ldy = rows + 2;
             float *wf = xmalloc((size_t)(rows * n_cols) * 4);
             struct gpo_q8_0_block *w = make_q8_0(wf, rows, n_cols);
             float *x = xmalloc((size_t)(max_tok * n_cols) * 4);
             fill_f(x, (size_t)(max_tok * n_cols));
             struct gpo_q8_block *xq = xmalloc((size_t)(max_tok * ldxq) * sizeof *xq);
-            for (int64_t t = 0; t < max_tok; t++)
-                gpo_quantize_q8_ref(xq + t * ldxq, x + t * n_cols, n_cols);
+            struct gpo_q16_block *x16 = xmalloc((size_t)(max_tok * ldxq) * sizeof *x16);
+            struct gpo_q16s_block *x16s = xmalloc((size_t)(max_tok * ldxq) * sizeof *x16s);
+            for (int64_t t = 0; t < max_tok; t++) {
+                if (q16) gpo_quantize_q16_ref(x16 + t * ldxq, x + t * n_cols, n_cols);
+                else gpo_quantize_q8_ref(xq + t * ldxq, x + t * n_cols, n_cols);
+            }
             float *want = xmalloc((size_t)(max_tok * ldy) * 4);
             float *y = xmalloc((size_t)(max_tok * ldy) * 4);
+            float *yref = xmalloc((size_t)(max_tok * ldy) * 4);
             double *mag = xmalloc((size_t)(max_tok * ldy) * 8);
             for (int64_t t = 0; t < max_tok; t++)
                 for (int64_t r = 0; r < rows; r++) {
                     double s = 0, m = 0;
                     for (int64_t b = 0; b < nb; b++) {
                         const struct gpo_q8_0_block *wb = w + r * nb + b;
-                        const struct gpo_q8_block *xb = xq + t * ldxq + b;
+                        const int64_t xi = t * ldxq + b;
                         int64_t blk = 0, ablk = 0;
                         for (int i = 0; i < 32; i++) {
-                            blk += wb->qs[i] * xb->qs[i];
-                            ablk += abs(wb->qs[i] * xb->qs[i]);
+                            const int64_t xv = q16 ? x16[xi].qs[i] : xq[xi].qs[i];
+                            blk += wb->qs[i] * xv;
+                            ablk += llabs(wb->qs[i] * xv);
                         }
-                        const double sc = (double)(f16_to_f32(wb->d) * xb->d);
+                        const double sc = (double)(f16_to_f32(wb->d) * (q16 ? x16[xi].d : xq[xi].d));
                         s += (double)blk * sc;
                         m += (double)ablk * fabs(sc);
                     }
                     want[t * ldy + r] = (float)s;
                     mag[t * ldy + r] = m;
                 }
-            for (int ti = 0; ti < COUNT(NTOK); ti++) {
-                const int64_t n_tok = NTOK[ti];
+            for (int64_t t = 0; t < max_tok; t++) {
+                if (q16) gpo_q16_split(x16s + t * ldxq, x16 + t * ldxq, nb);
+                else gpo_q8_offset(xq + t * ldxq, nb);
+            }
+            for (int ti = 0; ti < COUNT(Q8_0_NTOK); ti++) {
+                const int64_t n_tok = Q8_0_NTOK[ti];
                 for (int k = 0; k < nt; k++) {
-                    if (!tabs[k].k->matmul_q8_0_q8) continue;
+                    if (q16 ? !tabs[k].k->matmul_q8_0_q16s : !tabs[k].k->matmul_q8_0_q8) continue;
                     const int64_t r0 = rows / 3 + (rows > 1), r1 = rows - rows / 4;
                     const int64_t cuts[2][2] = {{0, rows}, {r0, r1}};
                     for (int c = 0; c < 2; c++) {
                         if (cuts[c][0] >= cuts[c][1]) continue;
                         fill_sentinel(y, (size_t)(max_tok * ldy));
-                        tabs[k].k->matmul_q8_0_q8(y, ldy, w, xq, ldxq, n_tok, cuts[c][0],
-                                                  cuts[c][1], n_cols);
-                        bad += compare_out("q8_0_q8", tabs[k].name, y, want, mag, ldy, n_tok,
-                                           rows, cuts[c][0], cuts[c][1], n_cols, REL_TOL);
+                        fill_sentinel(yref, (size_t)(max_tok * ldy));
+                        if (q16) {
+                            tabs[k].k->matmul_q8_0_q16s(y, ldy, w, x16s, ldxq, n_tok, cuts[c][0],
+                                                        cuts[c][1], n_cols);
+                            gpo_matmul_q8_0_q16s_ref(yref, ldy, w, x16s, ldxq, n_tok, cuts[c][0],
+                                                     cuts[c][1], n_cols);
+                        } else {
+                            tabs[k].k->matmul_q8_0_q8(y, ldy, w, xq, ldxq, n_tok, cuts[c][0],
+                                                      cuts[c][1], n_cols);
+                            gpo_matmul_q8_0_q8_ref(yref, ldy, w, xq, ldxq, n_tok, cuts[c][0],
+                                                   cuts[c][1], n_cols);
+                        }
+                        bad += compare_out(what, tabs[k].name, y, want, mag, ldy, n_tok, rows,
+                                           cuts[c][0], cuts[c][1], n_cols, REL_TOL);
+                        if (memcmp(y, yref, (size_t)(max_tok * ldy) * 4) != 0 && bad++ < 5)
+                            print_error("%s [%s] cols=%lld rows=%lld ntok=%lld: not the "
+                                        "reference's bits\n", what, tabs[k].name,
+                                        (long long)n_cols, (long long)rows, (long long)n_tok);
                         runs++;
                     }
                 }
@@ -798,13 +825,39 @@ static void test_matmul_q8_0_q8(void **state) {
             free(w);
             free(x);
             free(xq);
+            free(x16);
+            free(x16s);
             free(want);
             free(y);
+            free(yref);
             free(mag);
         }
-    printf("  q8_0_q8: %d runs over the tables that have it\n", runs);
+    printf("  %s: %d runs over the tables that have it\n", what, runs);
     assert_true(runs > 0);
     assert_int_equal(bad, 0);
+}
+
+static void test_matmul_q8_0_q8(void **state) {
+    (void)state;
+    check_q8_0_int(0);
+}
+
+/* The same with int16 activations split into bytes; the split itself gives back
+ * every int16 value. */
+static void test_matmul_q8_0_q16s(void **state) {
+    (void)state;
+    struct gpo_q16_block in;
+    struct gpo_q16s_block out;
+    int bad = 0;
+    in.d = 1.0f;
+    for (int32_t v = -32768; v <= 32767; v += 32) {
+        for (int i = 0; i < 32; i++) in.qs[i] = (int16_t)(v + i);
+        gpo_q16_split(&out, &in, 1);
+        for (int i = 0; i < 32; i++)
+            bad += 256 * ((int32_t)out.hi[i] - 128) + out.lo[i] != v + i;
+    }
+    assert_int_equal(bad, 0);
+    check_q8_0_int(1);
 }
 
 /* BF16 weights times activations rounded to bf16: every table that has the kernel
@@ -1959,6 +2012,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_q16),
         cmocka_unit_test(test_matmul_q8_0),
         cmocka_unit_test(test_matmul_q8_0_q8),
+        cmocka_unit_test(test_matmul_q8_0_q16s),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_matmul_bf16_dot),
         cmocka_unit_test(test_quantize_row_q8_0),

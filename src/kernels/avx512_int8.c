@@ -657,149 +657,170 @@ static void matmul_mxfp4_ggml_q16_512(float *y, int64_t ldy, const void *W,
     matmul_int(MX_GG, K_Q16, y, ldy, W, NULL, xq, ldxq, n_tok, r0, r1, n_cols);
 }
 
-/* ---- Q8_0 weights times int8 activations (the fast path of --dense q8) ----
+/* ---- Q8_0 weights times int8 activations (the fast path of Q8_0 dense matrices) ----
  *
- * A row is taken two 34-byte blocks (68 bytes) at a time, a "pair": one 64-byte load
- * and one 4-byte load hold it, a two-source byte permute (vpermt2b) gathers its 64
- * codes (block 2k in bytes 0-31, block 2k+1 in 32-63) and a one-source one its two
- * f16 scales (eight copies each).  vpdpbusd needs unsigned bytes on one side: the
- * codes enter as w + 128 (w xor 0x80) and the accumulator starts at -128 times the
- * sum of the four activations of each dword, so it ends at the exact integer sum of
- * four products: dword lane l of a pair holds elements 4(l%8)..4(l%8)+3 of block
- * 2k + l/8.
+ * Rows are taken 16 at a time, one per 32-bit lane.  For each block, the 16 rows' 32
+ * code bytes are loaded (rows j and j + 8 in the halves of one vector) and transposed
+ * as a 16 x 8 matrix of dwords (two rounds of in-lane unpacks, one of qword
+ * permutes), so that vector q holds bytes 4q..4q+3 of every row's block, and the 16
+ * f16 scales are gathered.  vpdpbusd takes the weight codes as its signed operand and
+ * the activations as the unsigned one, four at a time broadcast to every lane: the
+ * caller passes them offset by 128 (gpo_q8_offset), and the accumulator starts at
+ * -128 times the sum of each row's 32 codes (one more vpdpbusd per dword), so it
+ * ends at S, the exact integer sum of the block's 32 products, for 16 rows at once.
+ * No horizontal step: y[t][r0..r0+15] is one vector.
  *
- * The fixed reduction order: each output element owns a 16-lane f32 accumulator; for
- * pair k = 0, 1, ... in increasing order, lane l does
- * acc = fma(float(S), f16(d_w) * d_x, acc) with S its exact four-product sum and the
- * scales of its block (a missing last block of an odd count has S = 0 and scale 0, so
- * it leaves acc as it is), and the lanes are summed by gpo_mm512_reduce_add_ps.  A
- * tile only interleaves independent accumulators, so y[t][r] depends on neither n_tok
- * nor [r0, r1). */
+ * The fixed reduction order, that of gpo_matmul_q8_0_q8_ref: y[t][r] starts at +0
+ * and for b = 0, 1, ... takes acc = fma(float(S), f16(d_w) * d_x, acc).  A row is a
+ * lane of its own, so y[t][r] depends on neither n_tok nor [r0, r1) (the lanes past r1
+ * of a last, partial group repeat its last row and are not stored). */
 
-/* Decode tiles of 4 rows x 1 token; batches use 4 x 3 (12 accumulators and the
- * tokens' prepared pairs fit the 32 registers). */
-#define Q80_R 4
-#define Q80_T 3
-/* Prefetch distance of each row stream: the same measured optimum as the f32-path
- * Q8_0 kernel of the base part (16 KiB). */
-#define Q80_PF_BYTES 16384
+/* Tokens per tile: 8 f32 accumulators next to the 8 transposed weight vectors. */
+#define Q80_T 8
 
-/* Byte indices: the codes of a pair from (A = bytes 0-63, B = bytes 64-67), and the
- * scale words (bytes 0-1, 34-35) eight times each in the low 32 bytes. */
-AI vi q80_code_idx(void) {
-    uint8_t b[64];
-    for (int i = 0; i < 32; i++) {
-        b[i] = (uint8_t)(2 + i);       /* block 2k: bytes 2..33 */
-        b[32 + i] = (uint8_t)(36 + i); /* block 2k+1: bytes 36..67 (64.. are B's) */
+/* Qword indices of the last transposition round (see q80_load). */
+AI vi q80_idx_lo(void) { return simde_mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0); }
+AI vi q80_idx_hi(void) { return simde_mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2); }
+
+/* The 16 rows' codes of block b (at byte off of each row): w[q] lane i = bytes
+ * 4q..4q+3 of row i.  Z_j holds row j (dwords 0-7) and row j + 8; after the unpacks
+ * U_m (m = 0..3) holds in its 128-bit lanes dword m of rows 0-3, dword m + 4 of rows
+ * 0-3, dword m of rows 8-11 and dword m + 4 of rows 8-11 (V_m the same for rows 4-7
+ * and 12-15), and the qword permutes interleave the two. */
+AI void q80_load(const uint8_t *const *row, size_t off, vi lo_idx, vi hi_idx, vi w[8]) {
+    vi z[8], u[8];
+UNROLL(8)
+    for (int j = 0; j < 8; j++)
+        z[j] = simde_mm512_inserti64x4(
+            simde_mm512_castsi256_si512(simde_mm256_loadu_si256((const void *)(row[j] + off))),
+            simde_mm256_loadu_si256((const void *)(row[j + 8] + off)), 1);
+UNROLL(2)
+    for (int h = 0; h < 2; h++) {
+        const vi *a = z + 4 * h;
+        const vi t0 = simde_mm512_unpacklo_epi32(a[0], a[1]), t1 = simde_mm512_unpackhi_epi32(a[0], a[1]);
+        const vi t2 = simde_mm512_unpacklo_epi32(a[2], a[3]), t3 = simde_mm512_unpackhi_epi32(a[2], a[3]);
+        u[4 * h + 0] = simde_mm512_unpacklo_epi64(t0, t2);
+        u[4 * h + 1] = simde_mm512_unpackhi_epi64(t0, t2);
+        u[4 * h + 2] = simde_mm512_unpacklo_epi64(t1, t3);
+        u[4 * h + 3] = simde_mm512_unpackhi_epi64(t1, t3);
     }
-    return simde_mm512_loadu_si512(b);
-}
-AI vi q80_scale_idx(void) {
-    uint8_t b[64];
-    for (int i = 0; i < 64; i++) b[i] = (uint8_t)((i < 16 ? 0 : 34) + (i & 1));
-    return simde_mm512_loadu_si512(b);
-}
-
-/* One token's pair k prepared: the 64 activation codes, -128 x each dword's sum and
- * the activation scales of the two blocks (lanes 0-7 and 8-15).  `two` says whether
- * block 2k+1 exists. */
-struct q80_xpair {
-    vi q, negc;
-    vf d;
-};
-AI struct q80_xpair q80_prep_x(const struct gpo_q8_block *xb, int two) {
-    struct q80_xpair p;
-    const simde__m256i lo = simde_mm256_loadu_si256((const void *)xb[0].qs);
-    const simde__m256i hi =
-        two ? simde_mm256_loadu_si256((const void *)xb[1].qs) : simde_mm256_setzero_si256();
-    p.q = simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
-    const vi c = simde_mm512_dpbusd_epi32(simde_mm512_setzero_si512(),
-                                          simde_mm512_set1_epi8((char)0x80), p.q);
-    p.negc = simde_mm512_sub_epi32(simde_mm512_setzero_si512(), c);
-    p.d = simde_mm512_mask_mov_ps(simde_mm512_set1_ps(xb[0].d), 0xff00,
-                                  simde_mm512_set1_ps(two ? xb[1].d : 0.0f));
-    return p;
-}
-
-/* Pair k of a row: the codes as w + 128 and the 16 lane scales f16(d_w). */
-AI void q80_load_pair(const uint8_t *pb, int two, vi code_idx, vi scale_idx, vi *wq, vf *dw) {
-    vi a, b;
-    if (two) {
-        int32_t tail;
-        memcpy(&tail, pb + 64, 4);
-        a = simde_mm512_loadu_si512((const void *)pb);
-        b = simde_mm512_castsi128_si512(simde_mm_cvtsi32_si128(tail));
-    } else { /* the last block of an odd count: 34 bytes, the rest zero */
-        a = gpo_mm512_maskz_loadu_epi8(byte_mask(34), pb);
-        b = simde_mm512_setzero_si512();
+UNROLL(4)
+    for (int m = 0; m < 4; m++) {
+        w[m] = simde_mm512_permutex2var_epi64(u[m], lo_idx, u[4 + m]);
+        w[m + 4] = simde_mm512_permutex2var_epi64(u[m], hi_idx, u[4 + m]);
     }
-    *wq = simde_mm512_xor_si512(simde_mm512_permutex2var_epi8(a, code_idx, b),
-                                simde_mm512_set1_epi8((char)0x80));
-    *dw = gpo_mm512_cvtph_ps(
-        simde_mm512_castsi512_si256(simde_mm512_permutexvar_epi8(scale_idx, a)));
 }
 
-AI void q80q8_tile(int R, int T, float *y, int64_t ldy, const uint8_t *W,
-                   const struct gpo_q8_block *xq, int64_t ldxq, int64_t t0, int64_t r,
-                   int64_t nb) {
-    const vi code_idx = q80_code_idx(), scale_idx = q80_scale_idx();
-    const int64_t rb = nb * (int64_t)sizeof(struct gpo_q8_0_block);
-    vf acc[Q80_R][Q80_T];
-UNROLL(4)
-    for (int i = 0; i < R; i++)
-UNROLL(4)
-        for (int j = 0; j < T; j++) acc[i][j] = simde_mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        struct q80_xpair xp[Q80_T];
-UNROLL(4)
-        for (int j = 0; j < T; j++) xp[j] = q80_prep_x(xq + (t0 + j) * ldxq + b, two);
-UNROLL(4)
-        for (int i = 0; i < R; i++) {
-            const size_t off = (size_t)((r + i) * rb + b * (int64_t)sizeof(struct gpo_q8_0_block));
-            prefetch(W, off + Q80_PF_BYTES);
-            vi wq;
-            vf dw;
-            q80_load_pair(W + off, two, code_idx, scale_idx, &wq, &dw);
-UNROLL(4)
-            for (int j = 0; j < T; j++) {
-                const vi s = simde_mm512_dpbusd_epi32(xp[j].negc, wq, xp[j].q);
-                acc[i][j] = simde_mm512_fmadd_ps(gpo_mm512_cvtepi32_ps(s),
-                                                 simde_mm512_mul_ps(dw, xp[j].d), acc[i][j]);
+/* The activations of Q8_0 x int8 (offset codes, struct gpo_q8_block) and of Q8_0 x
+ * int16 split into bytes (struct gpo_q16s_block: x = 256 * (hi - 128) + lo).  For the
+ * latter the high bytes take the -128 x sum(w) start, the low bytes start at 0, and
+ * S = 256 * S_hi + S_lo is again the exact sum of the 32 products. */
+enum { QX_Q8, QX_Q16S };
+
+/* Tokens t0..t0+T-1 times the 16 rows `row` (nb blocks each); lanes in smask stored
+ * to y[t][r..r+15].  pf: the next group's bytes (prefetched to L2 along the way) or
+ * NULL. */
+AI void q80_tile(int kind, int T, float *y, int64_t ldy, const uint8_t *const *row, vi gidx,
+                 uint16_t smask, const void *xq, int64_t ldxq, int64_t t0, int64_t r, int64_t nb,
+                 const uint8_t *pf) {
+    const vi lo_idx = q80_idx_lo(), hi_idx = q80_idx_hi(), k80 = simde_mm512_set1_epi8((char)0x80);
+    const size_t xbs = kind == QX_Q8 ? sizeof(struct gpo_q8_block) : sizeof(struct gpo_q16s_block);
+    vf acc[Q80_T];
+UNROLL(8)
+    for (int j = 0; j < T; j++) acc[j] = simde_mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const size_t off = (size_t)b * sizeof(struct gpo_q8_0_block);
+        if (pf)
+UNROLL(9)
+            for (int l = 0; l < 9; l++)
+                __builtin_prefetch(pf + (size_t)b * 544 + 64 * (size_t)l, 0, 2);
+        vi w[8];
+        q80_load(row, off + 2, lo_idx, hi_idx, w);
+        vi c = simde_mm512_setzero_si512();
+UNROLL(8)
+        for (int q = 0; q < 8; q++) c = simde_mm512_dpbusd_epi32(c, k80, w[q]);
+        const vi negc = simde_mm512_sub_epi32(simde_mm512_setzero_si512(), c);
+        const vf dw = gpo_mm512_cvtph_ps(
+            gpo_mm512_cvtepi32_epi16(gpo_mm512_i32gather_epi32(gidx, row[0] + off)));
+UNROLL(8)
+        for (int j = 0; j < T; j++) {
+            const uint8_t *xb = (const uint8_t *)xq + ((size_t)((t0 + j) * ldxq + b)) * xbs;
+            float d;
+            memcpy(&d, xb, 4);
+            vi s = negc;
+UNROLL(8)
+            for (int q = 0; q < 8; q++) {
+                int32_t x4;
+                memcpy(&x4, xb + 4 + 4 * q, 4);
+                s = simde_mm512_dpbusd_epi32(s, simde_mm512_set1_epi32(x4), w[q]);
             }
+            if (kind == QX_Q16S) {
+                vi sl = simde_mm512_setzero_si512();
+UNROLL(8)
+                for (int q = 0; q < 8; q++) {
+                    int32_t x4;
+                    memcpy(&x4, xb + 36 + 4 * q, 4);
+                    sl = simde_mm512_dpbusd_epi32(sl, simde_mm512_set1_epi32(x4), w[q]);
+                }
+                s = simde_mm512_add_epi32(simde_mm512_slli_epi32(s, 8), sl);
+            }
+            acc[j] = simde_mm512_fmadd_ps(gpo_mm512_cvtepi32_ps(s),
+                                          simde_mm512_mul_ps(dw, simde_mm512_set1_ps(d)), acc[j]);
         }
     }
-UNROLL(4)
-    for (int i = 0; i < R; i++)
-UNROLL(4)
-        for (int j = 0; j < T; j++) y[(t0 + j) * ldy + r + i] = gpo_mm512_reduce_add_ps(acc[i][j]);
+UNROLL(8)
+    for (int j = 0; j < T; j++) gpo_mm512_mask_storeu_ps(y + (t0 + j) * ldy + r, smask, acc[j]);
 }
 
-static void q80q8_tile_any(int R, int T, float *y, int64_t ldy, const uint8_t *W,
-                           const struct gpo_q8_block *xq, int64_t ldxq, int64_t t0, int64_t r,
-                           int64_t nb) {
-#define QT(a, b)                                                                            \
-    case a * 8 + b: q80q8_tile(a, b, y, ldy, W, xq, ldxq, t0, r, nb); break;
-    switch (R * 8 + T) {
-        QT(1, 1) QT(2, 1) QT(3, 1) QT(4, 1) QT(1, 2) QT(2, 2) QT(3, 2) QT(4, 2)
-        QT(1, 3) QT(2, 3) QT(3, 3)
-    default: q80q8_tile(4, 3, y, ldy, W, xq, ldxq, t0, r, nb); break;
+static void q80_tile_any(int kind, int T, float *y, int64_t ldy, const uint8_t *const *row,
+                         vi gidx, uint16_t smask, const void *xq, int64_t ldxq, int64_t t0,
+                         int64_t r, int64_t nb, const uint8_t *pf) {
+#define QT(k, n)                                                                            \
+    case k * 8 + n - 1: q80_tile(k, n, y, ldy, row, gidx, smask, xq, ldxq, t0, r, nb, pf); break;
+    switch (kind * 8 + T - 1) {
+        QT(QX_Q8, 1) QT(QX_Q8, 2) QT(QX_Q8, 3) QT(QX_Q8, 4) QT(QX_Q8, 5) QT(QX_Q8, 6)
+        QT(QX_Q8, 7) QT(QX_Q8, 8) QT(QX_Q16S, 1) QT(QX_Q16S, 2) QT(QX_Q16S, 3)
+        QT(QX_Q16S, 4) QT(QX_Q16S, 5) QT(QX_Q16S, 6) QT(QX_Q16S, 7)
+    default: q80_tile(QX_Q16S, 8, y, ldy, row, gidx, smask, xq, ldxq, t0, r, nb, pf); break;
     }
 #undef QT
 }
 
-/* Blocks of Q80_R rows outermost (each read once per call), tokens in balanced tiles. */
+/* Groups of 16 rows outermost, tokens in balanced tiles of at most 8; while a group
+ * is computed the next one (rows below r1) is prefetched into L2 (its bytes follow the
+ * group's: the rows are consecutive). */
+static void q80_matmul(int kind, float *y, int64_t ldy, const void *W, const void *xq,
+                       int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const int64_t nb = n_cols / 32, rb = nb * (int64_t)sizeof(struct gpo_q8_0_block);
+    const uint8_t *w = W;
+    for (int64_t r = r0; r < r1; r += 16) {
+        const int n = (int)(r1 - r < 16 ? r1 - r : 16);
+        const uint8_t *row[16];
+        int32_t gi[16];
+        for (int i = 0; i < 16; i++) {
+            row[i] = w + (r + (i < n ? i : n - 1)) * rb;
+            gi[i] = (int32_t)((i < n ? i : n - 1) * rb);
+        }
+        const vi gidx = simde_mm512_loadu_si512((const void *)gi);
+        const uint16_t smask = (uint16_t)((1u << n) - 1);
+        const uint8_t *pf = r + 32 <= r1 ? w + (r + 16) * rb : NULL;
+        for (int64_t t = 0, T; t < n_tok; t += T) {
+            T = tile_tokens(n_tok - t, Q80_T);
+            q80_tile_any(kind, (int)T, y, ldy, row, gidx, smask, xq, ldxq, t, r, nb, t ? NULL : pf);
+        }
+    }
+}
+
 static void matmul_q8_0_q8_512(float *y, int64_t ldy, const void *W,
                                const struct gpo_q8_block *xq, int64_t ldxq, int64_t n_tok,
                                int64_t r0, int64_t r1, int64_t n_cols) {
-    const int64_t nb = n_cols / 32;
-    for (int64_t r = r0; r < r1; r += Q80_R) {
-        const int R = (int)(r1 - r < Q80_R ? r1 - r : Q80_R);
-        for (int64_t t = 0, T; t < n_tok; t += T) {
-            T = tile_tokens(n_tok - t, Q80_T);
-            q80q8_tile_any(R, (int)T, y, ldy, W, xq, ldxq, t, r, nb);
-        }
-    }
+    q80_matmul(QX_Q8, y, ldy, W, xq, ldxq, n_tok, r0, r1, n_cols);
+}
+
+static void matmul_q8_0_q16s_512(float *y, int64_t ldy, const void *W,
+                                 const struct gpo_q16s_block *xq, int64_t ldxq, int64_t n_tok,
+                                 int64_t r0, int64_t r1, int64_t n_cols) {
+    q80_matmul(QX_Q16S, y, ldy, W, xq, ldxq, n_tok, r0, r1, n_cols);
 }
 
 /* ---- The exact path (f32 activations) ----
@@ -1059,4 +1080,5 @@ void GPO_K512(fill_int8)(struct gpo_kernels *t) {
     t->matmul_mxfp4_q16 = matmul_mxfp4_q16_512;
     t->matmul_mxfp4_ggml_q16 = matmul_mxfp4_ggml_q16_512;
     t->matmul_q8_0_q8 = matmul_q8_0_q8_512;
+    t->matmul_q8_0_q16s = matmul_q8_0_q16s_512;
 }

@@ -134,13 +134,32 @@ typedef void (*gpo_matmul_mxfp4_ggml_q16_fn)(float *y, int64_t ldy, const void *
                                              int64_t n_tok, int64_t r0, int64_t r1,
                                              int64_t n_cols);
 
-/* Fast path: Q8_0 weights (--dense q8; W = struct gpo_q8_0_block rows) times
- * int8-quantised activations xq [n_tok][n_cols/32] (token t's blocks at xq + t*ldxq):
- * y = sum_b S_b * (f16(d_w,b) * d_x,b) with S_b the exact integer sum of block b's
- * 32 products.  n_cols is a multiple of 32. */
+/* Fast path: Q8_0 weights (W = struct gpo_q8_0_block rows: a GGUF file's Q8_0
+ * matrices or --dense q8) times int8-quantised activations xq [n_tok][n_cols/32]
+ * (token t's blocks at xq + t*ldxq), quantised by quantize_q8 and then offset by
+ * gpo_q8_offset (each code byte holds code + 128, read unsigned).  In a fixed order:
+ * y = +0, then for b = 0, 1, ... y = fma(float(S_b), f16(d_w,b) * d_x,b, y) with S_b
+ * the exact integer sum of block b's 32 products, so every table gives the
+ * reference's bits.  n_cols is a multiple of 32. */
 typedef void (*gpo_matmul_q8_0_q8_fn)(float *y, int64_t ldy, const void *W,
                                       const struct gpo_q8_block *xq, int64_t ldxq,
                                       int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+/* Int16 activations split into bytes for vpdpbusd (matmul_q8_0_q16s): element i is
+ * 256 * (hi[i] - 128) + lo[i], the int16 code of a gpo_q16_block with the same d
+ * (gpo_q16_split). */
+struct gpo_q16s_block {
+    float d;
+    uint8_t hi[GPO_QK];
+    uint8_t lo[GPO_QK];
+};
+_Static_assert(sizeof(struct gpo_q16s_block) == 68, "q16s blocks are 68 bytes");
+/* Fast path: Q8_0 weights times int16-quantised activations (quantize_q16, then
+ * gpo_q16_split), in matmul_q8_0_q8's order with S_b the exact integer sum of block
+ * b's 32 products: the precision of int16 activations through the int8 kernel's
+ * dot products. */
+typedef void (*gpo_matmul_q8_0_q16s_fn)(float *y, int64_t ldy, const void *W,
+                                        const struct gpo_q16s_block *xq, int64_t ldxq,
+                                        int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 /* Fast path: BF16 weights times activations rounded to bf16 (round to nearest even)
  * with f32 products and sums, vdpbf16ps's arithmetic: y = sum_c W[r][c] * bf16(x[t][c]).
  * x, ldx as in gpo_matmul_fn. */
@@ -195,6 +214,7 @@ struct gpo_kernels {
      * matmul[] with f32 activations, which is always at least as fast there. */
     gpo_matmul_q8_0_q8_fn matmul_q8_0_q8;
     gpo_matmul_bf16_dot_fn matmul_bf16_dot;
+    gpo_matmul_q8_0_q16s_fn matmul_q8_0_q16s;
 };
 
 /* The reference table, and the best table this CPU supports (or the named one:
@@ -204,7 +224,7 @@ const struct gpo_kernels *gpo_kernels_ref(void);
 const struct gpo_kernels *gpo_kernels_select(const char *name);
 /* Fills every empty slot of a copy of a table with the reference kernel (a SIMD table
  * may leave operations to the reference), except the optional fast-path slots
- * (matmul_q8_0_q8, matmul_bf16_dot), which stay empty. */
+ * (matmul_q8_0_q8, matmul_bf16_dot, matmul_q8_0_q16s), which stay empty. */
 void gpo_kernels_complete(struct gpo_kernels *t);
 /* The AVX2 table (NULL when not built); callers check gpo_cpu_has_avx2(). */
 const struct gpo_kernels *gpo_kernels_avx2(void);
@@ -287,8 +307,18 @@ void gpo_matmul_mxfp4_q16_ref(float *y, int64_t ldy, const uint8_t *blocks,
                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1,
                               int64_t n_cols);
 void gpo_quantize_q16_ref(struct gpo_q16_block *out, const float *x, int64_t n);
+/* The activation codes of n_blocks blocks offset by 128 (code xor 0x80), in place:
+ * the form matmul_q8_0_q8 takes them in. */
+void gpo_q8_offset(struct gpo_q8_block *xq, int64_t n_blocks);
 void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
                             int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+/* n values (a multiple of 32) quantised by k's quantize_q16 and split, block by block. */
+void gpo_quantize_q16s(const struct gpo_kernels *k, struct gpo_q16s_block *out, const float *x,
+                       int64_t n);
+/* n_blocks int16 blocks split into bytes. */
+void gpo_q16_split(struct gpo_q16s_block *out, const struct gpo_q16_block *in, int64_t n_blocks);
+void gpo_matmul_q8_0_q16s_ref(float *y, int64_t ldy, const void *W, const struct gpo_q16s_block *xq,
+                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_matmul_bf16_dot_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
                              int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_swiglu_ref(float *out, const float *gate, const float *lin, int64_t step, int64_t n,

@@ -135,11 +135,56 @@ void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct g
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 int32_t blk = 0;
-                for (int i = 0; i < GPO_QK; i++) blk += wr[b].qs[i] * xt[b].qs[i];
-                acc += (float)blk * (f16_to_f32(wr[b].d) * xt[b].d);
+                for (int i = 0; i < GPO_QK; i++)
+                    blk += wr[b].qs[i] * ((int32_t)(uint8_t)xt[b].qs[i] - 128);
+                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * xt[b].d, acc);
             }
             y[t * ldy + r] = acc;
         }
+}
+
+void gpo_q16_split(struct gpo_q16s_block *out, const struct gpo_q16_block *in, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; b++) {
+        out[b].d = in[b].d;
+        for (int i = 0; i < GPO_QK; i++) {
+            const int32_t v = in[b].qs[i];
+            out[b].hi[i] = (uint8_t)((v >> 8) + 128); /* arithmetic shift: floor(v / 256) */
+            out[b].lo[i] = (uint8_t)(v & 255);
+        }
+    }
+}
+
+void gpo_matmul_q8_0_q16s_ref(float *y, int64_t ldy, const void *W, const struct gpo_q16s_block *xq,
+                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    const struct gpo_q8_0_block *w = W;
+    const int64_t nb = n_cols / GPO_QK;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = r0; r < r1; r++) {
+            const struct gpo_q8_0_block *wr = w + r * nb;
+            const struct gpo_q16s_block *xt = xq + t * ldxq;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t blk = 0;
+                for (int i = 0; i < GPO_QK; i++)
+                    blk += wr[b].qs[i] * (256 * ((int32_t)xt[b].hi[i] - 128) + xt[b].lo[i]);
+                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * xt[b].d, acc);
+            }
+            y[t * ldy + r] = acc;
+        }
+}
+
+void gpo_quantize_q16s(const struct gpo_kernels *k, struct gpo_q16s_block *out, const float *x,
+                       int64_t n) {
+    for (int64_t b = 0; b < n / GPO_QK; b++) {
+        struct gpo_q16_block q;
+        k->quantize_q16(&q, x + b * GPO_QK, GPO_QK);
+        gpo_q16_split(out + b, &q, 1);
+    }
+}
+
+void gpo_q8_offset(struct gpo_q8_block *xq, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; b++)
+        for (int i = 0; i < GPO_QK; i++) xq[b].qs[i] = (int8_t)((uint8_t)xq[b].qs[i] ^ 0x80u);
 }
 
 void gpo_swiglu_ref(float *out, const float *gate, const float *lin, int64_t step, int64_t n,
@@ -411,6 +456,7 @@ static const struct gpo_kernels ref_table = {
     .mxfp4_from_ggml = gpo_mxfp4_from_ggml,
     .matmul_q8_0_q8 = gpo_matmul_q8_0_q8_ref,
     .matmul_bf16_dot = gpo_matmul_bf16_dot_ref,
+    .matmul_q8_0_q16s = gpo_matmul_q8_0_q16s_ref,
     .swiglu = gpo_swiglu_ref,
 };
 

@@ -256,6 +256,30 @@ GPO_AI512 simde__m256i gpo_mm512_cvtsepi32_epi16(simde__m512i a) {
 #endif
 }
 
+/* 16 i32 -> 16 i16, truncated (vpmovdw) */
+GPO_AI512 simde__m256i gpo_mm512_cvtepi32_epi16(simde__m512i a) {
+#if GPO_K512_NATIVE
+    return _mm512_cvtepi32_epi16(a);
+#else
+    gpo_u512i_ x = {.v = a};
+    gpo_u256i_ r;
+    for (int i = 0; i < 16; i++) r.u16[i] = (uint16_t)x.u32[i];
+    return r.v;
+#endif
+}
+
+/* ---- gathers ---- */
+/* 16 dwords, lane i from base + idx[i] bytes (vpgatherdd with scale 1). */
+GPO_AI512 simde__m512i gpo_mm512_i32gather_epi32(simde__m512i idx, const void *base) {
+#if GPO_K512_NATIVE
+    return _mm512_i32gather_epi32(idx, base, 1);
+#else
+    gpo_u512i_ x = {.v = idx}, r;
+    for (int i = 0; i < 16; i++) memcpy(&r.u32[i], (const uint8_t *)base + x.i32[i], 4);
+    return r.v;
+#endif
+}
+
 /* ---- masked loads and stores (only the selected lanes are touched) ---- */
 GPO_AI512 simde__m512 gpo_mm512_maskz_loadu_ps(uint16_t k, const float *p) {
 #if GPO_K512_NATIVE
