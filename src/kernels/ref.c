@@ -124,23 +124,39 @@ void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, i
         }
 }
 
-void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
-                            int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+/* Q8_0 weights times integer activations in the SIMD kernels' order: per block the
+ * exact integer sum, then one fma per block.  Activation code i of block xb is the
+ * offset int8 of a gpo_q8_block (q16s = 0) or the split int16 of a gpo_q16s_block. */
+static void q8_0_int_ref(float *y, int64_t ldy, const void *W, const void *xq, int q16s,
+                         int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
     const struct gpo_q8_0_block *w = W;
     const int64_t nb = n_cols / GPO_QK;
     for (int64_t t = 0; t < n_tok; t++)
         for (int64_t r = r0; r < r1; r++) {
             const struct gpo_q8_0_block *wr = w + r * nb;
-            const struct gpo_q8_block *xt = xq + t * ldxq;
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
+                const int64_t xi = t * ldxq + b;
+                const struct gpo_q8_block *x8 = q16s ? NULL : (const struct gpo_q8_block *)xq + xi;
+                const struct gpo_q16s_block *x16 = q16s ? (const struct gpo_q16s_block *)xq + xi : NULL;
                 int32_t blk = 0;
                 for (int i = 0; i < GPO_QK; i++)
-                    blk += wr[b].qs[i] * ((int32_t)(uint8_t)xt[b].qs[i] - 128);
-                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * xt[b].d, acc);
+                    blk += wr[b].qs[i] * (x16 ? 256 * ((int32_t)x16->hi[i] - 128) + x16->lo[i]
+                                              : (int32_t)(uint8_t)x8->qs[i] - 128);
+                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * (x16 ? x16->d : x8->d), acc);
             }
             y[t * ldy + r] = acc;
         }
+}
+
+void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
+                            int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    q8_0_int_ref(y, ldy, W, xq, 0, ldxq, n_tok, r0, r1, n_cols);
+}
+
+void gpo_matmul_q8_0_q16s_ref(float *y, int64_t ldy, const void *W, const struct gpo_q16s_block *xq,
+                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    q8_0_int_ref(y, ldy, W, xq, 1, ldxq, n_tok, r0, r1, n_cols);
 }
 
 void gpo_q16_split(struct gpo_q16s_block *out, const struct gpo_q16_block *in, int64_t n_blocks) {
@@ -152,25 +168,6 @@ void gpo_q16_split(struct gpo_q16s_block *out, const struct gpo_q16_block *in, i
             out[b].lo[i] = (uint8_t)(v & 255);
         }
     }
-}
-
-void gpo_matmul_q8_0_q16s_ref(float *y, int64_t ldy, const void *W, const struct gpo_q16s_block *xq,
-                              int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
-    const struct gpo_q8_0_block *w = W;
-    const int64_t nb = n_cols / GPO_QK;
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t r = r0; r < r1; r++) {
-            const struct gpo_q8_0_block *wr = w + r * nb;
-            const struct gpo_q16s_block *xt = xq + t * ldxq;
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                int32_t blk = 0;
-                for (int i = 0; i < GPO_QK; i++)
-                    blk += wr[b].qs[i] * (256 * ((int32_t)xt[b].hi[i] - 128) + xt[b].lo[i]);
-                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * xt[b].d, acc);
-            }
-            y[t * ldy + r] = acc;
-        }
 }
 
 void gpo_quantize_q16s(const struct gpo_kernels *k, struct gpo_q16s_block *out, const float *x,
