@@ -711,10 +711,10 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
              * (vdpbf16ps): within the bf16 reference's error on the golden logits,
              * and faster per weight byte when decoding.  Only here: prefill unembeds
              * its last rows alone, and the q/k/v and output projections at 512-token
-             * prefill run faster on the f32 kernels.  Q8_0 weights take int8
-             * activations (as q/k/v and the output projection take int16 ones): a
-             * Q8_0 block is then a 16-row vpdpbusd tile, about 2.5x the f32 kernel's
-             * rate at 8 tokens, within the --dense q8 error bounds of test_golden. */
+             * prefill run faster on the f32 kernels.  A Q8_0 unembedding takes int8
+             * activations (q/k/v and the output projection take int16 ones, see
+             * attention.c) through 16-row vpdpbusd tiles, about 2.5x the f32
+             * kernel's rate at 8 tokens, within test_golden's --dense q8 bounds. */
             gpo_matmul_fn mm = k->matmul[W->dtype];
             if (fast && W->dtype == GPO_DT_BF16 && k->matmul_bf16_dot) mm = k->matmul_bf16_dot;
             if (r1 <= r0) {
