@@ -1284,7 +1284,8 @@ static void mxfp4_from_ggml_avx2(uint8_t *blocks, uint8_t *scales, const void *s
 }
 
 /* ---- The clamped SwiGLU (the fast path's) ----
- * As the AVX-512 part's (avx512.c): e^x = 2^n e^r, the same reduction and polynomial;
+ * As the AVX-512 part's (avx512.c): e^x = 2^n e^r, the same reduction and polynomial
+ * with the same constants (GPO_EXP_* in kernels.h);
  * 2^n as the product of two powers of two whose exponents are normal (n is within
  * [-150, 128] after the clamp), so the result overflows to +inf and underflows through
  * the subnormals to 0 as e^x does. */
@@ -1293,12 +1294,12 @@ AI __m256 pow2i(__m256i k) {
 }
 
 AI __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(89.0f));
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(GPO_EXP_LO)), _mm256_set1_ps(GPO_EXP_HI));
+    const __m256 magic = _mm256_set1_ps(GPO_EXP_MAGIC);
     const __m256 n =
-        _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723212e-6f), r);
+        _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(GPO_EXP_LOG2E), magic), magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(GPO_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(GPO_EXP_LN2_LO), r);
     __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));

@@ -632,13 +632,13 @@ AI v16f pow2i16(v16i k) {
  * [-104, 89] (e^x is 0 or +inf in float beyond), so +-inf inputs come out as e^x's
  * limits.  The SwiGLU on it stays within 4 ulp of the reference's (tested; 2 seen). */
 AI v16f exp16(v16f x) {
-    x = simde_mm512_min_ps(simde_mm512_max_ps(x, simde_mm512_set1_ps(-104.0f)),
-                           simde_mm512_set1_ps(89.0f));
-    const v16f magic = simde_mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    x = simde_mm512_min_ps(simde_mm512_max_ps(x, simde_mm512_set1_ps(GPO_EXP_LO)),
+                           simde_mm512_set1_ps(GPO_EXP_HI));
+    const v16f magic = simde_mm512_set1_ps(GPO_EXP_MAGIC);
     const v16f n = simde_mm512_sub_ps(
-        simde_mm512_fmadd_ps(x, simde_mm512_set1_ps(1.44269504088896341f), magic), magic);
-    v16f r = simde_mm512_fnmadd_ps(n, simde_mm512_set1_ps(0.693145751953125f), x);
-    r = simde_mm512_fnmadd_ps(n, simde_mm512_set1_ps(1.42860682030941723212e-6f), r);
+        simde_mm512_fmadd_ps(x, simde_mm512_set1_ps(GPO_EXP_LOG2E), magic), magic);
+    v16f r = simde_mm512_fnmadd_ps(n, simde_mm512_set1_ps(GPO_EXP_LN2_HI), x);
+    r = simde_mm512_fnmadd_ps(n, simde_mm512_set1_ps(GPO_EXP_LN2_LO), r);
     v16f p = simde_mm512_set1_ps(1.0f / 5040.0f);
     p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f / 720.0f));
     p = simde_mm512_fmadd_ps(p, r, simde_mm512_set1_ps(1.0f / 120.0f));

@@ -192,6 +192,17 @@ typedef void (*gpo_attn_accum_fn)(float *out, const float *p, const float *v, in
  * reference. */
 typedef void (*gpo_swiglu_fn)(float *out, const float *gate, const float *lin, int64_t step,
                               int64_t n, float alpha, float limit);
+/* The constants of the SIMD tables' vector exp (exp8 in avx2.c, exp16 in avx512.c), one
+ * algorithm at two widths: x clamped to [GPO_EXP_LO, GPO_EXP_HI] (e^x is 0 or +inf in
+ * float beyond), n = x log2(e) rounded to nearest by adding and subtracting 1.5 * 2^23,
+ * r = x - n ln 2 in two steps (Cody-Waite: the high part has 12 bits, so n * LN2_HI is
+ * exact), e^r by its Taylor polynomial to degree 7 (the 1/k! in the code). */
+#define GPO_EXP_LO (-104.0f)
+#define GPO_EXP_HI 89.0f
+#define GPO_EXP_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define GPO_EXP_LOG2E 1.44269504088896341f
+#define GPO_EXP_LN2_HI 0.693145751953125f
+#define GPO_EXP_LN2_LO 1.42860682030941723212e-6f
 
 struct gpo_kernels {
     const char *name;
