@@ -155,6 +155,24 @@ GPO_AI512 simde__m512 gpo_mm512_cvtepi32_ps(simde__m512i a) {
 #endif
 }
 
+/* a * 2^floor(b) in one rounding (SIMDe's version flushes denormals).  The fallback
+ * scales in double, where the product is exact for every |floor(b)| up to ~900 and
+ * +-inf, then rounds once to f32; a NaN b gives a NaN. */
+GPO_AI512 simde__m512 gpo_mm512_scalef_ps(simde__m512 a, simde__m512 b) {
+#if GPO_K512_NATIVE
+    return _mm512_scalef_ps(a, b);
+#else
+    gpo_u512f_ x = {.v = a}, y = {.v = b};
+    gpo_u512f_ r;
+    for (int i = 0; i < 16; i++) {
+        const double e = floor((double)y.f[i]);
+        const double p = e > 1000.0 ? INFINITY : e < -1000.0 ? 0.0 : ldexp(1.0, (int)e);
+        r.f[i] = (float)((double)x.f[i] * (isnan(e) ? e : p));
+    }
+    return r.v;
+#endif
+}
+
 GPO_AI512 simde__m512i gpo_mm512_cvtps_epi32(simde__m512 a) {
 #if GPO_K512_NATIVE
     return _mm512_cvtps_epi32(a);
