@@ -358,19 +358,24 @@ static void prepare_q16s(int lay, vi *out, const struct gpo_q16_block *xt, int64
     const int64_t ng = (n_blocks + 15) / 16;
     uint8_t elem[32];
     byte_order(lay, elem);
+    uint16_t idx_w[32];
+    for (int j = 0; j < 32; j++) idx_w[j] = elem[j];
+    const vi idx = simde_mm512_loadu_si512(idx_w);
     for (int64_t g = 0; g < ng; g++) {
         vi *o = out + g * 18;
         memset(o, 0, 18 * sizeof *o);
-        uint8_t *xb = (uint8_t *)o;
-        char *nc = (char *)(o + 16), *d = (char *)(o + 17);
+        char *xb = (char *)o, *nc = (char *)(o + 16), *d = (char *)(o + 17);
         for (int b = 0; b < 16 && 16 * g + b < n_blocks; b++) {
             const struct gpo_q16_block *blk = xt + 16 * g + b;
             const int l = lane_of(b);
-            for (int j = 0; j < 32; j++) {
-                const int v = j >> 2, i = j & 3;
-                const uint16_t x = (uint16_t)blk->qs[elem[j]];
-                xb[64 * v + 4 * l + i] = (uint8_t)(x >> 8);
-                xb[64 * (8 + v) + 4 * l + i] = (uint8_t)x;
+            /* the block's values in byte order, then their high and low bytes */
+            const vi x = simde_mm512_permutexvar_epi16(idx, simde_mm512_loadu_si512(blk->qs));
+            uint32_t hi[8], lo[8];
+            simde_mm256_storeu_si256(hi, simde_mm512_cvtepi16_epi8(simde_mm512_srli_epi16(x, 8)));
+            simde_mm256_storeu_si256(lo, simde_mm512_cvtepi16_epi8(x));
+            for (int v = 0; v < 8; v++) {
+                memcpy(xb + 64 * v + 4 * l, &hi[v], 4);
+                memcpy(xb + 64 * (8 + v) + 4 * l, &lo[v], 4);
             }
             put_sum_scale(nc, d, l, q16_neg12_sum(blk), blk->d);
         }
