@@ -43,8 +43,8 @@ void gpo_attn_qkv(struct gpo_ctx *x, const struct gpo_layer *L, int64_t l, int64
     const struct fwd_part *P = &x->part;
     const int64_t H = c->n_embd, D = c->head_dim, half = D / 2, T = x->max_tokens;
     float *kbl = x->kb + (size_t)l * T * P->kvd, *vbl = x->vb + (size_t)l * T * P->kvd;
-    /* The part's heads of the three projections as one list, a share of whole heads
-     * per thread, so the thread that made a head ropes it.  row0 is the part's first
+    /* The part's heads of the three projections as one list, claimed in chunks of
+     * whole heads, so the thread that made a head ropes it.  row0 is the part's first
      * row of the matrix (and of its bias). */
     const struct {
         const struct gpo_tview *w, *b;
@@ -54,25 +54,29 @@ void gpo_attn_qkv(struct gpo_ctx *x, const struct gpo_layer *L, int64_t l, int64
     } mats[3] = {{&L->wq, &L->bq, x->q, P->qd, P->n_head, P->head0 * D, 1},
                  {&L->wk, &L->bk, kbl, P->kvd, P->n_head_kv, P->kv_head0 * D, 1},
                  {&L->wv, &L->bv, vbl, P->kvd, P->n_head_kv, P->kv_head0 * D, 0}};
-    int64_t h0, h1, base = 0;
-    gpo_fwd_share(P->n_head + 2 * P->n_head_kv, &h0, &h1);
-    for (int mi = 0; mi < 3; base += mats[mi].n_heads, mi++) {
-        const int64_t a = gpo_max_i64(h0, base) - base,
-                      b = gpo_min_i64(h1, base + mats[mi].n_heads) - base;
-        if (b <= a) continue;
-        const struct gpo_tview W = gpo_fwd_row_view(mats[mi].w, mats[mi].row0, mats[mi].n_heads * D);
-        float *y = mats[mi].y;
-        const int64_t ld = mats[mi].ld;
-        if (x->dq && W.dtype == GPO_DT_Q8_0)
-            x->k->matmul_q8_0_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D, W.cols);
-        else
-            x->k->matmul[W.dtype](y, ld, W.data, x->t, H, n_tok, a * D, b * D, W.cols);
-        for (int64_t i = 0; i < n_tok; i++) {
-            for (int64_t r = a * D; r < b * D; r++)
-                y[i * ld + r] += gpo_tview_get(mats[mi].b, mats[mi].row0 + r);
-            if (mats[mi].rope) {
-                const float *cv = x->cs + i * D;
-                gpo_rope_apply(y + i * ld + a * D, b - a, D, cv, cv + half);
+    int64_t h0, h1;
+    struct fwd_claim *cl = gpo_fwd_claim_of(x, l, CLAIM_QKV);
+    while (gpo_fwd_claim(cl, P->n_head + 2 * P->n_head_kv, 1, 2, &h0, &h1)) {
+        for (int64_t mi = 0, base = 0; mi < 3; base += mats[mi].n_heads, mi++) {
+            const int64_t a = gpo_max_i64(h0, base) - base,
+                          b = gpo_min_i64(h1, base + mats[mi].n_heads) - base;
+            if (b <= a) continue;
+            const struct gpo_tview W =
+                gpo_fwd_row_view(mats[mi].w, mats[mi].row0, mats[mi].n_heads * D);
+            float *y = mats[mi].y;
+            const int64_t ld = mats[mi].ld;
+            if (x->dq && W.dtype == GPO_DT_Q8_0)
+                x->k->matmul_q8_0_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D,
+                                       W.cols);
+            else
+                x->k->matmul[W.dtype](y, ld, W.data, x->t, H, n_tok, a * D, b * D, W.cols);
+            for (int64_t i = 0; i < n_tok; i++) {
+                for (int64_t r = a * D; r < b * D; r++)
+                    y[i * ld + r] += gpo_tview_get(mats[mi].b, mats[mi].row0 + r);
+                if (mats[mi].rope) {
+                    const float *cv = x->cs + i * D;
+                    gpo_rope_apply(y + i * ld + a * D, b - a, D, cv, cv + half);
+                }
             }
         }
     }
@@ -318,15 +322,16 @@ void gpo_attn_out(struct gpo_ctx *x, struct thr_stat *ts, const struct gpo_layer
      * columns are all the part's).  L is one of the model's layers. */
     const struct gpo_tview *W = x->wo_pack ? &x->wo_pack[L - x->m->layers] : &L->wo;
     int64_t r0, r1;
-    gpo_fwd_rows(W->rows, &r0, &r1);
-    if (r1 <= r0) {
-    } else if (x->dq && W->dtype == GPO_DT_Q8_0) {
-        x->k->matmul_q8_0_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1, W->cols);
-    } else {
-        x->k->matmul[W->dtype](x->o, H, W->data, x->att, P->qd, n_tok, r0, r1, W->cols);
+    struct fwd_claim *cl = gpo_fwd_claim_of(x, L - x->m->layers, CLAIM_OUT);
+    while (gpo_fwd_claim(cl, W->rows, 16, 64, &r0, &r1)) {
+        if (x->dq && W->dtype == GPO_DT_Q8_0)
+            x->k->matmul_q8_0_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1,
+                                   W->cols);
+        else
+            x->k->matmul[W->dtype](x->o, H, W->data, x->att, P->qd, n_tok, r0, r1, W->cols);
+        if (!P->sharded)
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int64_t r = r0; r < r1; r++) x->o[t * H + r] += gpo_tview_get(&L->bo, r);
     }
-    if (!P->sharded)
-        for (int64_t t = 0; t < n_tok; t++)
-            for (int64_t r = r0; r < r1; r++) x->o[t * H + r] += gpo_tview_get(&L->bo, r);
     gpo_fwd_barrier(ts);
 }

@@ -198,6 +198,8 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->out_idx = xalloc(T * 8, &fail);
     x->ascratch = xalloc((size_t)o.n_threads * ATTN_SCRATCH(D) * 4, &fail);
     x->tstat = xalloc((size_t)o.n_threads * sizeof *x->tstat, &fail);
+    x->n_claims = (int64_t)c->n_layer * CLAIMS_PER_LAYER + 1;
+    x->claim = xalloc((size_t)x->n_claims * sizeof *x->claim, &fail);
     if (fail) {
         gpo_ctx_free(x);
         return gpo_fail(GPO_ERR_NOMEM, "cannot allocate forward buffers for %zu tokens", T);
@@ -219,7 +221,7 @@ void gpo_ctx_free(gpo_ctx *x) {
                     x->sel,      x->selw,   x->y,       x->cs,      x->tq,    x->act,
                     x->xq,       x->z,      x->g_off,   x->g_tok,   x->g_slot, x->xg,
                     x->hs,       x->as,     x->out_tok, x->out_idx, x->ascratch, x->tstat,
-                    x->g_run,    x->tq16s,  x->attq16s, x->tq8};
+                    x->g_run,    x->tq16s,  x->attq16s, x->tq8,     x->claim};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpo_aligned_free(bufs[i]);
     gpo_attn_free_wo(x);
     free(x->lg);
@@ -244,19 +246,33 @@ void gpo_ctx_stats_reset(gpo_ctx *ctx) {
 /* ------------------------------------------------------------------------- */
 /* Work splitting inside the parallel region                                 */
 
-void gpo_fwd_rows(int64_t n, int64_t *r0, int64_t *r1) {
-    int nth = omp_get_num_threads(), tid = omp_get_thread_num();
-    int64_t chunk = (n + nth - 1) / nth;
-    chunk = (chunk + 7) & ~(int64_t)7;
-    *r0 = gpo_min_i64(n, (int64_t)tid * chunk);
-    *r1 = gpo_min_i64(n, *r0 + chunk);
-}
-
 void gpo_fwd_share(int64_t n, int64_t *i0, int64_t *i1) {
     int nth = omp_get_num_threads(), tid = omp_get_thread_num();
     int64_t chunk = (n + nth - 1) / nth;
     *i0 = gpo_min_i64(n, (int64_t)tid * chunk);
     *i1 = gpo_min_i64(n, *i0 + chunk);
+}
+
+int gpo_fwd_claim(struct fwd_claim *c, int64_t n, int64_t align, int64_t min_chunk, int64_t *a,
+                  int64_t *b) {
+    const int64_t nth = omp_get_num_threads();
+    int64_t cur = atomic_load_explicit(&c->next, memory_order_relaxed);
+    for (;;) {
+        if (cur >= n) return 0;
+        int64_t len = gpo_max_i64((n - cur + 2 * nth - 1) / (2 * nth), min_chunk);
+        int64_t end = (cur + len + align - 1) / align * align;
+        end = gpo_min_i64(end, n);
+        if (atomic_compare_exchange_weak_explicit(&c->next, &cur, end, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *a = cur;
+            *b = end;
+            return 1;
+        }
+    }
+}
+
+struct fwd_claim *gpo_fwd_claim_of(struct gpo_ctx *x, int64_t l, int which) {
+    return &x->claim[l * CLAIMS_PER_LAYER + (l < x->m->cfg.n_layer ? which : 0)];
 }
 
 void gpo_fwd_barrier(struct thr_stat *ts) {
@@ -606,6 +622,7 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
      * partial expert sums over the EP group: three more barriers per layer, and the
      * logit rows are gathered after the region. */
     for (int i = 0; i < x->n_threads; i++) x->tstat[i] = (struct thr_stat){0};
+    for (int64_t i = 0; i < x->n_claims; i++) atomic_init(&x->claim[i].next, 0);
     int team = 1;
     const double t_start = omp_get_wtime();
 #pragma omp parallel num_threads(x->n_threads)
@@ -704,9 +721,6 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
          * wanted (normed above); the end of the region is its barrier. */
         if (!aborted && n_out > 0) {
             const struct gpo_tview *W = &m->unembedding;
-            gpo_fwd_rows(P->vocab1 - P->vocab0, &r0, &r1);
-            r0 += P->vocab0;
-            r1 += P->vocab0;
             /* The fast path may round the normed rows to bf16 for BF16 weights
              * (vdpbf16ps): within the bf16 reference's error on the golden logits,
              * and faster per weight byte when decoding.  Only here: prefill unembeds
@@ -717,11 +731,14 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
              * kernel's rate at 8 tokens, within test_golden's --dense q8 bounds. */
             gpo_matmul_fn mm = k->matmul[W->dtype];
             if (fast && W->dtype == GPO_DT_BF16 && k->matmul_bf16_dot) mm = k->matmul_bf16_dot;
-            if (r1 <= r0) {
-            } else if (x->dq && W->dtype == GPO_DT_Q8_0) {
-                k->matmul_q8_0_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
-            } else {
-                mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
+            struct fwd_claim *cl = gpo_fwd_claim_of(x, c->n_layer, 0);
+            while (gpo_fwd_claim(cl, P->vocab1 - P->vocab0, 16, 256, &r0, &r1)) {
+                r0 += P->vocab0;
+                r1 += P->vocab0;
+                if (x->dq && W->dtype == GPO_DT_Q8_0)
+                    k->matmul_q8_0_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
+                else
+                    mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
             }
         }
         ts->end = omp_get_wtime();

@@ -8,6 +8,7 @@
 #define GPO_FORWARD_IMPL_H
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "forward.h"
@@ -44,6 +45,16 @@ struct thr_stat {
     double end;  /* when it reached the end of the parallel region */
     char pad[64 - 3 * 8];
 };
+
+/* The items of one sweep, claimed by the team's threads (gpo_fwd_claim): the next
+ * unclaimed item, a cache line of its own. */
+struct fwd_claim {
+    _Atomic int64_t next;
+    char pad[64 - sizeof(int64_t)];
+};
+/* The claim counters of a pass: per layer q/k/v, output projection, up and down
+ * projections, then the unembedding. */
+enum { CLAIM_QKV, CLAIM_OUT, CLAIM_UP, CLAIM_DOWN, CLAIMS_PER_LAYER };
 
 /* What this process computes: the whole model, or one rank's shard of it.
  * Head and expert ranges are half-open; without a shard they cover everything. */
@@ -110,7 +121,7 @@ struct gpo_ctx {
     int64_t *g_off;  /* [n_threads][2*(E+1)] first slot of each expert, then cursors */
     int32_t *g_tok;  /* [n_threads][T*K] token of each slot */
     int32_t *g_slot; /* [n_threads][T*K] slot of token i's j-th expert */
-    int64_t *g_run;  /* [n_threads][3*E] the thread's runs of a sweep (moe_runs) */
+    int64_t *g_run;  /* [n_threads][3*E] the runs of a claimed chunk of a sweep (moe.c) */
     float *xg;       /* [n_threads][T*H] one expert's inputs gathered (f32 or q16 rows) */
     float *hs;       /* [n_threads][hs_cap] up projection outputs of one chunk */
     float *as;       /* [n_threads][F] one token's SwiGLU outputs (fast path) */
@@ -129,6 +140,8 @@ struct gpo_ctx {
     size_t cd_pack_cap;
     /* scheduling counters */
     struct thr_stat *tstat; /* [n_threads] */
+    struct fwd_claim *claim; /* [n_layer * CLAIMS_PER_LAYER + 1], zeroed by each pass */
+    int64_t n_claims;
     struct gpo_ctx_stats stats;
 };
 
@@ -140,9 +153,19 @@ struct seq_info {
 };
 
 /* Work splitting inside the parallel region (forward.c). */
-void gpo_fwd_rows(int64_t n, int64_t *r0, int64_t *r1);  /* multiples of 8 rows */
 void gpo_fwd_share(int64_t n, int64_t *i0, int64_t *i1); /* contiguous items */
 void gpo_fwd_barrier(struct thr_stat *ts);                /* counted team barrier */
+/* Claims the next chunk [*a, *b) of a sweep of n items from its counter: 1, or 0
+ * once all are claimed.  Threads that finish early take more, so a thread slowed
+ * by the machine (another tenant, an interrupt) does not hold up the barrier.
+ * Chunks shrink as the sweep drains (a 2 x team share of what is left, at least
+ * min_chunk), and start and end at multiples of align (the last at n).  A result
+ * does not depend on who claims it: each item is computed whole by one thread, and
+ * the kernels give a row the same bits whatever rows a call covers. */
+int gpo_fwd_claim(struct fwd_claim *c, int64_t n, int64_t align, int64_t min_chunk, int64_t *a,
+                  int64_t *b);
+/* The counter of sweep `which` (CLAIM_*) of layer l; l = n_layer: the unembedding. */
+struct fwd_claim *gpo_fwd_claim_of(struct gpo_ctx *x, int64_t l, int which);
 
 /* A view of rows [r0, r0 + n) of W (the kernels see a matrix starting there). */
 struct gpo_tview gpo_fwd_row_view(const struct gpo_tview *W, int64_t r0, int64_t n);

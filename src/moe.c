@@ -140,50 +140,35 @@ static void group_experts(const int32_t *sel, int64_t n_tok, int64_t K, int64_t 
     }
 }
 
-static int64_t ceil_div(int64_t a, int64_t d) { return a >= 0 ? (a + d - 1) / d : -(-a / d); }
+/* The items of a MoE sweep over experts [e0, e1): the blocks of `blk` units (or
+ * rows) of the n of every expert of the range that has tokens, in ascending expert
+ * order.  Threads claim them in chunks (gpo_fwd_claim); sweep_items counts them and
+ * chunk_runs turns a claimed chunk [a, b) into runs [run_a, run_b) of units of
+ * experts run_e, at most one per expert.  The smallest chunk: 4 blocks, so the
+ * per-call costs (preparing the activations, a gather) stay small. */
+#define MOE_CLAIM_MIN 4
 
-/* The weight of one unit (or row) of an expert with ne tokens in the split of a MoE
- * sweep: its bytes plus its arithmetic.  A small batch streams each expert's weights
- * once whatever its token count, and the decode kernels take about a fifth more
- * time per extra token (5760 x 2880, one thread: 0.83 / 0.95 / 1.19 ms at 1 / 2 / 3
- * tokens), so ne + 4 tracks the cost; large batches are compute-bound, where ne
- * dominates. */
-#define MOE_UNIT_BYTES_WEIGHT 4
+static int64_t sweep_items(const int64_t *off, int64_t e0, int64_t e1, int64_t n, int64_t blk) {
+    int64_t cnt = 0;
+    for (int64_t e = e0; e < e1; e++)
+        if (off[e + 1] > off[e]) cnt += (n + blk - 1) / blk;
+    return cnt;
+}
 
-/* One thread's items of a MoE sweep over experts [e0, e1).  The items, in their
- * fixed order, are the blocks of `blk` of the n units (or rows) of every expert of
- * the range that has tokens, in ascending expert order; an item weighs its units x
- * (the expert's tokens + MOE_UNIT_BYTES_WEIGHT).  Thread tid of nth takes the items
- * whose starting weight p (the weight of the items before it) has p * nth / W == tid,
- * W the total: a contiguous stretch of the list, so each thread gets one run [a, b)
- * of units of at most every expert; *run_e[i], a[i], b[i] list them.  The result bits
- * do not depend on who computes an item: each output element is one kernel call's on
- * its own row. */
-static int64_t moe_runs(const int64_t *off, int64_t e0, int64_t e1, int64_t n, int64_t blk,
-                        int tid, int nth, int64_t *run_e, int64_t *run_a, int64_t *run_b) {
-    int64_t W = 0;
-    for (int64_t e = e0; e < e1; e++) {
-        const int64_t ne = off[e + 1] - off[e];
-        if (ne) W += n * (ne + MOE_UNIT_BYTES_WEIGHT);
-    }
-    const int64_t lo = (int64_t)tid * W, hi = (int64_t)(tid + 1) * W;
+static int64_t chunk_runs(const int64_t *off, int64_t e0, int64_t e1, int64_t n, int64_t blk,
+                          int64_t a, int64_t b, int64_t *run_e, int64_t *run_a, int64_t *run_b) {
     const int64_t nblk = (n + blk - 1) / blk;
-    int64_t cnt = 0, pre = 0; /* pre: the weight of the experts before e */
-    for (int64_t e = e0; e < e1; e++) {
-        const int64_t ne = off[e + 1] - off[e];
-        if (ne == 0) continue;
-        const int64_t we = ne + MOE_UNIT_BYTES_WEIGHT, base = pre * nth;
-        pre += n * we;
-        /* block b starts at weight pre_e + we*b*blk */
-        const int64_t step = we * blk * nth;
-        int64_t b0 = ceil_div(lo - base, step), b1 = ceil_div(hi - base, step);
-        b0 = gpo_min_i64(gpo_max_i64(b0, 0), nblk);
-        b1 = gpo_min_i64(gpo_max_i64(b1, 0), nblk);
-        if (b1 <= b0) continue;
-        run_e[cnt] = e;
-        run_a[cnt] = b0 * blk;
-        run_b[cnt] = gpo_min_i64(n, b1 * blk);
-        cnt++;
+    int64_t cnt = 0, base = 0; /* base: the first item of expert e */
+    for (int64_t e = e0; e < e1 && base < b; e++) {
+        if (off[e + 1] == off[e]) continue;
+        const int64_t lo = gpo_max_i64(a, base), hi = gpo_min_i64(b, base + nblk);
+        if (lo < hi) {
+            run_e[cnt] = e;
+            run_a[cnt] = (lo - base) * blk;
+            run_b[cnt] = gpo_min_i64(n, (hi - base) * blk);
+            cnt++;
+        }
+        base += nblk;
     }
     return cnt;
 }
@@ -233,50 +218,56 @@ void gpo_moe_up(struct gpo_ctx *x, struct thr_stat *ts, struct moe_thread *mt,
      * interleaves them, else row u of mlp1[0] and of mlp1[1]; either way a chunk of
      * units leaves gate and linear outputs side by side in hs. */
     const int sep = L->gate_up == GPO_GATE_UP_SEPARATE;
-    const int64_t n_runs = moe_runs(g_off, x->part.expert0, x->part.expert1, F, MOE_UP_BLOCK,
-                                    omp_get_thread_num(), omp_get_num_threads(), mt->run_e,
-                                    mt->run_a, mt->run_b);
-    for (int64_t ri = 0; ri < n_runs; ri++) {
-        const int64_t e = mt->run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
-        /* The expert's inputs: in place when its tokens are consecutive (always
-         * for one token), else gathered into this thread's buffer. */
-        int consecutive = 1;
-        for (int64_t j = 1; j < ne; j++) consecutive &= g_tok[e0 + j] == g_tok[e0] + j;
-        struct xin in;
-        if (fast) {
-            struct gpo_q16_block *q = (struct gpo_q16_block *)xg;
-            in = (struct xin){.q16 = x->tq + (size_t)g_tok[e0] * (H / 32), .ld = H / 32};
-            if (!consecutive) {
-                for (int64_t j = 0; j < ne; j++)
-                    memcpy(q + j * (H / 32), x->tq + (size_t)g_tok[e0 + j] * (H / 32),
-                           (size_t)(H / 32) * sizeof *q);
-                in.q16 = q;
-            }
-        } else {
-            in = (struct xin){.f = x->t + (size_t)g_tok[e0] * H, .ld = H};
-            if (!consecutive) {
-                for (int64_t j = 0; j < ne; j++)
-                    memcpy(xg + j * H, x->t + (size_t)g_tok[e0 + j] * H, (size_t)H * 4);
-                in.f = xg;
-            }
-        }
-        /* as many units per kernel call as the scratch holds for ne tokens */
-        const int64_t chunk = x->hs_cap / (2 * ne) / MOE_UP_BLOCK * MOE_UP_BLOCK;
-        for (int64_t u0 = mt->run_a[ri]; u0 < mt->run_b[ri]; u0 += chunk) {
-            const int64_t u1 = gpo_min_i64(mt->run_b[ri], u0 + chunk), nu = u1 - u0;
-            if (sep) {
-                expert_rows(k, &L->mlp1[0], e, u0, u1, hs, 2 * nu, &in, ne);
-                expert_rows(k, &L->mlp1[1], e, u0, u1, hs + nu, 2 * nu, &in, ne);
+    const int64_t e_lo = x->part.expert0, e_hi = x->part.expert1;
+    const int64_t n_items = sweep_items(g_off, e_lo, e_hi, F, MOE_UP_BLOCK);
+    struct fwd_claim *cl = gpo_fwd_claim_of(x, L - x->m->layers, CLAIM_UP);
+    int64_t ca, cb;
+    while (gpo_fwd_claim(cl, n_items, 1, MOE_CLAIM_MIN, &ca, &cb)) {
+        const int64_t n_runs = chunk_runs(g_off, e_lo, e_hi, F, MOE_UP_BLOCK, ca, cb, mt->run_e,
+                                          mt->run_a, mt->run_b);
+        for (int64_t ri = 0; ri < n_runs; ri++) {
+            const int64_t e = mt->run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
+            /* The expert's inputs: in place when its tokens are consecutive (always
+             * for one token), else gathered into this thread's buffer. */
+            int consecutive = 1;
+            for (int64_t j = 1; j < ne; j++) consecutive &= g_tok[e0 + j] == g_tok[e0] + j;
+            struct xin in;
+            if (fast) {
+                struct gpo_q16_block *q = (struct gpo_q16_block *)xg;
+                in = (struct xin){.q16 = x->tq + (size_t)g_tok[e0] * (H / 32), .ld = H / 32};
+                if (!consecutive) {
+                    for (int64_t j = 0; j < ne; j++)
+                        memcpy(q + j * (H / 32), x->tq + (size_t)g_tok[e0 + j] * (H / 32),
+                               (size_t)(H / 32) * sizeof *q);
+                    in.q16 = q;
+                }
             } else {
-                expert_rows(k, &L->mlp1[0], e, 2 * u0, 2 * u1, hs, 2 * nu, &in, ne);
+                in = (struct xin){.f = x->t + (size_t)g_tok[e0] * H, .ld = H};
+                if (!consecutive) {
+                    for (int64_t j = 0; j < ne; j++)
+                        memcpy(xg + j * H, x->t + (size_t)g_tok[e0 + j] * H, (size_t)H * 4);
+                    in.f = xg;
+                }
             }
-            for (int64_t j = 0; j < ne; j++) {
-                const float *g = hs + j * 2 * nu;
-                float *out = fast ? as : x->act + (size_t)(e0 + j) * F + u0;
-                /* the exact path keeps libm's expf (the reference) */
-                (fast ? k->swiglu : gpo_swiglu_ref)(out, g, sep ? g + nu : g + 1, sep ? 1 : 2, nu,
-                                                    c->swiglu_alpha, c->swiglu_limit);
-                if (fast) k->quantize_q8(x->xq + (size_t)(e0 + j) * (F / 32) + u0 / 32, as, nu);
+            /* as many units per kernel call as the scratch holds for ne tokens */
+            const int64_t chunk = x->hs_cap / (2 * ne) / MOE_UP_BLOCK * MOE_UP_BLOCK;
+            for (int64_t u0 = mt->run_a[ri]; u0 < mt->run_b[ri]; u0 += chunk) {
+                const int64_t u1 = gpo_min_i64(mt->run_b[ri], u0 + chunk), nu = u1 - u0;
+                if (sep) {
+                    expert_rows(k, &L->mlp1[0], e, u0, u1, hs, 2 * nu, &in, ne);
+                    expert_rows(k, &L->mlp1[1], e, u0, u1, hs + nu, 2 * nu, &in, ne);
+                } else {
+                    expert_rows(k, &L->mlp1[0], e, 2 * u0, 2 * u1, hs, 2 * nu, &in, ne);
+                }
+                for (int64_t j = 0; j < ne; j++) {
+                    const float *g = hs + j * 2 * nu;
+                    float *out = fast ? as : x->act + (size_t)(e0 + j) * F + u0;
+                    /* the exact path keeps libm's expf (the reference) */
+                    (fast ? k->swiglu : gpo_swiglu_ref)(out, g, sep ? g + nu : g + 1,
+                                                        sep ? 1 : 2, nu, c->swiglu_alpha,
+                                                        c->swiglu_limit);
+                    if (fast) k->quantize_q8(x->xq + (size_t)(e0 + j) * (F / 32) + u0 / 32, as, nu);
+                }
             }
         }
     }
@@ -289,18 +280,24 @@ void gpo_moe_down(struct gpo_ctx *x, struct thr_stat *ts, struct moe_thread *mt,
     const int64_t H = c->n_embd, F = c->n_ff;
     const int fast = x->path == GPO_PATH_FAST;
     const int64_t *g_off = mt->g_off;
-    const int64_t n_runs = moe_runs(g_off, x->part.expert0, x->part.expert1, H, MOE_DOWN_BLOCK,
-                                    omp_get_thread_num(), omp_get_num_threads(), mt->run_e,
-                                    mt->run_a, mt->run_b);
-    for (int64_t ri = 0; ri < n_runs; ri++) {
-        const int64_t e = mt->run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
-        const struct xin in = fast ? (struct xin){.q8 = x->xq + (size_t)e0 * (F / 32), .ld = F / 32}
-                                   : (struct xin){.f = x->act + (size_t)e0 * F, .ld = F};
-        const struct gpo_xmat *w2 = &L->mlp2;
-        float *z = x->z + (size_t)e0 * H;
-        expert_matmul(x->k, w2, e, z, H, &in, ne, mt->run_a[ri], mt->run_b[ri]);
-        add_bias(z + mt->run_a[ri], H, ne, &w2->bias, e * w2->bias_stride, mt->run_a[ri],
-                 mt->run_b[ri]);
+    const int64_t e_lo = x->part.expert0, e_hi = x->part.expert1;
+    const int64_t n_items = sweep_items(g_off, e_lo, e_hi, H, MOE_DOWN_BLOCK);
+    struct fwd_claim *cl = gpo_fwd_claim_of(x, L - x->m->layers, CLAIM_DOWN);
+    int64_t ca, cb;
+    while (gpo_fwd_claim(cl, n_items, 1, MOE_CLAIM_MIN, &ca, &cb)) {
+        const int64_t n_runs = chunk_runs(g_off, e_lo, e_hi, H, MOE_DOWN_BLOCK, ca, cb, mt->run_e,
+                                          mt->run_a, mt->run_b);
+        for (int64_t ri = 0; ri < n_runs; ri++) {
+            const int64_t e = mt->run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
+            const struct xin in =
+                fast ? (struct xin){.q8 = x->xq + (size_t)e0 * (F / 32), .ld = F / 32}
+                     : (struct xin){.f = x->act + (size_t)e0 * F, .ld = F};
+            const struct gpo_xmat *w2 = &L->mlp2;
+            float *z = x->z + (size_t)e0 * H;
+            expert_matmul(x->k, w2, e, z, H, &in, ne, mt->run_a[ri], mt->run_b[ri]);
+            add_bias(z + mt->run_a[ri], H, ne, &w2->bias, e * w2->bias_stride, mt->run_a[ri],
+                     mt->run_b[ri]);
+        }
     }
     gpo_fwd_barrier(ts);
 }
