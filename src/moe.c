@@ -173,6 +173,19 @@ static int64_t chunk_runs(const int64_t *off, int64_t e0, int64_t e1, int64_t n,
     return cnt;
 }
 
+/* The runs of the next chunk this thread claims of sweep `which` (CLAIM_UP or
+ * CLAIM_DOWN) of layer L, n units (or rows) per expert in blocks of blk: their count,
+ * or -1 once the sweep is all claimed. */
+static int64_t claim_runs(struct gpo_ctx *x, struct moe_thread *mt, const struct gpo_layer *L,
+                          int which, int64_t n, int64_t blk) {
+    const int64_t e_lo = x->part.expert0, e_hi = x->part.expert1;
+    int64_t a, b;
+    if (!gpo_fwd_claim(gpo_fwd_claim_of(x, L - x->m->layers, which),
+                       sweep_items(mt->g_off, e_lo, e_hi, n, blk), 1, MOE_CLAIM_MIN, &a, &b))
+        return -1;
+    return chunk_runs(mt->g_off, e_lo, e_hi, n, blk, a, b, mt->run_e, mt->run_a, mt->run_b);
+}
+
 void gpo_moe_thread(const struct gpo_ctx *x, int tid, struct moe_thread *mt) {
     const struct gpo_config *c = &x->m->cfg;
     const size_t T = (size_t)x->max_tokens, H = (size_t)c->n_embd, E = (size_t)c->n_expert,
@@ -218,13 +231,8 @@ void gpo_moe_up(struct gpo_ctx *x, struct thr_stat *ts, struct moe_thread *mt,
      * interleaves them, else row u of mlp1[0] and of mlp1[1]; either way a chunk of
      * units leaves gate and linear outputs side by side in hs. */
     const int sep = L->gate_up == GPO_GATE_UP_SEPARATE;
-    const int64_t e_lo = x->part.expert0, e_hi = x->part.expert1;
-    const int64_t n_items = sweep_items(g_off, e_lo, e_hi, F, MOE_UP_BLOCK);
-    struct fwd_claim *cl = gpo_fwd_claim_of(x, L - x->m->layers, CLAIM_UP);
-    int64_t ca, cb;
-    while (gpo_fwd_claim(cl, n_items, 1, MOE_CLAIM_MIN, &ca, &cb)) {
-        const int64_t n_runs = chunk_runs(g_off, e_lo, e_hi, F, MOE_UP_BLOCK, ca, cb, mt->run_e,
-                                          mt->run_a, mt->run_b);
+    int64_t n_runs;
+    while ((n_runs = claim_runs(x, mt, L, CLAIM_UP, F, MOE_UP_BLOCK)) >= 0) {
         for (int64_t ri = 0; ri < n_runs; ri++) {
             const int64_t e = mt->run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
             /* The expert's inputs: in place when its tokens are consecutive (always
@@ -280,13 +288,8 @@ void gpo_moe_down(struct gpo_ctx *x, struct thr_stat *ts, struct moe_thread *mt,
     const int64_t H = c->n_embd, F = c->n_ff;
     const int fast = x->path == GPO_PATH_FAST;
     const int64_t *g_off = mt->g_off;
-    const int64_t e_lo = x->part.expert0, e_hi = x->part.expert1;
-    const int64_t n_items = sweep_items(g_off, e_lo, e_hi, H, MOE_DOWN_BLOCK);
-    struct fwd_claim *cl = gpo_fwd_claim_of(x, L - x->m->layers, CLAIM_DOWN);
-    int64_t ca, cb;
-    while (gpo_fwd_claim(cl, n_items, 1, MOE_CLAIM_MIN, &ca, &cb)) {
-        const int64_t n_runs = chunk_runs(g_off, e_lo, e_hi, H, MOE_DOWN_BLOCK, ca, cb, mt->run_e,
-                                          mt->run_a, mt->run_b);
+    int64_t n_runs;
+    while ((n_runs = claim_runs(x, mt, L, CLAIM_DOWN, H, MOE_DOWN_BLOCK)) >= 0) {
         for (int64_t ri = 0; ri < n_runs; ri++) {
             const int64_t e = mt->run_e[ri], e0 = g_off[e], ne = g_off[e + 1] - e0;
             const struct xin in =
