@@ -59,8 +59,15 @@ enum op {
     OP_MXFP4_GGML_Q16,
     OP_Q8_0_Q8,
     OP_BF16_DOT,
-    OP_Q8_0_Q16S
+    OP_Q8_0_Q16S,
+    OP_Q8X16_Q8,
+    OP_Q8X16_Q16S
 };
+
+static int is_q8_0(enum op op) {
+    return op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_Q8_0_Q16S || op == OP_Q8X16_Q8 ||
+           op == OP_Q8X16_Q16S;
+}
 
 static int is_ggml(enum op op) {
     return op == OP_MXFP4_GGML || op == OP_MXFP4_GGML_Q8 || op == OP_MXFP4_GGML_Q16;
@@ -89,6 +96,14 @@ static void run_rows(const struct gpo_kernels *k, struct problem *p, int copy, i
     case OP_Q8_0_Q16S:
         k->matmul_q8_0_q16s(p->y, p->rows, p->w[copy], p->xq16s, p->n_cols / 32, p->n_tok, r0,
                             r1, p->n_cols);
+        break;
+    case OP_Q8X16_Q8:
+        k->matmul_q8_0x16_q8(p->y, p->rows, p->w[copy], p->xq, p->n_cols / 32, p->n_tok, r0, r1,
+                             p->n_cols);
+        break;
+    case OP_Q8X16_Q16S:
+        k->matmul_q8_0x16_q16s(p->y, p->rows, p->w[copy], p->xq16s, p->n_cols / 32, p->n_tok,
+                               r0, r1, p->n_cols);
         break;
     case OP_BF16_DOT:
         k->matmul_bf16_dot(p->y, p->rows, p->w[copy], p->x, p->n_cols, p->n_tok, r0, r1,
@@ -170,7 +185,7 @@ static double time_calls(const struct gpo_kernels *k, struct problem *p, double 
 
 static size_t weight_bytes(const struct problem *p) {
     if (p->op == OP_BF16 || p->op == OP_BF16_DOT) return (size_t)(p->rows * p->n_cols) * 2;
-    if (p->op == OP_Q8_0 || p->op == OP_Q8_0_Q8 || p->op == OP_Q8_0_Q16S)
+    if (is_q8_0(p->op))
         return (size_t)(p->rows * p->n_cols / 32) * sizeof(struct gpo_q8_0_block);
     return (size_t)(p->rows * p->n_cols / 32) * 17;
 }
@@ -187,8 +202,9 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
             for (size_t i = 0; i < wb / 2; i++) w[i] = f32_to_bf16(rndf() * 0.05f);
             p.w[c] = w;
         }
-    } else if (op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_Q8_0_Q16S) {
-        /* Requantised like --dense q8 does at load, from f32 rows. */
+    } else if (is_q8_0(op)) {
+        /* Requantised like --dense q8 does at load, from f32 rows (and repacked for
+         * the Q8_0x16 kernels, as the load does). */
         p.w = calloc((size_t)p.copies, sizeof *p.w);
         float *row = alloc_or_die((size_t)n_cols * 4);
         for (int c = 0; c < p.copies; c++) {
@@ -196,6 +212,12 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
             for (int64_t r = 0; r < rows; r++) {
                 for (int64_t i = 0; i < n_cols; i++) row[i] = rndf() * 0.05f;
                 gpo_quantize_row_q8_0(w + r * (n_cols / 32), row, GPO_DT_F32, n_cols);
+            }
+            if (op == OP_Q8X16_Q8 || op == OP_Q8X16_Q16S) {
+                void *x16 = alloc_or_die(wb);
+                gpo_q8_0x16_pack(x16, w, rows, n_cols);
+                gpo_aligned_free(w);
+                w = x16;
             }
             p.w[c] = w;
         }
@@ -229,7 +251,7 @@ static struct problem make_problem(enum op op, int64_t rows, int64_t n_cols, int
     p.y = alloc_or_die((size_t)(n_tok * rows) * 4);
     p.xq = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq);
     gpo_kernels_ref()->quantize_q8(p.xq, p.x, n_tok * n_cols);
-    if (op == OP_Q8_0_Q8) gpo_q8_offset(p.xq, n_tok * n_cols / 32); /* the form it takes */
+    if (op == OP_Q8_0_Q8 || op == OP_Q8X16_Q8) gpo_q8_offset(p.xq, n_tok * n_cols / 32); /* the form it takes */
     p.xq16 = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq16);
     gpo_kernels_ref()->quantize_q16(p.xq16, p.x, n_tok * n_cols);
     p.xq16s = alloc_or_die((size_t)(n_tok * n_cols / 32) * sizeof *p.xq16s);
@@ -257,7 +279,8 @@ static const char *op_name(enum op op) {
     static const char *const names[] = {"bf16",          "mxfp4",         "mxfp4_q8",
                                         "q8_0",          "mxfp4_q16",     "mxfp4_ggml",
                                         "mxfp4_ggml_q8", "mxfp4_ggml_q16", "q8_0_q8",
-                                        "bf16_dot",      "q8_0_q16s"};
+                                        "bf16_dot",      "q8_0_q16s",     "q8_0x16_q8",
+                                        "q8_0x16_q16s"};
     return names[op];
 }
 
@@ -291,8 +314,7 @@ static const struct {
   expert_shapes[] = {{5760, 2880}, {2880, 2880}};
 
 static int is_dense(enum op op) {
-    return op == OP_BF16 || op == OP_Q8_0 || op == OP_Q8_0_Q8 || op == OP_BF16_DOT ||
-           op == OP_Q8_0_Q16S;
+    return op == OP_BF16 || op == OP_BF16_DOT || is_q8_0(op);
 }
 
 /* Whether table k has a kernel for op (the fast path's optional slots may be empty). */
@@ -300,6 +322,8 @@ static int has_op(const struct gpo_kernels *k, enum op op) {
     if (op == OP_Q8_0_Q8) return k->matmul_q8_0_q8 != NULL;
     if (op == OP_BF16_DOT) return k->matmul_bf16_dot != NULL;
     if (op == OP_Q8_0_Q16S) return k->matmul_q8_0_q16s != NULL;
+    if (op == OP_Q8X16_Q8) return k->matmul_q8_0x16_q8 != NULL;
+    if (op == OP_Q8X16_Q16S) return k->matmul_q8_0x16_q16s != NULL;
     return 1;
 }
 
@@ -336,7 +360,8 @@ int main(int argc, char **argv) {
            "bandwidth); larger: GFLOP/s\n\n");
 
     static const enum op ops[] = {OP_BF16,          OP_BF16_DOT,      OP_Q8_0,
-                                  OP_Q8_0_Q8,       OP_Q8_0_Q16S,     OP_MXFP4,         OP_MXFP4_Q8,
+                                  OP_Q8_0_Q8,       OP_Q8_0_Q16S,     OP_Q8X16_Q8,
+                                  OP_Q8X16_Q16S,    OP_MXFP4,         OP_MXFP4_Q8,
                                   OP_MXFP4_Q16,     OP_MXFP4_GGML,    OP_MXFP4_GGML_Q8,
                                   OP_MXFP4_GGML_Q16};
     for (size_t o = 0; o < sizeof ops / sizeof *ops; o++) {

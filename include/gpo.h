@@ -139,7 +139,9 @@ struct gpo_load_opts {
                       place.  By default they are copied at load into split code and
                       scale bytes, which the kernels read faster (the same values, the
                       same results); the mapped pages they replace are released, so the
-                      resident size stays that of the file */
+                      resident size stays that of the file.  Where the best kernel
+                      table reads them, Q8_0 dense matrices (a GGUF's or --dense q8's)
+                      are repacked too, as Q8_0x16 (kernels.h); no_repack keeps them */
 };
 
 /* Resolve the model folder: `arg` if non-NULL, else $GPT_DIR, else $HF_MODEL (which
@@ -179,7 +181,8 @@ struct gpo_model_info {
     int64_t n_params;
     int64_t n_params_active;
     uint64_t bytes_converted;  /* memory held by --dense q8 copies (0 without) */
-    uint64_t bytes_repacked;   /* memory held by the repacked experts (0 without); the
+    uint64_t bytes_repacked;   /* memory held by the repacked experts and the dense
+                                  matrices copied as Q8_0x16 (0 without); the
                                   mapped pages they replace are not resident */
     uint64_t bytes_released;   /* the mapped bytes those copies (--dense q8 and the
                                   repacked experts) replace, let go after the copy */

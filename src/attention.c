@@ -68,6 +68,9 @@ void gpo_attn_qkv(struct gpo_ctx *x, const struct gpo_layer *L, int64_t l, int64
             if (x->dq && W.dtype == GPO_DT_Q8_0)
                 x->k->matmul_q8_0_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D,
                                        W.cols);
+            else if (x->dq && W.dtype == GPO_DT_Q8_0X16)
+                x->k->matmul_q8_0x16_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D,
+                                          W.cols);
             else
                 x->k->matmul[W.dtype](y, ld, W.data, x->t, H, n_tok, a * D, b * D, W.cols);
             for (int64_t i = 0; i < n_tok; i++) {
@@ -261,7 +264,8 @@ void gpo_attn_heads(struct gpo_ctx *x, const struct gpo_layer *L, const struct s
 /* Bytes from the start of a row of W to its column col (a multiple of the block
  * size for Q8_0: the part's columns are whole heads). */
 static size_t col_offset(const struct gpo_tview *W, int64_t col) {
-    if (W->dtype == GPO_DT_Q8_0) return (size_t)(col / GPO_QK) * sizeof(struct gpo_q8_0_block);
+    if (W->dtype == GPO_DT_Q8_0 || W->dtype == GPO_DT_Q8_0X16)
+        return (size_t)(col / GPO_QK) * sizeof(struct gpo_q8_0_block);
     return (size_t)col * gpo_dtype_size(W->dtype);
 }
 
@@ -273,7 +277,8 @@ enum gpo_status gpo_attn_pack_wo(struct gpo_ctx *x) {
     uint64_t total = 0;
     for (int64_t l = 0; l < c->n_layer; l++) {
         const struct gpo_tview *W = &x->m->layers[l].wo;
-        if (W->dtype == GPO_DT_Q8_0 && (col0 % GPO_QK || P->qd % GPO_QK))
+        if ((W->dtype == GPO_DT_Q8_0 || W->dtype == GPO_DT_Q8_0X16) &&
+            (col0 % GPO_QK || P->qd % GPO_QK))
             return gpo_fail(GPO_ERR_UNSUPPORTED, "layer %lld: wo columns [%lld, %lld) of a shard "
                             "are not whole Q8_0 blocks of %d", (long long)l, (long long)col0,
                             (long long)(col0 + P->qd), GPO_QK);
@@ -293,9 +298,21 @@ enum gpo_status gpo_attn_pack_wo(struct gpo_ctx *x) {
         const uint8_t *src = W->data;
         /* Only the part's bytes of each row are read, so the other columns' pages of
          * the mapping stay untouched (but for the pages the row edges share). */
+        if (W->dtype == GPO_DT_Q8_0X16) {
+            /* Per 16-row group: the part's blocks' codes, then their scales. */
+            const int64_t nb = W->cols / GPO_QK, b0 = col0 / GPO_QK, pn = P->qd / GPO_QK;
 #pragma omp parallel for schedule(static) num_threads(x->n_threads)
-        for (int64_t r = 0; r < W->rows; r++)
-            memcpy(dst + (size_t)r * pb, src + (size_t)r * rb + c0, pb);
+            for (int64_t g = 0; g < W->rows / GPO_Q8X16_ROWS; g++) {
+                const uint8_t *gs = src + (size_t)g * GPO_Q8X16_ROWS * rb;
+                uint8_t *gd = dst + (size_t)g * GPO_Q8X16_ROWS * pb;
+                memcpy(gd, gs + (size_t)b0 * 512, (size_t)pn * 512);
+                memcpy(gd + (size_t)pn * 512, gs + (size_t)nb * 512 + (size_t)b0 * 32, (size_t)pn * 32);
+            }
+        } else {
+#pragma omp parallel for schedule(static) num_threads(x->n_threads)
+            for (int64_t r = 0; r < W->rows; r++)
+                memcpy(dst + (size_t)r * pb, src + (size_t)r * rb + c0, pb);
+        }
         x->wo_pack[l] = (struct gpo_tview){dst, W->dtype, W->rows, P->qd};
         dst += (size_t)W->rows * pb;
     }
@@ -327,6 +344,9 @@ void gpo_attn_out(struct gpo_ctx *x, struct thr_stat *ts, const struct gpo_layer
         if (x->dq && W->dtype == GPO_DT_Q8_0)
             x->k->matmul_q8_0_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1,
                                    W->cols);
+        else if (x->dq && W->dtype == GPO_DT_Q8_0X16)
+            x->k->matmul_q8_0x16_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1,
+                                      W->cols);
         else
             x->k->matmul[W->dtype](x->o, H, W->data, x->att, P->qd, n_tok, r0, r1, W->cols);
         if (!P->sharded)

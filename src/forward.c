@@ -103,15 +103,22 @@ static void *xalloc(size_t n, int *fail) {
     return p;
 }
 
-/* Whether a q, k, v or output projection or the unembedding is stored as Q8_0. */
+/* Whether a q, k, v or output projection or the unembedding is stored as Q8_0 (1),
+ * some of them repacked as Q8_0x16 (2). */
 static int has_q8_0_dense(const struct gpo_model *m) {
-    for (int64_t l = 0; l < m->cfg.n_layer; l++) {
-        const struct gpo_layer *L = &m->layers[l];
-        if (L->wq.dtype == GPO_DT_Q8_0 || L->wk.dtype == GPO_DT_Q8_0 ||
-            L->wv.dtype == GPO_DT_Q8_0 || L->wo.dtype == GPO_DT_Q8_0)
-            return 1;
+    int any = 0;
+    for (int64_t l = 0; l <= m->cfg.n_layer; l++) {
+        const struct gpo_tview *v[4] = {&m->unembedding};
+        if (l < m->cfg.n_layer) {
+            const struct gpo_layer *L = &m->layers[l];
+            v[0] = &L->wq, v[1] = &L->wk, v[2] = &L->wv, v[3] = &L->wo;
+        }
+        for (int i = 0; i < 4 && v[i]; i++) {
+            if (v[i]->dtype == GPO_DT_Q8_0X16) return 2;
+            if (v[i]->dtype == GPO_DT_Q8_0) any = 1;
+        }
     }
-    return m->unembedding.dtype == GPO_DT_Q8_0;
+    return any;
 }
 
 enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *opts, gpo_ctx **out) {
@@ -176,9 +183,12 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     } else {
         x->act = xalloc(T * K * F * 4, &fail);
     }
+    /* Integer activations for Q8_0 dense matrices (and Q8_0x16 ones when the table
+     * has their kernels; else all of them take f32 activations). */
+    const int q8 = has_q8_0_dense(m);
     x->dq = o.path == GPO_PATH_FAST && x->ktab.matmul_q8_0_q8 && x->ktab.matmul_q8_0_q16s &&
-            H % 32 == 0 && QD % 32 == 0 &&
-            D % 32 == 0 && has_q8_0_dense(m);
+            (q8 == 1 || (x->ktab.matmul_q8_0x16_q8 && x->ktab.matmul_q8_0x16_q16s)) &&
+            H % 32 == 0 && QD % 32 == 0 && D % 32 == 0 && q8;
     if (x->dq) {
         x->tq16s = xalloc(T * (H / 32) * sizeof(struct gpo_q16s_block), &fail);
         x->attq16s = xalloc(T * (QD / 32) * sizeof(struct gpo_q16s_block), &fail);
@@ -737,6 +747,8 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
                 r1 += P->vocab0;
                 if (x->dq && W->dtype == GPO_DT_Q8_0)
                     k->matmul_q8_0_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
+                else if (x->dq && W->dtype == GPO_DT_Q8_0X16)
+                    k->matmul_q8_0x16_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
                 else
                     mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
             }

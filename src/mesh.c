@@ -12,7 +12,7 @@
 
 /* Bytes of n values of a dense type (Q8_0: n/32 blocks). */
 static uint64_t elem_bytes(enum gpo_dtype dt, int64_t n) {
-    if (dt == GPO_DT_Q8_0) return (uint64_t)(n / GPO_QK) * sizeof(struct gpo_q8_0_block);
+    if (dt == GPO_DT_Q8_0 || dt == GPO_DT_Q8_0X16) return (uint64_t)(n / GPO_QK) * sizeof(struct gpo_q8_0_block);
     return (uint64_t)n * gpo_dtype_size(dt);
 }
 

@@ -411,6 +411,7 @@ static void unlock_weights(struct gpo_model *m) {
     }
     if (m->converted) munlock(m->converted, m->info.bytes_converted);
     if (m->repacked) munlock(m->repacked, m->repacked_bytes);
+    if (m->dense_x16) munlock(m->dense_x16, m->dense_x16_bytes);
     m->locked = 0;
 }
 
@@ -491,6 +492,98 @@ static enum gpo_status convert_dense_q8(struct gpo_model *m) {
     inf->bytes_released += before;
     gpo_log(GPO_LOG_INFO, "--dense q8: requantised %.2f GiB of BF16 weights to %.2f GiB in %.1f s",
             (double)before / 1073741824.0, (double)total / 1073741824.0, gpo_now() - t0);
+    return GPO_OK;
+}
+
+/* The dense matrices the AVX-512 int8 kernels read faster as Q8_0x16 (kernels.h):
+ * Q8_0 ones with rows a multiple of 16 (q, k and v also with heads of a multiple of
+ * 16 rows, as the forward pass cuts them by heads), at most GPO_Q8X16_MAX_COLS wide. */
+static int dense_x16_views(struct gpo_model *m, struct gpo_tview **v) {
+    const struct gpo_config *c = &m->cfg;
+    int n = 0;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        struct gpo_layer *L = &m->layers[l];
+        struct gpo_tview *all[4] = {&L->wq, &L->wk, &L->wv, &L->wo};
+        for (int i = 0; i < 4; i++)
+            if (i == 3 || c->head_dim % GPO_Q8X16_ROWS == 0) v[n++] = all[i];
+    }
+    v[n++] = &m->unembedding;
+    int keep = 0;
+    for (int i = 0; i < n; i++)
+        if (v[i]->dtype == GPO_DT_Q8_0 && v[i]->rows % GPO_Q8X16_ROWS == 0 &&
+            v[i]->cols <= GPO_Q8X16_MAX_COLS && v[i]->cols % GPO_QK == 0)
+            v[keep++] = v[i];
+    return keep;
+}
+
+/* Repacks the Q8_0 dense matrices into Q8_0x16 when the best kernel table reads that
+ * layout (AVX-512 with VNNI): the same values and results, a third more speed on
+ * the decode tiles.  The --dense q8 copies are repacked in place; matrices read
+ * from a GGUF file's mapping are copied, and their mapped pages let go. */
+static enum gpo_status repack_dense(struct gpo_model *m) {
+    const struct gpo_kernels *kt = gpo_kernels_select(NULL);
+    if (!kt || kt == gpo_kernels_ref() || !kt->matmul_q8_0x16_q8 || !kt->matmul_q8_0x16_q16s)
+        return GPO_OK;
+    struct gpo_tview *v[4 * GPO_MAX_LAYERS + 1];
+    const int nv = dense_x16_views(m, v);
+    if (nv == 0) return GPO_OK;
+    const uint8_t *conv = m->converted;
+    size_t copy = 0, largest = 0;
+    for (int i = 0; i < nv; i++) {
+        const size_t n = (size_t)v[i]->rows * gpo_tview_row_bytes(v[i]);
+        const uint8_t *p = v[i]->data;
+        if (!(conv && p >= conv && p < conv + m->info.bytes_converted)) copy += n;
+        const size_t g = GPO_Q8X16_ROWS * gpo_tview_row_bytes(v[i]);
+        if (g > largest) largest = g;
+    }
+    uint8_t *tmp = malloc(largest), *buf = copy ? copy_alloc(copy) : NULL;
+    if (!tmp || (copy && !buf)) {
+        free(tmp);
+        if (buf) munmap(buf, copy);
+        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB to repack the dense Q8_0 "
+                        "matrices (--no-repack reads them in place)", (double)copy / 1073741824.0);
+    }
+    m->dense_x16 = buf;
+    m->dense_x16_bytes = copy;
+    double t0 = gpo_now();
+    uint8_t *dst = buf;
+    for (int i = 0; i < nv; i++) {
+        struct gpo_tview *w = v[i];
+        const size_t rb = gpo_tview_row_bytes(w), n = (size_t)w->rows * rb, g = GPO_Q8X16_ROWS * rb;
+        const uint8_t *src = w->data;
+        if (conv && src >= conv && src < conv + m->info.bytes_converted) {
+            /* In place, a group at a time: a group's rows and its Q8_0x16 form take
+             * the same bytes. */
+            uint8_t *p = (uint8_t *)src;
+            for (int64_t r = 0; r < w->rows; r += GPO_Q8X16_ROWS) {
+                memcpy(tmp, p + (size_t)r * rb, g);
+                gpo_q8_0x16_pack(p + (size_t)r * rb, (const struct gpo_q8_0_block *)tmp,
+                                 GPO_Q8X16_ROWS, w->cols);
+            }
+        } else {
+            const int64_t groups = w->rows / GPO_Q8X16_ROWS;
+#pragma omp parallel for schedule(static)
+            for (int64_t q = 0; q < groups; q++)
+                gpo_q8_0x16_pack(dst + (size_t)q * g, (const struct gpo_q8_0_block *)(src + (size_t)q * g),
+                                 GPO_Q8X16_ROWS, w->cols);
+            const int k = m->n_replaced;
+            enum gpo_status st = note_replaced(m, src, n);
+            if (st != GPO_OK) {
+                free(tmp);
+                return st;
+            }
+            release_replaced(m, k);
+            w->data = dst;
+            dst += n;
+        }
+        w->dtype = GPO_DT_Q8_0X16;
+    }
+    free(tmp);
+    release_replaced(m, 0); /* again: shared edge pages came back */
+    m->info.bytes_repacked += copy;
+    m->info.bytes_released += copy;
+    gpo_log(GPO_LOG_INFO, "repacked %d dense Q8_0 matrices into 16-row groups (%.2f GiB copied "
+            "from the file) in %.1f s", nv, (double)copy / 1073741824.0, gpo_now() - t0);
     return GPO_OK;
 }
 
@@ -585,7 +678,7 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
                 strerror(errno));
         unlock_weights(m);
     }
-    m->info.bytes_repacked = total;
+    m->info.bytes_repacked += total;
     m->info.bytes_released += total; /* the GGML bytes: as many as the copy's */
     gpo_log(GPO_LOG_INFO, "repacked %.2f GiB of experts %lld-%lld from GGML blocks into split "
             "code and scale bytes in %.1f s", (double)total / 1073741824.0, (long long)expert0,
@@ -820,6 +913,7 @@ static int lock_map(const struct gpo_model *m, const uint8_t *p, uint64_t n) {
 static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_opts *opts) {
     enum gpo_status s;
     if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) return s;
+    if (!(opts && opts->no_repack) && (s = repack_dense(m)) != GPO_OK) return s;
     if (!(opts && opts->no_repack) && m->cfg.n_expert > 0 &&
         (s = gpo_model_repack_experts(m, 0, m->cfg.n_expert)) != GPO_OK)
         return s;
@@ -846,6 +940,11 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
         if (ok && m->converted && mlock(m->converted, m->info.bytes_converted) != 0) {
             gpo_log(GPO_LOG_WARN, "mlock of the --dense q8 copies failed: %s (check ulimit -l); "
                     "the weights are not locked", strerror(errno));
+            ok = 0;
+        }
+        if (ok && m->dense_x16 && mlock(m->dense_x16, m->dense_x16_bytes) != 0) {
+            gpo_log(GPO_LOG_WARN, "mlock of the repacked dense matrices failed: %s (check "
+                    "ulimit -l); the weights are not locked", strerror(errno));
             ok = 0;
         }
         if (ok && m->repacked && mlock(m->repacked, m->repacked_bytes) != 0) {
@@ -888,6 +987,7 @@ void gpo_model_free(gpo_model *m) {
     if (!m) return;
     gpo_aligned_free(m->converted);
     if (m->repacked) munmap(m->repacked, m->repacked_bytes);
+    if (m->dense_x16) munmap(m->dense_x16, m->dense_x16_bytes);
     free(m->replaced);
     gpo_st_close(&m->st);
     gpo_gguf_close(&m->gguf);
@@ -902,7 +1002,7 @@ const char *gpo_model_dir(const gpo_model *m) { return m->dir; }
 const char *gpo_model_layout(const gpo_model *m) { return m->layout; }
 int gpo_model_locked(const gpo_model *m) { return m->locked; }
 static void type_name(char *out, size_t n, enum gpo_dtype dt) {
-    snprintf(out, n, "%s", dt == GPO_DT_Q8_0 ? "Q8_0" : gpo_dtype_name(dt));
+    snprintf(out, n, "%s", gpo_dtype_name(dt));
 }
 
 void gpo_model_get_info(const gpo_model *m, struct gpo_model_info *info) {

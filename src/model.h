@@ -18,9 +18,10 @@ struct gpo_tview {
     int64_t rows, cols;
 };
 
-/* Bytes of one row of a view (Q8_0 rows are cols/32 blocks). */
+/* Bytes of one row of a view (Q8_0 rows are cols/32 blocks; a Q8_0x16 row takes as
+ * many, in its group of 16). */
 static inline size_t gpo_tview_row_bytes(const struct gpo_tview *v) {
-    if (v->dtype == GPO_DT_Q8_0) return (size_t)(v->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
+    if (v->dtype == GPO_DT_Q8_0 || v->dtype == GPO_DT_Q8_0X16) return (size_t)(v->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
     return (size_t)v->cols * gpo_dtype_size(v->dtype);
 }
 
@@ -152,6 +153,10 @@ struct gpo_model {
     void *repacked;
     size_t repacked_bytes;
     int64_t repacked0, repacked1;
+    /* The Q8_0 dense matrices of a GGUF file copied as Q8_0x16 (repack_dense in
+     * model.c; --dense q8 copies are repacked in place instead). */
+    void *dense_x16;
+    size_t dense_x16_bytes;
 };
 
 /* model_gguf.c: open the GGUF file (or the first part of a split set) at `path`,

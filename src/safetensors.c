@@ -41,6 +41,7 @@ size_t gpo_dtype_size(enum gpo_dtype dt) {
 
 const char *gpo_dtype_name(enum gpo_dtype dt) {
     if (dt == GPO_DT_Q8_0) return "Q8_0"; /* in-memory only; never read from a file */
+    if (dt == GPO_DT_Q8_0X16) return "Q8_0x16"; /* the same, repacked at load */
     if ((unsigned)dt >= (unsigned)GPO_DT_COUNT_ || !dtype_info[dt].name) return "?";
     return dtype_info[dt].name;
 }

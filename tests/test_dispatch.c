@@ -32,7 +32,9 @@ static int optional_slot(size_t i) {
     const size_t off = SLOT0 + i * sizeof(slot_fn);
     return off == offsetof(struct gpo_kernels, matmul_q8_0_q8) ||
            off == offsetof(struct gpo_kernels, matmul_bf16_dot) ||
-           off == offsetof(struct gpo_kernels, matmul_q8_0_q16s);
+           off == offsetof(struct gpo_kernels, matmul_q8_0_q16s) ||
+           off == offsetof(struct gpo_kernels, matmul_q8_0x16_q8) ||
+           off == offsetof(struct gpo_kernels, matmul_q8_0x16_q16s);
 }
 
 /* Whether /proc/cpuinfo's first flags line lists flag (a whole word). */
@@ -180,6 +182,8 @@ static void test_optional_parts(void **state) {
     printf("  base only: %s\n", why);
     assert_null(t.matmul_q8_0_q8);
     assert_null(t.matmul_q8_0_q16s);
+    assert_null(t.matmul_q8_0x16_q8);
+    assert_null(t.matmul_q8_0x16_q16s);
     assert_null(t.matmul_bf16_dot);
     assert_non_null(strstr(why, "part bf16 needs avx512bf16"));
     assert_non_null(strstr(why, "part int8 needs avx512vnni avx512vbmi"));
@@ -194,12 +198,15 @@ static void test_optional_parts(void **state) {
                      2);
     assert_non_null(t.matmul_q8_0_q8);
     assert_non_null(t.matmul_q8_0_q16s);
+    assert_non_null(t.matmul_q8_0x16_q8);
+    assert_non_null(t.matmul_q8_0x16_q16s);
     assert_null(t.matmul_bf16_dot);
     assert_ptr_not_equal(t.matmul_q8_0_q8, gpo_kernels_ref()->matmul_q8_0_q8);
     assert_ptr_not_equal(t.matmul_q8_0_q16s, gpo_kernels_ref()->matmul_q8_0_q16s);
     /* The AVX2 table has neither; the SIMDe build has both. */
     assert_null(gpo_kernels_avx2()->matmul_q8_0_q8);
     assert_null(gpo_kernels_avx2()->matmul_q8_0_q16s);
+    assert_null(gpo_kernels_avx2()->matmul_q8_0x16_q8);
     assert_null(gpo_kernels_avx2()->matmul_bf16_dot);
     assert_non_null(gpo_kernels_avx512_simde()->matmul_q8_0_q8);
     assert_non_null(gpo_kernels_avx512_simde()->matmul_q8_0_q16s);

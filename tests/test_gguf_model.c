@@ -67,13 +67,14 @@ static uint32_t ggml_of(enum gpo_dtype dt) {
     case GPO_DT_F32: return GPO_GGML_F32;
     case GPO_DT_F16: return GPO_GGML_F16;
     case GPO_DT_BF16: return GPO_GGML_BF16;
-    case GPO_DT_Q8_0: return GPO_GGML_Q8_0;
+    case GPO_DT_Q8_0:
+    case GPO_DT_Q8_0X16: return GPO_GGML_Q8_0;
     default: fail_msg("no ggml type for dtype %d", (int)dt); return 0;
     }
 }
 
 static uint64_t view_bytes(const struct gpo_tview *v) {
-    if (v->dtype == GPO_DT_Q8_0)
+    if (v->dtype == GPO_DT_Q8_0 || v->dtype == GPO_DT_Q8_0X16)
         return (uint64_t)v->rows * (uint64_t)(v->cols / 32) * sizeof(struct gpo_q8_0_block);
     return (uint64_t)v->rows * (uint64_t)v->cols * gpo_dtype_size(v->dtype);
 }
@@ -96,6 +97,21 @@ static void add_view(struct wlist *w, const char *name, int layer, const struct 
     t->ne[1] = v->rows;
     t->data = v->data;
     t->nbytes = view_bytes(v);
+    if (v->dtype == GPO_DT_Q8_0X16) {
+        /* repacked at load: written back as the Q8_0 rows it holds */
+        struct gpo_q8_0_block *rows = malloc(t->nbytes);
+        assert_non_null(rows);
+        for (int64_t r = 0; r < v->rows; r++)
+            gpo_q8_0x16_row(rows + r * (v->cols / 32), v->data, r, v->cols);
+        t->data = t->owned = rows;
+    }
+}
+
+/* Whether a load repacks Q8_0 dense matrices as Q8_0x16 on this CPU (the best
+ * kernel table reads them). */
+static int repacks_dense(void) {
+    const struct gpo_kernels *k = gpo_kernels_select(NULL);
+    return k && k != gpo_kernels_ref() && k->matmul_q8_0x16_q8 != NULL;
 }
 
 /* Rows [row0, row0 + 2*n) step 2 (interleaved gate/up: row0 0 = gate, 1 = up) of
@@ -360,10 +376,20 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
     assert_string_equal(gpo_model_layout(gg), "gguf");
     assert_string_equal(gpo_model_dir(gg), tmpdir);
     assert_memory_equal(&st->cfg, &gg->cfg, sizeof st->cfg);
-    /* views into the mapping, not copies */
+    /* views into the mapping, not copies (but Q8_0 ones repacked as Q8_0x16) */
     const struct gpo_gguf_tensor *t = gpo_gguf_find(&gg->gguf, "blk.1.attn_q.weight");
     assert_non_null(t);
-    assert_ptr_equal(gg->layers[1].wq.data, t->data);
+    if (gg->layers[1].wq.dtype == GPO_DT_Q8_0X16) {
+        assert_true(repacks_dense());
+        const uint8_t *d = gg->dense_x16, *q = gg->layers[1].wq.data;
+        assert_true(q >= d && q < d + gg->dense_x16_bytes);
+        const struct gpo_gguf_tensor *tn = gpo_gguf_find(&gn->gguf, "blk.1.attn_q.weight");
+        assert_non_null(tn);
+        assert_ptr_equal(gn->layers[1].wq.data, tn->data); /* no_repack: in place */
+        assert_int_equal(gn->layers[1].wq.dtype, GPO_DT_Q8_0);
+    } else {
+        assert_ptr_equal(gg->layers[1].wq.data, t->data);
+    }
     assert_int_equal(gg->layers[1].wq.dtype, st->layers[1].wq.dtype);
     assert_int_equal(gg->layers[0].gate_up, GPO_GATE_UP_SEPARATE);
     /* repacked: split code and scale bytes of every expert, in memory of its own */
@@ -415,11 +441,13 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
         mxfp4 += (uint64_t)(E * L->mlp1[0].rows * L->mlp1[0].cols / 32 * 17 +
                             E * L->mlp2.rows * L->mlp2.cols / 32 * 17);
     }
-    assert_int_equal(b.bytes_repacked, mxfp4);
+    /* and the Q8_0 dense matrices copied as Q8_0x16, where they are */
+    assert_int_equal(b.bytes_repacked, mxfp4 + gg->dense_x16_bytes);
+    assert_true(gg->dense_x16_bytes == 0 || repacks_dense());
     /* the KV pool's plan takes the released mapped bytes off the model's (kvpool.c);
      * a GGUF's dense matrices are never converted here (Q8_0 already, or BF16 as the
      * source was loaded) */
-    assert_int_equal(b.bytes_released, mxfp4);
+    assert_int_equal(b.bytes_released, mxfp4 + gg->dense_x16_bytes);
     gpo_model_get_info(gn, &b);
     assert_string_equal(b.type_experts, "MXFP4, GGML blocks");
     assert_int_equal(b.bytes_repacked, 0);
@@ -550,7 +578,9 @@ static void test_gguf_q8_0_dense(void **s) {
     assert_int_equal(gpo_model_load(FIX, &lo, &st), GPO_OK);
     write_gguf(st, path, &(struct wopts){0});
     assert_int_equal(gpo_model_load(path, NULL, &gg), GPO_OK);
-    assert_int_equal(gg->layers[0].wo.dtype, GPO_DT_Q8_0);
+    /* (wo repacked as Q8_0x16 where the kernels read that; the unembedding's 1000
+     * rows are not a multiple of 16, so it stays as stored) */
+    assert_int_equal(gg->layers[0].wo.dtype, repacks_dense() ? GPO_DT_Q8_0X16 : GPO_DT_Q8_0);
     assert_int_equal(gg->unembedding.dtype, GPO_DT_Q8_0);
     assert_null(gg->converted);
     struct gpo_model_info a, b;
@@ -575,7 +605,7 @@ static void test_gguf_dense_q8_at_load(void **s) {
     gpo_model_free(st);
     assert_int_equal(gpo_model_load(FIX, &lo, &stq), GPO_OK);
     assert_int_equal(gpo_model_load(path, &lo, &ggq), GPO_OK);
-    assert_int_equal(ggq->layers[2].wk.dtype, GPO_DT_Q8_0);
+    assert_int_equal(ggq->layers[2].wk.dtype, repacks_dense() ? GPO_DT_Q8_0X16 : GPO_DT_Q8_0);
     assert_non_null(ggq->converted);
     size_t r1, r2;
     float *want = run_pass(stq, GPO_PATH_EXACT, &r1);

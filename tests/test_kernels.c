@@ -746,7 +746,7 @@ static void check_q8_0_int(int q16) {
     struct table tabs[4];
     const int nt = tables(tabs);
     const char *what = q16 ? "q8_0_q16s" : "q8_0_q8";
-    int bad = 0, runs = 0;
+    int bad = 0, runs = 0, runs_x16 = 0;
     rng_seed(q16 ? 33 : 31);
     for (int ci = 0; ci < COUNT(MX_COLS); ci++)
         for (int ri = 0; ri < COUNT(Q80Q8_ROWS); ri++) {
@@ -754,6 +754,13 @@ static void check_q8_0_int(int q16) {
             const int64_t max_tok = Q8_0_NTOK[COUNT(Q8_0_NTOK) - 1], ldxq = nb + 1, ldy = rows + 2;
             float *wf = xmalloc((size_t)(rows * n_cols) * 4);
             struct gpo_q8_0_block *w = make_q8_0(wf, rows, n_cols);
+            /* The same matrix as Q8_0x16 (rows a multiple of 16): the tables' Q8_0x16
+             * kernels must give the reference's Q8_0 bits too. */
+            void *wx = NULL;
+            if (rows % GPO_Q8X16_ROWS == 0) {
+                wx = xmalloc((size_t)(rows * nb) * sizeof(struct gpo_q8_0_block));
+                gpo_q8_0x16_pack(wx, w, rows, n_cols);
+            }
             float *x = xmalloc((size_t)(max_tok * n_cols) * 4);
             fill_f(x, (size_t)(max_tok * n_cols));
             struct gpo_q8_block *xq = xmalloc((size_t)(max_tok * ldxq) * sizeof *xq);
@@ -818,11 +825,25 @@ static void check_q8_0_int(int q16) {
                                         "reference's bits\n", what, tabs[k].name,
                                         (long long)n_cols, (long long)rows, (long long)n_tok);
                         runs++;
+                        const gpo_matmul_q8_0_q8_fn x8 = tabs[k].k->matmul_q8_0x16_q8;
+                        const gpo_matmul_q8_0_q16s_fn x16k = tabs[k].k->matmul_q8_0x16_q16s;
+                        if (!wx || (q16 ? !x16k : !x8)) continue;
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        if (q16) x16k(y, ldy, wx, x16s, ldxq, n_tok, cuts[c][0], cuts[c][1], n_cols);
+                        else x8(y, ldy, wx, xq, ldxq, n_tok, cuts[c][0], cuts[c][1], n_cols);
+                        if (memcmp(y, yref, (size_t)(max_tok * ldy) * 4) != 0 && bad++ < 5)
+                            print_error("%s [%s] Q8_0x16 cols=%lld rows=%lld ntok=%lld rows "
+                                        "%lld-%lld: not the reference's bits\n", what,
+                                        tabs[k].name, (long long)n_cols, (long long)rows,
+                                        (long long)n_tok, (long long)cuts[c][0],
+                                        (long long)cuts[c][1]);
+                        runs_x16++;
                     }
                 }
             }
             free(wf);
             free(w);
+            free(wx);
             free(x);
             free(xq);
             free(x16);
@@ -832,7 +853,67 @@ static void check_q8_0_int(int q16) {
             free(yref);
             free(mag);
         }
-    printf("  %s: %d runs over the tables that have it\n", what, runs);
+    printf("  %s: %d runs over the tables that have it, %d of them on Q8_0x16 weights\n", what,
+           runs, runs_x16);
+    assert_true(runs > 0);
+    assert_true(runs_x16 > 0);
+    assert_int_equal(bad, 0);
+}
+
+/* Q8_0x16: packing and unpacking give back every block, and every table's exact-path
+ * matmul on the packed matrix gives its own Q8_0 kernel's bits (at row ranges that
+ * cut groups and token counts that cut tiles). */
+static void test_q8_0x16_layout(void **state) {
+    (void)state;
+    struct table tabs[4];
+    const int nt = tables(tabs);
+    int bad = 0, runs = 0;
+    rng_seed(35);
+    const int64_t cols_list[] = {32, 96, 2880}, rows_list[] = {16, 48};
+    for (int ci = 0; ci < COUNT(cols_list); ci++)
+        for (int ri = 0; ri < COUNT(rows_list); ri++) {
+            const int64_t n_cols = cols_list[ci], rows = rows_list[ri], nb = n_cols / 32;
+            const size_t wbytes = (size_t)(rows * nb) * sizeof(struct gpo_q8_0_block);
+            float *wf = xmalloc((size_t)(rows * n_cols) * 4);
+            struct gpo_q8_0_block *w = make_q8_0(wf, rows, n_cols);
+            struct gpo_q8_0_block *back = xmalloc(wbytes);
+            void *wx = xmalloc(wbytes);
+            gpo_q8_0x16_pack(wx, w, rows, n_cols);
+            for (int64_t r = 0; r < rows; r++) gpo_q8_0x16_row(back + r * nb, wx, r, n_cols);
+            if (memcmp(back, w, wbytes) != 0 && bad++ < 5)
+                print_error("Q8_0x16 %lldx%lld: unpacking does not give the blocks back\n",
+                            (long long)rows, (long long)n_cols);
+            const int64_t max_tok = 20, ldy = rows + 1;
+            float *x = xmalloc((size_t)(max_tok * n_cols) * 4);
+            fill_f(x, (size_t)(max_tok * n_cols));
+            float *y = xmalloc((size_t)(max_tok * ldy) * 4), *y2 = xmalloc((size_t)(max_tok * ldy) * 4);
+            for (int k = 0; k < nt; k++) {
+                struct gpo_kernels kt = *tabs[k].k;
+                gpo_kernels_complete(&kt);
+                const int64_t toks[] = {1, 3, 8, 20}, cuts[2][2] = {{0, rows}, {5, rows - 3}};
+                for (int ti = 0; ti < COUNT(toks); ti++)
+                    for (int c = 0; c < 2; c++) {
+                        fill_sentinel(y, (size_t)(max_tok * ldy));
+                        fill_sentinel(y2, (size_t)(max_tok * ldy));
+                        kt.matmul[GPO_DT_Q8_0](y, ldy, w, x, n_cols, toks[ti], cuts[c][0], cuts[c][1], n_cols);
+                        kt.matmul[GPO_DT_Q8_0X16](y2, ldy, wx, x, n_cols, toks[ti], cuts[c][0], cuts[c][1], n_cols);
+                        if (memcmp(y, y2, (size_t)(max_tok * ldy) * 4) != 0 && bad++ < 5)
+                            print_error("Q8_0x16 [%s] %lldx%lld ntok=%lld rows %lld-%lld: not the "
+                                        "Q8_0 kernel's bits\n", tabs[k].name, (long long)rows,
+                                        (long long)n_cols, (long long)toks[ti],
+                                        (long long)cuts[c][0], (long long)cuts[c][1]);
+                        runs++;
+                    }
+            }
+            free(wf);
+            free(w);
+            free(back);
+            free(wx);
+            free(x);
+            free(y);
+            free(y2);
+        }
+    printf("  Q8_0x16 exact path: %d runs\n", runs);
     assert_true(runs > 0);
     assert_int_equal(bad, 0);
 }
@@ -2011,6 +2092,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_mxfp4_q16_integer_exact),
         cmocka_unit_test(test_quantize_q16),
         cmocka_unit_test(test_matmul_q8_0),
+        cmocka_unit_test(test_q8_0x16_layout),
         cmocka_unit_test(test_matmul_q8_0_q8),
         cmocka_unit_test(test_matmul_q8_0_q16s),
         cmocka_unit_test(test_swiglu),

@@ -295,14 +295,36 @@ static uint64_t check_packed_wo(const gpo_model *m, int tp, int rank) {
                      pb = gpo_tview_row_bytes(Pk);
         sum += (uint64_t)pb * (uint64_t)Pk->rows;
         const uint8_t *src = W->data, *dst = Pk->data;
-        for (int64_t r = 0; r < W->rows; r++)
-            assert_memory_equal(dst + (size_t)r * pb, src + (size_t)r * rb + c0, pb);
+        /* Row views of the part's columns: of W as stored, or (Q8_0x16, repacked at
+         * load) its rows unpacked, whose Q8_0 kernel gives the Q8_0x16 one's bits. */
+        size_t vb = rb, v0 = c0;
+        enum gpo_dtype vt = W->dtype;
+        uint8_t *unpacked = NULL;
+        if (W->dtype == GPO_DT_Q8_0X16) {
+            const int64_t nb = W->cols / 32, pn = qd / 32;
+            struct gpo_q8_0_block *full = malloc((size_t)nb * sizeof *full),
+                                  *part = malloc((size_t)pn * sizeof *part);
+            unpacked = malloc((size_t)W->rows * pb);
+            assert_true(full && part && unpacked);
+            for (int64_t r = 0; r < W->rows; r++) {
+                gpo_q8_0x16_row(full, src, r, W->cols);
+                gpo_q8_0x16_row(part, dst, r, qd);
+                assert_memory_equal(part, full + col0 / 32, pb);
+                memcpy(unpacked + (size_t)r * pb, part, pb);
+            }
+            free(full);
+            free(part);
+            src = unpacked, vb = pb, v0 = 0, vt = GPO_DT_Q8_0;
+        } else {
+            for (int64_t r = 0; r < W->rows; r++)
+                assert_memory_equal(dst + (size_t)r * pb, src + (size_t)r * rb + c0, pb);
+        }
         const int64_t batches[] = {1, 5, T};
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
             const int64_t n = batches[bi];
             x->k->matmul[W->dtype](y, H, Pk->data, att, qd, n, 0, H, qd);
             for (int64_t r = 0; r < W->rows; r++)
-                x->k->matmul[W->dtype](y_view + r, H, src + (size_t)r * rb + c0, att, qd, n, 0, 1, qd);
+                x->k->matmul[vt](y_view + r, H, src + (size_t)r * vb + v0, att, qd, n, 0, 1, qd);
             if (memcmp(y, y_view, (size_t)(n * H) * sizeof *y) != 0)
                 fail_msg("mesh %dx1 rank %d layer %lld, %lld tokens: the packed wo differs from the "
                          "strided view by %g", tp, rank, (long long)l, (long long)n,
@@ -311,6 +333,7 @@ static uint64_t check_packed_wo(const gpo_model *m, int tp, int rank) {
             for (int64_t i = 0; i < n * H; i++)
                 assert_true(fabs((double)y[i] - y_ref[i]) <= 1e-4 * (1.0 + fabs((double)y_ref[i])));
         }
+        free(unpacked);
     }
     assert_int_equal(sum, s.bytes_packed);
     free(att);
@@ -340,7 +363,10 @@ static void test_packed_wo(void **st) {
         assert_int_equal(packed, wo);
     }
     assert_int_equal(g_model->layers[0].wo.dtype, GPO_DT_BF16);
-    assert_int_equal(q8->layers[0].wo.dtype, GPO_DT_Q8_0);
+    /* (repacked as Q8_0x16 where the best kernel table reads that layout) */
+    const struct gpo_kernels *kt = gpo_kernels_select(NULL);
+    const int x16 = kt && kt != gpo_kernels_ref() && kt->matmul_q8_0x16_q8;
+    assert_int_equal(q8->layers[0].wo.dtype, x16 ? GPO_DT_Q8_0X16 : GPO_DT_Q8_0);
     gpo_model_free(q8);
 }
 

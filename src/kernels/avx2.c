@@ -565,6 +565,12 @@ static void matmul_q8_0_f32_avx2(float *y, int64_t ldy, const void *W, const flo
                    n_tok, r0, r1, n_cols);
 }
 
+static void matmul_q8_0x16_f32_avx2(float *y, int64_t ldy, const void *W, const float *x,
+                                    int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                    int64_t n_cols) {
+    gpo_drv_q8_0x16(matmul_q8_0_f32_avx2, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+}
+
 /* ---- MXFP4, exact path (f32 activations) ---- */
 
 /* Decoding MXFP4 keeps the core busy enough that the hardware prefetcher falls
@@ -1359,7 +1365,8 @@ static const struct gpo_kernels avx2_table = {
     .matmul = {[GPO_DT_F32] = matmul_f32_f32_avx2,
                [GPO_DT_F16] = matmul_f16_f32_avx2,
                [GPO_DT_BF16] = matmul_bf16_f32_avx2,
-               [GPO_DT_Q8_0] = matmul_q8_0_f32_avx2},
+               [GPO_DT_Q8_0] = matmul_q8_0_f32_avx2,
+               [GPO_DT_Q8_0X16] = matmul_q8_0x16_f32_avx2},
     .matmul_mxfp4 = matmul_mxfp4_f32_avx2,
     .matmul_mxfp4_q8 = matmul_mxfp4_q8_avx2,
     .quantize_q8 = quantize_q8_avx2,

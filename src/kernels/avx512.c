@@ -411,6 +411,12 @@ static void matmul_q8_0_avx512(float *y, int64_t ldy, const void *W, const float
                        ldx, n_tok, r0, r1, n_cols);
 }
 
+static void matmul_q8_0x16_avx512(float *y, int64_t ldy, const void *W, const float *x,
+                                  int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                  int64_t n_cols) {
+    gpo_drv_q8_0x16(matmul_q8_0_avx512, y, ldy, W, x, ldx, n_tok, r0, r1, n_cols);
+}
+
 /* ---- Activation quantisers ----
  * The same IEEE operations as the reference, so the bytes are identical: amax is
  * exact whatever the order of the max, d and 1/d are the same divisions, x * id
@@ -708,6 +714,7 @@ void GPO_K512(fill_base)(struct gpo_kernels *t) {
     t->matmul[GPO_DT_BF16] = matmul_bf16_avx512;
     t->matmul[GPO_DT_F16] = matmul_f16_avx512;
     t->matmul[GPO_DT_Q8_0] = matmul_q8_0_avx512;
+    t->matmul[GPO_DT_Q8_0X16] = matmul_q8_0x16_avx512;
     t->quantize_q8 = quantize_q8_avx512;
     t->quantize_q16 = quantize_q16_avx512;
     t->attn_scores = attn_scores_avx512;

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"
+
 /* The size of the next tile when n tokens remain for tiles of at most tmax: the
  * tiles are balanced (4 tokens make 2 + 2 rather than 3 + 1, which would use the
  * weights for one token only). */
@@ -47,6 +49,24 @@ static inline void gpo_drv_direct(gpo_drv_direct_tile_fn tile, int64_t rstep, in
                          : (n_tok - t < tmax ? n_tok - t : tmax);
             tile(R, (int)T, y, ldy, W, x, ldx, t, r, n_cols);
         }
+    }
+}
+
+/* A Q8_0x16 matmul (kernels.h) with f32 activations through the ISA file's Q8_0
+ * kernel q80: rows are unpacked a few at a time into Q8_0 rows on the stack, so each
+ * element gets the Q8_0 kernel's bits (its rows are independent of [r0, r1)).  The
+ * exact path's rate on a repacked model; n_cols <= GPO_Q8X16_MAX_COLS. */
+static inline void gpo_drv_q8_0x16(void (*q80)(float *, int64_t, const void *, const float *,
+                                               int64_t, int64_t, int64_t, int64_t, int64_t),
+                                   float *y, int64_t ldy, const void *W, const float *x,
+                                   int64_t ldx, int64_t n_tok, int64_t r0, int64_t r1,
+                                   int64_t n_cols) {
+    struct gpo_q8_0_block buf[2 * GPO_Q8X16_MAX_COLS / GPO_QK];
+    const int64_t nb = n_cols / GPO_QK, rows = (int64_t)(sizeof buf / sizeof *buf) / nb;
+    for (int64_t r = r0; r < r1; r += rows) {
+        const int64_t n = r1 - r < rows ? r1 - r : rows;
+        for (int64_t i = 0; i < n; i++) gpo_q8_0x16_row(buf + i * nb, W, r + i, n_cols);
+        q80(y + r, ldy, buf, x, ldx, n_tok, 0, n, n_cols);
     }
 }
 

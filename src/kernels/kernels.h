@@ -31,6 +31,7 @@ enum gpo_dtype {
     GPO_DT_F8_E4M3,
     GPO_DT_F8_E5M2,
     GPO_DT_Q8_0, /* in memory only (--dense q8): rows of struct gpo_q8_0_block */
+    GPO_DT_Q8_0X16, /* in memory only: Q8_0 rows interleaved 16 at a time (below) */
     GPO_DT_COUNT_
 };
 
@@ -47,6 +48,21 @@ struct __attribute__((packed)) gpo_q8_0_block {
     uint16_t d; /* f16 */
     int8_t qs[GPO_QK];
 };
+
+/* Q8_0x16: the values of a Q8_0 matrix with rows a multiple of 16, interleaved for
+ * the AVX-512 int8 tiles (one 32-bit lane per row), the same bytes in all.  Group g
+ * (rows 16g..16g+15) takes nb * 544 bytes (nb = n_cols/32), from W + g*nb*544: first
+ * the codes, 512 bytes per block b: byte b*512 + 64q + 4i + k is code 4q + k of row
+ * 16g + i's block b (so the 16 rows' codes 4q..4q+3 are one aligned 64-byte vector);
+ * then the scales, 16 f16 per block: scale of row 16g + i's block b at element
+ * 16b + i.  A row range [16a, 16b) is a contiguous slice, as for Q8_0. */
+#define GPO_Q8X16_ROWS 16
+/* The widest Q8_0x16 matrix (the exact path unpacks a row into a buffer on the stack). */
+#define GPO_Q8X16_MAX_COLS 8192
+/* Repacks rows x n_cols of Q8_0 blocks (rows a multiple of 16) into Q8_0x16 at dst. */
+void gpo_q8_0x16_pack(void *dst, const struct gpo_q8_0_block *src, int64_t rows, int64_t n_cols);
+/* Row r of a Q8_0x16 matrix back as n_cols/32 Q8_0 blocks (for the exact path). */
+void gpo_q8_0x16_row(struct gpo_q8_0_block *dst, const void *W, int64_t r, int64_t n_cols);
 
 /* An activation quantised to int16 per block of 32: x[i] = d * qs[i], d = amax/32767.
  * Nearly exact (relative error ~1.5e-5 of the block maximum). */
@@ -226,6 +242,11 @@ struct gpo_kernels {
     gpo_matmul_q8_0_q8_fn matmul_q8_0_q8;
     gpo_matmul_bf16_dot_fn matmul_bf16_dot;
     gpo_matmul_q8_0_q16s_fn matmul_q8_0_q16s;
+    /* The same two for Q8_0x16 weights (the same bits as for the Q8_0 rows they
+     * hold).  Only where it is non-NULL in the best table does the load repack Q8_0
+     * matrices (model.c); r0 and r1 need not be multiples of 16. */
+    gpo_matmul_q8_0_q8_fn matmul_q8_0x16_q8;
+    gpo_matmul_q8_0_q16s_fn matmul_q8_0x16_q16s;
 };
 
 /* The reference table, and the best table this CPU supports (or the named one:
@@ -235,7 +256,8 @@ const struct gpo_kernels *gpo_kernels_ref(void);
 const struct gpo_kernels *gpo_kernels_select(const char *name);
 /* Fills every empty slot of a copy of a table with the reference kernel (a SIMD table
  * may leave operations to the reference), except the optional fast-path slots
- * (matmul_q8_0_q8, matmul_bf16_dot, matmul_q8_0_q16s), which stay empty. */
+ * (matmul_q8_0_q8, matmul_bf16_dot, matmul_q8_0_q16s and the Q8_0x16 pair), which
+ * stay empty. */
 void gpo_kernels_complete(struct gpo_kernels *t);
 /* The AVX2 table (NULL when not built); callers check gpo_cpu_has_avx2(). */
 const struct gpo_kernels *gpo_kernels_avx2(void);
@@ -330,6 +352,15 @@ void gpo_quantize_q16s(const struct gpo_kernels *k, struct gpo_q16s_block *out, 
 void gpo_q16_split(struct gpo_q16s_block *out, const struct gpo_q16_block *in, int64_t n_blocks);
 void gpo_matmul_q8_0_q16s_ref(float *y, int64_t ldy, const void *W, const struct gpo_q16s_block *xq,
                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_q8_0x16_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
+                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
+void gpo_matmul_q8_0x16_q16s_ref(float *y, int64_t ldy, const void *W,
+                                 const struct gpo_q16s_block *xq, int64_t ldxq, int64_t n_tok,
+                                 int64_t r0, int64_t r1, int64_t n_cols);
+/* Q8_0x16 weights times f32 activations: the reference's Q8_0 arithmetic (the
+ * matmul[GPO_DT_Q8_0X16] slot of the reference table). */
+void gpo_matmul_q8_0x16_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                            int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_matmul_bf16_dot_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
                              int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols);
 void gpo_swiglu_ref(float *out, const float *gate, const float *lin, int64_t step, int64_t n,

@@ -106,13 +106,48 @@ void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n) {
     }
 }
 
-void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+
+void gpo_q8_0x16_pack(void *dst, const struct gpo_q8_0_block *src, int64_t rows, int64_t n_cols) {
+    const int64_t nb = n_cols / GPO_QK, gb = nb * (int64_t)sizeof(struct gpo_q8_0_block) * 16;
+    for (int64_t g = 0; g < rows / 16; g++) {
+        uint8_t *codes = (uint8_t *)dst + g * gb;
+        uint16_t *scales = (uint16_t *)(codes + nb * 512);
+        for (int64_t b = 0; b < nb; b++)
+            for (int i = 0; i < 16; i++) {
+                const struct gpo_q8_0_block *blk = src + (g * 16 + i) * nb + b;
+                scales[b * 16 + i] = blk->d;
+                for (int c = 0; c < GPO_QK; c++)
+                    codes[b * 512 + 64 * (c / 4) + 4 * i + c % 4] = (uint8_t)blk->qs[c];
+            }
+    }
+}
+
+void gpo_q8_0x16_row(struct gpo_q8_0_block *dst, const void *W, int64_t r, int64_t n_cols) {
+    const int64_t nb = n_cols / GPO_QK, i = r % 16;
+    const uint8_t *codes = (const uint8_t *)W + (r / 16) * nb * (int64_t)sizeof(struct gpo_q8_0_block) * 16;
+    const uint16_t *scales = (const uint16_t *)(codes + nb * 512);
+    for (int64_t b = 0; b < nb; b++) {
+        dst[b].d = scales[b * 16 + i];
+        for (int c = 0; c < GPO_QK; c++) dst[b].qs[c] = (int8_t)codes[b * 512 + 64 * (c / 4) + 4 * i + c % 4];
+    }
+}
+
+/* Row r of a Q8_0 (x16 = 0) or Q8_0x16 matrix as Q8_0 blocks: in place, or unpacked
+ * into tmp. */
+static const struct gpo_q8_0_block *q8_0_row(const void *W, int x16, int64_t r, int64_t n_cols,
+                                             struct gpo_q8_0_block *tmp) {
+    if (!x16) return (const struct gpo_q8_0_block *)W + r * (n_cols / GPO_QK);
+    gpo_q8_0x16_row(tmp, W, r, n_cols);
+    return tmp;
+}
+
+static void q8_0_f32_ref(float *y, int64_t ldy, const void *W, int x16, const float *x, int64_t ldx,
                          int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
-    const struct gpo_q8_0_block *w = W;
     const int64_t nb = n_cols / GPO_QK;
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t r = r0; r < r1; r++) {
-            const struct gpo_q8_0_block *wr = w + r * nb;
+    struct gpo_q8_0_block tmp[GPO_Q8X16_MAX_COLS / GPO_QK];
+    for (int64_t r = r0; r < r1; r++) {
+        const struct gpo_q8_0_block *wr = q8_0_row(W, x16, r, n_cols, tmp);
+        for (int64_t t = 0; t < n_tok; t++) {
             const float *xt = x + t * ldx;
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
@@ -122,41 +157,65 @@ void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, i
             }
             y[t * ldy + r] = acc;
         }
+    }
 }
 
-/* Q8_0 weights times integer activations in the SIMD kernels' order: per block the
- * exact integer sum, then one fma per block.  Activation code i of block xb is the
- * offset int8 of a gpo_q8_block (q16s = 0) or the split int16 of a gpo_q16s_block. */
-static void q8_0_int_ref(float *y, int64_t ldy, const void *W, const void *xq, int q16s,
+void gpo_matmul_q8_0_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                         int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    q8_0_f32_ref(y, ldy, W, 0, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+void gpo_matmul_q8_0x16_ref(float *y, int64_t ldy, const void *W, const float *x, int64_t ldx,
+                            int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    q8_0_f32_ref(y, ldy, W, 1, x, ldx, n_tok, r0, r1, n_cols);
+}
+
+/* Q8_0 (or Q8_0x16) weights times integer activations in the SIMD kernels' order:
+ * per block the exact integer sum, then one fma per block.  Activation code i of
+ * block xb is the offset int8 of a gpo_q8_block (q16s = 0) or the split int16 of a
+ * gpo_q16s_block. */
+static void q8_0_int_ref(float *y, int64_t ldy, const void *W, int x16, const void *xq, int q16s,
                          int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
-    const struct gpo_q8_0_block *w = W;
     const int64_t nb = n_cols / GPO_QK;
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t r = r0; r < r1; r++) {
-            const struct gpo_q8_0_block *wr = w + r * nb;
+    struct gpo_q8_0_block tmp[GPO_Q8X16_MAX_COLS / GPO_QK];
+    for (int64_t r = r0; r < r1; r++) {
+        const struct gpo_q8_0_block *wr = q8_0_row(W, x16, r, n_cols, tmp);
+        for (int64_t t = 0; t < n_tok; t++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 const int64_t xi = t * ldxq + b;
                 const struct gpo_q8_block *x8 = q16s ? NULL : (const struct gpo_q8_block *)xq + xi;
-                const struct gpo_q16s_block *x16 = q16s ? (const struct gpo_q16s_block *)xq + xi : NULL;
+                const struct gpo_q16s_block *x16b = q16s ? (const struct gpo_q16s_block *)xq + xi : NULL;
                 int32_t blk = 0;
                 for (int i = 0; i < GPO_QK; i++)
-                    blk += wr[b].qs[i] * (x16 ? 256 * ((int32_t)x16->hi[i] - 128) + x16->lo[i]
-                                              : (int32_t)(uint8_t)x8->qs[i] - 128);
-                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * (x16 ? x16->d : x8->d), acc);
+                    blk += wr[b].qs[i] * (x16b ? 256 * ((int32_t)x16b->hi[i] - 128) + x16b->lo[i]
+                                               : (int32_t)(uint8_t)x8->qs[i] - 128);
+                acc = fmaf((float)blk, f16_to_f32(wr[b].d) * (x16b ? x16b->d : x8->d), acc);
             }
             y[t * ldy + r] = acc;
         }
+    }
 }
 
 void gpo_matmul_q8_0_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
                             int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
-    q8_0_int_ref(y, ldy, W, xq, 0, ldxq, n_tok, r0, r1, n_cols);
+    q8_0_int_ref(y, ldy, W, 0, xq, 0, ldxq, n_tok, r0, r1, n_cols);
 }
 
 void gpo_matmul_q8_0_q16s_ref(float *y, int64_t ldy, const void *W, const struct gpo_q16s_block *xq,
                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
-    q8_0_int_ref(y, ldy, W, xq, 1, ldxq, n_tok, r0, r1, n_cols);
+    q8_0_int_ref(y, ldy, W, 0, xq, 1, ldxq, n_tok, r0, r1, n_cols);
+}
+
+void gpo_matmul_q8_0x16_q8_ref(float *y, int64_t ldy, const void *W, const struct gpo_q8_block *xq,
+                               int64_t ldxq, int64_t n_tok, int64_t r0, int64_t r1, int64_t n_cols) {
+    q8_0_int_ref(y, ldy, W, 1, xq, 0, ldxq, n_tok, r0, r1, n_cols);
+}
+
+void gpo_matmul_q8_0x16_q16s_ref(float *y, int64_t ldy, const void *W,
+                                 const struct gpo_q16s_block *xq, int64_t ldxq, int64_t n_tok,
+                                 int64_t r0, int64_t r1, int64_t n_cols) {
+    q8_0_int_ref(y, ldy, W, 1, xq, 1, ldxq, n_tok, r0, r1, n_cols);
 }
 
 void gpo_q16_split(struct gpo_q16s_block *out, const struct gpo_q16_block *in, int64_t n_blocks) {
@@ -438,7 +497,8 @@ static const struct gpo_kernels ref_table = {
     .matmul = {[GPO_DT_F32] = gpo_matmul_f32_ref,
                [GPO_DT_F16] = gpo_matmul_f16_ref,
                [GPO_DT_BF16] = gpo_matmul_bf16_ref,
-               [GPO_DT_Q8_0] = gpo_matmul_q8_0_ref},
+               [GPO_DT_Q8_0] = gpo_matmul_q8_0_ref,
+               [GPO_DT_Q8_0X16] = gpo_matmul_q8_0x16_ref},
     .matmul_mxfp4 = gpo_matmul_mxfp4_ref,
     .matmul_mxfp4_q8 = gpo_matmul_mxfp4_q8_ref,
     .quantize_q8 = gpo_quantize_q8_ref,
@@ -454,6 +514,8 @@ static const struct gpo_kernels ref_table = {
     .matmul_q8_0_q8 = gpo_matmul_q8_0_q8_ref,
     .matmul_bf16_dot = gpo_matmul_bf16_dot_ref,
     .matmul_q8_0_q16s = gpo_matmul_q8_0_q16s_ref,
+    .matmul_q8_0x16_q8 = gpo_matmul_q8_0x16_q8_ref,
+    .matmul_q8_0x16_q16s = gpo_matmul_q8_0x16_q16s_ref,
     .swiglu = gpo_swiglu_ref,
 };
 
