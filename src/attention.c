@@ -299,15 +299,23 @@ enum gpo_status gpo_attn_pack_wo(struct gpo_ctx *x) {
         /* Only the part's bytes of each row are read, so the other columns' pages of
          * the mapping stay untouched (but for the pages the row edges share). */
         if (W->dtype == GPO_DT_Q8_0X16) {
-            /* Per 16-row group: the part's blocks' codes, then their scales. */
+            /* A 16-row group at a time: its rows unpacked, the part's blocks of them
+             * packed again. */
             const int64_t nb = W->cols / GPO_QK, b0 = col0 / GPO_QK, pn = P->qd / GPO_QK;
-#pragma omp parallel for schedule(static) num_threads(x->n_threads)
-            for (int64_t g = 0; g < W->rows / GPO_Q8X16_ROWS; g++) {
-                const uint8_t *gs = src + (size_t)g * GPO_Q8X16_ROWS * rb;
-                uint8_t *gd = dst + (size_t)g * GPO_Q8X16_ROWS * pb;
-                memcpy(gd, gs + (size_t)b0 * 512, (size_t)pn * 512);
-                memcpy(gd + (size_t)pn * 512, gs + (size_t)nb * 512 + (size_t)b0 * 32, (size_t)pn * 32);
+            struct gpo_q8_0_block *rows = malloc((size_t)(nb + GPO_Q8X16_ROWS * pn) * sizeof *rows);
+            if (!rows) {
+                gpo_attn_free_wo(x);
+                return gpo_fail(GPO_ERR_NOMEM, "cannot allocate the shard's wo columns");
             }
+            struct gpo_q8_0_block *part = rows + nb;
+            for (int64_t g = 0; g < W->rows / GPO_Q8X16_ROWS; g++) {
+                for (int i = 0; i < GPO_Q8X16_ROWS; i++) {
+                    gpo_q8_0x16_row(rows, src, g * GPO_Q8X16_ROWS + i, W->cols);
+                    memcpy(part + i * pn, rows + b0, (size_t)pn * sizeof *rows);
+                }
+                gpo_q8_0x16_pack(dst + (size_t)g * GPO_Q8X16_ROWS * pb, part, GPO_Q8X16_ROWS, P->qd);
+            }
+            free(rows);
         } else {
 #pragma omp parallel for schedule(static) num_threads(x->n_threads)
             for (int64_t r = 0; r < W->rows; r++)

@@ -51,12 +51,19 @@ struct __attribute__((packed)) gpo_q8_0_block {
 
 /* Q8_0x16: the values of a Q8_0 matrix with rows a multiple of 16, interleaved for
  * the AVX-512 int8 tiles (one 32-bit lane per row), the same bytes in all.  Group g
- * (rows 16g..16g+15) takes nb * 544 bytes (nb = n_cols/32), from W + g*nb*544: first
- * the codes, 512 bytes per block b: byte b*512 + 64q + 4i + k is code 4q + k of row
- * 16g + i's block b (so the 16 rows' codes 4q..4q+3 are one aligned 64-byte vector);
- * then the scales, 16 f16 per block: scale of row 16g + i's block b at element
- * 16b + i.  A row range [16a, 16b) is a contiguous slice, as for Q8_0. */
+ * (rows 16g..16g+15) takes nb * 544 bytes (nb = n_cols/32) from W + g*nb*544, block b
+ * of it 544 bytes: 512 bytes of codes, byte 64q + 4i + k being code 4q + k of row
+ * 16g + i (so the 16 rows' codes 4q..4q+3 are one 64-byte vector), and 16 f16
+ * scales, element i that of row 16g + i.  Blocks go in pairs, so that the group is
+ * one stream of whole cache lines: pair p (blocks 2p and 2p + 1) at 1088p holds the
+ * two blocks' codes, then their scales; a last block without a pair, its codes then
+ * its scales.  A row range [16a, 16b) is a contiguous slice, as for Q8_0. */
 #define GPO_Q8X16_ROWS 16
+/* Offsets in a group of block b's codes and scales (nb blocks). */
+static inline size_t gpo_q8x16_codes(int64_t b) { return (size_t)(b >> 1) * 1088 + (size_t)(b & 1) * 512; }
+static inline size_t gpo_q8x16_scales(int64_t b, int64_t nb) {
+    return (size_t)(b >> 1) * 1088 + ((b | 1) < nb ? 1024 : 512) + (size_t)(b & 1) * 32;
+}
 /* The widest Q8_0x16 matrix (the exact path unpacks a row into a buffer on the stack). */
 #define GPO_Q8X16_MAX_COLS 8192
 /* Repacks rows x n_cols of Q8_0 blocks (rows a multiple of 16) into Q8_0x16 at dst. */

@@ -110,25 +110,26 @@ void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n) {
 void gpo_q8_0x16_pack(void *dst, const struct gpo_q8_0_block *src, int64_t rows, int64_t n_cols) {
     const int64_t nb = n_cols / GPO_QK, gb = nb * (int64_t)sizeof(struct gpo_q8_0_block) * 16;
     for (int64_t g = 0; g < rows / 16; g++) {
-        uint8_t *codes = (uint8_t *)dst + g * gb;
-        uint16_t *scales = (uint16_t *)(codes + nb * 512);
-        for (int64_t b = 0; b < nb; b++)
+        uint8_t *grp = (uint8_t *)dst + g * gb;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *codes = grp + gpo_q8x16_codes(b), *scales = grp + gpo_q8x16_scales(b, nb);
             for (int i = 0; i < 16; i++) {
                 const struct gpo_q8_0_block *blk = src + (g * 16 + i) * nb + b;
-                scales[b * 16 + i] = blk->d;
+                memcpy(scales + 2 * i, &blk->d, 2);
                 for (int c = 0; c < GPO_QK; c++)
-                    codes[b * 512 + 64 * (c / 4) + 4 * i + c % 4] = (uint8_t)blk->qs[c];
+                    codes[64 * (c / 4) + 4 * i + c % 4] = (uint8_t)blk->qs[c];
             }
+        }
     }
 }
 
 void gpo_q8_0x16_row(struct gpo_q8_0_block *dst, const void *W, int64_t r, int64_t n_cols) {
     const int64_t nb = n_cols / GPO_QK, i = r % 16;
-    const uint8_t *codes = (const uint8_t *)W + (r / 16) * nb * (int64_t)sizeof(struct gpo_q8_0_block) * 16;
-    const uint16_t *scales = (const uint16_t *)(codes + nb * 512);
+    const uint8_t *grp = (const uint8_t *)W + (r / 16) * nb * (int64_t)sizeof(struct gpo_q8_0_block) * 16;
     for (int64_t b = 0; b < nb; b++) {
-        dst[b].d = scales[b * 16 + i];
-        for (int c = 0; c < GPO_QK; c++) dst[b].qs[c] = (int8_t)codes[b * 512 + 64 * (c / 4) + 4 * i + c % 4];
+        const uint8_t *codes = grp + gpo_q8x16_codes(b);
+        memcpy(&dst[b].d, grp + gpo_q8x16_scales(b, nb) + 2 * i, 2);
+        for (int c = 0; c < GPO_QK; c++) dst[b].qs[c] = (int8_t)codes[64 * (c / 4) + 4 * i + c % 4];
     }
 }
 
