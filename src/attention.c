@@ -65,12 +65,9 @@ void gpo_attn_qkv(struct gpo_ctx *x, const struct gpo_layer *L, int64_t l, int64
                 gpo_fwd_row_view(mats[mi].w, mats[mi].row0, mats[mi].n_heads * D);
             float *y = mats[mi].y;
             const int64_t ld = mats[mi].ld;
-            if (x->dq && W.dtype == GPO_DT_Q8_0)
-                x->k->matmul_q8_0_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D,
-                                       W.cols);
-            else if (x->dq && W.dtype == GPO_DT_Q8_0X16)
-                x->k->matmul_q8_0x16_q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D,
-                                          W.cols);
+            const gpo_matmul_q8_0_q16s_fn q16s = GPO_FWD_INT_KERNEL(x, W.dtype, q16s);
+            if (q16s)
+                q16s(y, ld, W.data, x->tq16s, H / 32, n_tok, a * D, b * D, W.cols);
             else
                 x->k->matmul[W.dtype](y, ld, W.data, x->t, H, n_tok, a * D, b * D, W.cols);
             for (int64_t i = 0; i < n_tok; i++) {
@@ -349,12 +346,9 @@ void gpo_attn_out(struct gpo_ctx *x, struct thr_stat *ts, const struct gpo_layer
     int64_t r0, r1;
     struct fwd_claim *cl = gpo_fwd_claim_of(x, L - x->m->layers, CLAIM_OUT);
     while (gpo_fwd_claim(cl, W->rows, 16, 64, &r0, &r1)) {
-        if (x->dq && W->dtype == GPO_DT_Q8_0)
-            x->k->matmul_q8_0_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1,
-                                   W->cols);
-        else if (x->dq && W->dtype == GPO_DT_Q8_0X16)
-            x->k->matmul_q8_0x16_q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1,
-                                      W->cols);
+        const gpo_matmul_q8_0_q16s_fn q16s = GPO_FWD_INT_KERNEL(x, W->dtype, q16s);
+        if (q16s)
+            q16s(x->o, H, W->data, x->attq16s, P->qd / 32, n_tok, r0, r1, W->cols);
         else
             x->k->matmul[W->dtype](x->o, H, W->data, x->att, P->qd, n_tok, r0, r1, W->cols);
         if (!P->sharded)

@@ -741,14 +741,13 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
              * kernel's rate at 8 tokens, within test_golden's --dense q8 bounds. */
             gpo_matmul_fn mm = k->matmul[W->dtype];
             if (fast && W->dtype == GPO_DT_BF16 && k->matmul_bf16_dot) mm = k->matmul_bf16_dot;
+            const gpo_matmul_q8_0_q8_fn q8 = GPO_FWD_INT_KERNEL(x, W->dtype, q8);
             struct fwd_claim *cl = gpo_fwd_claim_of(x, c->n_layer, 0);
             while (gpo_fwd_claim(cl, P->vocab1 - P->vocab0, 16, 256, &r0, &r1)) {
                 r0 += P->vocab0;
                 r1 += P->vocab0;
-                if (x->dq && W->dtype == GPO_DT_Q8_0)
-                    k->matmul_q8_0_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
-                else if (x->dq && W->dtype == GPO_DT_Q8_0X16)
-                    k->matmul_q8_0x16_q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
+                if (q8)
+                    q8(logits, V, W->data, x->tq8, H / 32, n_out, r0, r1, W->cols);
                 else
                     mm(logits, V, W->data, x->t, H, n_out, r0, r1, W->cols);
             }

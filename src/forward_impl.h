@@ -35,6 +35,14 @@
 #define MOE_DOWN_BLOCK 32
 #define MOE_SCRATCH_TOKENS 64
 
+/* The fast path's integer kernels for dense matrix type dt (Q8_0 or its Q8_0x16
+ * repack), or NULL: the matrix then takes f32 activations through matmul[dt]. */
+#define GPO_FWD_INT_KERNEL(x, dt, f)                                                       \
+    (!(x)->dq                      ? NULL                                                  \
+     : (dt) == GPO_DT_Q8_0         ? (x)->k->matmul_q8_0_##f                               \
+     : (dt) == GPO_DT_Q8_0X16      ? (x)->k->matmul_q8_0x16_##f                            \
+                                   : NULL)
+
 static inline int64_t gpo_max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t gpo_min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 

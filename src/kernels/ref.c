@@ -106,7 +106,6 @@ void gpo_quantize_q8_ref(struct gpo_q8_block *out, const float *x, int64_t n) {
     }
 }
 
-
 void gpo_q8_0x16_pack(void *dst, const struct gpo_q8_0_block *src, int64_t rows, int64_t n_cols) {
     const int64_t nb = n_cols / GPO_QK, gb = nb * (int64_t)sizeof(struct gpo_q8_0_block) * 16;
     for (int64_t g = 0; g < rows / 16; g++) {
