@@ -731,16 +731,12 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
          * wanted (normed above); the end of the region is its barrier. */
         if (!aborted && n_out > 0) {
             const struct gpo_tview *W = &m->unembedding;
-            /* The fast path may round the normed rows to bf16 for BF16 weights
-             * (vdpbf16ps): within the bf16 reference's error on the golden logits,
-             * and faster per weight byte when decoding.  Only here: prefill unembeds
-             * its last rows alone, and the q/k/v and output projections at 512-token
-             * prefill run faster on the f32 kernels.  A Q8_0 unembedding takes int8
+            /* The fast path rounds the normed rows to bf16 for BF16 weights, as for
+             * every dense matrix (GPO_FWD_F32_KERNEL).  A Q8_0 unembedding takes int8
              * activations (q/k/v and the output projection take int16 ones, see
              * attention.c) through 16-row vpdpbusd tiles, about 2.5x the f32
              * kernel's rate at 8 tokens, within test_golden's --dense q8 bounds. */
-            gpo_matmul_fn mm = k->matmul[W->dtype];
-            if (fast && W->dtype == GPO_DT_BF16 && k->matmul_bf16_dot) mm = k->matmul_bf16_dot;
+            const gpo_matmul_fn mm = GPO_FWD_F32_KERNEL(x, W->dtype);
             const gpo_matmul_q8_0_q8_fn q8 = GPO_FWD_INT_KERNEL(x, W->dtype, q8);
             struct fwd_claim *cl = gpo_fwd_claim_of(x, c->n_layer, 0);
             while (gpo_fwd_claim(cl, P->vocab1 - P->vocab0, 16, 256, &r0, &r1)) {

@@ -43,6 +43,18 @@
      : (dt) == GPO_DT_Q8_0X16      ? (x)->k->matmul_q8_0x16_##f                            \
                                    : NULL)
 
+/* The kernel for the q/k/v and unembedding matrices of type dt, f32 activations: on
+ * the fast path a BF16 matrix takes them rounded to bf16 (vdpbf16ps, matmul_bf16_dot)
+ * where the table has it, at every token count, so a row's bits do not depend on the
+ * batch it came in.  Measured with bench_kernels (AVX-512 BF16, one core, 20b shapes):
+ * 1.0-1.4x the f32-activation kernel's weight bytes per second at 1 token, about 2x
+ * at 8 tokens, 1.6x its GFLOP/s at 512.  test_golden holds the fast path within
+ * OpenAI's bf16 run's error; the output projection keeps f32 (see attention.c). */
+#define GPO_FWD_F32_KERNEL(x, dt)                                                          \
+    ((x)->path == GPO_PATH_FAST && (dt) == GPO_DT_BF16 && (x)->k->matmul_bf16_dot           \
+         ? (x)->k->matmul_bf16_dot                                                         \
+         : (x)->k->matmul[(dt)])
+
 static inline int64_t gpo_max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t gpo_min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
