@@ -141,7 +141,9 @@ struct gpo_load_opts {
                       same results); the mapped pages they replace are released, so the
                       resident size stays that of the file.  Where the best kernel
                       table reads them, Q8_0 dense matrices (a GGUF's or --dense q8's)
-                      are repacked too, as Q8_0x16 (kernels.h); no_repack keeps them */
+                      are repacked too, as Q8_0x16 (kernels.h), and BF16/F16/F32 ones
+                      (q, k, v, out, unembedding; either format) are copied out of the
+                      mapping, which one core streams faster; no_repack keeps them */
 };
 
 /* Resolve the model folder: `arg` if non-NULL, else $GPT_DIR, else $HF_MODEL (which

@@ -261,9 +261,7 @@ void gpo_attn_heads(struct gpo_ctx *x, const struct gpo_layer *L, const struct s
 /* Bytes from the start of a row of W to its column col (a multiple of the block
  * size for Q8_0: the part's columns are whole heads). */
 static size_t col_offset(const struct gpo_tview *W, int64_t col) {
-    if (W->dtype == GPO_DT_Q8_0 || W->dtype == GPO_DT_Q8_0X16)
-        return (size_t)(col / GPO_QK) * sizeof(struct gpo_q8_0_block);
-    return (size_t)col * gpo_dtype_size(W->dtype);
+    return gpo_dense_bytes(W->dtype, col);
 }
 
 enum gpo_status gpo_attn_pack_wo(struct gpo_ctx *x) {
@@ -274,7 +272,7 @@ enum gpo_status gpo_attn_pack_wo(struct gpo_ctx *x) {
     uint64_t total = 0;
     for (int64_t l = 0; l < c->n_layer; l++) {
         const struct gpo_tview *W = &x->m->layers[l].wo;
-        if ((W->dtype == GPO_DT_Q8_0 || W->dtype == GPO_DT_Q8_0X16) &&
+        if (gpo_dtype_is_q8_0(W->dtype) &&
             (col0 % GPO_QK || P->qd % GPO_QK))
             return gpo_fail(GPO_ERR_UNSUPPORTED, "layer %lld: wo columns [%lld, %lld) of a shard "
                             "are not whole Q8_0 blocks of %d", (long long)l, (long long)col0,

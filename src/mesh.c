@@ -10,11 +10,8 @@
 #include "model.h"
 #include "util.h"
 
-/* Bytes of n values of a dense type (Q8_0: n/32 blocks). */
-static uint64_t elem_bytes(enum gpo_dtype dt, int64_t n) {
-    if (dt == GPO_DT_Q8_0 || dt == GPO_DT_Q8_0X16) return (uint64_t)(n / GPO_QK) * sizeof(struct gpo_q8_0_block);
-    return (uint64_t)n * gpo_dtype_size(dt);
-}
+/* Bytes of n values of a dense type (gpo_dense_bytes). */
+static uint64_t elem_bytes(enum gpo_dtype dt, int64_t n) { return (uint64_t)gpo_dense_bytes(dt, n); }
 
 static uint64_t view_bytes(const struct gpo_tview *v) {
     return (uint64_t)v->rows * gpo_tview_row_bytes(v);

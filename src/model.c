@@ -412,6 +412,7 @@ static void unlock_weights(struct gpo_model *m) {
     if (m->converted) munlock(m->converted, m->info.bytes_converted);
     if (m->repacked) munlock(m->repacked, m->repacked_bytes);
     if (m->dense_x16) munlock(m->dense_x16, m->dense_x16_bytes);
+    if (m->dense_copy) munlock(m->dense_copy, m->dense_copy_bytes);
     m->locked = 0;
 }
 
@@ -584,6 +585,76 @@ static enum gpo_status repack_dense(struct gpo_model *m) {
     m->info.bytes_released += copy;
     gpo_log(GPO_LOG_INFO, "repacked %d dense Q8_0 matrices into 16-row groups (%.2f GiB copied "
             "from the file) in %.1f s", nv, (double)copy / 1073741824.0, gpo_now() - t0);
+    return GPO_OK;
+}
+
+/* Whether [p, p + n) lies in one of the model's file mappings. */
+static int in_file_map(const struct gpo_model *m, const void *p, size_t n) {
+    for (int i = 0; i < n_maps(m); i++) {
+        const uint8_t *base;
+        uint64_t size;
+        const char *path;
+        map_at(m, i, &base, &size, &path);
+        if ((const uint8_t *)p >= base && (const uint8_t *)p + n <= base + size) return 1;
+    }
+    return 0;
+}
+
+/* Copies the float-typed (BF16, F16, F32) dense matrices that every token streams
+ * (q, k, v, the output projection, the unembedding) out of the file mappings into
+ * anonymous memory with huge pages, and lets the mapped pages go: the same bytes,
+ * read faster.  Measured on the AMD EPYC VM (one core, the 20b file's BF16 pages in
+ * the page cache against a copy, interleaved in one process): a plain sum streams
+ * 29.5 against 34.5 GB/s, matmul_bf16_dot at one token 26.7 against 28.1. */
+static enum gpo_status copy_dense(struct gpo_model *m) {
+    const struct gpo_config *c = &m->cfg;
+    struct gpo_tview *v[4 * GPO_MAX_LAYERS + 1];
+    int nv = 0;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        struct gpo_layer *L = &m->layers[l];
+        v[nv++] = &L->wq;
+        v[nv++] = &L->wk;
+        v[nv++] = &L->wv;
+        v[nv++] = &L->wo;
+    }
+    v[nv++] = &m->unembedding;
+    size_t total = 0;
+    int keep = 0;
+    for (int i = 0; i < nv; i++) {
+        const enum gpo_dtype dt = v[i]->dtype;
+        const size_t n = (size_t)v[i]->rows * gpo_tview_row_bytes(v[i]);
+        if ((dt == GPO_DT_BF16 || dt == GPO_DT_F16 || dt == GPO_DT_F32) && n > 0 &&
+            in_file_map(m, v[i]->data, n)) {
+            v[keep++] = v[i];
+            total += (n + 63) / 64 * 64;
+        }
+    }
+    if (keep == 0) return GPO_OK;
+    uint8_t *buf = copy_alloc(total);
+    if (!buf)
+        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB to copy the dense matrices "
+                        "(--no-repack reads them in place)", (double)total / 1073741824.0);
+    m->dense_copy = buf;
+    m->dense_copy_bytes = total;
+    const double t0 = gpo_now();
+    uint8_t *dst = buf;
+    for (int i = 0; i < keep; i++) {
+        struct gpo_tview *w = v[i];
+        const size_t n = (size_t)w->rows * gpo_tview_row_bytes(w);
+        const uint8_t *src = w->data;
+        /* One thread: the page faults, not the copy, take the time. */
+        memcpy(dst, src, n);
+        const int k = m->n_replaced;
+        GPO_TRY(note_replaced(m, src, n));
+        release_replaced(m, k);
+        w->data = dst;
+        dst += (n + 63) / 64 * 64;
+    }
+    release_replaced(m, 0); /* again: shared edge pages came back */
+    m->info.bytes_repacked += total;
+    m->info.bytes_released += total;
+    gpo_log(GPO_LOG_INFO, "copied %d dense matrices (%.2f GiB) from the file into memory of "
+            "their own in %.1f s", keep, (double)total / 1073741824.0, gpo_now() - t0);
     return GPO_OK;
 }
 
@@ -914,6 +985,7 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
     enum gpo_status s;
     if (opts && opts->dense_q8 && (s = convert_dense_q8(m)) != GPO_OK) return s;
     if (!(opts && opts->no_repack) && (s = repack_dense(m)) != GPO_OK) return s;
+    if (!(opts && opts->no_repack) && (s = copy_dense(m)) != GPO_OK) return s;
     if (!(opts && opts->no_repack) && m->cfg.n_expert > 0 &&
         (s = gpo_model_repack_experts(m, 0, m->cfg.n_expert)) != GPO_OK)
         return s;
@@ -944,6 +1016,11 @@ static enum gpo_status finish_load(struct gpo_model *m, const struct gpo_load_op
         }
         if (ok && m->dense_x16 && mlock(m->dense_x16, m->dense_x16_bytes) != 0) {
             gpo_log(GPO_LOG_WARN, "mlock of the repacked dense matrices failed: %s (check "
+                    "ulimit -l); the weights are not locked", strerror(errno));
+            ok = 0;
+        }
+        if (ok && m->dense_copy && mlock(m->dense_copy, m->dense_copy_bytes) != 0) {
+            gpo_log(GPO_LOG_WARN, "mlock of the copied dense matrices failed: %s (check "
                     "ulimit -l); the weights are not locked", strerror(errno));
             ok = 0;
         }
@@ -988,6 +1065,7 @@ void gpo_model_free(gpo_model *m) {
     gpo_aligned_free(m->converted);
     if (m->repacked) munmap(m->repacked, m->repacked_bytes);
     if (m->dense_x16) munmap(m->dense_x16, m->dense_x16_bytes);
+    if (m->dense_copy) munmap(m->dense_copy, m->dense_copy_bytes);
     free(m->replaced);
     gpo_st_close(&m->st);
     gpo_gguf_close(&m->gguf);

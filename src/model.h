@@ -18,11 +18,21 @@ struct gpo_tview {
     int64_t rows, cols;
 };
 
-/* Bytes of one row of a view (Q8_0 rows are cols/32 blocks; a Q8_0x16 row takes as
- * many, in its group of 16). */
+/* Q8_0 blocks, in place or repacked 16 rows at a time (the same bytes per row). */
+static inline int gpo_dtype_is_q8_0(enum gpo_dtype dt) {
+    return dt == GPO_DT_Q8_0 || dt == GPO_DT_Q8_0X16;
+}
+
+/* Bytes of n consecutive values of a row of a dense type (Q8_0: n/32 blocks, n a
+ * multiple of 32). */
+static inline size_t gpo_dense_bytes(enum gpo_dtype dt, int64_t n) {
+    if (gpo_dtype_is_q8_0(dt)) return (size_t)(n / GPO_QK) * sizeof(struct gpo_q8_0_block);
+    return (size_t)n * gpo_dtype_size(dt);
+}
+
+/* Bytes of one row of a view. */
 static inline size_t gpo_tview_row_bytes(const struct gpo_tview *v) {
-    if (v->dtype == GPO_DT_Q8_0 || v->dtype == GPO_DT_Q8_0X16) return (size_t)(v->cols / GPO_QK) * sizeof(struct gpo_q8_0_block);
-    return (size_t)v->cols * gpo_dtype_size(v->dtype);
+    return gpo_dense_bytes(v->dtype, v->cols);
 }
 
 /* Element i of a float-typed view (F32, F16 or BF16).  Inline: the forward pass reads
@@ -157,6 +167,10 @@ struct gpo_model {
      * model.c; --dense q8 copies are repacked in place instead). */
     void *dense_x16;
     size_t dense_x16_bytes;
+    /* The float-typed (BF16, F16, F32) dense matrices copied out of the file
+     * mappings into anonymous memory (copy_dense in model.c). */
+    void *dense_copy;
+    size_t dense_copy_bytes;
 };
 
 /* model_gguf.c: open the GGUF file (or the first part of a split set) at `path`,

@@ -348,6 +348,27 @@ static float *run_pass(gpo_model *m, enum gpo_path path, size_t *rows) {
     return lg;
 }
 
+/* How many of m's dense matrices (q, k, v, out, unembedding) the load copied out of
+ * the file mapping into m->dense_copy. */
+static int dense_copies(const gpo_model *m) {
+    const uint8_t *d = m->dense_copy;
+    const struct gpo_tview *v[4 * GPO_MAX_LAYERS + 1];
+    int n = 0, in = 0;
+    for (int64_t l = 0; l < m->cfg.n_layer; l++) {
+        const struct gpo_layer *L = &m->layers[l];
+        v[n++] = &L->wq;
+        v[n++] = &L->wk;
+        v[n++] = &L->wv;
+        v[n++] = &L->wo;
+    }
+    v[n++] = &m->unembedding;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *p = v[i]->data;
+        in += d && p >= d && p < d + m->dense_copy_bytes;
+    }
+    return in;
+}
+
 /* Whether every expert view of m is `layout`, holding experts [e0, e1). */
 static int experts_are(const gpo_model *m, enum gpo_mxfp4_layout layout, int64_t e0, int64_t e1) {
     for (int64_t l = 0; l < m->cfg.n_layer; l++) {
@@ -388,7 +409,16 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
         assert_ptr_equal(gn->layers[1].wq.data, tn->data); /* no_repack: in place */
         assert_int_equal(gn->layers[1].wq.dtype, GPO_DT_Q8_0);
     } else {
-        assert_ptr_equal(gg->layers[1].wq.data, t->data);
+        /* float-typed: copied out of the mapping into memory of their own */
+        const uint8_t *d = gg->dense_copy, *q = gg->layers[1].wq.data;
+        assert_non_null(d);
+        assert_true(q >= d && q < d + gg->dense_copy_bytes);
+        assert_memory_equal(q, t->data, (size_t)gg->layers[1].wq.rows *
+                                            gpo_tview_row_bytes(&gg->layers[1].wq));
+        const struct gpo_gguf_tensor *tn = gpo_gguf_find(&gn->gguf, "blk.1.attn_q.weight");
+        assert_non_null(tn);
+        assert_ptr_equal(gn->layers[1].wq.data, tn->data); /* no_repack: in place */
+        assert_null(gn->dense_copy);
     }
     assert_int_equal(gg->layers[1].wq.dtype, st->layers[1].wq.dtype);
     assert_int_equal(gg->layers[0].gate_up, GPO_GATE_UP_SEPARATE);
@@ -441,13 +471,14 @@ static void check_same_logits(const struct gpo_load_opts *lo, const struct wopts
         mxfp4 += (uint64_t)(E * L->mlp1[0].rows * L->mlp1[0].cols / 32 * 17 +
                             E * L->mlp2.rows * L->mlp2.cols / 32 * 17);
     }
-    /* and the Q8_0 dense matrices copied as Q8_0x16, where they are */
-    assert_int_equal(b.bytes_repacked, mxfp4 + gg->dense_x16_bytes);
+    /* and the Q8_0 dense matrices copied as Q8_0x16, where they are, and the
+     * float-typed ones copied as they are */
+    assert_int_equal(b.bytes_repacked, mxfp4 + gg->dense_x16_bytes + gg->dense_copy_bytes);
     assert_true(gg->dense_x16_bytes == 0 || repacks_dense());
     /* the KV pool's plan takes the released mapped bytes off the model's (kvpool.c);
      * a GGUF's dense matrices are never converted here (Q8_0 already, or BF16 as the
      * source was loaded) */
-    assert_int_equal(b.bytes_released, mxfp4 + gg->dense_x16_bytes);
+    assert_int_equal(b.bytes_released, mxfp4 + gg->dense_x16_bytes + gg->dense_copy_bytes);
     gpo_model_get_info(gn, &b);
     assert_string_equal(b.type_experts, "MXFP4, GGML blocks");
     assert_int_equal(b.bytes_repacked, 0);
@@ -474,7 +505,9 @@ static void test_gguf_repack_releases_pages(void **s) {
         gpo_model *m;
         const struct gpo_load_opts lo = {.mlock = lock, .prefetch = 1};
         assert_int_equal(gpo_model_load(path, &lo, &m), GPO_OK);
-        assert_int_equal(m->n_replaced, 3 * L); /* gate, up, down per layer */
+        /* gate, up, down per layer, and the float-typed dense matrices copied */
+        assert_int_equal(m->n_replaced, 3 * L + dense_copies(m));
+        assert_true(dense_copies(m) == 0 || dense_copies(m) == 4 * L + 1);
         long mapped = 0;
         size_t bytes = 0;
         for (int i = 0; i < m->n_replaced; i++) {
@@ -493,6 +526,9 @@ static void test_gguf_repack_releases_pages(void **s) {
                bytes / 1024, mapped, copy, (m->repacked_bytes + (size_t)pg - 1) / (size_t)pg);
         assert_int_equal(mapped, 0);
         assert_int_equal(copy, (long)((m->repacked_bytes + (size_t)pg - 1) / (size_t)pg));
+        if (m->dense_copy)
+            assert_int_equal(present_pages(m->dense_copy, m->dense_copy_bytes),
+                             (long)((m->dense_copy_bytes + (size_t)pg - 1) / (size_t)pg));
         gpo_model_free(m);
     }
     unlink(path);
