@@ -147,9 +147,7 @@ enum gpo_status gpo_ctx_create(const gpo_model *m, const struct gpo_ctx_opts *op
     x->stats.n_threads = o.n_threads;
     x->max_tokens = o.max_tokens;
     x->max_seqs = o.max_seqs;
-    const struct gpo_kernels *sel =
-        o.path == GPO_PATH_REF ? gpo_kernels_ref() : gpo_kernels_select(getenv("GPTOSS_KERNELS"));
-    if (!sel) sel = gpo_kernels_select(NULL);
+    const struct gpo_kernels *sel = o.path == GPO_PATH_REF ? gpo_kernels_ref() : gpo_kernels_chosen();
     /* A SIMD table may leave an operation to the reference. */
     x->ktab = *sel;
     gpo_kernels_complete(&x->ktab);

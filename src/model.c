@@ -528,7 +528,7 @@ static int dense_x16_views(struct gpo_model *m, struct gpo_tview **v) {
  * the decode tiles.  The --dense q8 copies are repacked in place; matrices read
  * from a GGUF file's mapping are copied, and their mapped pages let go. */
 static enum gpo_status repack_dense(struct gpo_model *m) {
-    const struct gpo_kernels *kt = gpo_kernels_select(NULL);
+    const struct gpo_kernels *kt = gpo_kernels_chosen();
     if (!kt || kt == gpo_kernels_ref() || !kt->matmul_q8_0x16_q8 || !kt->matmul_q8_0x16_q16s)
         return GPO_OK;
     struct gpo_tview *v[4 * GPO_MAX_LAYERS + 1];
@@ -724,7 +724,7 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
     m->repacked0 = expert0;
     m->repacked1 = expert1;
     double t0 = gpo_now();
-    const struct gpo_kernels *kt = gpo_kernels_select(NULL);
+    const struct gpo_kernels *kt = gpo_kernels_chosen();
     const gpo_mxfp4_from_ggml_fn from_ggml =
         kt && kt->mxfp4_from_ggml ? kt->mxfp4_from_ggml : gpo_mxfp4_from_ggml;
     uint8_t *p = buf;

@@ -110,7 +110,7 @@ static void add_view(struct wlist *w, const char *name, int layer, const struct 
 /* Whether a load repacks Q8_0 dense matrices as Q8_0x16 on this CPU (the best
  * kernel table reads them). */
 static int repacks_dense(void) {
-    const struct gpo_kernels *k = gpo_kernels_select(NULL);
+    const struct gpo_kernels *k = gpo_kernels_chosen();
     return k && k != gpo_kernels_ref() && k->matmul_q8_0x16_q8 != NULL;
 }
 
@@ -625,6 +625,22 @@ static void test_gguf_q8_0_dense(void **s) {
     assert_int_equal(a.bytes_per_token, b.bytes_per_token);
     assert_int_equal(b.bytes_converted, 0);
     gpo_model_free(gg);
+    /* The repack follows the table the contexts run: with $GPTOSS_KERNELS=avx2
+     * (which has no Q8_0x16 kernels) the matrices stay Q8_0. */
+    const struct gpo_kernels *avx2 = gpo_kernels_select("avx2");
+    if (avx2 && !avx2->matmul_q8_0x16_q8) {
+        const char *old = getenv("GPTOSS_KERNELS");
+        char *saved = old ? strdup(old) : NULL;
+        setenv("GPTOSS_KERNELS", "avx2", 1);
+        assert_true(gpo_kernels_chosen() == avx2);
+        assert_int_equal(gpo_model_load(path, NULL, &gg), GPO_OK);
+        assert_int_equal(gg->layers[0].wo.dtype, GPO_DT_Q8_0);
+        assert_null(gg->dense_x16);
+        gpo_model_free(gg);
+        if (saved) setenv("GPTOSS_KERNELS", saved, 1);
+        else unsetenv("GPTOSS_KERNELS");
+        free(saved);
+    }
     gpo_model_free(st);
     unlink(path);
 }

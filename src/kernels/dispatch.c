@@ -6,6 +6,7 @@
  * kernel this CPU can run, and never one using a feature it lacks. */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -149,6 +150,11 @@ const struct gpo_kernels *gpo_kernels_select(const char *name) {
     if (gpo_kernels_avx512()) return gpo_kernels_avx512();
     if (gpo_cpu_has_avx2() && gpo_kernels_avx2()) return gpo_kernels_avx2();
     return gpo_kernels_ref();
+}
+
+const struct gpo_kernels *gpo_kernels_chosen(void) {
+    const struct gpo_kernels *sel = gpo_kernels_select(getenv("GPTOSS_KERNELS"));
+    return sel ? sel : gpo_kernels_select(NULL);
 }
 
 void gpo_kernels_complete(struct gpo_kernels *t) {

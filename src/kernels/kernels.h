@@ -261,6 +261,11 @@ struct gpo_kernels {
  * Returns NULL for an unknown or unsupported name. */
 const struct gpo_kernels *gpo_kernels_ref(void);
 const struct gpo_kernels *gpo_kernels_select(const char *name);
+/* The table the forward pass runs (but for the reference path): the one
+ * $GPTOSS_KERNELS names where this CPU has it, else this CPU's best.  The load
+ * decides its repacks by it, so a table that lacks a layout's kernels never gets
+ * that layout. */
+const struct gpo_kernels *gpo_kernels_chosen(void);
 /* Fills every empty slot of a copy of a table with the reference kernel (a SIMD table
  * may leave operations to the reference), except the optional fast-path slots
  * (matmul_q8_0_q8, matmul_bf16_dot, matmul_q8_0_q16s and the Q8_0x16 pair), which
