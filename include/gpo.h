@@ -139,7 +139,7 @@ struct gpo_load_opts {
                       place.  By default they are copied at load into split code and
                       scale bytes, which the kernels read faster (the same values, the
                       same results); the mapped pages they replace are released, so the
-                      resident size stays that of the file.  Where the best kernel
+                      resident size stays that of the file.  Where the chosen kernel
                       table reads them, Q8_0 dense matrices (a GGUF's or --dense q8's)
                       are repacked too, as Q8_0x16 (kernels.h), and BF16/F16/F32 ones
                       (q, k, v, out, unembedding; either format) are copied out of the

@@ -730,7 +730,7 @@ enum gpo_status gpo_forward_cands(gpo_ctx *x, const struct gpo_seq_batch *seqs, 
         if (!aborted && n_out > 0) {
             const struct gpo_tview *W = &m->unembedding;
             /* The fast path rounds the normed rows to bf16 for BF16 weights, as for
-             * every dense matrix (GPO_FWD_F32_KERNEL).  A Q8_0 unembedding takes int8
+             * q, k and v (GPO_FWD_F32_KERNEL).  A Q8_0 unembedding takes int8
              * activations (q/k/v and the output projection take int16 ones, see
              * attention.c) through 16-row vpdpbusd tiles, about 2.5x the f32
              * kernel's rate at 8 tokens, within test_golden's --dense q8 bounds. */
