@@ -427,6 +427,16 @@ static void *copy_alloc(size_t n) {
     return p;
 }
 
+/* copy_alloc of n bytes for a load-time copy into *out, or a GPO_ERR_NOMEM naming
+ * what the copy was for (`what`: "repack the experts") and the way around it. */
+static enum gpo_status copy_alloc_for(size_t n, const char *what, uint8_t **out) {
+    *out = copy_alloc(n);
+    if (!*out)
+        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB to %s (--no-repack reads them "
+                        "in place)", (double)n / 1073741824.0, what);
+    return GPO_OK;
+}
+
 /* The dense matrices every token streams: q, k, v and out of every layer, then the
  * unembedding (4 * n_layer + 1 views, the model's own). */
 static int dense_views(struct gpo_model *m, struct gpo_tview **v) {
@@ -627,10 +637,8 @@ static enum gpo_status copy_dense(struct gpo_model *m) {
         }
     }
     if (keep == 0) return GPO_OK;
-    uint8_t *buf = copy_alloc(total);
-    if (!buf)
-        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB to copy the dense matrices "
-                        "(--no-repack reads them in place)", (double)total / 1073741824.0);
+    uint8_t *buf;
+    GPO_TRY(copy_alloc_for(total, "copy the dense matrices", &buf));
     m->dense_copy = buf;
     m->dense_copy_bytes = total;
     const double t0 = gpo_now();
@@ -715,10 +723,8 @@ enum gpo_status gpo_model_repack_experts(gpo_model *m, int64_t expert0, int64_t 
         for (int i = 0; i < nv; i++) total += split_bytes(v[i], expert0, expert1);
     }
     if (total == 0) return GPO_OK; /* safetensors: the experts are split already */
-    uint8_t *buf = copy_alloc(total);
-    if (!buf)
-        return gpo_fail(GPO_ERR_NOMEM, "cannot allocate %.2f GiB to repack the experts "
-                        "(--no-repack reads them in place)", (double)total / 1073741824.0);
+    uint8_t *buf;
+    GPO_TRY(copy_alloc_for(total, "repack the experts", &buf));
     m->repacked = buf;
     m->repacked_bytes = total;
     m->repacked0 = expert0;
